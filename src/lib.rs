@@ -1,0 +1,20 @@
+//! taper: a declarative, cached, reproducible pipeline engine for fine-tuning foundation models.
+//!
+//! Data flows one way through the modules, and no module imports one listed after it:
+//!
+//! `spec` (YAML → spanned raw AST) → `model` (validated, typed pipeline) → `graph` (petgraph DAG)
+//! → `fingerprint` / `cache` (stage keys, content-addressed store) → `exec` (scheduler) →
+//! `stages` (one runner per stage kind) → `data` / `ml` (tables and candle kernels) → `cli`.
+//!
+//! Only `ml` imports candle; a stage never parses YAML; spans stop at validation.
+
+pub mod cache;
+pub mod cli;
+pub mod data;
+pub mod exec;
+pub mod fingerprint;
+pub mod graph;
+pub mod ml;
+pub mod model;
+pub mod spec;
+pub mod stages;

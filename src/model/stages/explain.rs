@@ -1,0 +1,38 @@
+use serde::{Deserialize, Serialize};
+
+use super::SplitName;
+
+/// `kind: explain`: token attributions for some examples of a split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Explain {
+    #[serde(default)]
+    pub method: ExplainMethod,
+    #[serde(default = "default_split")]
+    pub split: SplitName,
+    /// How many examples to explain.
+    #[serde(default = "default_examples")]
+    pub examples: usize,
+    /// Interpolation steps of integrated gradients.
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+}
+
+fn default_split() -> SplitName {
+    SplitName::Test
+}
+fn default_examples() -> usize {
+    20
+}
+fn default_steps() -> usize {
+    32
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExplainMethod {
+    #[default]
+    IntegratedGradients,
+    GradientTimesInput,
+    Occlusion,
+}

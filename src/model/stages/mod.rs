@@ -1,0 +1,24 @@
+//! Typed settings of each stage kind, one file per kind (after candle-transformers' one model
+//! per file). Each struct is the *resolved* form: defaults filled in, params substituted. They
+//! derive `Deserialize` (with `deny_unknown_fields`) so validation can map a `with:` block onto
+//! them, and `Serialize` so the fingerprint can hash their canonical form.
+
+mod command;
+mod configure;
+mod deploy;
+mod evaluate;
+mod explain;
+mod prepare_data;
+mod select_model;
+mod source;
+mod train;
+
+pub use command::Command;
+pub use configure::{Configure, EarlyStopping, Method, Pooling, Schedule};
+pub use deploy::Deploy;
+pub use evaluate::Evaluate;
+pub use explain::{Explain, ExplainMethod};
+pub use prepare_data::{Clean, DataFormat, PrepareData, RowFilter, Split, SplitName};
+pub use select_model::SelectModel;
+pub use source::Source;
+pub use train::Train;

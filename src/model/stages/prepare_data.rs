@@ -1,0 +1,132 @@
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::Source;
+
+/// `kind: prepare-data`: read a table, clean it, map labels, split, tokenize.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareData {
+    pub source: Source,
+    /// Inferred from the file name when absent (`.csv`, `.tsv`, `.jsonl`, optionally `.bz2`/`.gz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DataFormat>,
+    /// Column holding the text.
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    /// Column holding the label.
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    /// Rows kept only when every filter matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<RowFilter>,
+    /// Label names in id order (`[rotten, fresh]` → rotten = 0). When absent, the sorted set
+    /// of labels found in the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    #[serde(default)]
+    pub clean: Clean,
+    pub split: Split,
+    /// Tokens per example after truncation (overrides what tokenizer.json bakes in).
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+}
+
+fn default_text_column() -> String {
+    "text".to_owned()
+}
+fn default_label_column() -> String {
+    "label".to_owned()
+}
+fn default_max_length() -> usize {
+    128
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    Csv,
+    Tsv,
+    Jsonl,
+}
+
+/// `{ column: category, not_in: [plot] }` or `{ column: category, in: [fresh, rotten] }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowFilter {
+    pub column: String,
+    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
+    pub is_in: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_in: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clean {
+    #[serde(default = "yes")]
+    pub trim: bool,
+    #[serde(default = "yes")]
+    pub collapse_whitespace: bool,
+    #[serde(default = "yes")]
+    pub drop_empty: bool,
+    #[serde(default = "yes")]
+    pub dedupe: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Clean {
+    fn default() -> Self {
+        Clean {
+            trim: true,
+            collapse_whitespace: true,
+            drop_empty: true,
+            dedupe: true,
+        }
+    }
+}
+
+/// How to split: seeded, stratified sizes (counts, or fractions when below 1), or given files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<f64>,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default = "yes")]
+    pub stratify: bool,
+    /// Pre-split files instead of sizes: split name → path (same format as `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<std::collections::BTreeMap<SplitName, PathBuf>>,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitName {
+    Train,
+    Validation,
+    Test,
+}
+
+impl SplitName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitName::Train => "train",
+            SplitName::Validation => "validation",
+            SplitName::Test => "test",
+        }
+    }
+}
