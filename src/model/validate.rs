@@ -1093,3 +1093,87 @@ fn to_json(node: &Node) -> serde_json::Value {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::model::{load_str, LoadError, ModelError, Pipeline, StageSettings};
+
+    fn load(text: &str) -> Result<Pipeline, LoadError> {
+        load_str(Path::new("p.yaml"), text, PathBuf::from("."), &[])
+    }
+
+    fn errors(text: &str) -> Vec<ModelError> {
+        load(text).expect_err("invalid").errors().to_vec()
+    }
+
+    const HEAD: &str = "version: 1\nname: t\nparams: { lr: 2e-5, rows: 10, tag: v1 }\nstages:\n";
+
+    #[test]
+    fn whole_value_params_keep_their_type_and_spliced_ones_become_text() {
+        let pipeline = load(&format!(
+            "{HEAD}  c: {{ kind: configure, with: {{ learning_rate: \"${{params.lr}}\", epochs: \"${{params.rows}}\" }} }}\n  r: {{ kind: command, run: \"x --rows ${{params.rows}} $${{HOME}} ${{params.tag}}\" }}\n"
+        ))
+        .expect("valid");
+        let StageSettings::Configure(configure) = &pipeline.stages[0].settings else {
+            panic!("configure")
+        };
+        assert_eq!(configure.learning_rate, 0.00002);
+        assert_eq!(configure.epochs, 10);
+        let StageSettings::Command(command) = &pipeline.stages[1].settings else {
+            panic!("command")
+        };
+        assert_eq!(command.run, "x --rows 10 ${HOME} v1");
+        assert_eq!(pipeline.params["lr"], serde_json::json!(2e-5));
+    }
+
+    #[test]
+    fn command_paths_are_normalized() {
+        let pipeline = load(&format!(
+            "{HEAD}  a: {{ kind: command, run: x, deps: [./data/../raw.csv], outs: [out.d/] }}\n"
+        ))
+        .expect("valid");
+        let StageSettings::Command(command) = &pipeline.stages[0].settings else {
+            panic!("command")
+        };
+        assert_eq!(command.deps, [PathBuf::from("raw.csv")]);
+        assert_eq!(command.outs, [PathBuf::from("out.d")]);
+    }
+
+    #[test]
+    fn each_independent_problem_is_reported() {
+        let found = errors(&format!(
+            "{HEAD}  a: {{ kind: configure, with: {{ epochs: x }} }}\n  b: {{ kind: nope }}\n  c: {{ kind: train, inputs: {{ model: zz }} }}\n"
+        ));
+        let codes: Vec<String> = found
+            .iter()
+            .map(|error| {
+                miette::Diagnostic::code(error)
+                    .map(|code| code.to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "taper::model::invalid_value",
+                "taper::model::unknown_kind",
+                "taper::model::missing_input",
+                "taper::model::missing_input",
+                "taper::model::unknown_stage",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stage_reading_its_own_output_is_a_cycle() {
+        let found = errors(&format!(
+            "{HEAD}  a: {{ kind: command, run: x, deps: [o/x], outs: [o] }}\n"
+        ));
+        assert!(
+            matches!(&found[..], [ModelError::Cycle { path, .. }] if path == "`a` → `a`"),
+            "{found:?}"
+        );
+    }
+}

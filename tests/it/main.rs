@@ -3,4 +3,5 @@
 mod cli;
 mod diagnostics;
 mod fuzz;
+mod layering;
 mod schema;
