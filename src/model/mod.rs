@@ -95,6 +95,9 @@ pub fn load_str(
         }
         pipeline = validate::validate(&raw, path, root, &mut errors);
     }
+    for error in &mut errors {
+        error.compact_labels(&source);
+    }
     // Report in reading order (file first, then overrides); the sort is stable, so errors at
     // one place keep the order in which validation found them.
     errors.sort_by_key(|error| {

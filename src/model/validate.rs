@@ -210,7 +210,8 @@ pub(crate) fn validate(
                     upstream: reference_name.to_owned(),
                     found: upstream_kind.output().to_string(),
                     span: reference.span.into(),
-                    upstream_span: upstream.kind_span.into(),
+                    upstream_span: Some(upstream.kind_span.into()),
+                    note: String::new(),
                     help: mismatch_help(*slot, *expected, &checked),
                 });
             }
@@ -250,7 +251,8 @@ pub(crate) fn validate(
                     path: out.display().to_string(),
                     first: checked[*first].id.value.clone(),
                     second: stage.id.value.clone(),
-                    first_span: (*first_span).into(),
+                    first_span: Some((*first_span).into()),
+                    note: String::new(),
                     second_span: (*span).into(),
                 });
                 continue;

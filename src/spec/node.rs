@@ -466,7 +466,8 @@ fn push_value(
                     // Keep parsing so every duplicate in the file is reported in one pass.
                     errors.push(SpecError::DuplicateKey {
                         key: key.value.clone(),
-                        first: (*first).into(),
+                        first: Some((*first).into()),
+                        note: String::new(),
                         second: key.span.into(),
                     });
                     *pending_key = Some((key, false));

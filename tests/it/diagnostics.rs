@@ -47,6 +47,7 @@ fixtures!(
     deeply_nested => "deeply-nested",
     deeply_nested_flow => "deeply-nested-flow",
     duplicate_key => "duplicate-key",
+    duplicate_key_far_apart => "duplicate-key-far-apart",
     duplicate_output => "duplicate-output",
     edge_type_mismatch => "edge-type-mismatch",
     empty => "empty",
