@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
-use crate::spec::{suggestion_help, Key, Node, Resolved, ScalarStyle, Span, Value};
+use crate::spec::{resolve_plain, suggestion_help, Key, Node, Resolved, ScalarStyle, Span, Value};
 
 /// A key that the target struct does not have.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,11 +101,26 @@ pub(crate) struct NodeDeserializer<'a> {
 
 impl<'a> NodeDeserializer<'a> {
     fn mismatch(&self, expected: &str) -> DeError {
-        DeError::new(format!(
+        let mut error = DeError::new(format!(
             "expected {expected}, found {}",
             self.node.describe()
         ))
-        .placed(self.node, self.key_span)
+        .placed(self.node, self.key_span);
+        // `epochs: "2"`: quoting makes a string; say so rather than leave the user puzzled.
+        if let Value::Scalar(scalar) = &self.node.value {
+            if scalar.style == ScalarStyle::Quoted
+                && !matches!(
+                    resolve_plain(&scalar.text),
+                    Resolved::Str(_) | Resolved::Null
+                )
+            {
+                error.help = Some(format!(
+                    "write `{}` without quotes: a quoted value is a string",
+                    scalar.text
+                ));
+            }
+        }
+        error
     }
 
     fn resolved(&self) -> Option<Resolved<'a>> {

@@ -76,6 +76,9 @@ pub fn load_str(
     overrides: &[Override],
 ) -> Result<Pipeline, LoadError> {
     let name = path.display().to_string();
+    // Editors on Windows may start a UTF-8 file with a byte-order mark; it is not part of the
+    // first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let segments: Vec<(String, String)> = overrides
         .iter()
         .map(|item| ("command-line override".to_owned(), item.text.clone()))

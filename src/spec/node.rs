@@ -417,7 +417,10 @@ fn check_anchor_and_tag(
         // The event is marked at the node after the anchor or tag; label the `&name` or
         // `!tag` itself, the nearest one before it.
         let indicator = if anchor != 0 { '&' } else { '!' };
-        let at = offsets.text[..at].rfind(indicator).unwrap_or(at);
+        let mut at = offsets.text[..at].rfind(indicator).unwrap_or(at);
+        while at > 0 && offsets.text.as_bytes()[at - 1] == b'!' {
+            at -= 1;
+        }
         let rest = &offsets.text[at..];
         let width = rest.find([' ', '\n']).unwrap_or(rest.len()).max(1);
         return Err(SpecError::Unsupported {
