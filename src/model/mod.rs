@@ -172,6 +172,31 @@ impl Pipeline {
         self.stages.iter().find(|stage| &stage.id == id)
     }
 
+    /// The local paths stage `id` reads that no other stage produces: its
+    /// [`Stage::external_paths`] minus the `command` deps that are edges (under another
+    /// stage's `outs` or `out/<stage>/`). Those must not be hashed from disk: before the
+    /// upstream stage runs they do not exist, and their content is already covered by the
+    /// upstream stage's key.
+    pub fn external_paths(&self, id: &StageId) -> Vec<PathBuf> {
+        let Some(stage) = self.stage(id) else {
+            return Vec::new();
+        };
+        let produced: Vec<PathBuf> = self
+            .dependencies()
+            .into_iter()
+            .filter(|dependency| &dependency.downstream == id)
+            .filter_map(|dependency| match dependency.via {
+                DependencyVia::Path(path) => Some(path),
+                DependencyVia::Input(_) => None,
+            })
+            .collect();
+        stage
+            .external_paths()
+            .into_iter()
+            .filter(|path| !produced.contains(path))
+            .collect()
+    }
+
     /// Every edge, in file order of the downstream stage: typed inputs, then implied `command`
     /// edges. Validation guarantees both ends exist and that there is no cycle.
     pub fn dependencies(&self) -> Vec<Dependency> {
