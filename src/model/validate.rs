@@ -950,35 +950,55 @@ fn report_cycles(
         if !is_cycle {
             continue;
         }
-        // Walk inside the component from its first stage (in file order) until it returns.
-        let mut path = vec![first];
-        let mut spans = Vec::new();
-        let mut current = first;
-        loop {
-            let (next, span) = graph
+        // The shortest way back to the component's first stage (in file order): a breadth-
+        // first search inside the component, so the reported path is a real, minimal cycle.
+        let mut parent: HashMap<petgraph::graph::NodeIndex, (petgraph::graph::NodeIndex, Span)> =
+            HashMap::new();
+        let mut queue = std::collections::VecDeque::from([first]);
+        let mut closing = None;
+        'search: while let Some(current) = queue.pop_front() {
+            let mut outgoing: Vec<_> = graph
                 .edges(current)
-                .filter(|edge| component.contains(&edge_target(edge)))
                 .map(|edge| (edge_target(&edge), *edge.weight()))
-                .min_by_key(|(target, _)| {
-                    // Prefer closing the cycle, then unvisited stages in file order.
-                    (*target != first, path.contains(target), target.index())
-                })
-                .expect("every stage of a cycle has an edge inside it");
-            let (from_name, to_name) = (
-                &checked[current.index()].id.value,
-                &checked[next.index()].id.value,
-            );
-            spans.push(LabeledSpan::new_with_span(
-                Some(format!("`{to_name}` uses `{from_name}`")),
-                span,
-            ));
-            if next == first || path.contains(&next) || spans.len() > component.len() {
-                path.push(next);
-                break;
+                .filter(|(target, _)| component.contains(target))
+                .collect();
+            outgoing.sort_by_key(|(target, span)| (target.index(), span.start));
+            for (target, span) in outgoing {
+                if target == first {
+                    closing = Some((current, span));
+                    break 'search;
+                }
+                if !parent.contains_key(&target) {
+                    parent.insert(target, (current, span));
+                    queue.push_back(target);
+                }
             }
-            path.push(next);
-            current = next;
         }
+        let (mut current, closing_span) =
+            closing.expect("a strongly connected component with an edge has a cycle");
+        let mut path = vec![first, current];
+        let mut spans = vec![(current, first, closing_span)];
+        while current != first {
+            let (previous, span) = parent[&current];
+            spans.push((previous, current, span));
+            path.push(previous);
+            current = previous;
+        }
+        path.reverse();
+        spans.reverse();
+        let spans: Vec<LabeledSpan> = spans
+            .into_iter()
+            .map(|(from, to, span)| {
+                LabeledSpan::new_with_span(
+                    Some(format!(
+                        "`{}` uses `{}`",
+                        checked[to.index()].id.value,
+                        checked[from.index()].id.value
+                    )),
+                    span,
+                )
+            })
+            .collect();
         let names: Vec<String> = path
             .iter()
             .map(|node| format!("`{}`", checked[node.index()].id.value))
