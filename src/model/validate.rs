@@ -968,8 +968,8 @@ fn report_cycles(
                     closing = Some((current, span));
                     break 'search;
                 }
-                if !parent.contains_key(&target) {
-                    parent.insert(target, (current, span));
+                if let std::collections::hash_map::Entry::Vacant(entry) = parent.entry(target) {
+                    entry.insert((current, span));
                     queue.push_back(target);
                 }
             }
