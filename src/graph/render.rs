@@ -121,16 +121,13 @@ fn dot(pipeline: &Pipeline, graph: &PipelineGraph) -> String {
         }
         out.push_str(" }\n");
         for id in level {
+            let quoted = dot_quote(id.as_str());
+            // `\n` is Graphviz's centred line break inside a label.
             let _ = writeln!(
                 out,
-                "  {} [label={}];",
-                dot_quote(id.as_str()),
-                // `\n` is Graphviz's centred line break inside a label.
-                format!(
-                    "{}\\n{}\"",
-                    dot_quote(id.as_str()).trim_end_matches('"'),
-                    kind_of(pipeline, id)
-                )
+                "  {quoted} [label={}\\n{}\"];",
+                quoted.trim_end_matches('"'),
+                kind_of(pipeline, id)
             );
         }
     }
