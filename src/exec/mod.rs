@@ -24,6 +24,7 @@
 mod engine;
 mod executor;
 mod inputs;
+pub mod report;
 pub mod runner;
 mod workspace;
 

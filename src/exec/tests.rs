@@ -143,22 +143,12 @@ fn reruns_exactly_what_changed() {
     let executor = LocalExecutor::new(registry);
     let engine = Engine::new(&pipeline, &store, &executor).expect("valid");
     let plan = engine.plan(&options()).expect("plan");
-    let decisions: Vec<String> = plan
-        .iter()
-        .map(|plan| match &plan.decision {
-            Decision::Cached { .. } => format!("{} cached", plan.stage),
-            Decision::WillRun(reasons) => format!("{} {}", plan.stage, describe_reasons(reasons)),
-            Decision::Error(error) => format!("{} {error}", plan.stage),
-        })
-        .collect();
-    assert_eq!(
-        decisions,
-        [
-            "first input `in.txt` changed",
-            "second upstream `first` will run",
-            "other cached"
-        ]
-    );
+    insta::assert_snapshot!(report::render_plan("test", &plan), @r"
+    plan for `test`: 3 stages, 1 cached, 2 will run
+    first   will run  input `in.txt` changed
+    second  will run  upstream `first` will run
+    other   cached
+    ");
     let summary = engine.run(&options(), &|_| {}).expect("run");
     assert_eq!(ran(root), ["first"]);
     assert!(matches!(
@@ -183,8 +173,18 @@ fn reruns_exactly_what_changed() {
         "HEL\n"
     );
 
-    // A changed command reruns that stage and, since its output changes, its dependent.
-    let summary = run(&chain(root, "cut -c1-2 in.txt > first.txt"), &store, &options());
+    // A changed command reruns that stage and, since its output changes, its dependent; the
+    // plan names the setting with its old and new value.
+    let changed = chain(root, "cut -c1-2 in.txt > first.txt");
+    let engine = Engine::new(&changed, &store, &executor).expect("valid");
+    fs::remove_file(root.join("other.txt")).expect("remove");
+    insta::assert_snapshot!(report::render_plan("test", &engine.plan(&options()).expect("plan")), @r"
+    plan for `test`: 3 stages, 1 cached, 2 will run
+    first   will run  setting `run` changed (cut -c1-3 in.txt > first.txt → cut -c1-2 in.txt > first.txt)
+    second  will run  upstream `first` will run
+    other   cached    restore `other.txt`
+    ");
+    let summary = run(&changed, &store, &options());
     assert!(!summary.failed());
     assert_eq!(ran(root), ["first", "second"]);
 }
