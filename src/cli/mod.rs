@@ -1,38 +1,26 @@
 //! The command line: argument parsing, dispatch to subcommands, printing.
 //!
-//! (exec branch: a minimal dispatcher for `plan`, `run` and `cache`; the spec branch owns the
-//! full CLI, into which these subcommands merge as one enum variant each.)
+//! Exit codes: 0 success, 1 an invalid pipeline (or, later, a failed run), 2 a usage error
+//! (bad arguments, a missing file) or an internal error.
 
-pub mod commands;
+pub mod args;
+mod commands;
+pub mod printer;
 
-use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
-/// taper: a declarative, cached, reproducible pipeline engine for fine-tuning models.
-#[derive(Debug, Parser)]
-#[command(name = "taper", version)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Command,
-}
+use args::{Args, Command};
+use printer::Printer;
 
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Show which stages are cached and which will run, and why.
-    Plan(commands::plan::PlanArgs),
-    /// Run the stages whose inputs changed.
-    Run(commands::run::RunArgs),
-    /// Inspect and maintain the content-addressed store.
-    Cache(commands::cache::CacheArgs),
-}
-
-/// How a command ended: 0 success, 1 a failed run or invalid input, 2 usage or internal error.
+/// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
     Success,
+    /// The user's pipeline is invalid or a stage failed.
     Failure,
+    /// Usage or internal error.
     Error,
 }
 
@@ -48,6 +36,17 @@ impl From<ExitStatus> for ExitCode {
 
 /// Entry point of the `taper` binary.
 pub fn main() -> ExitCode {
+    let printer = Printer::from_env();
+    let color = printer.color;
+    // Installed once, here: every diagnostic rendered by the printer goes through it.
+    let _ = miette::set_hook(Box::new(move |_| {
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .color(color)
+                .unicode(true)
+                .build(),
+        )
+    }));
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(error) => {
@@ -59,24 +58,17 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TAPER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .without_time()
-        .init();
-    let result = match args.command {
-        Command::Plan(args) => commands::plan::run(&args),
-        Command::Run(args) => commands::run::run(&args),
-        Command::Cache(args) => commands::cache::run(&args),
-    };
-    match result {
-        Ok(status) => status.into(),
-        Err(report) => {
-            let _ = writeln!(std::io::stderr(), "{report:?}");
-            ExitStatus::Failure.into()
-        }
+    run(args, &printer).into()
+}
+
+/// Runs one parsed command.
+pub fn run(args: Args, printer: &Printer) -> ExitStatus {
+    match args.command {
+        Command::Validate(args) => commands::validate::run(&args, printer),
+        Command::Dag(args) => commands::dag::run(&args, printer),
+        Command::Schema => commands::schema::run(printer),
+        Command::Plan(args) => commands::plan::run(&args, printer),
+        Command::Run(args) => commands::run::run(&args, printer),
+        Command::Cache(args) => commands::cache::run(&args, printer),
     }
 }

@@ -9,6 +9,7 @@
 mod checks;
 mod de;
 mod error;
+pub mod schema;
 pub mod stages;
 mod validate;
 

@@ -2,32 +2,10 @@
 
 use std::fmt::Write;
 
-use super::{print_out, print_status, StoreArgs};
+use crate::cache::Store;
+use crate::cli::args::{CacheArgs, CacheCommand};
+use crate::cli::printer::Printer;
 use crate::cli::ExitStatus;
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct CacheArgs {
-    #[command(subcommand)]
-    pub command: CacheCommand,
-    #[command(flatten)]
-    pub store: StoreArgs,
-}
-
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum CacheCommand {
-    /// Rehash every object; move corrupt ones to `quarantine-v1/` (exit 1 if any).
-    Verify,
-    /// Delete what no registered lock file and no recent run reaches.
-    Gc {
-        /// How many recent runs keep their results.
-        #[arg(long, default_value_t = 10)]
-        keep_runs: usize,
-    },
-    /// List cached stage results, newest first.
-    Ls,
-    /// Disk usage per bucket.
-    Du,
-}
 
 fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -45,23 +23,43 @@ fn human(bytes: u64) -> String {
     }
 }
 
-pub fn run(args: &CacheArgs) -> miette::Result<ExitStatus> {
-    let store = args.store.open()?;
-    match &args.command {
+pub fn run(args: &CacheArgs, printer: &Printer) -> ExitStatus {
+    let store = match Store::open(&args.store.store) {
+        Ok(store) => store,
+        Err(error) => {
+            printer.diagnostic(error);
+            return ExitStatus::Error;
+        }
+    };
+    match execute(&store, &args.command, printer) {
+        Ok(status) => status,
+        Err(error) => {
+            printer.diagnostic(error);
+            ExitStatus::Error
+        }
+    }
+}
+
+fn execute(
+    store: &Store,
+    command: &CacheCommand,
+    printer: &Printer,
+) -> Result<ExitStatus, crate::cache::CacheError> {
+    match command {
         CacheCommand::Verify => {
             let report = store.verify()?;
-            print_status(&format!(
+            printer.status(&format!(
                 "checked {} blobs, {} manifests, {} action records",
                 report.blobs, report.manifests, report.actions
             ));
             for (object, moved) in &report.quarantined {
-                print_status(&format!(
+                printer.status(&format!(
                     "corrupt  {object}: moved to `{}`",
                     moved.display()
                 ));
             }
             for key in &report.incomplete_actions {
-                print_status(&format!(
+                printer.status(&format!(
                     "incomplete  action {}: outputs missing, its stage will rerun",
                     key.short()
                 ));
@@ -74,7 +72,7 @@ pub fn run(args: &CacheArgs) -> miette::Result<ExitStatus> {
         }
         CacheCommand::Gc { keep_runs } => {
             let report = store.gc(*keep_runs)?;
-            print_status(&format!(
+            printer.status(&format!(
                 "removed {} objects ({}), kept {}",
                 report.removed_objects,
                 human(report.removed_bytes),
@@ -95,7 +93,7 @@ pub fn run(args: &CacheArgs) -> miette::Result<ExitStatus> {
                     listing.record.duration_ms
                 );
             }
-            print_out(&out)?;
+            printer.data(&out);
             Ok(ExitStatus::Success)
         }
         CacheCommand::Du => {
@@ -112,7 +110,7 @@ pub fn run(args: &CacheArgs) -> miette::Result<ExitStatus> {
                 );
             }
             let _ = writeln!(out, "{:<14} {:>8}        {:>10}", "total", "", human(total));
-            print_out(&out)?;
+            printer.data(&out);
             Ok(ExitStatus::Success)
         }
     }

@@ -1,30 +1,39 @@
 //! `taper plan FILE [STAGE...]`: each stage `cached` or `will run`, with the reason.
 
-use super::{print_out, SelectionArgs, StoreArgs};
+use crate::cli::args::PlanArgs;
+use crate::cli::printer::Printer;
 use crate::cli::ExitStatus;
-use crate::exec::{report, Decision, Engine, LocalExecutor};
+use crate::exec::{report, Decision, Engine, LocalExecutor, RunOptions};
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct PlanArgs {
-    #[command(flatten)]
-    pub selection: SelectionArgs,
-    #[command(flatten)]
-    pub store: StoreArgs,
-}
-
-pub fn run(args: &PlanArgs) -> miette::Result<ExitStatus> {
-    let pipeline = args.selection.load()?;
-    let store = args.store.open()?;
+pub fn run(args: &PlanArgs, printer: &Printer) -> ExitStatus {
+    let (pipeline, store) = match super::load_with_store(&args.selection, &args.store.store, printer)
+    {
+        Ok(loaded) => loaded,
+        Err(status) => return status,
+    };
     let executor = LocalExecutor::new(crate::stages::runner_for);
-    let engine = Engine::new(&pipeline, &store, &executor)?;
-    let plans = engine.plan(&args.selection.options(1))?;
-    print_out(&report::render_plan(&pipeline.name, &plans))?;
-    let blocked = plans
-        .iter()
-        .any(|plan| matches!(plan.decision, Decision::Error(_)));
-    Ok(if blocked {
-        ExitStatus::Failure
-    } else {
-        ExitStatus::Success
-    })
+    let options = RunOptions {
+        targets: args.selection.stages.clone(),
+        downstream: args.selection.downstream,
+        force: args.selection.force.clone(),
+        jobs: 1,
+    };
+    let plans = match Engine::new(&pipeline, &store, &executor)
+        .and_then(|engine| engine.plan(&options))
+    {
+        Ok(plans) => plans,
+        Err(error) => {
+            printer.diagnostic(error);
+            return ExitStatus::Failure;
+        }
+    };
+    printer.data(&report::render_plan(&pipeline.name, &plans));
+    let mut status = ExitStatus::Success;
+    for plan in plans {
+        if let Decision::Error(error) = plan.decision {
+            printer.diagnostic(error);
+            status = ExitStatus::Failure;
+        }
+    }
+    status
 }

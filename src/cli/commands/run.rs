@@ -1,54 +1,66 @@
 //! `taper run FILE [STAGE...] [--downstream] [--force STAGE] [-S stage.key=value] [-j N]
-//! [--dry-run]`.
+//! [--dry-run]`: status lines on stderr as stages finish; each failure rendered with its log
+//! path; exit 1 when any stage failed.
 
-use super::{print_out, print_status, SelectionArgs, StoreArgs};
+use crate::cli::args::RunArgs;
+use crate::cli::printer::Printer;
 use crate::cli::ExitStatus;
-use crate::exec::{report, Engine, LocalExecutor, StageStatus};
+use crate::exec::{report, Engine, LocalExecutor, RunOptions, StageStatus};
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub selection: SelectionArgs,
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Stages run at the same time (default: the number of CPU cores).
-    #[arg(short = 'j', long)]
-    pub jobs: Option<usize>,
-    /// Print the plan and run nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Mirror stage logs to the terminal.
-    #[arg(short, long)]
-    pub verbose: bool,
-}
-
-pub fn run(args: &RunArgs) -> miette::Result<ExitStatus> {
-    let pipeline = args.selection.load()?;
-    let store = args.store.open()?;
+pub fn run(args: &RunArgs, printer: &Printer) -> ExitStatus {
+    let (pipeline, store) = match super::load_with_store(&args.selection, &args.store.store, printer)
+    {
+        Ok(loaded) => loaded,
+        Err(status) => return status,
+    };
     let executor = LocalExecutor::new(crate::stages::runner_for);
-    let engine = Engine::new(&pipeline, &store, &executor)?;
+    let engine = match Engine::new(&pipeline, &store, &executor) {
+        Ok(engine) => engine,
+        Err(error) => {
+            printer.diagnostic(error);
+            return ExitStatus::Failure;
+        }
+    };
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let options = args.selection.options(jobs);
+    let options = RunOptions {
+        targets: args.selection.stages.clone(),
+        downstream: args.selection.downstream,
+        force: args.selection.force.clone(),
+        jobs,
+    };
     if args.dry_run {
-        let plans = engine.plan(&options)?;
-        print_out(&report::render_plan(&pipeline.name, &plans))?;
-        return Ok(ExitStatus::Success);
+        return match engine.plan(&options) {
+            Ok(plans) => {
+                printer.data(&report::render_plan(&pipeline.name, &plans));
+                ExitStatus::Success
+            }
+            Err(error) => {
+                printer.diagnostic(error);
+                ExitStatus::Failure
+            }
+        };
     }
     let verbose = args.verbose;
-    let summary = engine.run(&options, &|event| {
+    let summary = match engine.run(&options, &|event| {
         if let Some(line) = report::render_event(event, verbose) {
-            print_status(&line);
+            printer.status(&line);
         }
-    })?;
-    print_status(&report::render_summary(&summary));
+    }) {
+        Ok(summary) => summary,
+        Err(error) => {
+            printer.diagnostic(error);
+            return ExitStatus::Failure;
+        }
+    };
+    printer.status(&report::render_summary(&summary));
     let mut status = ExitStatus::Success;
     for (_, stage_status) in summary.stages {
         if let StageStatus::Failed(error) = stage_status {
-            print_status(&format!("{:?}", miette::Report::new(error)));
+            printer.diagnostic(error);
             status = ExitStatus::Failure;
         }
     }
-    Ok(status)
+    status
 }
