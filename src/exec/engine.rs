@@ -129,7 +129,15 @@ pub struct Engine<'a> {
     hash_cache: HashCache,
     lock_path: PathBuf,
     lock: Mutex<LockFile>,
+    /// When the lock file was last written, and whether entries changed since.
+    lock_written: Mutex<(Option<Instant>, bool)>,
 }
+
+/// The lock file is rewritten at most this often during a run (and always at its end). Every
+/// finished stage is already durable in the store, so a crash between writes costs no rerun,
+/// only lock entries the next run rewrites; writing it after each of 1,000 stages would cost
+/// O(stages²) serialization.
+const LOCK_WRITE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// A stage's result as the worker hands it back.
 struct Finished {
@@ -160,6 +168,7 @@ impl<'a> Engine<'a> {
             executor,
             lock_path,
             lock: Mutex::new(lock),
+            lock_written: Mutex::new((None, false)),
         })
     }
 
@@ -403,6 +412,7 @@ impl<'a> Engine<'a> {
             }
         });
 
+        self.flush_lock();
         self.store.save_hash_cache(&self.hash_cache);
         if let Err(error) = self.store.record_run(&keys) {
             tracing::debug!("run record not written: {error}");
@@ -421,16 +431,43 @@ impl<'a> Engine<'a> {
     }
 
     fn update_lock(&self, index: usize, locked: LockedStage) {
-        let mut lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let name = self.dag.id(index).to_string();
-        if lock.stages.get(&name) == Some(&locked) && self.lock_path.exists() {
+        {
+            let mut lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            if lock.stages.get(&name) == Some(&locked) && self.lock_path.exists() {
+                return;
+            }
+            lock.stages.insert(name, locked);
+        }
+        let due = {
+            let mut written = self
+                .lock_written
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            written.1 = true;
+            written
+                .0
+                .is_none_or(|last| last.elapsed() >= LOCK_WRITE_INTERVAL)
+        };
+        if due {
+            self.flush_lock();
+        }
+    }
+
+    /// Writes the lock file if entries changed since the last write.
+    fn flush_lock(&self) {
+        let mut written = self
+            .lock_written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !written.1 {
             return;
         }
-        lock.stages.insert(name, locked);
-        // Written after every finished stage, so a crash later keeps this one's entry.
+        let lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(error) = lock.save(&self.lock_path, self.store.root()) {
             tracing::warn!("lock file not written: {error}");
         }
+        *written = (Some(Instant::now()), false);
         if let Err(error) = self.store.register_lock_file(&self.lock_path) {
             tracing::debug!("lock file not registered for gc: {error}");
         }

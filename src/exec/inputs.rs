@@ -16,6 +16,9 @@ enum DepSource {
     External(String),
     /// Inside the outputs of stage `producer`; `inside` is the path in its output manifest.
     Upstream { producer: usize, inside: String },
+    /// A directory that holds the outputs of `producers` (and maybe other files): hashed from
+    /// disk once they have finished and been materialized there.
+    Containing { producers: Vec<usize> },
 }
 
 /// The pipeline's stages as a graph of direct data dependencies, indexed in file order.
@@ -84,15 +87,34 @@ impl Dag {
             if let StageSettings::Command(command) = &stage.settings {
                 for dep in &command.deps {
                     let path = normalize(dep);
-                    let source = producer_of(pipeline, index, &path).map_or_else(
-                        || DepSource::External(path.clone()),
-                        |(producer, inside)| DepSource::Upstream { producer, inside },
-                    );
-                    if let DepSource::Upstream { producer, .. } = &source {
-                        upstream[index].insert(*producer);
+                    let source = match producer_of(pipeline, index, &path) {
+                        Some((producer, inside)) => DepSource::Upstream { producer, inside },
+                        None => {
+                            let producers = producers_under(pipeline, index, &path);
+                            if producers.is_empty() {
+                                DepSource::External(path.clone())
+                            } else {
+                                DepSource::Containing { producers }
+                            }
+                        }
+                    };
+                    match &source {
+                        DepSource::Upstream { producer, .. } => {
+                            upstream[index].insert(*producer);
+                        }
+                        DepSource::Containing { producers } => {
+                            upstream[index].extend(producers.iter().copied());
+                        }
+                        DepSource::External(_) => {}
                     }
                     deps[index].push((path, source));
                 }
+            }
+        }
+        // The model's edges order stages too, so no rule of its can be missed here.
+        for edge in pipeline.dependencies() {
+            if let (Some(up), Some(down)) = (index_of(&edge.upstream), index_of(&edge.downstream)) {
+                upstream[down].insert(up);
             }
         }
         let upstream: Vec<Vec<usize>> = upstream.into_iter().map(Vec::from_iter).collect();
@@ -232,27 +254,25 @@ impl Dag {
                             }
                         }
                     }
+                    DepSource::Containing { producers } => {
+                        let missing: Vec<usize> = producers
+                            .iter()
+                            .copied()
+                            .filter(|producer| upstream_output(*producer).is_none())
+                            .collect();
+                        if missing.is_empty() {
+                            let digest = hash_path(pipeline, &stage.id, path, hash_cache)?;
+                            upstream.insert(path.clone(), digest);
+                        } else {
+                            unknown.extend(missing);
+                        }
+                    }
                 }
             }
             paths
         };
         for path in external_paths {
-            let digest = hash_cache
-                .content_digest(&pipeline.root.join(&path))
-                .map_err(|source| {
-                    if source.kind() == io::ErrorKind::NotFound {
-                        ExecError::MissingDependency {
-                            stage: stage.id.clone(),
-                            path: path.clone(),
-                        }
-                    } else {
-                        ExecError::HashInput {
-                            stage: stage.id.clone(),
-                            path: pipeline.root.join(&path),
-                            source,
-                        }
-                    }
-                })?;
+            let digest = hash_path(pipeline, &stage.id, &path, hash_cache)?;
             external.insert(path, digest);
         }
         Ok((
@@ -260,6 +280,52 @@ impl Dag {
             unknown.into_iter().collect(),
         ))
     }
+}
+
+fn hash_path(
+    pipeline: &Pipeline,
+    stage: &StageId,
+    path: &str,
+    hash_cache: &HashCache,
+) -> Result<ContentDigest, ExecError> {
+    hash_cache
+        .content_digest(&pipeline.root.join(path))
+        .map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                ExecError::MissingDependency {
+                    stage: stage.clone(),
+                    path: path.to_owned(),
+                }
+            } else {
+                ExecError::HashInput {
+                    stage: stage.clone(),
+                    path: pipeline.root.join(path),
+                    source,
+                }
+            }
+        })
+}
+
+/// Stages (other than `consumer`) whose outputs lie strictly under the directory `path`.
+fn producers_under(pipeline: &Pipeline, consumer: usize, path: &str) -> Vec<usize> {
+    pipeline
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != consumer)
+        .filter(|(_, stage)| {
+            let mounts: Vec<String> = match &stage.settings {
+                StageSettings::Command(command) => {
+                    command.outs.iter().map(|out| normalize(out)).collect()
+                }
+                _ => vec![output_dir_of(&stage.id)],
+            };
+            mounts
+                .iter()
+                .any(|mount| inside(mount, path).is_some_and(|rest| !rest.is_empty()))
+        })
+        .map(|(index, _)| index)
+        .collect()
 }
 
 /// For dep `path` of stage `consumer`: the stage whose outputs hold it and the path inside.

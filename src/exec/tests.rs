@@ -272,3 +272,38 @@ fn concurrent_runs_compute_each_key_once() {
     assert_eq!(ran(root), ["first", "other", "second"]);
     assert!(store.verify().expect("verify").quarantined.is_empty());
 }
+
+/// The engine's edges (derived from the same rule that hashes a dep's content) agree with
+/// the model's `Pipeline::dependencies()` on every example pipeline.
+#[test]
+fn edges_agree_with_the_model() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut checked = 0;
+    for entry in fs::read_dir(&examples).expect("pipelines/ exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|ext| ext.to_str()) != Some("yaml") {
+            continue;
+        }
+        let pipeline = crate::model::load_file(&path, &[]).expect("examples are valid");
+        let dag = Dag::new(&pipeline).expect("acyclic");
+        let mut expected: Vec<(String, String)> = pipeline
+            .dependencies()
+            .into_iter()
+            .map(|edge| (edge.upstream.to_string(), edge.downstream.to_string()))
+            .collect();
+        expected.sort();
+        expected.dedup();
+        let mut actual: Vec<(String, String)> = (0..dag.len())
+            .flat_map(|index| {
+                dag.upstream(index)
+                    .iter()
+                    .map(|up| (dag.id(*up).to_string(), dag.id(index).to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        actual.sort();
+        assert_eq!(actual, expected, "edges of `{}`", path.display());
+        checked += 1;
+    }
+    assert!(checked > 0, "no example pipelines found");
+}
