@@ -111,9 +111,15 @@ fn second_run_executes_nothing() {
     let first = project.taper(&["run", "p.yaml", "-j", "2"]);
     assert!(succeeded(&first), "{}", project.show(&first));
     assert_eq!(project.runs(), ["first", "other", "second"]);
-    assert_eq!(fs::read_to_string(project.path("second.txt")).expect("out"), "HEL\n");
+    assert_eq!(
+        fs::read_to_string(project.path("second.txt")).expect("out"),
+        "HEL\n"
+    );
     let lock = fs::read_to_string(project.path("p.lock")).expect("lock file written");
-    assert!(lock.contains("first:") && lock.contains("settings_digest"), "{lock}");
+    assert!(
+        lock.contains("first:") && lock.contains("settings_digest"),
+        "{lock}"
+    );
 
     let second = project.taper(&["run", "p.yaml", "-j", "1"]);
     assert!(succeeded(&second));
@@ -128,7 +134,10 @@ fn second_run_executes_nothing() {
     3 stages: 0 ran, 3 cached
     ");
     // The lock file is deterministic: an identical run leaves it byte for byte.
-    assert_eq!(fs::read_to_string(project.path("p.lock")).expect("lock"), lock);
+    assert_eq!(
+        fs::read_to_string(project.path("p.lock")).expect("lock"),
+        lock
+    );
 }
 
 /// Changing one setting reruns exactly that stage and its dependents, and `plan` says which
@@ -171,13 +180,29 @@ fn set_override_reruns_and_reverting_is_cached() {
     other   cached
     --- stderr
     ");
-    assert!(succeeded(&project.taper(&["run", "p.yaml", "-S", "params.width=2"])));
+    assert!(succeeded(&project.taper(&[
+        "run",
+        "p.yaml",
+        "-S",
+        "params.width=2"
+    ])));
     assert_eq!(project.runs(), ["first", "second"]);
-    assert_eq!(fs::read_to_string(project.path("second.txt")).expect("out"), "HE\n");
+    assert_eq!(
+        fs::read_to_string(project.path("second.txt")).expect("out"),
+        "HE\n"
+    );
     let back = project.taper(&["run", "p.yaml"]);
     assert!(succeeded(&back));
-    assert_eq!(project.runs(), Vec::<String>::new(), "{}", project.show(&back));
-    assert_eq!(fs::read_to_string(project.path("second.txt")).expect("out"), "HEL\n");
+    assert_eq!(
+        project.runs(),
+        Vec::<String>::new(),
+        "{}",
+        project.show(&back)
+    );
+    assert_eq!(
+        fs::read_to_string(project.path("second.txt")).expect("out"),
+        "HEL\n"
+    );
 }
 
 /// A stage that reruns but produces identical output leaves its dependents cached.
@@ -207,13 +232,20 @@ fn early_cutoff_keeps_dependents_cached() {
 /// the error names the log; fixing it resumes from the last good stage.
 #[test]
 fn a_failure_stops_dependents_and_a_rerun_resumes() {
-    let project = Project::new(&PIPELINE.replace("cut -c1-", "echo broken >&2 && exit 4 && cut -c1-"));
+    let project =
+        Project::new(&PIPELINE.replace("cut -c1-", "echo broken >&2 && exit 4 && cut -c1-"));
     let run = project.taper(&["run", "p.yaml", "-j", "1"]);
     assert_eq!(run.status.code(), Some(1));
     assert_eq!(project.runs(), ["first", "other"]);
     let shown = project.show(&run);
-    assert!(shown.contains("skipped  second: upstream `first` failed"), "{shown}");
-    assert!(shown.contains("taper::stages::command::exit_status"), "{shown}");
+    assert!(
+        shown.contains("skipped  second: upstream `first` failed"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("taper::stages::command::exit_status"),
+        "{shown}"
+    );
     assert!(shown.contains("(log: `./out/first.log`)"), "{shown}");
     let log = fs::read_to_string(project.path("out/first.log")).expect("log");
     assert!(log.contains("broken"), "{log}");
@@ -258,7 +290,9 @@ fn verify_detects_a_corrupted_blob() {
     assert!(shown.contains("its stage will rerun"), "{shown}");
     let plan = project.taper(&["plan", "p.yaml"]);
     assert!(
-        project.show(&plan).contains("second  will run  output missing from the store"),
+        project
+            .show(&plan)
+            .contains("second  will run  output missing from the store"),
         "{}",
         project.show(&plan)
     );
@@ -332,7 +366,10 @@ fn a_killed_run_leaves_no_partial_entry() {
     child.kill().expect("kill -9");
     child.wait().expect("reap");
     let lock = fs::read_to_string(project.path("p.lock")).expect("lock of finished stages");
-    assert!(lock.contains("first:") && !lock.contains("second:"), "{lock}");
+    assert!(
+        lock.contains("first:") && !lock.contains("second:"),
+        "{lock}"
+    );
     let listing = String::from_utf8_lossy(&project.taper(&["cache", "ls"]).stdout).into_owned();
     assert!(!listing.contains("second"), "{listing}");
     assert!(succeeded(&project.taper(&["cache", "verify"])));
@@ -350,14 +387,28 @@ fn a_killed_run_leaves_no_partial_entry() {
 fn gc_keeps_locked_results() {
     let project = Project::new(PIPELINE);
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
-    assert!(succeeded(&project.taper(&["run", "p.yaml", "-S", "params.width=2"])));
+    assert!(succeeded(&project.taper(&[
+        "run",
+        "p.yaml",
+        "-S",
+        "params.width=2"
+    ])));
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
     let gc = project.taper(&["cache", "gc", "--keep-runs", "0"]);
     assert!(succeeded(&gc), "{}", project.show(&gc));
-    assert!(project.show(&gc).contains("removed"), "{}", project.show(&gc));
+    assert!(
+        project.show(&gc).contains("removed"),
+        "{}",
+        project.show(&gc)
+    );
     project.runs();
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
     assert_eq!(project.runs(), Vec::<String>::new());
-    assert!(succeeded(&project.taper(&["run", "p.yaml", "-S", "params.width=2"])));
+    assert!(succeeded(&project.taper(&[
+        "run",
+        "p.yaml",
+        "-S",
+        "params.width=2"
+    ])));
     assert_eq!(project.runs(), ["first", "second"]);
 }

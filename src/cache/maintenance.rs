@@ -107,7 +107,9 @@ impl Store {
         for (digest, path) in &manifests {
             if self.get_manifest(digest).is_none() {
                 let moved = self.quarantine(path, "manifest")?;
-                report.quarantined.push((format!("manifest {digest}"), moved));
+                report
+                    .quarantined
+                    .push((format!("manifest {digest}"), moved));
             }
         }
         let actions = self.objects("actions-v1", ".json");
@@ -284,7 +286,9 @@ fn remove_counted(path: &Path, report: &mut GcReport) {
         add_usage(path, &mut usage);
         fs::remove_dir_all(path)
     } else {
-        usage.bytes = fs::metadata(path).map(|metadata| metadata.len()).unwrap_or(0);
+        usage.bytes = fs::metadata(path)
+            .map(|metadata| metadata.len())
+            .unwrap_or(0);
         usage.files = 1;
         fs::remove_file(path)
     };

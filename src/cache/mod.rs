@@ -66,7 +66,10 @@ pub enum CacheError {
     GcRunning { path: PathBuf },
 }
 
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + use<'a> {
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> CacheError + use<'a> {
     move |source| CacheError::Io {
         action,
         path: path.to_path_buf(),
@@ -220,7 +223,10 @@ impl Store {
 
     /// Takes the lock of stage key `key` without waiting; `None` when another run holds it.
     pub fn try_lock_key(&self, key: &Digest) -> Result<Option<KeyLock>, CacheError> {
-        let path = self.root.join("locks-v1").join(format!("{}.lock", key.to_hex()));
+        let path = self
+            .root
+            .join("locks-v1")
+            .join(format!("{}.lock", key.to_hex()));
         let file = fs::File::create(&path).map_err(io_error("create", &path))?;
         match file.try_lock() {
             Ok(()) => Ok(Some(KeyLock { _file: file })),
@@ -235,7 +241,10 @@ impl Store {
 
     /// Takes the lock of stage key `key`, waiting for another run to release it.
     pub fn lock_key(&self, key: &Digest) -> Result<KeyLock, CacheError> {
-        let path = self.root.join("locks-v1").join(format!("{}.lock", key.to_hex()));
+        let path = self
+            .root
+            .join("locks-v1")
+            .join(format!("{}.lock", key.to_hex()));
         let file = fs::File::create(&path).map_err(io_error("create", &path))?;
         file.lock().map_err(io_error("lock", &path))?;
         Ok(KeyLock { _file: file })
@@ -274,7 +283,10 @@ impl Store {
     pub fn register_lock_file(&self, lock_file: &Path) -> Result<(), CacheError> {
         let absolute = std::path::absolute(lock_file).map_err(io_error("resolve", lock_file))?;
         let digest = Digest::of_bytes(absolute.to_string_lossy().as_bytes());
-        let path = self.root.join("roots-v1").join(format!("{}.json", digest.to_hex()));
+        let path = self
+            .root
+            .join("roots-v1")
+            .join(format!("{}.json", digest.to_hex()));
         if path.exists() {
             return Ok(());
         }

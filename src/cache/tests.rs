@@ -11,7 +11,9 @@ fn sample_record(store: &Store, content: &str) -> ActionRecord {
     let manifest = HashCache::default()
         .manifest_of(source.path())
         .expect("hash");
-    let outputs = store.put_tree(source.path(), &manifest, false).expect("put");
+    let outputs = store
+        .put_tree(source.path(), &manifest, false)
+        .expect("put");
     let stage = Stage {
         id: StageId("step".to_owned()),
         settings: StageSettings::Command(Command {

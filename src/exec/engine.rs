@@ -35,7 +35,9 @@ pub struct RunOptions {
 #[derive(Debug)]
 pub enum Decision {
     /// Up to date; `restore` lists outputs to copy back from the store.
-    Cached { restore: Vec<String> },
+    Cached {
+        restore: Vec<String>,
+    },
     WillRun(Vec<DirtyReason>),
     /// Its key cannot be computed (a missing dep, say).
     Error(ExecError),
@@ -76,12 +78,17 @@ pub enum Event<'a> {
         restored: &'a [String],
     },
     /// Another `taper run` holds this stage's key; this one waits for it.
-    Waiting { stage: &'a StageId },
+    Waiting {
+        stage: &'a StageId,
+    },
     Started {
         stage: &'a StageId,
         reasons: &'a [DirtyReason],
     },
-    Log { stage: &'a StageId, line: &'a str },
+    Log {
+        stage: &'a StageId,
+        line: &'a str,
+    },
     Finished {
         stage: &'a StageId,
         duration: Duration,
@@ -157,8 +164,12 @@ impl<'a> Engine<'a> {
         let lock_path = LockFile::path_for(&pipeline.path);
         let mut lock = LockFile::load(&lock_path).unwrap_or_else(|| LockFile::new(&pipeline.name));
         // Entries of stages that left the pipeline would otherwise linger forever.
-        lock.stages
-            .retain(|name, _| pipeline.stages.iter().any(|stage| stage.id.as_str() == name));
+        lock.stages.retain(|name, _| {
+            pipeline
+                .stages
+                .iter()
+                .any(|stage| stage.id.as_str() == name)
+        });
         lock.pipeline.clone_from(&pipeline.name);
         Ok(Engine {
             pipeline,
@@ -242,9 +253,11 @@ impl<'a> Engine<'a> {
                 continue;
             }
             let stage = &self.pipeline.stages[index];
-            let computed = self.dag.hashable(self.pipeline, index, &self.hash_cache, &|i| {
-                outputs.get(&i).cloned()
-            });
+            let computed = self
+                .dag
+                .hashable(self.pipeline, index, &self.hash_cache, &|i| {
+                    outputs.get(&i).cloned()
+                });
             let (mut hashable, unknown) = match computed {
                 Ok(found) => found,
                 Err(error) => {
@@ -342,23 +355,24 @@ impl<'a> Engine<'a> {
                     let is_forced = forced.contains(&index);
                     let sender = sender.clone();
                     scope.spawn(move || {
-                        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                            || self.process(index, &upstream, is_forced, observe),
-                        ))
-                        .unwrap_or_else(|_| Finished {
-                            status: StageStatus::Failed(ExecError::StageFailed {
-                                stage: self.dag.id(index).clone(),
-                                log: self.log_path(index),
-                                source: StageError::new(ExecError::Io {
-                                    action: "run (the runner panicked)",
-                                    path: self.pipeline.path.clone(),
-                                    source: std::io::Error::other("panic in stage runner"),
+                        let finished =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                self.process(index, &upstream, is_forced, observe)
+                            }))
+                            .unwrap_or_else(|_| Finished {
+                                status: StageStatus::Failed(ExecError::StageFailed {
+                                    stage: self.dag.id(index).clone(),
+                                    log: self.log_path(index),
+                                    source: StageError::new(ExecError::Io {
+                                        action: "run (the runner panicked)",
+                                        path: self.pipeline.path.clone(),
+                                        source: std::io::Error::other("panic in stage runner"),
+                                    }),
                                 }),
-                            }),
-                            key: None,
-                            manifest: None,
-                            locked: None,
-                        });
+                                key: None,
+                                manifest: None,
+                                locked: None,
+                            });
                         // The receiver lives until every worker has reported.
                         let _ = sender.send((index, finished));
                     });
@@ -500,9 +514,11 @@ impl<'a> Engine<'a> {
                 locked: None,
             }
         };
-        let computed = self.dag.hashable(self.pipeline, index, &self.hash_cache, &|i| {
-            upstream.get(&i).cloned()
-        });
+        let computed = self
+            .dag
+            .hashable(self.pipeline, index, &self.hash_cache, &|i| {
+                upstream.get(&i).cloned()
+            });
         let hashable = match computed {
             Ok((hashable, _)) => hashable,
             Err(error) => return fail(error, None),
@@ -710,14 +726,14 @@ impl<'a> Engine<'a> {
         let duration = started.elapsed();
         drop(log_file);
 
-        let manifest = self
-            .hash_cache
-            .manifest_of(&out_dir)
-            .map_err(|source| ExecError::HashInput {
-                stage: stage.id.clone(),
-                path: out_dir.clone(),
-                source,
-            })?;
+        let manifest =
+            self.hash_cache
+                .manifest_of(&out_dir)
+                .map_err(|source| ExecError::HashInput {
+                    stage: stage.id.clone(),
+                    path: out_dir.clone(),
+                    source,
+                })?;
         let outputs = self.store.put_tree(&out_dir, &manifest, true)?;
         let log_digest = self
             .hash_cache

@@ -70,7 +70,11 @@ pub fn output_dir_of(stage: &StageId) -> String {
 
 impl Dag {
     pub fn new(pipeline: &Pipeline) -> Result<Dag, ExecError> {
-        let ids: Vec<StageId> = pipeline.stages.iter().map(|stage| stage.id.clone()).collect();
+        let ids: Vec<StageId> = pipeline
+            .stages
+            .iter()
+            .map(|stage| stage.id.clone())
+            .collect();
         let index_of = |id: &StageId| ids.iter().position(|known| known == id);
         let mut upstream = vec![BTreeSet::new(); ids.len()];
         let mut slots = vec![Vec::new(); ids.len()];
@@ -119,15 +123,14 @@ impl Dag {
                 downstream[*producer].push(index);
             }
         }
-        let order = topological_order(&upstream, &downstream).map_err(|stuck| {
-            ExecError::Cycle {
+        let order =
+            topological_order(&upstream, &downstream).map_err(|stuck| ExecError::Cycle {
                 stages: stuck
                     .iter()
                     .map(|index| format!("`{}`", ids[*index]))
                     .collect::<Vec<_>>()
                     .join(", "),
-            }
-        })?;
+            })?;
         Ok(Dag {
             ids,
             upstream,
@@ -226,29 +229,31 @@ impl Dag {
             }
         }
         let external_paths: Vec<String> = if self.deps[index].is_empty() {
-            stage.external_paths().iter().map(|path| normalize(path)).collect()
+            stage
+                .external_paths()
+                .iter()
+                .map(|path| normalize(path))
+                .collect()
         } else {
             let mut paths = Vec::new();
             for (path, source) in &self.deps[index] {
                 match source {
                     DepSource::External(path) => paths.push(path.clone()),
-                    DepSource::Upstream { producer, inside } => {
-                        match upstream_output(*producer) {
-                            Some(manifest) => {
-                                let digest = manifest.content_digest_of(inside).ok_or_else(|| {
-                                    ExecError::DependencyNotProduced {
-                                        stage: stage.id.clone(),
-                                        producer: self.ids[*producer].clone(),
-                                        path: path.clone(),
-                                    }
-                                })?;
-                                upstream.insert(path.clone(), digest);
-                            }
-                            None => {
-                                unknown.insert(*producer);
-                            }
+                    DepSource::Upstream { producer, inside } => match upstream_output(*producer) {
+                        Some(manifest) => {
+                            let digest = manifest.content_digest_of(inside).ok_or_else(|| {
+                                ExecError::DependencyNotProduced {
+                                    stage: stage.id.clone(),
+                                    producer: self.ids[*producer].clone(),
+                                    path: path.clone(),
+                                }
+                            })?;
+                            upstream.insert(path.clone(), digest);
                         }
-                    }
+                        None => {
+                            unknown.insert(*producer);
+                        }
+                    },
                     DepSource::Containing { producers } => {
                         let missing: Vec<usize> = producers
                             .iter()

@@ -60,10 +60,7 @@ pub enum ExecError {
     },
 
     #[error("cannot hash `{path}` for stage `{stage}`")]
-    #[diagnostic(
-        code(taper::exec::hash_input),
-        help("check that the file is readable")
-    )]
+    #[diagnostic(code(taper::exec::hash_input), help("check that the file is readable"))]
     HashInput {
         stage: StageId,
         path: PathBuf,

@@ -4,8 +4,8 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use super::engine::{Decision, Event, RunSummary, StagePlan, StageStatus};
 use super::describe_reasons;
+use super::engine::{Decision, Event, RunSummary, StagePlan, StageStatus};
 
 fn width(names: impl Iterator<Item = usize>) -> usize {
     names.max().unwrap_or(0)
@@ -37,10 +37,9 @@ pub fn render_plan(pipeline: &str, plans: &[StagePlan]) -> String {
             Decision::Cached { restore } if restore.is_empty() => {
                 format!("{stage:<pad$}  cached")
             }
-            Decision::Cached { restore } => format!(
-                "{stage:<pad$}  cached    restore {}",
-                quoted_list(restore)
-            ),
+            Decision::Cached { restore } => {
+                format!("{stage:<pad$}  cached    restore {}", quoted_list(restore))
+            }
             Decision::WillRun(reasons) => {
                 format!("{stage:<pad$}  will run  {}", describe_reasons(reasons))
             }
@@ -67,7 +66,7 @@ fn seconds(duration: Duration) -> String {
 /// One status line for a run event; `None` for log lines unless `verbose`.
 pub fn render_event(event: &Event<'_>, verbose: bool) -> Option<String> {
     Some(match event {
-        Event::Cached { stage, restored } if restored.is_empty() => format!("cached   {stage}"),
+        Event::Cached { stage, restored: [] } => format!("cached   {stage}"),
         Event::Cached { stage, restored } => {
             format!("cached   {stage} (restored {})", quoted_list(restored))
         }

@@ -33,21 +33,20 @@ impl CountingCommand {
     }
 }
 
-static COUNTER: std::sync::LazyLock<CountingCommand> = std::sync::LazyLock::new(|| {
-    CountingCommand {
+static COUNTER: std::sync::LazyLock<CountingCommand> =
+    std::sync::LazyLock::new(|| CountingCommand {
         runs: Mutex::new(Vec::new()),
-    }
-});
+    });
 
 struct Recording;
 
 impl StageRunner for Recording {
     fn run(&self, ctx: &StageContext<'_>) -> Result<StageOutcome, runner::StageError> {
-        COUNTER
-            .runs
-            .lock()
-            .expect("not poisoned")
-            .push(format!("{}:{}", ctx.pipeline_root.display(), ctx.stage.id));
+        COUNTER.runs.lock().expect("not poisoned").push(format!(
+            "{}:{}",
+            ctx.pipeline_root.display(),
+            ctx.stage.id
+        ));
         crate::stages::command::CommandRunner.run(ctx)
     }
 }

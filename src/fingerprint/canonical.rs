@@ -132,7 +132,10 @@ mod tests {
         assert!(texts.iter().all(|text| text == "2e-5"), "{texts:?}");
         assert_eq!(canonical_json(&json!(3.0)), canonical_json(&json!(3)));
         assert_eq!(canonical_json(&json!(-0.0)), "0");
-        assert_ne!(canonical_json(&json!(0.1)), canonical_json(&json!(0.10000001)));
+        assert_ne!(
+            canonical_json(&json!(0.1)),
+            canonical_json(&json!(0.10000001))
+        );
     }
 
     #[test]
@@ -158,9 +161,8 @@ mod tests {
         leaf.prop_recursive(3, 32, 6, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::vec(("[a-e]{1,3}", inner), 0..5).prop_map(|pairs| {
-                    Value::Object(pairs.into_iter().collect())
-                }),
+                prop::collection::vec(("[a-e]{1,3}", inner), 0..5)
+                    .prop_map(|pairs| { Value::Object(pairs.into_iter().collect()) }),
             ]
         })
     }

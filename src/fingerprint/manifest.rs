@@ -188,7 +188,10 @@ impl HashCache {
 
     /// Whether entries were added since loading.
     pub fn is_dirty(&self) -> bool {
-        *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The bytes to save (entries for files that no longer exist are dropped).
@@ -245,7 +248,10 @@ impl HashCache {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(absolute, entry);
-            *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+            *self
+                .dirty
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
         }
         Ok((digest, metadata))
     }
@@ -323,11 +329,17 @@ mod tests {
             fs::write(temp.path().join(name).join("sub/b.txt"), "b").expect("write");
         }
         let cache = HashCache::default();
-        let one = cache.content_digest(&temp.path().join("one")).expect("hash");
-        let two = cache.content_digest(&temp.path().join("two")).expect("hash");
+        let one = cache
+            .content_digest(&temp.path().join("one"))
+            .expect("hash");
+        let two = cache
+            .content_digest(&temp.path().join("two"))
+            .expect("hash");
         assert_eq!(one, two);
         fs::write(temp.path().join("two/sub/b.txt"), "B").expect("write");
-        let changed = cache.content_digest(&temp.path().join("two")).expect("hash");
+        let changed = cache
+            .content_digest(&temp.path().join("two"))
+            .expect("hash");
         assert_ne!(one, changed);
     }
 
@@ -357,7 +369,10 @@ mod tests {
         fs::write(&path, "v1").expect("write");
         let cache = HashCache::default();
         cache.hash_file(&path).expect("hash");
-        assert!(!cache.is_dirty(), "a file younger than the racy window was recorded");
+        assert!(
+            !cache.is_dirty(),
+            "a file younger than the racy window was recorded"
+        );
     }
 
     #[test]

@@ -158,10 +158,21 @@ pub enum DirtyReason {
     /// The key is unchanged but its outputs are not in the store (never stored, or gc'ed).
     OutputMissing,
     /// An upstream stage will run first; this stage's key is known only after it.
-    UpstreamWillRun { stage: String },
-    SchemeChanged { old: u32, new: u32 },
-    KindChanged { old: String, new: String },
-    ImplementationVersionChanged { old: u32, new: u32 },
+    UpstreamWillRun {
+        stage: String,
+    },
+    SchemeChanged {
+        old: u32,
+        new: u32,
+    },
+    KindChanged {
+        old: String,
+        new: String,
+    },
+    ImplementationVersionChanged {
+        old: u32,
+        new: u32,
+    },
     /// A resolved setting changed; `field` is a dotted path (`learning_rate`, `split.seed`).
     SettingChanged {
         field: String,
@@ -169,9 +180,13 @@ pub enum DirtyReason {
         new: String,
     },
     /// An external file or directory changed (or appeared, or disappeared).
-    InputChanged { path: String },
+    InputChanged {
+        path: String,
+    },
     /// The content a stage receives from upstream changed.
-    UpstreamChanged { input: String },
+    UpstreamChanged {
+        input: String,
+    },
     EnvironmentChanged {
         name: String,
         old: String,
@@ -241,7 +256,9 @@ pub fn compare(old: &StageHashable, new: &StageHashable) -> Vec<DirtyReason> {
     }
     for name in changed_keys(&old.environment, &new.environment) {
         let show = |map: &BTreeMap<String, String>| {
-            map.get(&name).cloned().unwrap_or_else(|| "unset".to_owned())
+            map.get(&name)
+                .cloned()
+                .unwrap_or_else(|| "unset".to_owned())
         };
         reasons.push(DirtyReason::EnvironmentChanged {
             old: show(&old.environment),

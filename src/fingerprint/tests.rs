@@ -35,11 +35,14 @@ fn key_of(stage: &Stage) -> Digest {
 
 #[test]
 fn equivalent_learning_rates_hash_alike() {
-    let short: Value = serde_json::from_str(r#"{"learning_rate": 2e-5, "epochs": 3}"#)
-        .expect("valid JSON");
-    let long: Value = serde_json::from_str(r#"{"epochs": 3, "learning_rate": 0.00002}"#)
-        .expect("valid JSON");
-    assert_eq!(key_of(&configure_stage(short)), key_of(&configure_stage(long)));
+    let short: Value =
+        serde_json::from_str(r#"{"learning_rate": 2e-5, "epochs": 3}"#).expect("valid JSON");
+    let long: Value =
+        serde_json::from_str(r#"{"epochs": 3, "learning_rate": 0.00002}"#).expect("valid JSON");
+    assert_eq!(
+        key_of(&configure_stage(short)),
+        key_of(&configure_stage(long))
+    );
 }
 
 #[test]
@@ -103,7 +106,8 @@ fn upstream_and_environment_changes_are_named() {
         BTreeMap::from([("in.txt".to_owned(), digest(b"2"))]),
         BTreeMap::new(),
     );
-    new.environment.insert("arch".to_owned(), "riscv64".to_owned());
+    new.environment
+        .insert("arch".to_owned(), "riscv64".to_owned());
     let reasons = compare(&old, &new);
     assert_eq!(
         reasons,

@@ -34,7 +34,9 @@ pub enum CommandError {
     #[error("command of stage `{stage}` exited with {status}: `{run}`")]
     #[diagnostic(
         code(taper::stages::command::exit_status),
-        help("the command's output is in the stage log; fix the command or its inputs and run again")
+        help(
+            "the command's output is in the stage log; fix the command or its inputs and run again"
+        )
     )]
     Failed {
         stage: StageId,

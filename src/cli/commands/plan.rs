@@ -6,11 +6,11 @@ use crate::cli::ExitStatus;
 use crate::exec::{report, Decision, Engine, LocalExecutor, RunOptions};
 
 pub fn run(args: &PlanArgs, printer: &Printer) -> ExitStatus {
-    let (pipeline, store) = match super::load_with_store(&args.selection, &args.store.store, printer)
-    {
-        Ok(loaded) => loaded,
-        Err(status) => return status,
-    };
+    let (pipeline, store) =
+        match super::load_with_store(&args.selection, &args.store.store, printer) {
+            Ok(loaded) => loaded,
+            Err(status) => return status,
+        };
     let executor = LocalExecutor::new(crate::stages::runner_for);
     let options = RunOptions {
         targets: args.selection.stages.clone(),
@@ -18,15 +18,14 @@ pub fn run(args: &PlanArgs, printer: &Printer) -> ExitStatus {
         force: args.selection.force.clone(),
         jobs: 1,
     };
-    let plans = match Engine::new(&pipeline, &store, &executor)
-        .and_then(|engine| engine.plan(&options))
-    {
-        Ok(plans) => plans,
-        Err(error) => {
-            printer.diagnostic(error);
-            return ExitStatus::Failure;
-        }
-    };
+    let plans =
+        match Engine::new(&pipeline, &store, &executor).and_then(|engine| engine.plan(&options)) {
+            Ok(plans) => plans,
+            Err(error) => {
+                printer.diagnostic(error);
+                return ExitStatus::Failure;
+            }
+        };
     printer.data(&report::render_plan(&pipeline.name, &plans));
     let mut status = ExitStatus::Success;
     for plan in plans {
