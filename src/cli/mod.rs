@@ -39,13 +39,12 @@ pub fn main() -> ExitCode {
     let printer = Printer::from_env();
     let color = printer.color;
     // Installed once, here: every diagnostic rendered by the printer goes through it.
+    // Without NO_COLOR, miette decides (colour only on a terminal); forcing it on would put
+    // escape codes into redirected output.
     let _ = miette::set_hook(Box::new(move |_| {
-        Box::new(
-            miette::MietteHandlerOpts::new()
-                .color(color)
-                .unicode(true)
-                .build(),
-        )
+        let options = miette::MietteHandlerOpts::new();
+        let options = if color { options } else { options.color(false) };
+        Box::new(options.build())
     }));
     let args = match Args::try_parse() {
         Ok(args) => args,

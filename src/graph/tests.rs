@@ -107,3 +107,12 @@ fn renderings_group_parallel_stages() {
         "{mermaid}"
     );
 }
+
+#[test]
+fn external_paths_leave_out_files_other_stages_produce() {
+    let pipeline = pipeline(COMMANDS);
+    let report = StageId("report".into());
+    assert_eq!(pipeline.external_paths(&report), Vec::<PathBuf>::new());
+    let clean = StageId("clean".into());
+    assert_eq!(pipeline.external_paths(&clean), [PathBuf::from("raw.csv")]);
+}

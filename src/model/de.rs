@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
-use crate::spec::{suggestion_help, Key, Node, Resolved, ScalarStyle, Span, Value};
+use crate::spec::{resolve_plain, suggestion_help, Key, Node, Resolved, ScalarStyle, Span, Value};
 
 /// A key that the target struct does not have.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,11 +101,26 @@ pub(crate) struct NodeDeserializer<'a> {
 
 impl<'a> NodeDeserializer<'a> {
     fn mismatch(&self, expected: &str) -> DeError {
-        DeError::new(format!(
+        let mut error = DeError::new(format!(
             "expected {expected}, found {}",
             self.node.describe()
         ))
-        .placed(self.node, self.key_span)
+        .placed(self.node, self.key_span);
+        // `epochs: "2"`: quoting makes a string; say so rather than leave the user puzzled.
+        if let Value::Scalar(scalar) = &self.node.value {
+            if scalar.style == ScalarStyle::Quoted
+                && !matches!(
+                    resolve_plain(&scalar.text),
+                    Resolved::Str(_) | Resolved::Null
+                )
+            {
+                error.help = Some(format!(
+                    "write `{}` without quotes: a quoted value is a string",
+                    scalar.text
+                ));
+            }
+        }
+        error
     }
 
     fn resolved(&self) -> Option<Resolved<'a>> {
@@ -298,14 +313,28 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
         visitor: V,
     ) -> Result<V::Value, DeError> {
         match &self.node.value {
-            Value::Map(entries) => visitor
-                .visit_map(MapAccess {
-                    entries: entries.iter(),
-                    value: None,
-                    fields: Some(fields),
-                    parent: &self,
-                })
-                .map_err(|error: DeError| error.placed(self.node, self.key_span)),
+            Value::Map(entries) => {
+                // Collected before visiting: a type error stops the visitor, and the unknown
+                // keys after it would go unreported.
+                self.unknown.borrow_mut().extend(
+                    entries
+                        .iter()
+                        .filter(|(key, _)| !fields.contains(&key.value.as_str()))
+                        .map(|(key, _)| UnknownField {
+                            key: key.value.clone(),
+                            span: key.span,
+                            expected: fields,
+                        }),
+                );
+                visitor
+                    .visit_map(MapAccess {
+                        entries: entries.iter(),
+                        value: None,
+                        fields: Some(fields),
+                        parent: &self,
+                    })
+                    .map_err(|error: DeError| error.placed(self.node, self.key_span))
+            }
             _ => Err(self.mismatch("a mapping")),
         }
     }
@@ -376,15 +405,11 @@ impl<'de> de::MapAccess<'de> for MapAccess<'_, '_> {
         seed: K,
     ) -> Result<Option<K::Value>, DeError> {
         for (key, value) in self.entries.by_ref() {
-            if let Some(fields) = self.fields {
-                if !fields.contains(&key.value.as_str()) {
-                    self.parent.unknown.borrow_mut().push(UnknownField {
-                        key: key.value.clone(),
-                        span: key.span,
-                        expected: fields,
-                    });
-                    continue;
-                }
+            if self
+                .fields
+                .is_some_and(|fields| !fields.contains(&key.value.as_str()))
+            {
+                continue;
             }
             self.value = Some((key, value));
             let key_node = Node::scalar(key.value.clone(), ScalarStyle::Quoted, key.span);

@@ -159,7 +159,7 @@ pub enum ModelError {
     },
 
     #[error(
-        "input `{slot}` of stage `{stage}` takes a {expected}, but `{upstream}` produces a {found}"
+        "input `{slot}` of stage `{stage}` takes a {expected}, but `{upstream}`{note} produces a {found}"
     )]
     #[diagnostic(code(taper::model::input_type_mismatch))]
     InputTypeMismatch {
@@ -171,7 +171,8 @@ pub enum ModelError {
         #[label("a {found}, not a {expected}")]
         span: SourceSpan,
         #[label("`{upstream}` is defined here")]
-        upstream_span: SourceSpan,
+        upstream_span: Option<SourceSpan>,
+        note: String,
         #[help]
         help: String,
     },
@@ -209,7 +210,7 @@ pub enum ModelError {
         span: SourceSpan,
     },
 
-    #[error("output `{path}` is declared by both `{first}` and `{second}`")]
+    #[error("output `{path}` is declared by both `{first}`{note} and `{second}`")]
     #[diagnostic(
         code(taper::model::duplicate_output),
         help("each file must have exactly one producer; rename one output")
@@ -219,8 +220,74 @@ pub enum ModelError {
         first: String,
         second: String,
         #[label("first declared here")]
-        first_span: SourceSpan,
+        first_span: Option<SourceSpan>,
+        note: String,
         #[label(primary, "declared again here")]
         second_span: SourceSpan,
     },
+}
+
+/// Secondary labels further than this many lines from the primary one are replaced by a line
+/// number in the message: miette draws every line between two labels of one snippet.
+const NEAR_LINES: usize = 6;
+
+impl ModelError {
+    /// Drops far-away secondary labels, naming their line instead (see [`NEAR_LINES`]).
+    pub(crate) fn compact_labels(&mut self, source: &Source) {
+        let line = |span: &SourceSpan| source.line_column(span.offset()).0;
+        let far = |secondary: &SourceSpan, primary: &SourceSpan| {
+            line(secondary).abs_diff(line(primary)) > NEAR_LINES
+        };
+        match self {
+            ModelError::Spec(SpecError::DuplicateKey {
+                first,
+                note,
+                second,
+                ..
+            })
+            | ModelError::DuplicateOutput {
+                first_span: first,
+                note,
+                second_span: second,
+                ..
+            } => {
+                if let Some(span) = first.filter(|span| far(span, second)) {
+                    *note = format!(" (first on line {})", line(&span));
+                    *first = None;
+                }
+            }
+            ModelError::InputTypeMismatch {
+                upstream_span,
+                note,
+                span,
+                ..
+            } => {
+                if let Some(upstream) = upstream_span.filter(|upstream| far(upstream, span)) {
+                    *note = format!(" (line {})", line(&upstream));
+                    *upstream_span = None;
+                }
+            }
+            ModelError::InvalidValue {
+                param, span, help, ..
+            } => {
+                if let Some(definition) = param.filter(|definition| far(definition, span)) {
+                    help.push_str(&format!(
+                        " (the param is defined on line {})",
+                        line(&definition)
+                    ));
+                    *param = None;
+                }
+            }
+            ModelError::Spec(_)
+            | ModelError::MissingKey { .. }
+            | ModelError::UnknownKey { .. }
+            | ModelError::UnknownKind { .. }
+            | ModelError::UnknownStage { .. }
+            | ModelError::UnknownInput { .. }
+            | ModelError::MissingInput { .. }
+            | ModelError::Cycle { .. }
+            | ModelError::UnresolvedReference { .. }
+            | ModelError::InvalidStageName { .. } => {}
+        }
+    }
 }

@@ -76,6 +76,9 @@ pub fn load_str(
     overrides: &[Override],
 ) -> Result<Pipeline, LoadError> {
     let name = path.display().to_string();
+    // Editors on Windows may start a UTF-8 file with a byte-order mark; it is not part of the
+    // first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let segments: Vec<(String, String)> = overrides
         .iter()
         .map(|item| ("command-line override".to_owned(), item.text.clone()))
@@ -95,6 +98,16 @@ pub fn load_str(
         }
         pipeline = validate::validate(&raw, path, root, &mut errors);
     }
+    for error in &mut errors {
+        error.compact_labels(&source);
+    }
+    // Report in reading order (file first, then overrides); the sort is stable, so errors at
+    // one place keep the order in which validation found them.
+    errors.sort_by_key(|error| {
+        miette::Diagnostic::labels(error)
+            .and_then(|labels| labels.map(|label| label.offset()).min())
+            .unwrap_or(0)
+    });
     match pipeline {
         Some(pipeline) if errors.is_empty() => Ok(pipeline),
         _ => Err(LoadError::Invalid {
@@ -157,6 +170,31 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn stage(&self, id: &StageId) -> Option<&Stage> {
         self.stages.iter().find(|stage| &stage.id == id)
+    }
+
+    /// The local paths stage `id` reads that no other stage produces: its
+    /// [`Stage::external_paths`] minus the `command` deps that are edges (under another
+    /// stage's `outs` or `out/<stage>/`). Those must not be hashed from disk: before the
+    /// upstream stage runs they do not exist, and their content is already covered by the
+    /// upstream stage's key.
+    pub fn external_paths(&self, id: &StageId) -> Vec<PathBuf> {
+        let Some(stage) = self.stage(id) else {
+            return Vec::new();
+        };
+        let produced: Vec<PathBuf> = self
+            .dependencies()
+            .into_iter()
+            .filter(|dependency| &dependency.downstream == id)
+            .filter_map(|dependency| match dependency.via {
+                DependencyVia::Path(path) => Some(path),
+                DependencyVia::Input(_) => None,
+            })
+            .collect();
+        stage
+            .external_paths()
+            .into_iter()
+            .filter(|path| !produced.contains(path))
+            .collect()
     }
 
     /// Every edge, in file order of the downstream stage: typed inputs, then implied `command`

@@ -54,7 +54,19 @@ pub(crate) fn validate(
     root: PathBuf,
     errors: &mut Vec<ModelError>,
 ) -> Option<Pipeline> {
-    let document_start = Span::new(raw.span.start, raw.span.start);
+    // Missing top-level keys are labelled at the first key of the file.
+    let document_start = [
+        &raw.version,
+        &raw.name,
+        &raw.description,
+        &raw.params,
+        &raw.stages,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(key, _)| key.span)
+    .min_by_key(|span| span.start)
+    .unwrap_or(raw.span);
 
     match &raw.version {
         None => errors.push(missing_top_level("version", "version: 1", document_start)),
@@ -198,7 +210,8 @@ pub(crate) fn validate(
                     upstream: reference_name.to_owned(),
                     found: upstream_kind.output().to_string(),
                     span: reference.span.into(),
-                    upstream_span: upstream.kind_span.into(),
+                    upstream_span: Some(upstream.kind_span.into()),
+                    note: String::new(),
                     help: mismatch_help(*slot, *expected, &checked),
                 });
             }
@@ -238,7 +251,8 @@ pub(crate) fn validate(
                     path: out.display().to_string(),
                     first: checked[*first].id.value.clone(),
                     second: stage.id.value.clone(),
-                    first_span: (*first_span).into(),
+                    first_span: Some((*first_span).into()),
+                    note: String::new(),
                     second_span: (*span).into(),
                 });
                 continue;
@@ -248,15 +262,15 @@ pub(crate) fn validate(
     }
     for (index, stage) in checked.iter().enumerate() {
         for (dep, span) in &stage.deps {
+            // A stage reading its own output is a self-edge, reported as a cycle: its key
+            // would depend on the output it is about to produce.
             for (out, owner, _) in &out_owner {
-                if super::overlaps(dep, out) && *owner != index {
+                if super::overlaps(dep, out) {
                     edges.push((*owner, index, *span));
                 }
             }
             if let Some(owner) = ml_output_owner(dep, &index_of) {
-                if owner != index {
-                    edges.push((owner, index, *span));
-                }
+                edges.push((owner, index, *span));
             }
         }
     }
@@ -668,7 +682,15 @@ fn typed<T: DeserializeOwned>(
     match result {
         Ok(value) => Some(value),
         Err(error) => {
-            errors.push(setting_error(error, node, id, kind));
+            let at_unresolved = error
+                .span
+                .and_then(|span| path_to(node, span))
+                .and_then(|path| node.lookup(&path))
+                .and_then(Node::as_scalar)
+                .is_some_and(|scalar| scalar.text == UNRESOLVED);
+            if !at_unresolved {
+                errors.push(setting_error(error, node, id, kind));
+            }
             None
         }
     }
@@ -684,7 +706,7 @@ fn setting_error(error: DeError, root: &Node, id: &Key, kind: StageKind) -> Mode
     let span = span.unwrap_or(id.span);
     let location = path_to(root, span)
         .filter(|path| !path.is_empty())
-        .map(|path| format!("`{}` of ", path.join(".")))
+        .map(|path| format!(", `{}`", path.join(".")))
         .unwrap_or_default();
     let is_missing = message.starts_with("missing setting");
     let help = match (help, from_param) {
@@ -693,7 +715,7 @@ fn setting_error(error: DeError, root: &Node, id: &Key, kind: StageKind) -> Mode
         (None, None) => format!("see the `{kind}` settings in docs/spec.md"),
     };
     ModelError::InvalidValue {
-        message: format!("{message} in {location}stage `{}`", id.value),
+        message: format!("in stage `{}`{location}: {message}", id.value),
         span: span.into(),
         label: if is_missing {
             "required here".to_owned()
@@ -732,6 +754,47 @@ fn path_to(root: &Node, span: Span) -> Option<Vec<String>> {
 /// the param's node (a number stays a number); inside a longer string the param's text is
 /// spliced in. `$${` writes a literal `${`.
 fn substitute(node: &mut Node, params: &BTreeMap<String, Param>, errors: &mut Vec<ModelError>) {
+    let before = errors.len();
+    substitute_inner(node, params, errors);
+    if errors.len() > before {
+        mark_unresolved(node, errors, before);
+    }
+}
+
+/// A value whose reference did not resolve already has its error; mark it so the type check
+/// that follows does not report the same value again as "found the string `${…}`".
+fn mark_unresolved(node: &mut Node, errors: &[ModelError], from: usize) {
+    let spans: Vec<miette::SourceSpan> = errors[from..]
+        .iter()
+        .filter_map(|error| match error {
+            ModelError::UnresolvedReference { span, .. } => Some(*span),
+            _ => None,
+        })
+        .collect();
+    mark(node, &spans);
+}
+
+fn mark(node: &mut Node, spans: &[miette::SourceSpan]) {
+    match &mut node.value {
+        Value::Seq(items) => items.iter_mut().for_each(|item| mark(item, spans)),
+        Value::Map(entries) => entries.iter_mut().for_each(|(_, value)| mark(value, spans)),
+        Value::Scalar(scalar) => {
+            if spans.contains(&node.span.into()) {
+                scalar.style = ScalarStyle::Block;
+                scalar.text = UNRESOLVED.to_owned();
+            }
+        }
+    }
+}
+
+/// Text of a value whose `${…}` could not be resolved (already reported).
+const UNRESOLVED: &str = "\u{0}unresolved";
+
+fn substitute_inner(
+    node: &mut Node,
+    params: &BTreeMap<String, Param>,
+    errors: &mut Vec<ModelError>,
+) {
     match &mut node.value {
         Value::Seq(items) => items
             .iter_mut()
@@ -887,35 +950,55 @@ fn report_cycles(
         if !is_cycle {
             continue;
         }
-        // Walk inside the component from its first stage (in file order) until it returns.
-        let mut path = vec![first];
-        let mut spans = Vec::new();
-        let mut current = first;
-        loop {
-            let (next, span) = graph
+        // The shortest way back to the component's first stage (in file order): a breadth-
+        // first search inside the component, so the reported path is a real, minimal cycle.
+        let mut parent: HashMap<petgraph::graph::NodeIndex, (petgraph::graph::NodeIndex, Span)> =
+            HashMap::new();
+        let mut queue = std::collections::VecDeque::from([first]);
+        let mut closing = None;
+        'search: while let Some(current) = queue.pop_front() {
+            let mut outgoing: Vec<_> = graph
                 .edges(current)
-                .filter(|edge| component.contains(&edge_target(edge)))
                 .map(|edge| (edge_target(&edge), *edge.weight()))
-                .min_by_key(|(target, _)| {
-                    // Prefer closing the cycle, then unvisited stages in file order.
-                    (*target != first, path.contains(target), target.index())
-                })
-                .expect("every stage of a cycle has an edge inside it");
-            let (from_name, to_name) = (
-                &checked[current.index()].id.value,
-                &checked[next.index()].id.value,
-            );
-            spans.push(LabeledSpan::new_with_span(
-                Some(format!("`{to_name}` uses `{from_name}`")),
-                span,
-            ));
-            if next == first || path.contains(&next) || spans.len() > component.len() {
-                path.push(next);
-                break;
+                .filter(|(target, _)| component.contains(target))
+                .collect();
+            outgoing.sort_by_key(|(target, span)| (target.index(), span.start));
+            for (target, span) in outgoing {
+                if target == first {
+                    closing = Some((current, span));
+                    break 'search;
+                }
+                if let std::collections::hash_map::Entry::Vacant(entry) = parent.entry(target) {
+                    entry.insert((current, span));
+                    queue.push_back(target);
+                }
             }
-            path.push(next);
-            current = next;
         }
+        let (mut current, closing_span) =
+            closing.expect("a strongly connected component with an edge has a cycle");
+        let mut path = vec![first, current];
+        let mut spans = vec![(current, first, closing_span)];
+        while current != first {
+            let (previous, span) = parent[&current];
+            spans.push((previous, current, span));
+            path.push(previous);
+            current = previous;
+        }
+        path.reverse();
+        spans.reverse();
+        let spans: Vec<LabeledSpan> = spans
+            .into_iter()
+            .map(|(from, to, span)| {
+                LabeledSpan::new_with_span(
+                    Some(format!(
+                        "`{}` uses `{}`",
+                        checked[to.index()].id.value,
+                        checked[from.index()].id.value
+                    )),
+                    span,
+                )
+            })
+            .collect();
         let names: Vec<String> = path
             .iter()
             .map(|node| format!("`{}`", checked[node.index()].id.value))
@@ -981,7 +1064,7 @@ fn missing_top_level(key: &str, example: &str, span: Span) -> ModelError {
         key: key.to_owned(),
         place: "the pipeline".to_owned(),
         span: span.into(),
-        label: format!("`{key}` is required"),
+        label: format!("the pipeline has no `{key}`"),
         help: format!("add `{example}` at the top level"),
     }
 }
@@ -1030,5 +1113,89 @@ fn to_json(node: &Node) -> serde_json::Value {
                 .map(|(key, value)| (key.value.clone(), to_json(value)))
                 .collect(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::model::{load_str, LoadError, ModelError, Pipeline, StageSettings};
+
+    fn load(text: &str) -> Result<Pipeline, LoadError> {
+        load_str(Path::new("p.yaml"), text, PathBuf::from("."), &[])
+    }
+
+    fn errors(text: &str) -> Vec<ModelError> {
+        load(text).expect_err("invalid").errors().to_vec()
+    }
+
+    const HEAD: &str = "version: 1\nname: t\nparams: { lr: 2e-5, rows: 10, tag: v1 }\nstages:\n";
+
+    #[test]
+    fn whole_value_params_keep_their_type_and_spliced_ones_become_text() {
+        let pipeline = load(&format!(
+            "{HEAD}  c: {{ kind: configure, with: {{ learning_rate: \"${{params.lr}}\", epochs: \"${{params.rows}}\" }} }}\n  r: {{ kind: command, run: \"x --rows ${{params.rows}} $${{HOME}} ${{params.tag}}\" }}\n"
+        ))
+        .expect("valid");
+        let StageSettings::Configure(configure) = &pipeline.stages[0].settings else {
+            panic!("configure")
+        };
+        assert_eq!(configure.learning_rate, 0.00002);
+        assert_eq!(configure.epochs, 10);
+        let StageSettings::Command(command) = &pipeline.stages[1].settings else {
+            panic!("command")
+        };
+        assert_eq!(command.run, "x --rows 10 ${HOME} v1");
+        assert_eq!(pipeline.params["lr"], serde_json::json!(2e-5));
+    }
+
+    #[test]
+    fn command_paths_are_normalized() {
+        let pipeline = load(&format!(
+            "{HEAD}  a: {{ kind: command, run: x, deps: [./data/../raw.csv], outs: [out.d/] }}\n"
+        ))
+        .expect("valid");
+        let StageSettings::Command(command) = &pipeline.stages[0].settings else {
+            panic!("command")
+        };
+        assert_eq!(command.deps, [PathBuf::from("raw.csv")]);
+        assert_eq!(command.outs, [PathBuf::from("out.d")]);
+    }
+
+    #[test]
+    fn each_independent_problem_is_reported() {
+        let found = errors(&format!(
+            "{HEAD}  a: {{ kind: configure, with: {{ epochs: x }} }}\n  b: {{ kind: nope }}\n  c: {{ kind: train, inputs: {{ model: zz }} }}\n"
+        ));
+        let codes: Vec<String> = found
+            .iter()
+            .map(|error| {
+                miette::Diagnostic::code(error)
+                    .map(|code| code.to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "taper::model::invalid_value",
+                "taper::model::unknown_kind",
+                "taper::model::missing_input",
+                "taper::model::missing_input",
+                "taper::model::unknown_stage",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stage_reading_its_own_output_is_a_cycle() {
+        let found = errors(&format!(
+            "{HEAD}  a: {{ kind: command, run: x, deps: [o/x], outs: [o] }}\n"
+        ));
+        assert!(
+            matches!(&found[..], [ModelError::Cycle { path, .. }] if path == "`a` → `a`"),
+            "{found:?}"
+        );
     }
 }

@@ -60,15 +60,18 @@ pub enum SpecError {
         span: SourceSpan,
     },
 
-    #[error("duplicate key `{key}`")]
+    #[error("duplicate key `{key}`{note}")]
     #[diagnostic(
         code(taper::spec::duplicate_key),
         help("remove one of them or rename it; YAML keeps only one value per key")
     )]
     DuplicateKey {
         key: String,
+        /// Dropped (and `note` names its line) when far from `second`: miette draws every line
+        /// between two labels, and a duplicate 800 lines apart would fill the terminal.
         #[label("first defined here")]
-        first: SourceSpan,
+        first: Option<SourceSpan>,
+        note: String,
         #[label(primary, "defined again here")]
         second: SourceSpan,
     },

@@ -50,7 +50,7 @@ pub fn did_you_mean<'a>(
 }
 
 /// A help line for an unknown name: "did you mean `x`?" or the list of valid names.
-pub fn suggestion_help<'a>(typed: &str, candidates: &[&'a str], noun: &str) -> String {
+pub fn suggestion_help(typed: &str, candidates: &[&str], noun: &str) -> String {
     match did_you_mean(typed, candidates.iter().copied()) {
         Some(best) => format!("did you mean `{best}`?"),
         None if candidates.is_empty() => format!("there are no {noun}s here"),

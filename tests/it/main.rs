@@ -1,0 +1,7 @@
+//! One integration binary for taper's end-to-end tests.
+
+mod cli;
+mod diagnostics;
+mod fuzz;
+mod layering;
+mod schema;
