@@ -127,6 +127,3 @@ pub fn describe_reasons(reasons: &[DirtyReason]) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
-
-#[cfg(test)]
-mod tests;

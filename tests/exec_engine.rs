@@ -1,15 +1,17 @@
-//! Scheduler scenarios on `command` pipelines built in Rust (the CLI tests in `tests/` cover
-//! the same through pipeline files).
+//! Scheduler scenarios through the library API on `command` pipelines built in Rust
+//! (`exec_cli.rs` covers the same through pipeline files and the binary).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::*;
-use crate::cache::{LockFile, Store};
-use crate::exec::runner::{StageContext, StageOutcome, StageRunner};
-use crate::model::{Command, Pipeline, Stage, StageKind, StageSettings};
+use taper::cache::{LockFile, Store};
+use taper::exec::runner::{self, StageContext, StageOutcome, StageRunner};
+use taper::exec::{
+    report, Dag, Engine, ExecError, LocalExecutor, RunOptions, RunSummary, StageStatus,
+};
+use taper::model::{Command, Pipeline, Stage, StageId, StageKind, StageSettings};
 
 struct CountingCommand {
     runs: Mutex<Vec<String>>,
@@ -47,7 +49,7 @@ impl StageRunner for Recording {
             ctx.pipeline_root.display(),
             ctx.stage.id
         ));
-        crate::stages::command::CommandRunner.run(ctx)
+        taper::stages::command::CommandRunner.run(ctx)
     }
 }
 
@@ -283,7 +285,7 @@ fn edges_agree_with_the_model() {
         if path.extension().and_then(|ext| ext.to_str()) != Some("yaml") {
             continue;
         }
-        let pipeline = crate::model::load_file(&path, &[]).expect("examples are valid");
+        let pipeline = taper::model::load_file(&path, &[]).expect("examples are valid");
         let dag = Dag::new(&pipeline).expect("acyclic");
         let mut expected: Vec<(String, String)> = pipeline
             .dependencies()
