@@ -125,7 +125,12 @@ fn dot(pipeline: &Pipeline, graph: &PipelineGraph) -> String {
                 out,
                 "  {} [label={}];",
                 dot_quote(id.as_str()),
-                dot_quote(&format!("{id}\n{}", kind_of(pipeline, id)))
+                // `\n` is Graphviz's centred line break inside a label.
+                format!(
+                    "{}\\n{}\"",
+                    dot_quote(id.as_str()).trim_end_matches('"'),
+                    kind_of(pipeline, id)
+                )
             );
         }
     }

@@ -554,8 +554,12 @@ fn check_stage<'a>(
             from_param: None,
         }
     } else {
+        // `with:` left empty (null) means "all defaults", like no `with` at all.
         let mut with = body
             .get("with")
+            .filter(|node| {
+                node.as_scalar().map(crate::spec::Scalar::resolve) != Some(Resolved::Null)
+            })
             .cloned()
             .unwrap_or_else(|| Node::empty_map(id.span));
         substitute(&mut with, params, errors);
@@ -1148,6 +1152,16 @@ mod tests {
         };
         assert_eq!(command.run, "x --rows 10 ${HOME} v1");
         assert_eq!(pipeline.params["lr"], serde_json::json!(2e-5));
+    }
+
+    #[test]
+    fn an_empty_with_means_all_defaults() {
+        let pipeline =
+            load(&format!("{HEAD}  c:\n    kind: configure\n    with:\n")).expect("valid");
+        let StageSettings::Configure(configure) = &pipeline.stages[0].settings else {
+            panic!("configure")
+        };
+        assert_eq!(configure.batch_size, 16);
     }
 
     #[test]

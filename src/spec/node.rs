@@ -256,7 +256,7 @@ impl<'a> Offsets<'a> {
 
     /// Collection ends are reported at the next token; step back over blanks and comments.
     fn trim_back(&self, start: usize, end: usize) -> usize {
-        let mut end = end.min(self.text.len());
+        let mut end = end.min(self.text.len()).max(start);
         loop {
             let trimmed = self.text[start..end].trim_end();
             let new_end = start + trimmed.len();

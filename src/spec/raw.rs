@@ -84,6 +84,16 @@ impl RawPipeline {
     /// settings go under the stage's `with:`, except for `command` stages (whose `run`,
     /// `deps`, `outs` and `env` sit at stage level) and the stage-level `inputs`.
     pub fn apply_override(&mut self, spec: &Override, base: usize) -> Result<(), SpecError> {
+        // `Override`'s fields are public; one built by hand may skip `FromStr`'s checks.
+        if spec.path.len() < 2 || !spec.text.ends_with(&spec.value) {
+            return Err(SpecError::InvalidOverride {
+                message: format!("`{}` is not of the form `stage.key=value`", spec.text),
+                span: Span::new(base, base + spec.text.len()).into(),
+                label: "malformed override".to_owned(),
+                help: "build overrides with `str::parse`, e.g. `\"train.epochs=3\".parse()`"
+                    .to_owned(),
+            });
+        }
         let path_span = |index: usize| {
             let start = base
                 + spec.path[..index]

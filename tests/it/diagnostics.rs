@@ -45,6 +45,7 @@ fixtures!(
     control_characters => "control-characters",
     cycle => "cycle",
     cycle_self => "cycle-self",
+    cycle_with_bystander => "cycle-with-bystander",
     deeply_nested => "deeply-nested",
     deeply_nested_flow => "deeply-nested-flow",
     duplicate_key => "duplicate-key",
