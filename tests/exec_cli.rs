@@ -350,7 +350,7 @@ fn concurrent_runs_run_each_key_once() {
 fn a_killed_run_leaves_no_partial_entry() {
     let project = Project::new(&PIPELINE.replace(
         "echo second >> runs.txt &&",
-        "echo second >> runs.txt && touch started && sleep 30 &&",
+        "echo second >> runs.txt && touch started && sleep 10 &&",
     ));
     let mut child = project
         .command(&["run", "p.yaml", "-j", "1"])
