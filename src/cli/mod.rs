@@ -66,5 +66,8 @@ pub fn run(args: Args, printer: &Printer) -> ExitStatus {
         Command::Validate(args) => commands::validate::run(&args, printer),
         Command::Dag(args) => commands::dag::run(&args, printer),
         Command::Schema => commands::schema::run(printer),
+        Command::Plan(args) => commands::plan::run(&args, printer),
+        Command::Run(args) => commands::run::run(&args, printer),
+        Command::Cache(args) => commands::cache::run(&args, printer),
     }
 }

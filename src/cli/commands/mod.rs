@@ -1,6 +1,9 @@
 //! One file per subcommand; each exposes `run(&Args, &Printer) -> ExitStatus`.
 
+pub mod cache;
 pub mod dag;
+pub mod plan;
+pub mod run;
 pub mod schema;
 pub mod validate;
 
@@ -18,4 +21,19 @@ pub(crate) fn report_load_error(error: LoadError, printer: &Printer) -> ExitStat
     };
     printer.diagnostic(error);
     status
+}
+
+/// Loads the pipeline and opens the store, reporting failures; `Err` carries the exit status.
+pub(crate) fn load_with_store(
+    selection: &super::args::SelectionArgs,
+    store: &std::path::Path,
+    printer: &Printer,
+) -> Result<(crate::model::Pipeline, crate::cache::Store), ExitStatus> {
+    let pipeline = crate::model::load_file(&selection.file, &selection.overrides)
+        .map_err(|error| report_load_error(error, printer))?;
+    let store = crate::cache::Store::open(store).map_err(|error| {
+        printer.diagnostic(error);
+        ExitStatus::Error
+    })?;
+    Ok((pipeline, store))
 }
