@@ -150,6 +150,46 @@ fn tiny_bert_matches_candle_transformers_and_differentiable_path_agrees() {
 }
 
 #[test]
+fn tiny_distilbert_matches_candle_transformers() {
+    use candle_transformers::models::distilbert::{Config, DistilBertModel};
+    // candle-transformers computes DistilBERT's `gelu` with the tanh approximation, where HF
+    // (and taper) use the exact erf form; ReLU makes the two comparable.
+    let mut config = EncoderConfig::tiny_distilbert();
+    config.activation = taper::ml::Activation::Relu;
+    let dir = tiny_model(&config, NameStyle::PrefixedGammaBeta);
+    let classifier =
+        Classifier::new(dir.path(), 2, &configure("{}"), DeviceChoice::Cpu).expect("load");
+    let sequences: [&[u32]; 2] = [&[1, 5, 9, 33, 7, 2], &[1, 44, 2]];
+    let ours = our_hidden(&classifier, &sequences, false);
+    let config: Config = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("config.json")).expect("config"),
+    )
+    .expect("candle-transformers reads the config");
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).expect("weights");
+    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu).expect("vb");
+    // Its LayerNorms only know `weight`/`bias`; ours were written as `gamma`/`beta`.
+    let vb = vb.rename_f(|name: &str| {
+        name.replace("layer_norm.weight", "layer_norm.gamma")
+            .replace("layer_norm.bias", "layer_norm.beta")
+            .replace("LayerNorm.weight", "LayerNorm.gamma")
+            .replace("LayerNorm.bias", "LayerNorm.beta")
+    });
+    let model = DistilBertModel::load(vb, &config).expect("reference loads");
+    let (ids, mask) = ids_and_mask(&sequences);
+    // Its mask convention is inverted: 1 marks padding, shaped to broadcast over the scores.
+    let (batch, tokens) = mask.dims2().expect("2-D mask");
+    let padding = mask
+        .ones_like()
+        .and_then(|ones| ones - &mask)
+        .and_then(|m| m.to_dtype(DType::U8))
+        .and_then(|m| m.reshape((batch, 1, 1, tokens)))
+        .expect("padding mask");
+    let theirs = values(&model.forward(&ids, &padding).expect("reference forward"));
+    let diff = max_abs_diff(&ours, &theirs);
+    assert!(diff < 1e-4, "DistilBERT hidden states differ by {diff}");
+}
+
+#[test]
 fn prefixed_gamma_beta_names_load_the_same_weights() {
     let config = EncoderConfig::tiny_bert();
     let plain = tiny_model(&config, NameStyle::Plain);
