@@ -73,7 +73,11 @@ fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let repeats = if quick { 3 } else { 7 };
     let args: Vec<String> = std::env::args().collect();
-    let json_path = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let mut results = serde_json::Map::new();
     let mut record = |key: String, seconds: f64| {
         results.insert(key, serde_json::json!(seconds));
@@ -105,8 +109,16 @@ fn main() {
             // computes no weight gradients for the frozen base: about one forward.
             let factor = if method.contains("lora") { 2.0 } else { 3.0 };
             let gflops = factor * forward_flops(&config, 16, tokens) / t / 1e9;
-            let name = if method.contains("lora") { "LoRA r=8" } else { "full" };
-            let key = if method.contains("lora") { "lora" } else { "full" };
+            let name = if method.contains("lora") {
+                "LoRA r=8"
+            } else {
+                "full"
+            };
+            let key = if method.contains("lora") {
+                "lora"
+            } else {
+                "full"
+            };
             record(format!("train_{key}_{tokens}"), t);
             println!(
                 "| train step {name}, batch 16, length {tokens} | {t:.3} s ({:.1} samples/s) | {gflops:.0} ({:.0}%) |",

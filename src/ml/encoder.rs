@@ -10,7 +10,7 @@
 //!   layer is one plain 2-D GEMM with a transposed weight view (no broadcast copies of weights).
 //! - Any linear layer can carry an adapter (LoRA or IA3) selected by module name.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use candle_nn::ops;
 use rand_chacha::ChaCha8Rng;
 
@@ -74,7 +74,7 @@ impl Ctx<'_> {
 
     fn softmax(&self, xs: &Tensor) -> Result<Tensor> {
         if self.differentiable {
-            Ok(ops::softmax(xs, D::Minus1)?)
+            Ok(super::kernels::softmax_last_dim(xs)?)
         } else {
             Ok(ops::softmax_last_dim(&xs.contiguous()?)?)
         }

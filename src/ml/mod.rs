@@ -10,6 +10,7 @@ mod config;
 mod encoder;
 mod error;
 pub mod fixtures;
+mod kernels;
 mod optim;
 mod rng;
 mod trainer;
