@@ -79,6 +79,10 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let mut results = serde_json::Map::new();
+    // `ML_STEP_ONLY=train_full_64` runs only the figures whose key contains the value (for A/B
+    // comparisons of one change).
+    let only = std::env::var("ML_STEP_ONLY").unwrap_or_default();
+    let wanted = |key: &str| key.contains(only.as_str());
     let mut record = |key: String, seconds: f64| {
         results.insert(key, serde_json::json!(seconds));
     };
@@ -92,6 +96,14 @@ fn main() {
     println!("|---|---|---|");
     for method in [r#"{"name":"full"}"#, r#"{"name":"lora","r":8,"alpha":16}"#] {
         for tokens in [64, 128] {
+            let key = if method.contains("lora") {
+                "lora"
+            } else {
+                "full"
+            };
+            if !wanted(&format!("train_{key}_{tokens}")) {
+                continue;
+            }
             let settings: Configure =
                 serde_json::from_str(&format!(r#"{{"method":{method},"dropout":0.1}}"#)).unwrap();
             let classifier = Classifier::new(dir.path(), 2, &settings, DeviceChoice::Cpu).unwrap();
@@ -130,6 +142,9 @@ fn main() {
     let settings: Configure = serde_json::from_str("{}").unwrap();
     let classifier = Classifier::new(dir.path(), 2, &settings, DeviceChoice::Cpu).unwrap();
     for tokens in [64, 128] {
+        if !wanted(&format!("infer_32_{tokens}")) {
+            continue;
+        }
         let b = batch(32, tokens, 2);
         classifier.logits(&b).unwrap();
         let mut times = Vec::new();
@@ -147,22 +162,24 @@ fn main() {
             100.0 * gflops / peak
         );
     }
-    let one = batch(1, 22, 3);
-    for _ in 0..5 {
-        classifier.logits(&one).unwrap();
+    if wanted("latency_p50") {
+        let one = batch(1, 22, 3);
+        for _ in 0..5 {
+            classifier.logits(&one).unwrap();
+        }
+        let mut times = Vec::new();
+        for _ in 0..if quick { 30 } else { 100 } {
+            let start = Instant::now();
+            classifier.logits(&one).unwrap();
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        let p50 = percentile(times.clone(), 0.5);
+        record("latency_p50".to_owned(), p50 / 1e3);
+        println!(
+            "| one sentence (22 tokens), model only | p50 {p50:.1} ms, p95 {:.1} ms | |",
+            percentile(times, 0.95)
+        );
     }
-    let mut times = Vec::new();
-    for _ in 0..if quick { 30 } else { 100 } {
-        let start = Instant::now();
-        classifier.logits(&one).unwrap();
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    let p50 = percentile(times.clone(), 0.5);
-    record("latency_p50".to_owned(), p50 / 1e3);
-    println!(
-        "| one sentence (22 tokens), model only | p50 {p50:.1} ms, p95 {:.1} ms | |",
-        percentile(times, 0.95)
-    );
     if let Some(path) = json_path {
         std::fs::write(path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
     }

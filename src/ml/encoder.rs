@@ -1,10 +1,10 @@
 //! The BERT-family encoder (BERT, MiniLM, DistilBERT) on candle tensors, written for training.
 //!
 //! Contract:
-//! - While training or explaining (`Ctx::differentiable`), LayerNorm and softmax use candle's
-//!   composite, differentiable ops. candle's fused kernels have no backward pass and would
-//!   silently cut every encoder gradient (knowledge.md, trap 1); they are used only at
-//!   inference, where they are faster and agree within a few 1e-6.
+//! - While training or explaining (`Ctx::differentiable`), LayerNorm and softmax use taper's
+//!   fused kernels with a backward pass (`kernels.rs`; candle's composite ops off the CPU).
+//!   candle's fused kernels have no backward pass and would silently cut every encoder
+//!   gradient (knowledge.md, trap 1); they are used only at inference.
 //! - Dropout is real and draws from the caller's seeded RNG (`Ctx::dropout`).
 //! - Activations stay flattened as `[batch * tokens, hidden]` between layers so every linear
 //!   layer is one plain 2-D GEMM with a transposed weight view (no broadcast copies of weights).
@@ -61,7 +61,12 @@ impl Ctx<'_> {
     fn layer_norm(&self, xs: &Tensor, norm: &LayerNorm) -> Result<Tensor> {
         let eps = norm.eps as f32;
         if self.differentiable {
-            Ok(ops::layer_norm_slow(xs, &norm.weight, &norm.bias, eps)?)
+            Ok(super::kernels::layer_norm(
+                xs,
+                &norm.weight,
+                &norm.bias,
+                eps,
+            )?)
         } else {
             Ok(ops::layer_norm(
                 &xs.contiguous()?,
