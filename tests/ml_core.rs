@@ -189,6 +189,44 @@ fn tiny_distilbert_matches_candle_transformers() {
     assert!(diff < 1e-4, "DistilBERT hidden states differ by {diff}");
 }
 
+/// Integrated gradients need a gradient w.r.t. the word embeddings through the whole model.
+#[test]
+fn gradients_reach_word_embeddings_through_the_model() {
+    let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
+    let classifier =
+        Classifier::new(dir.path(), 2, &configure("{}"), DeviceChoice::Cpu).expect("load");
+    let sequences: [&[u32]; 2] = [&[1, 5, 9, 33], &[1, 44]];
+    let (ids, mask) = ids_and_mask(&sequences);
+    let encoder = classifier.encoder();
+    let words = encoder.word_embeddings(&ids).expect("words");
+    let words = candle_core::Var::from_tensor(&words.detach()).expect("var");
+    let mut ctx = Ctx {
+        differentiable: true,
+        ..Ctx::inference()
+    };
+    let embeddings = encoder
+        .embed_words(words.as_tensor(), &mut ctx)
+        .expect("embed");
+    let mask = mask.to_dtype(DType::F32).expect("mask");
+    let logits = classifier
+        .forward_embeddings(&embeddings, &mask, &mut ctx)
+        .expect("logits");
+    // Same logits as the plain inference path.
+    let batch = Batch::new(&sequences, &[], 0).expect("batch");
+    let plain = classifier.logits(&batch).expect("plain logits").concat();
+    assert!(max_abs_diff(&values(&logits), &plain) < 1e-4);
+    let grads = logits
+        .narrow(1, 1, 1)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("backward");
+    let grad = values(grads.get(words.as_tensor()).expect("gradient w.r.t. words"));
+    // Every real token of the first sequence has a non-zero attribution.
+    assert!(grad[..4 * 32]
+        .chunks(32)
+        .all(|row| row.iter().any(|g| *g != 0.0)));
+}
+
 #[test]
 fn prefixed_gamma_beta_names_load_the_same_weights() {
     let config = EncoderConfig::tiny_bert();

@@ -451,10 +451,20 @@ impl Encoder {
         &self.config
     }
 
-    /// Token embeddings `[batch, t, hidden]` of `input_ids` `[batch, t]` (u32): word +
-    /// position (+ token type 0 for BERT), LayerNorm, dropout.
-    pub fn embed(&self, input_ids: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+    /// Word embeddings `[batch, t, hidden]` of `input_ids` `[batch, t]` (u32), before
+    /// positions, LayerNorm and dropout: the usual input of integrated gradients.
+    pub fn word_embeddings(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (batch, tokens) = input_ids.dims2()?;
+        Ok(self
+            .word_embeddings
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((batch, tokens, self.config.hidden_size))?)
+    }
+
+    /// The embedding layer's output `[batch, t, hidden]` from word embeddings: + position
+    /// (+ token type 0 for BERT), LayerNorm, dropout.
+    pub fn embed_words(&self, words: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let (_, tokens, _) = words.dims3()?;
         if tokens > self.config.max_position_embeddings {
             return Err(MlError::BadBatch {
                 reason: format!(
@@ -463,11 +473,6 @@ impl Encoder {
                 ),
             });
         }
-        let h = self.config.hidden_size;
-        let words = self
-            .word_embeddings
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((batch, tokens, h))?;
         let mut extra = self.position_embeddings.narrow(0, 0, tokens)?;
         if let Some(token_types) = &self.token_type_embeddings {
             extra = extra.broadcast_add(&token_types.narrow(0, 0, 1)?)?;
@@ -475,6 +480,21 @@ impl Encoder {
         let embeddings = words.broadcast_add(&extra.unsqueeze(0)?)?;
         let embeddings = ctx.layer_norm(&embeddings, &self.embeddings_norm)?;
         ctx.dropout(&embeddings)
+    }
+
+    /// The embedding layer's output `[batch, t, hidden]` of `input_ids` `[batch, t]` (u32).
+    pub fn embed(&self, input_ids: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let (_, tokens) = input_ids.dims2()?;
+        if tokens > self.config.max_position_embeddings {
+            return Err(MlError::BadBatch {
+                reason: format!(
+                    "{tokens} tokens exceed `max_position_embeddings` {}",
+                    self.config.max_position_embeddings
+                ),
+            });
+        }
+        let words = self.word_embeddings(input_ids)?;
+        self.embed_words(&words, ctx)
     }
 
     /// Runs the transformer layers on embeddings `[batch, t, hidden]` with `attention_mask`
