@@ -450,11 +450,13 @@ fn http_get(url: &str, target: &Path) -> Result<(), DataError> {
         .set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .map_err(|error| failed(error.to_string()))?;
     // HTTP/1.0 without keep-alive: the body ends when the server closes, never chunked.
-    write!(
-        stream,
+    // One write: a request split over several packets confuses minimal servers.
+    let request = format!(
         "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: taper\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|error| failed(error.to_string()))?;
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|error| failed(error.to_string()))?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
@@ -475,7 +477,6 @@ fn http_get(url: &str, target: &Path) -> Result<(), DataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     pub(crate) fn write_wheel(path: &Path, files: &[(&str, &[u8])]) {
         let file = fs::File::create(path).unwrap();
@@ -638,9 +639,14 @@ mod tests {
         let server = std::thread::spawn(move || {
             for stream in listener.incoming().take(2) {
                 let mut stream = stream.unwrap();
+                let mut request = Vec::new();
                 let mut buffer = [0u8; 1024];
-                let n = stream.read(&mut buffer).unwrap();
-                let request = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                while !request.ends_with(b"\r\n\r\n") {
+                    let n = stream.read(&mut buffer).unwrap();
+                    assert!(n > 0, "client closed before the end of its request");
+                    request.extend_from_slice(&buffer[..n]);
+                }
+                let request = String::from_utf8_lossy(&request).into_owned();
                 if request.starts_with("GET /data.csv ") {
                     stream
                         .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nx,y\n1\n")

@@ -368,8 +368,9 @@ mod tests {
             "{\"text\": \"x\", \"label\": 1}\n\n{\"label\": 0, \"text\": \"y\", \"extra\": null}\n",
         );
         let table = read_table(&jsonl, None).unwrap();
-        assert_eq!(table.columns, ["text", "label", "extra"]);
-        assert_eq!(table.rows[1].cells, ["y", "0", ""]);
+        // Keys in sorted order (serde_json's map), then new keys as they appear.
+        assert_eq!(table.columns, ["label", "text", "extra"]);
+        assert_eq!(table.rows[1].cells, ["0", "y", ""]);
         assert_eq!(table.rows[1].line, 3);
         let bad = write(dir.path(), "b.jsonl", "{\"text\": 1}\n[1]\n");
         let error = read_table(&bad, None).unwrap_err();
