@@ -1,1 +1,6 @@
-//! (being written)
+//! One runner per stage kind.
+
+pub mod configure;
+pub mod ml_common;
+pub mod prepare_data;
+pub mod select_model;
