@@ -13,6 +13,7 @@
 //! - [`dataset`] is the on-disk dataset artifact (format documented there).
 //! - [`metrics`] computes classification metrics from labels and predicted probabilities.
 
+pub mod batching;
 pub mod dataset;
 pub mod error;
 pub mod metrics;
