@@ -4,3 +4,4 @@ pub mod configure;
 pub mod ml_common;
 pub mod prepare_data;
 pub mod select_model;
+pub mod train_log;
