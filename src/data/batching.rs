@@ -41,46 +41,20 @@ pub fn eval_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
     order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
 }
 
-/// One padded batch, row-major `rows × columns`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PaddedBatch {
-    pub ids: Vec<u32>,
-    /// 1 for a real token, 0 for padding.
-    pub mask: Vec<u32>,
-    pub labels: Vec<u32>,
-    pub rows: usize,
-    pub columns: usize,
-}
-
-impl PaddedBatch {
-    pub fn new(split: &SplitData, indices: &[usize], pad_id: u32) -> Self {
-        let columns = indices
-            .iter()
-            .map(|&i| split.offsets[i + 1] - split.offsets[i])
-            .max()
-            .unwrap_or(0);
-        let mut ids = vec![pad_id; indices.len() * columns];
-        let mut mask = vec![0; indices.len() * columns];
-        for (row, &index) in indices.iter().enumerate() {
-            let example = split.example(index);
-            ids[row * columns..row * columns + example.len()].copy_from_slice(example);
-            mask[row * columns..row * columns + example.len()].fill(1);
-        }
-        PaddedBatch {
-            ids,
-            mask,
-            labels: indices.iter().map(|&i| split.labels[i]).collect(),
-            rows: indices.len(),
-            columns,
-        }
+/// Real tokens over all positions once every batch is padded to its longest example: 1.0 means
+/// no padding. Logged by `train` to show what bucketing saves.
+pub fn fill_rate(lengths: &[usize], batches: &[Vec<usize>]) -> f64 {
+    let mut real = 0usize;
+    let mut padded = 0usize;
+    for batch in batches {
+        let longest = batch.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+        real += batch.iter().map(|&i| lengths[i]).sum::<usize>();
+        padded += longest * batch.len();
     }
-
-    /// Real tokens over all positions.
-    pub fn fill_rate(&self) -> f64 {
-        if self.mask.is_empty() {
-            return 1.0;
-        }
-        self.mask.iter().map(|&m| f64::from(m)).sum::<f64>() / self.mask.len() as f64
+    if padded == 0 {
+        1.0
+    } else {
+        real as f64 / padded as f64
     }
 }
 
@@ -106,29 +80,28 @@ mod tests {
     #[test]
     fn bucketing_cuts_padding_on_skewed_lengths() {
         // Lengths like the snippets: mostly short, a long tail.
-        let lengths: Vec<usize> = (0..2000).map(|i| 8 + (i * 7919) % 24 + if i % 10 == 0 { 30 } else { 0 }).collect();
-        let tokens: usize = lengths.iter().sum();
-        let padded = |batches: &[Vec<usize>]| -> usize {
-            batches
-                .iter()
-                .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap())
-                .sum()
-        };
-        let bucketed = padded(&train_batches(&lengths, 16, 1, 0));
-        let random: Vec<Vec<usize>> = (0..2000).collect::<Vec<_>>().chunks(16).map(<[usize]>::to_vec).collect();
-        assert!(bucketed < padded(&random), "{bucketed} vs {}", padded(&random));
-        assert!((tokens as f64 / bucketed as f64) > 0.9, "fill {}", tokens as f64 / bucketed as f64);
+        let lengths: Vec<usize> = (0..2000)
+            .map(|i| 8 + (i * 7919) % 24 + if i % 10 == 0 { 30 } else { 0 })
+            .collect();
+        let bucketed = fill_rate(&lengths, &train_batches(&lengths, 16, 1, 0));
+        let in_order: Vec<Vec<usize>> = (0..2000)
+            .collect::<Vec<_>>()
+            .chunks(16)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let random = fill_rate(&lengths, &in_order);
+        assert!(random < 0.6, "unbucketed fill {random}");
+        assert!(bucketed > 0.9, "bucketed fill {bucketed}");
     }
 
     #[test]
-    fn padded_batch_hand_built() {
+    fn fill_rate_and_eval_order_hand_built() {
         let split = SplitData::from_examples(&[(vec![2, 9, 3], 1), (vec![2, 3], 0)]);
-        let batch = PaddedBatch::new(&split, &[1, 0], 0);
-        assert_eq!(batch.ids, [2, 3, 0, 2, 9, 3]);
-        assert_eq!(batch.mask, [1, 1, 0, 1, 1, 1]);
-        assert_eq!(batch.labels, [0, 1]);
-        assert_eq!((batch.rows, batch.columns), (2, 3));
-        assert!((batch.fill_rate() - 5.0 / 6.0).abs() < 1e-12);
-        assert_eq!(eval_batches(&lengths(&split), 1), vec![vec![1], vec![0]]);
+        let lengths = lengths(&split);
+        assert_eq!(lengths, [3, 2]);
+        // one batch of both: 5 real tokens in 2 × 3 positions.
+        assert!((fill_rate(&lengths, &[vec![1, 0]]) - 5.0 / 6.0).abs() < 1e-12);
+        assert_eq!(fill_rate(&lengths, &[vec![0], vec![1]]), 1.0);
+        assert_eq!(eval_batches(&lengths, 1), vec![vec![1], vec![0]]);
     }
 }
