@@ -6,17 +6,139 @@
 //! substituted, `-S stage.key=value` overrides are applied, and defaults are filled in, so two
 //! pipelines that *mean* the same thing are equal here however they were written.
 
+mod checks;
+mod de;
+mod error;
+pub mod schema;
 pub mod stages;
+mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::spec::Override;
+pub use error::{LoadError, ModelError};
 pub use stages::{
     Command, Configure, Deploy, Evaluate, Explain, PrepareData, SelectModel, Source, Train,
 };
+pub use validate::STAGE_KEYS;
+
+use crate::spec;
+
+/// Pipeline files larger than this are refused before parsing: a pipeline describes stages,
+/// and a multi-megabyte file is almost surely the wrong file (a dataset, a binary).
+pub const MAX_FILE_SIZE: u64 = 8 * 1024 * 1024;
+
+/// Reads, parses and validates a pipeline file, applying `-S` overrides to the raw layer
+/// first. Relative paths in the pipeline resolve against the file's directory.
+pub fn load_file(path: &Path, overrides: &[Override]) -> Result<Pipeline, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read_error)?.len();
+    if size > MAX_FILE_SIZE {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit: MAX_FILE_SIZE,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(read_error)?;
+    let text = String::from_utf8(bytes).map_err(|error| {
+        let offset = error.utf8_error().valid_up_to();
+        let line = error.as_bytes()[..offset]
+            .iter()
+            .filter(|byte| **byte == b'\n')
+            .count()
+            + 1;
+        LoadError::NotUtf8 {
+            path: path.to_path_buf(),
+            offset,
+            line,
+        }
+    })?;
+    let root = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    load_str(path, &text, root, overrides)
+}
+
+/// Parses and validates pipeline text; `path` names it in diagnostics and in [`Pipeline::path`].
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    root: PathBuf,
+    overrides: &[Override],
+) -> Result<Pipeline, LoadError> {
+    let name = path.display().to_string();
+    let segments: Vec<(String, String)> = overrides
+        .iter()
+        .map(|item| ("command-line override".to_owned(), item.text.clone()))
+        .collect();
+    let source = spec::Source::new(&name, text, &segments);
+    let (raw, spec_errors) = spec::parse(&source);
+    let mut errors: Vec<ModelError> = spec_errors.into_iter().map(ModelError::from).collect();
+    let mut pipeline = None;
+    if let Some(mut raw) = raw {
+        for (index, item) in overrides.iter().enumerate() {
+            let base = source
+                .segment_start(index)
+                .expect("one segment was created per override");
+            if let Err(error) = raw.apply_override(item, base) {
+                errors.push(error.into());
+            }
+        }
+        pipeline = validate::validate(&raw, path, root, &mut errors);
+    }
+    match pipeline {
+        Some(pipeline) if errors.is_empty() => Ok(pipeline),
+        _ => Err(LoadError::Invalid {
+            name,
+            summary: match errors.len() {
+                1 => "1 error".to_owned(),
+                count => format!("{count} errors"),
+            },
+            source_code: source,
+            errors,
+        }),
+    }
+}
+
+/// DVC's rule: a dep depends on an out when either contains the other (a dep on `data/`
+/// reads the `data/clean.csv` another stage writes, and a dep on `data/clean.csv/part-0` reads
+/// inside an output directory).
+pub(crate) fn overlaps(dep: &Path, out: &Path) -> bool {
+    dep.starts_with(out) || out.starts_with(dep)
+}
+
+/// Why one stage depends on another.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DependencyVia {
+    /// A typed input slot (`inputs: { model: base }`).
+    Input(InputSlot),
+    /// A `command` dep at or under an upstream stage's output (`outs`, or `out/<stage>/`).
+    Path(PathBuf),
+}
+
+/// An edge of the pipeline: `downstream` reads what `upstream` produces.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Dependency {
+    pub upstream: StageId,
+    pub downstream: StageId,
+    pub via: DependencyVia,
+}
+
+/// Where an ML stage's artifacts are materialized, relative to the pipeline root; a `command`
+/// dep under it is an edge from that stage.
+pub fn stage_output_dir(id: &StageId) -> PathBuf {
+    Path::new("out").join(id.as_str())
+}
 
 /// A validated pipeline, stages in file order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,6 +157,62 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn stage(&self, id: &StageId) -> Option<&Stage> {
         self.stages.iter().find(|stage| &stage.id == id)
+    }
+
+    /// Every edge, in file order of the downstream stage: typed inputs, then implied `command`
+    /// edges. Validation guarantees both ends exist and that there is no cycle.
+    pub fn dependencies(&self) -> Vec<Dependency> {
+        let index_of: HashMap<&str, usize> = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(index, stage)| (stage.id.as_str(), index))
+            .collect();
+        let outs: Vec<(&Path, &StageId)> = self
+            .stages
+            .iter()
+            .filter_map(|stage| match &stage.settings {
+                StageSettings::Command(command) => Some((command, &stage.id)),
+                _ => None,
+            })
+            .flat_map(|(command, id)| command.outs.iter().map(move |out| (out.as_path(), id)))
+            .collect();
+        let mut dependencies = Vec::new();
+        for stage in &self.stages {
+            for (slot, upstream) in &stage.inputs {
+                dependencies.push(Dependency {
+                    upstream: upstream.clone(),
+                    downstream: stage.id.clone(),
+                    via: DependencyVia::Input(*slot),
+                });
+            }
+            let StageSettings::Command(command) = &stage.settings else {
+                continue;
+            };
+            for dep in &command.deps {
+                let mut upstreams: Vec<&StageId> = outs
+                    .iter()
+                    .filter(|(out, owner)| overlaps(dep, out) && *owner != &stage.id)
+                    .map(|(_, owner)| *owner)
+                    .collect();
+                if let Some(owner) = validate::ml_output_owner(dep, &index_of) {
+                    upstreams.push(&self.stages[owner].id);
+                }
+                upstreams.sort();
+                upstreams.dedup();
+                for upstream in upstreams
+                    .into_iter()
+                    .filter(|upstream| *upstream != &stage.id)
+                {
+                    dependencies.push(Dependency {
+                        upstream: upstream.clone(),
+                        downstream: stage.id.clone(),
+                        via: DependencyVia::Path(dep.clone()),
+                    });
+                }
+            }
+        }
+        dependencies
     }
 }
 

@@ -1,7 +1,24 @@
-//! One runner per stage kind.
+//! One [`StageRunner`] per stage kind, found through [`runner_for`].
 
+pub mod command;
 pub mod configure;
 pub mod ml_common;
 pub mod prepare_data;
 pub mod select_model;
 pub mod train_log;
+
+use crate::exec::runner::StageRunner;
+use crate::model::StageKind;
+
+/// The runner of `kind`, or `None` when this build cannot run that kind yet.
+///
+/// Adding a kind is one match arm: `StageKind::Train => Some(&train::TrainRunner),`.
+pub fn runner_for(kind: StageKind) -> Option<&'static dyn StageRunner> {
+    match kind {
+        StageKind::Command => Some(&command::CommandRunner),
+        StageKind::SelectModel => Some(&select_model::SelectModelRunner),
+        StageKind::PrepareData => Some(&prepare_data::PrepareDataRunner),
+        StageKind::Configure => Some(&configure::ConfigureRunner),
+        _ => None,
+    }
+}

@@ -1,0 +1,298 @@
+//! `taper cache verify | gc | ls | du`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::lockfile::LockFile;
+use super::{io_error, ActionRecord, CacheError, ObjectStore, RootRecord, RunRecord, Store};
+use crate::fingerprint::manifest::hash_file_uncached;
+use crate::fingerprint::Digest;
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub blobs: usize,
+    pub manifests: usize,
+    pub actions: usize,
+    /// Objects whose content does not match their name, and where they were moved.
+    pub quarantined: Vec<(String, PathBuf)>,
+    /// Action records whose outputs are no longer all present (their stages will rerun).
+    pub incomplete_actions: Vec<Digest>,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub kept_objects: usize,
+    pub removed_objects: usize,
+    pub removed_bytes: u64,
+}
+
+/// Size of one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketUsage {
+    pub bucket: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// One cached stage result, for `ls`.
+#[derive(Debug, Clone)]
+pub struct ActionListing {
+    pub record: ActionRecord,
+    pub output_bytes: u64,
+    pub output_files: usize,
+}
+
+impl Store {
+    /// Files of a sharded bucket with their names parsed as digests (after stripping
+    /// `suffix`); foreign files are skipped.
+    fn objects(&self, bucket: &str, suffix: &str) -> Vec<(Digest, PathBuf)> {
+        let mut found = Vec::new();
+        let Ok(shards) = fs::read_dir(self.root.join(bucket)) else {
+            return found;
+        };
+        for shard in shards.flatten() {
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                if let Some(digest) = name
+                    .strip_suffix(suffix)
+                    .and_then(|hex| hex.parse::<Digest>().ok())
+                {
+                    found.push((digest, file.path()));
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    fn quarantine(&self, path: &Path, label: &str) -> Result<PathBuf, CacheError> {
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let destination = self
+            .root
+            .join("quarantine-v1")
+            .join(format!("{label}-{name}"));
+        fs::rename(path, &destination).map_err(io_error("quarantine", path))?;
+        Ok(destination)
+    }
+
+    /// Rehashes every blob and manifest and rereads every action record; moves corrupt objects
+    /// to `quarantine-v1/` so that no run uses them again.
+    pub fn verify(&self) -> Result<VerifyReport, CacheError> {
+        let mut report = VerifyReport::default();
+        let blobs = self.objects("blobs-v1", "");
+        report.blobs = blobs.len();
+        let bad_blobs: Vec<&(Digest, PathBuf)> = blobs
+            .par_iter()
+            .filter(|(digest, path)| {
+                hash_file_uncached(path).map_or(true, |actual| actual != *digest)
+            })
+            .collect();
+        for (digest, path) in bad_blobs {
+            let moved = self.quarantine(path, "blob")?;
+            report.quarantined.push((format!("blob {digest}"), moved));
+        }
+        let manifests = self.objects("manifests-v1", ".json");
+        report.manifests = manifests.len();
+        for (digest, path) in &manifests {
+            if self.get_manifest(digest).is_none() {
+                let moved = self.quarantine(path, "manifest")?;
+                report.quarantined.push((format!("manifest {digest}"), moved));
+            }
+        }
+        let actions = self.objects("actions-v1", ".json");
+        report.actions = actions.len();
+        for (key, path) in &actions {
+            match self.get_action(key) {
+                None => {
+                    let moved = self.quarantine(path, "action")?;
+                    report.quarantined.push((format!("action {key}"), moved));
+                }
+                Some(record) => {
+                    if self.outputs_present(&record).is_none() {
+                        report.incomplete_actions.push(*key);
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Deletes every object that neither a registered lock file nor one of the `keep_runs`
+    /// most recent runs reaches, and leftovers of interrupted runs. Waits for running
+    /// `taper run`s to finish first (they hold `gc.lock` shared).
+    pub fn gc(&self, keep_runs: usize) -> Result<GcReport, CacheError> {
+        let guard_path = self.root.join("gc.lock");
+        let guard = fs::File::create(&guard_path).map_err(io_error("create", &guard_path))?;
+        guard.lock().map_err(io_error("lock", &guard_path))?;
+
+        let mut keys: BTreeSet<Digest> = BTreeSet::new();
+        for (_, record) in read_json_dir::<RootRecord>(&self.root.join("roots-v1")) {
+            if let Some(lock) = LockFile::load(&record.lock_file) {
+                keys.extend(lock.stages.values().map(|stage| stage.key));
+            }
+        }
+        let runs = read_json_dir::<RunRecord>(&self.root.join("runs-v1"));
+        let expired = runs.len().saturating_sub(keep_runs);
+        let mut report = GcReport::default();
+        for (index, (path, record)) in runs.into_iter().enumerate() {
+            if index < expired {
+                remove_counted(&path, &mut report);
+            } else {
+                keys.extend(record.keys);
+            }
+        }
+
+        let mut manifests = BTreeSet::new();
+        let mut blobs = BTreeSet::new();
+        for key in &keys {
+            if let Some(record) = self.get_action(key) {
+                manifests.insert(record.outputs);
+                blobs.extend(record.log);
+                if let Some(manifest) = self.get_manifest(&record.outputs) {
+                    blobs.extend(manifest.entries.values().map(|entry| entry.digest));
+                }
+            }
+        }
+        for (bucket, suffix, live) in [
+            ("actions-v1", ".json", &keys),
+            ("manifests-v1", ".json", &manifests),
+            ("blobs-v1", "", &blobs),
+        ] {
+            for (digest, path) in self.objects(bucket, suffix) {
+                if live.contains(&digest) {
+                    report.kept_objects += 1;
+                } else {
+                    remove_counted(&path, &mut report);
+                }
+            }
+        }
+        // No run holds the store now, so temp files and scratch space of unreachable keys are
+        // leftovers of killed runs.
+        for bucket in ["tmp", "scratch-v1", "locks-v1"] {
+            let Ok(entries) = fs::read_dir(self.root.join(bucket)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let key = name
+                    .strip_suffix(".lock")
+                    .unwrap_or(&name)
+                    .parse::<Digest>()
+                    .ok();
+                if key.is_some_and(|key| keys.contains(&key)) {
+                    continue;
+                }
+                remove_counted(&entry.path(), &mut report);
+            }
+        }
+        drop(guard);
+        Ok(report)
+    }
+
+    /// Every readable action record, newest first.
+    pub fn list_actions(&self) -> Vec<ActionListing> {
+        let mut listings: Vec<ActionListing> = self
+            .objects("actions-v1", ".json")
+            .into_iter()
+            .filter_map(|(key, _)| self.get_action(&key))
+            .map(|record| {
+                let manifest = self.get_manifest(&record.outputs).unwrap_or_default();
+                ActionListing {
+                    output_bytes: manifest.total_size(),
+                    output_files: manifest.entries.len(),
+                    record,
+                }
+            })
+            .collect();
+        listings.sort_by(|left, right| {
+            right
+                .record
+                .finished_at
+                .cmp(&left.record.finished_at)
+                .then_with(|| left.record.stage.cmp(&right.record.stage))
+        });
+        listings
+    }
+
+    /// Files and bytes per bucket.
+    pub fn disk_usage(&self) -> Vec<BucketUsage> {
+        super::BUCKETS
+            .iter()
+            .map(|bucket| {
+                let mut usage = BucketUsage {
+                    bucket: (*bucket).to_owned(),
+                    files: 0,
+                    bytes: 0,
+                };
+                add_usage(&self.root.join(bucket), &mut usage);
+                usage
+            })
+            .collect()
+    }
+}
+
+fn add_usage(path: &Path, usage: &mut BucketUsage) {
+    let Ok(entries) = fs::read_dir(path) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        match entry.metadata() {
+            Ok(metadata) if metadata.is_dir() => add_usage(&entry.path(), usage),
+            Ok(metadata) => {
+                usage.files += 1;
+                usage.bytes += metadata.len();
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn read_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<(PathBuf, T)> {
+    let mut found: BTreeMap<PathBuf, T> = BTreeMap::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Some(value) = fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            {
+                found.insert(path, value);
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+fn remove_counted(path: &Path, report: &mut GcReport) {
+    let mut usage = BucketUsage {
+        bucket: String::new(),
+        files: 0,
+        bytes: 0,
+    };
+    let result = if path.is_dir() {
+        add_usage(path, &mut usage);
+        fs::remove_dir_all(path)
+    } else {
+        usage.bytes = fs::metadata(path).map(|metadata| metadata.len()).unwrap_or(0);
+        usage.files = 1;
+        fs::remove_file(path)
+    };
+    match result {
+        Ok(()) => {
+            report.removed_objects += usize::try_from(usage.files).unwrap_or(usize::MAX);
+            report.removed_bytes += usage.bytes;
+        }
+        Err(error) => tracing::debug!("not removed `{}`: {error}", path.display()),
+    }
+}

@@ -1,0 +1,146 @@
+//! Command-line arguments (clap derive). The `///` docs are the help text.
+//!
+//! To add a subcommand: add a variant to [`Command`] with its `Args` struct here, a file in
+//! `commands/`, and one match arm in `cli::run`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::model::Override;
+
+/// taper: declarative, cached, reproducible fine-tuning pipelines.
+#[derive(Debug, Parser)]
+#[command(name = "taper", version, about, propagate_version = true)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check pipeline files and report every problem at once.
+    Validate(ValidateArgs),
+    /// Show a pipeline's stages and edges in topological order, grouped into levels that can
+    /// run in parallel.
+    Dag(DagArgs),
+    /// Print the JSON Schema of pipeline files (for editors; see docs/spec.md).
+    Schema,
+    /// Show which stages are cached and which will run, and why (old → new values).
+    Plan(PlanArgs),
+    /// Run the stages whose inputs changed, independent ones in parallel.
+    Run(RunArgs),
+    /// Inspect and maintain the content-addressed store.
+    Cache(CacheArgs),
+}
+
+/// Where the store lives: `--store`, else `TAPER_STORE`, else `cache/` in the current
+/// directory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// The content-addressed store directory.
+    #[arg(long, env = "TAPER_STORE", default_value = "cache", value_name = "DIR")]
+    pub store: PathBuf,
+}
+
+/// Which stages `plan` and `run` consider, and setting overrides.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SelectionArgs {
+    /// The pipeline file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Bring only these stages (and the stages they need) up to date.
+    #[arg(value_name = "STAGE")]
+    pub stages: Vec<String>,
+    /// Also every stage downstream of the given ones.
+    #[arg(long)]
+    pub downstream: bool,
+    /// Run this stage even if it is cached (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub force: Vec<String>,
+    /// Override a setting before validation: `stage.key=value` or `params.name=value`.
+    #[arg(short = 'S', long = "set", value_name = "STAGE.KEY=VALUE")]
+    pub overrides: Vec<Override>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Stages run at the same time (default: the number of CPU cores).
+    #[arg(short = 'j', long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Print the plan and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Mirror stage logs to the terminal.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub command: CacheCommand,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CacheCommand {
+    /// Rehash every object; move corrupt ones to `quarantine-v1/` (exit 1 if any).
+    Verify,
+    /// Delete what no registered lock file and no recent run reaches.
+    Gc {
+        /// How many recent runs keep their results.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        keep_runs: usize,
+    },
+    /// List cached stage results, newest first.
+    Ls,
+    /// Disk usage per bucket.
+    Du,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Pipeline files to check.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Override a setting before validation: `stage.key=value` or `params.name=value`.
+    #[arg(short = 'S', long = "set", value_name = "STAGE.KEY=VALUE")]
+    pub overrides: Vec<Override>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DagArgs {
+    /// The pipeline file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DagFormatArg::Text)]
+    pub format: DagFormatArg,
+    /// Override a setting before validation: `stage.key=value` or `params.name=value`.
+    #[arg(short = 'S', long = "set", value_name = "STAGE.KEY=VALUE")]
+    pub overrides: Vec<Override>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DagFormatArg {
+    /// Levels and edges as indented text.
+    Text,
+    /// A Mermaid flowchart (renders on GitHub and in many editors).
+    Mermaid,
+    /// Graphviz: `taper dag FILE --format dot | dot -Tsvg > dag.svg`.
+    Dot,
+}

@@ -1,0 +1,28 @@
+//! `taper dag FILE --format text|mermaid|dot`: the DAG on stdout.
+
+use crate::cli::args::{DagArgs, DagFormatArg};
+use crate::cli::printer::Printer;
+use crate::cli::ExitStatus;
+use crate::graph::{render, DagFormat, PipelineGraph};
+use crate::model::load_file;
+
+pub fn run(args: &DagArgs, printer: &Printer) -> ExitStatus {
+    let pipeline = match load_file(&args.file, &args.overrides) {
+        Ok(pipeline) => pipeline,
+        Err(error) => return super::report_load_error(error, printer),
+    };
+    let graph = match PipelineGraph::new(&pipeline) {
+        Ok(graph) => graph,
+        Err(error) => {
+            printer.diagnostic(error);
+            return ExitStatus::Failure;
+        }
+    };
+    let format = match args.format {
+        DagFormatArg::Text => DagFormat::Text,
+        DagFormatArg::Mermaid => DagFormat::Mermaid,
+        DagFormatArg::Dot => DagFormat::Dot,
+    };
+    printer.data(&render(&pipeline, &graph, format));
+    ExitStatus::Success
+}

@@ -1,0 +1,39 @@
+//! `taper plan FILE [STAGE...]`: each stage `cached` or `will run`, with the reason.
+
+use crate::cli::args::PlanArgs;
+use crate::cli::printer::Printer;
+use crate::cli::ExitStatus;
+use crate::exec::{report, Decision, Engine, LocalExecutor, RunOptions};
+
+pub fn run(args: &PlanArgs, printer: &Printer) -> ExitStatus {
+    let (pipeline, store) = match super::load_with_store(&args.selection, &args.store.store, printer)
+    {
+        Ok(loaded) => loaded,
+        Err(status) => return status,
+    };
+    let executor = LocalExecutor::new(crate::stages::runner_for);
+    let options = RunOptions {
+        targets: args.selection.stages.clone(),
+        downstream: args.selection.downstream,
+        force: args.selection.force.clone(),
+        jobs: 1,
+    };
+    let plans = match Engine::new(&pipeline, &store, &executor)
+        .and_then(|engine| engine.plan(&options))
+    {
+        Ok(plans) => plans,
+        Err(error) => {
+            printer.diagnostic(error);
+            return ExitStatus::Failure;
+        }
+    };
+    printer.data(&report::render_plan(&pipeline.name, &plans));
+    let mut status = ExitStatus::Success;
+    for plan in plans {
+        if let Decision::Error(error) = plan.decision {
+            printer.diagnostic(error);
+            status = ExitStatus::Failure;
+        }
+    }
+    status
+}

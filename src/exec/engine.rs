@@ -1,0 +1,748 @@
+//! The scheduler: plan, then run stale stages in dependency order, in parallel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::executor::{Executor, StageJob};
+use super::inputs::{output_dir_of, Dag};
+use super::runner::{StageError, StageOutcome};
+use super::workspace::{materialize, mounts, stale_mounts};
+use super::ExecError;
+use crate::cache::{ActionRecord, LockFile, LockedStage, ObjectStore, Store};
+use crate::fingerprint::{
+    compare, settings_digest, Digest, DirtyReason, HashCache, Manifest, StageHashable,
+};
+use crate::model::{Pipeline, StageId};
+
+/// Which stages to consider and how.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stages to bring up to date (with their upstream stages); all when empty.
+    pub targets: Vec<String>,
+    /// Also every stage downstream of the targets.
+    pub downstream: bool,
+    /// Stages to run even when cached.
+    pub force: Vec<String>,
+    /// Stages run at the same time (at least 1).
+    pub jobs: usize,
+}
+
+/// What `plan` expects a stage to do.
+#[derive(Debug)]
+pub enum Decision {
+    /// Up to date; `restore` lists outputs to copy back from the store.
+    Cached { restore: Vec<String> },
+    WillRun(Vec<DirtyReason>),
+    /// Its key cannot be computed (a missing dep, say).
+    Error(ExecError),
+}
+
+#[derive(Debug)]
+pub struct StagePlan {
+    pub stage: StageId,
+    /// `None` while an upstream stage still has to run.
+    pub key: Option<Digest>,
+    pub decision: Decision,
+}
+
+/// What happened to a stage in a run.
+#[derive(Debug)]
+pub enum StageStatus {
+    Cached {
+        restored: Vec<String>,
+    },
+    Ran {
+        reasons: Vec<DirtyReason>,
+        duration: Duration,
+        /// Byte-identical to the previous outputs: dependents stay cached.
+        outputs_unchanged: bool,
+    },
+    Failed(ExecError),
+    /// Not run because upstream stage `upstream` failed.
+    Skipped {
+        upstream: StageId,
+    },
+}
+
+/// Progress reports, in the order things happen (from several threads).
+#[derive(Debug)]
+pub enum Event<'a> {
+    Cached {
+        stage: &'a StageId,
+        restored: &'a [String],
+    },
+    /// Another `taper run` holds this stage's key; this one waits for it.
+    Waiting { stage: &'a StageId },
+    Started {
+        stage: &'a StageId,
+        reasons: &'a [DirtyReason],
+    },
+    Log { stage: &'a StageId, line: &'a str },
+    Finished {
+        stage: &'a StageId,
+        duration: Duration,
+        outputs_unchanged: bool,
+    },
+    Failed {
+        stage: &'a StageId,
+        error: &'a ExecError,
+    },
+    Skipped {
+        stage: &'a StageId,
+        upstream: &'a StageId,
+    },
+}
+
+/// The outcome of every selected stage, in topological order.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub stages: Vec<(StageId, StageStatus)>,
+}
+
+impl RunSummary {
+    pub fn failed(&self) -> bool {
+        self.stages
+            .iter()
+            .any(|(_, status)| matches!(status, StageStatus::Failed(_)))
+    }
+
+    /// Stages that actually executed.
+    pub fn executed(&self) -> Vec<&StageId> {
+        self.stages
+            .iter()
+            .filter(|(_, status)| matches!(status, StageStatus::Ran { .. }))
+            .map(|(id, _)| id)
+            .collect()
+    }
+}
+
+/// Plans and runs one pipeline against one store.
+pub struct Engine<'a> {
+    pipeline: &'a Pipeline,
+    dag: Dag,
+    store: &'a Store,
+    executor: &'a dyn Executor,
+    hash_cache: HashCache,
+    lock_path: PathBuf,
+    lock: Mutex<LockFile>,
+    /// When the lock file was last written, and whether entries changed since.
+    lock_written: Mutex<(Option<Instant>, bool)>,
+}
+
+/// The lock file is rewritten at most this often during a run (and always at its end). Every
+/// finished stage is already durable in the store, so a crash between writes costs no rerun,
+/// only lock entries the next run rewrites; writing it after each of 1,000 stages would cost
+/// O(stages²) serialization.
+const LOCK_WRITE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A stage's result as the worker hands it back.
+struct Finished {
+    status: StageStatus,
+    key: Option<Digest>,
+    manifest: Option<Manifest>,
+    locked: Option<LockedStage>,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(
+        pipeline: &'a Pipeline,
+        store: &'a Store,
+        executor: &'a dyn Executor,
+    ) -> Result<Engine<'a>, ExecError> {
+        let dag = Dag::new(pipeline)?;
+        let lock_path = LockFile::path_for(&pipeline.path);
+        let mut lock = LockFile::load(&lock_path).unwrap_or_else(|| LockFile::new(&pipeline.name));
+        // Entries of stages that left the pipeline would otherwise linger forever.
+        lock.stages
+            .retain(|name, _| pipeline.stages.iter().any(|stage| stage.id.as_str() == name));
+        lock.pipeline.clone_from(&pipeline.name);
+        Ok(Engine {
+            pipeline,
+            dag,
+            hash_cache: store.load_hash_cache(),
+            store,
+            executor,
+            lock_path,
+            lock: Mutex::new(lock),
+            lock_written: Mutex::new((None, false)),
+        })
+    }
+
+    pub fn lock_path(&self) -> &Path {
+        &self.lock_path
+    }
+
+    /// Stage indices the options select, with every upstream stage they need.
+    fn selection(&self, options: &RunOptions) -> Result<BTreeSet<usize>, ExecError> {
+        if options.targets.is_empty() {
+            return Ok((0..self.dag.len()).collect());
+        }
+        let roots = options
+            .targets
+            .iter()
+            .map(|name| self.dag.index_of(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let wanted: Vec<usize> = if options.downstream {
+            self.dag.closure(&roots, true).into_iter().collect()
+        } else {
+            roots
+        };
+        Ok(self.dag.closure(&wanted, false))
+    }
+
+    fn forced(&self, options: &RunOptions) -> Result<BTreeSet<usize>, ExecError> {
+        options
+            .force
+            .iter()
+            .map(|name| self.dag.index_of(name))
+            .collect()
+    }
+
+    /// The stored outputs of `key`, when complete.
+    fn lookup(&self, key: &Digest) -> Option<Manifest> {
+        let record = self.store.get_action(key)?;
+        self.store.outputs_present(&record)
+    }
+
+    fn locked(&self, index: usize) -> Option<LockedStage> {
+        let lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        lock.stages.get(self.dag.id(index).as_str()).cloned()
+    }
+
+    /// Why stage `index` with fingerprint `hashable` is not cached.
+    fn reasons(&self, index: usize, hashable: &StageHashable, forced: bool) -> Vec<DirtyReason> {
+        if forced {
+            return vec![DirtyReason::Forced];
+        }
+        match self.locked(index) {
+            None => vec![DirtyReason::NewStage],
+            Some(previous) => {
+                let reasons = compare(&previous.hashable(), hashable);
+                if reasons.is_empty() {
+                    vec![DirtyReason::OutputMissing]
+                } else {
+                    reasons
+                }
+            }
+        }
+    }
+
+    /// Decides every selected stage without running anything.
+    pub fn plan(&self, options: &RunOptions) -> Result<Vec<StagePlan>, ExecError> {
+        let selected = self.selection(options)?;
+        let forced = self.forced(options)?;
+        let mut outputs: BTreeMap<usize, Manifest> = BTreeMap::new();
+        let mut plans = Vec::new();
+        for &index in self.dag.order() {
+            if !selected.contains(&index) {
+                continue;
+            }
+            let stage = &self.pipeline.stages[index];
+            let computed = self.dag.hashable(self.pipeline, index, &self.hash_cache, &|i| {
+                outputs.get(&i).cloned()
+            });
+            let (mut hashable, unknown) = match computed {
+                Ok(found) => found,
+                Err(error) => {
+                    plans.push(StagePlan {
+                        stage: stage.id.clone(),
+                        key: None,
+                        decision: Decision::Error(error),
+                    });
+                    continue;
+                }
+            };
+            if let Some(&first) = unknown.first() {
+                // The key waits for upstream outputs; still report what else changed, comparing
+                // against the previous upstream content so it is not counted as a change.
+                let mut reasons = vec![DirtyReason::UpstreamWillRun {
+                    stage: self.dag.id(first).to_string(),
+                }];
+                if let Some(previous) = self.locked(index) {
+                    for (name, digest) in &previous.upstream {
+                        hashable
+                            .upstream
+                            .entry(name.clone())
+                            .or_insert_with(|| digest.clone());
+                    }
+                    reasons.extend(compare(&previous.hashable(), &hashable));
+                }
+                if forced.contains(&index) {
+                    reasons.insert(0, DirtyReason::Forced);
+                }
+                plans.push(StagePlan {
+                    stage: stage.id.clone(),
+                    key: None,
+                    decision: Decision::WillRun(reasons),
+                });
+                continue;
+            }
+            let key = hashable.key();
+            let is_forced = forced.contains(&index);
+            let decision = match self.lookup(&key).filter(|_| !is_forced) {
+                Some(manifest) => {
+                    let restore =
+                        stale_mounts(&self.pipeline.root, stage, &manifest, &self.hash_cache);
+                    outputs.insert(index, manifest);
+                    Decision::Cached { restore }
+                }
+                None => Decision::WillRun(self.reasons(index, &hashable, is_forced)),
+            };
+            plans.push(StagePlan {
+                stage: stage.id.clone(),
+                key: Some(key),
+                decision,
+            });
+        }
+        self.store.save_hash_cache(&self.hash_cache);
+        Ok(plans)
+    }
+
+    /// Runs every stale selected stage; returns when all have finished, failed or been skipped.
+    pub fn run(
+        &self,
+        options: &RunOptions,
+        observe: &(dyn Fn(&Event<'_>) + Sync),
+    ) -> Result<RunSummary, ExecError> {
+        let _guard = self.store.run_guard()?;
+        let selected = self.selection(options)?;
+        let forced = self.forced(options)?;
+        let jobs = options.jobs.max(1);
+        let mut remaining: BTreeMap<usize, usize> = selected
+            .iter()
+            .map(|&index| (index, self.dag.upstream(index).len()))
+            .collect();
+        let mut ready: BTreeSet<usize> = remaining
+            .iter()
+            .filter(|(_, count)| **count == 0)
+            .map(|(index, _)| *index)
+            .collect();
+        let mut outputs: BTreeMap<usize, Manifest> = BTreeMap::new();
+        let mut statuses: BTreeMap<usize, StageStatus> = BTreeMap::new();
+        let mut keys = Vec::new();
+        let (sender, receiver) = mpsc::channel::<(usize, Finished)>();
+
+        std::thread::scope(|scope| {
+            let mut running = 0usize;
+            loop {
+                while running < jobs {
+                    let Some(index) = ready.pop_first() else {
+                        break;
+                    };
+                    let upstream: BTreeMap<usize, Manifest> = self
+                        .dag
+                        .upstream(index)
+                        .iter()
+                        .filter_map(|i| outputs.get(i).map(|manifest| (*i, manifest.clone())))
+                        .collect();
+                    let is_forced = forced.contains(&index);
+                    let sender = sender.clone();
+                    scope.spawn(move || {
+                        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                            || self.process(index, &upstream, is_forced, observe),
+                        ))
+                        .unwrap_or_else(|_| Finished {
+                            status: StageStatus::Failed(ExecError::StageFailed {
+                                stage: self.dag.id(index).clone(),
+                                log: self.log_path(index),
+                                source: StageError::new(ExecError::Io {
+                                    action: "run (the runner panicked)",
+                                    path: self.pipeline.path.clone(),
+                                    source: std::io::Error::other("panic in stage runner"),
+                                }),
+                            }),
+                            key: None,
+                            manifest: None,
+                            locked: None,
+                        });
+                        // The receiver lives until every worker has reported.
+                        let _ = sender.send((index, finished));
+                    });
+                    running += 1;
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok((index, finished)) = receiver.recv() else {
+                    break;
+                };
+                running -= 1;
+                keys.extend(finished.key);
+                if let Some(locked) = finished.locked {
+                    self.update_lock(index, locked);
+                }
+                match finished.manifest {
+                    Some(manifest) => {
+                        outputs.insert(index, manifest);
+                        for &next in self.dag.downstream(index) {
+                            if let Some(count) = remaining.get_mut(&next) {
+                                *count -= 1;
+                                if *count == 0 {
+                                    ready.insert(next);
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        let failed = self.dag.id(index);
+                        for next in self.dag.closure(&[index], true) {
+                            if next != index
+                                && selected.contains(&next)
+                                && !statuses.contains_key(&next)
+                            {
+                                observe(&Event::Skipped {
+                                    stage: self.dag.id(next),
+                                    upstream: failed,
+                                });
+                                statuses.insert(
+                                    next,
+                                    StageStatus::Skipped {
+                                        upstream: failed.clone(),
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+                statuses.insert(index, finished.status);
+            }
+        });
+
+        self.flush_lock();
+        self.store.save_hash_cache(&self.hash_cache);
+        if let Err(error) = self.store.record_run(&keys) {
+            tracing::debug!("run record not written: {error}");
+        }
+        let stages = self
+            .dag
+            .order()
+            .iter()
+            .filter_map(|index| {
+                statuses
+                    .remove(index)
+                    .map(|status| (self.dag.id(*index).clone(), status))
+            })
+            .collect();
+        Ok(RunSummary { stages })
+    }
+
+    fn update_lock(&self, index: usize, locked: LockedStage) {
+        let name = self.dag.id(index).to_string();
+        {
+            let mut lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            if lock.stages.get(&name) == Some(&locked) && self.lock_path.exists() {
+                return;
+            }
+            lock.stages.insert(name, locked);
+        }
+        let due = {
+            let mut written = self
+                .lock_written
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            written.1 = true;
+            written
+                .0
+                .is_none_or(|last| last.elapsed() >= LOCK_WRITE_INTERVAL)
+        };
+        if due {
+            self.flush_lock();
+        }
+    }
+
+    /// Writes the lock file if entries changed since the last write.
+    fn flush_lock(&self) {
+        let mut written = self
+            .lock_written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !written.1 {
+            return;
+        }
+        let lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(error) = lock.save(&self.lock_path, self.store.root()) {
+            tracing::warn!("lock file not written: {error}");
+        }
+        *written = (Some(Instant::now()), false);
+        if let Err(error) = self.store.register_lock_file(&self.lock_path) {
+            tracing::debug!("lock file not registered for gc: {error}");
+        }
+    }
+
+    fn log_path(&self, index: usize) -> PathBuf {
+        self.pipeline
+            .root
+            .join(format!("{}.log", output_dir_of(self.dag.id(index))))
+    }
+
+    /// One stage, on a worker thread: key, cache lookup, key lock, execution, ingestion.
+    fn process(
+        &self,
+        index: usize,
+        upstream: &BTreeMap<usize, Manifest>,
+        forced: bool,
+        observe: &(dyn Fn(&Event<'_>) + Sync),
+    ) -> Finished {
+        let stage_id = self.dag.id(index);
+        let fail = |error: ExecError, key: Option<Digest>| {
+            observe(&Event::Failed {
+                stage: stage_id,
+                error: &error,
+            });
+            Finished {
+                status: StageStatus::Failed(error),
+                key,
+                manifest: None,
+                locked: None,
+            }
+        };
+        let computed = self.dag.hashable(self.pipeline, index, &self.hash_cache, &|i| {
+            upstream.get(&i).cloned()
+        });
+        let hashable = match computed {
+            Ok((hashable, _)) => hashable,
+            Err(error) => return fail(error, None),
+        };
+        let key = hashable.key();
+        if !forced {
+            if let Some(finished) = self.try_cached(index, &hashable, &key, observe) {
+                return finished;
+            }
+        }
+        let reasons = self.reasons(index, &hashable, forced);
+        let lock = match self.store.try_lock_key(&key) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                observe(&Event::Waiting { stage: stage_id });
+                match self.store.lock_key(&key) {
+                    Ok(lock) => lock,
+                    Err(error) => return fail(error.into(), Some(key)),
+                }
+            }
+            Err(error) => return fail(error.into(), Some(key)),
+        };
+        // Another run may have computed this key while we waited for its lock.
+        if !forced {
+            if let Some(finished) = self.try_cached(index, &hashable, &key, observe) {
+                return finished;
+            }
+        }
+        observe(&Event::Started {
+            stage: stage_id,
+            reasons: &reasons,
+        });
+        let started = Instant::now();
+        let result = self.execute(index, &hashable, &key, observe);
+        drop(lock);
+        match result {
+            Ok((manifest, locked)) => {
+                let duration = started.elapsed();
+                let previous = self.locked(index).map(|previous| previous.manifest);
+                let outputs_unchanged = previous == Some(locked.manifest);
+                observe(&Event::Finished {
+                    stage: stage_id,
+                    duration,
+                    outputs_unchanged,
+                });
+                Finished {
+                    status: StageStatus::Ran {
+                        reasons,
+                        duration,
+                        outputs_unchanged,
+                    },
+                    key: Some(key),
+                    manifest: Some(manifest),
+                    locked: Some(locked),
+                }
+            }
+            Err(error) => fail(error, Some(key)),
+        }
+    }
+
+    fn try_cached(
+        &self,
+        index: usize,
+        hashable: &StageHashable,
+        key: &Digest,
+        observe: &(dyn Fn(&Event<'_>) + Sync),
+    ) -> Option<Finished> {
+        let record = self.store.get_action(key)?;
+        let manifest = self.store.outputs_present(&record)?;
+        let stage = &self.pipeline.stages[index];
+        let restored = match materialize(
+            &self.pipeline.root,
+            stage,
+            &manifest,
+            self.store,
+            &self.hash_cache,
+        ) {
+            Ok(restored) => restored,
+            Err(error) => {
+                observe(&Event::Failed {
+                    stage: &stage.id,
+                    error: &error,
+                });
+                return Some(Finished {
+                    status: StageStatus::Failed(error),
+                    key: Some(*key),
+                    manifest: None,
+                    locked: None,
+                });
+            }
+        };
+        observe(&Event::Cached {
+            stage: &stage.id,
+            restored: &restored,
+        });
+        let locked = self.locked_stage(index, hashable, key, &manifest, &record.metrics);
+        Some(Finished {
+            status: StageStatus::Cached { restored },
+            key: Some(*key),
+            manifest: Some(manifest),
+            locked: Some(locked),
+        })
+    }
+
+    fn locked_stage(
+        &self,
+        index: usize,
+        hashable: &StageHashable,
+        key: &Digest,
+        manifest: &Manifest,
+        metrics: &BTreeMap<String, f64>,
+    ) -> LockedStage {
+        let stage = &self.pipeline.stages[index];
+        let outputs = mounts(stage)
+            .into_iter()
+            .filter_map(|(path, inside)| {
+                manifest
+                    .content_digest_of(&inside)
+                    .map(|digest| (path, digest.to_tagged()))
+            })
+            .collect();
+        LockedStage {
+            kind: hashable.kind,
+            key: *key,
+            key_scheme: hashable.scheme,
+            implementation_version: hashable.implementation_version,
+            settings_digest: settings_digest(&hashable.settings),
+            settings: hashable.settings.clone(),
+            inputs: hashable.external.clone(),
+            upstream: hashable.upstream.clone(),
+            environment: hashable.environment.clone(),
+            outputs,
+            manifest: manifest.digest(),
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Runs the stage into a temp dir, then commits: blobs, manifest, action record (last),
+    /// workspace copy. Nothing is visible under the key until the record's rename.
+    fn execute(
+        &self,
+        index: usize,
+        hashable: &StageHashable,
+        key: &Digest,
+        observe: &(dyn Fn(&Event<'_>) + Sync),
+    ) -> Result<(Manifest, LockedStage), ExecError> {
+        let stage = &self.pipeline.stages[index];
+        let root = &self.pipeline.root;
+        let temp = self.store.temp_dir("run")?;
+        let out_dir = temp.path().join("out");
+        fs::create_dir_all(&out_dir).map_err(|source| ExecError::Io {
+            action: "create",
+            path: out_dir.clone(),
+            source,
+        })?;
+        let scratch_dir = self.store.scratch_dir(key)?;
+        let log_path = self.log_path(index);
+        if let Some(parent) = log_path.parent() {
+            fs::create_dir_all(parent).map_err(|source| ExecError::Io {
+                action: "create",
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let log_file = fs::File::create(&log_path).map_err(|source| ExecError::Io {
+            action: "create",
+            path: log_path.clone(),
+            source,
+        })?;
+        let log_file = Mutex::new(log_file);
+        let log = |line: &str| {
+            let mut file = log_file.lock().unwrap_or_else(PoisonError::into_inner);
+            // A log line that cannot be written must not fail the stage.
+            let _ = writeln!(file, "{line}");
+            observe(&Event::Log {
+                stage: &stage.id,
+                line,
+            });
+        };
+        let inputs = self
+            .dag
+            .slots(index)
+            .iter()
+            .map(|(slot, producer)| (*slot, root.join(output_dir_of(self.dag.id(*producer)))))
+            .collect();
+        let job = StageJob {
+            stage,
+            key: *key,
+            pipeline_root: root,
+            inputs,
+            out_dir: &out_dir,
+            scratch_dir: &scratch_dir,
+            store_root: self.store.root(),
+            log: &log,
+        };
+        let started = Instant::now();
+        let outcome: StageOutcome =
+            self.executor
+                .execute(&job)
+                .map_err(|source| ExecError::StageFailed {
+                    stage: stage.id.clone(),
+                    log: log_path.clone(),
+                    source,
+                })?;
+        let duration = started.elapsed();
+        drop(log_file);
+
+        let manifest = self
+            .hash_cache
+            .manifest_of(&out_dir)
+            .map_err(|source| ExecError::HashInput {
+                stage: stage.id.clone(),
+                path: out_dir.clone(),
+                source,
+            })?;
+        let outputs = self.store.put_tree(&out_dir, &manifest, true)?;
+        let log_digest = self
+            .hash_cache
+            .hash_file(&log_path)
+            .ok()
+            .map(|(digest, _)| digest)
+            .filter(|digest| self.store.put_blob(&log_path, digest, false).is_ok());
+        let record = ActionRecord {
+            version: 1,
+            key: *key,
+            stage: stage.id.to_string(),
+            fingerprint: hashable.clone(),
+            outputs,
+            metrics: outcome.metrics.clone(),
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            finished_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_secs())
+                .unwrap_or(0),
+            log: log_digest,
+        };
+        self.store.put_action(&record)?;
+        materialize(root, stage, &manifest, self.store, &self.hash_cache)?;
+        self.store.remove_scratch_dir(key);
+        let locked = self.locked_stage(index, hashable, key, &manifest, &outcome.metrics);
+        Ok((manifest, locked))
+    }
+}

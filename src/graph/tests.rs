@@ -1,0 +1,109 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::model::load_str;
+
+fn pipeline(text: &str) -> Pipeline {
+    load_str(Path::new("p.yaml"), text, PathBuf::from("."), &[]).expect("valid pipeline")
+}
+
+fn ids(stages: &[StageId]) -> Vec<&str> {
+    stages.iter().map(StageId::as_str).collect()
+}
+
+const COMMANDS: &str = "version: 1
+name: commands
+stages:
+  report: { kind: command, run: make report, deps: [data/clean.csv, out/train-set], outs: [report.html] }
+  clean: { kind: command, run: make clean, deps: [raw.csv], outs: [data/clean.csv] }
+  split: { kind: command, run: make split, deps: [data], outs: [out/train-set/] }
+  lint: { kind: command, run: make lint }
+";
+
+#[test]
+fn command_edges_follow_deps_under_outs() {
+    let graph = PipelineGraph::new(&pipeline(COMMANDS)).expect("acyclic");
+    assert_eq!(
+        ids(&graph.topo_order()),
+        ["clean", "split", "report", "lint"]
+    );
+    assert_eq!(
+        ids(&graph.upstream(&StageId("report".into()))),
+        ["clean", "split"]
+    );
+    assert_eq!(
+        ids(&graph.downstream(&StageId("clean".into()))),
+        ["split", "report"]
+    );
+    let levels = graph.levels();
+    let levels: Vec<Vec<&str>> = levels.iter().map(|level| ids(level)).collect();
+    assert_eq!(
+        levels,
+        [vec!["clean", "lint"], vec!["split"], vec!["report"]]
+    );
+}
+
+#[test]
+fn ml_outputs_under_out_stage_are_edges_and_inputs_are_typed_edges() {
+    let text = "version: 1
+name: ml
+stages:
+  base: { kind: select-model, with: { source: { path: model } } }
+  data: { kind: prepare-data, inputs: { model: base }, with: { source: { path: d.csv }, split: { train: 0.8, test: 0.2 } } }
+  config: { kind: configure }
+  fit: { kind: train, inputs: { model: base, data: data, config: config } }
+  plot: { kind: command, run: python3 plot.py, deps: [out/fit/metrics.json] }
+";
+    let pipeline = pipeline(text);
+    let graph = PipelineGraph::new(&pipeline).expect("acyclic");
+    let levels = graph.levels();
+    let levels: Vec<Vec<&str>> = levels.iter().map(|level| ids(level)).collect();
+    assert_eq!(
+        levels,
+        [
+            vec!["base", "config"],
+            vec!["data"],
+            vec!["fit"],
+            vec!["plot"]
+        ]
+    );
+    let edges = graph.edges();
+    assert_eq!(edges.len(), 5);
+    assert_eq!(
+        edges.last().map(|edge| &edge.via),
+        Some(&DependencyVia::Path(PathBuf::from("out/fit/metrics.json")))
+    );
+}
+
+#[test]
+fn a_hand_built_cycle_is_an_error_naming_its_path() {
+    let mut pipeline = pipeline(COMMANDS);
+    if let crate::model::StageSettings::Command(command) = &mut pipeline.stages[1].settings {
+        command.deps.push(PathBuf::from("report.html"));
+    }
+    let error = PipelineGraph::new(&pipeline).expect_err("report.html feeds clean again");
+    assert_eq!(
+        error,
+        GraphError::Cycle {
+            path: "`clean` → `split` → `report` → `clean`".to_owned()
+        }
+    );
+}
+
+#[test]
+fn renderings_group_parallel_stages() {
+    let pipeline = pipeline(COMMANDS);
+    let graph = PipelineGraph::new(&pipeline).expect("acyclic");
+    let text = render(&pipeline, &graph, DagFormat::Text);
+    assert!(
+        text.contains("level 1\n  clean [command]\n  lint [command]\nlevel 2\n  split [command] <- clean (data)\n"),
+        "{text}"
+    );
+    let dot = render(&pipeline, &graph, DagFormat::Dot);
+    assert!(dot.contains("{ rank=same; \"clean\"; \"lint\"; }"), "{dot}");
+    let mermaid = render(&pipeline, &graph, DagFormat::Mermaid);
+    assert!(
+        mermaid.contains("s_clean -->|\"data/clean.csv\"| s_report"),
+        "{mermaid}"
+    );
+}

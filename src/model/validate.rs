@@ -1,0 +1,1034 @@
+//! `RawPipeline` → [`Pipeline`]: every check, every error collected in one pass.
+//!
+//! Order of work, and why: top-level keys → params → each stage on its own (name, keys,
+//! kind, `${params.…}` substitution, typed settings) → the edges between stages (input slots,
+//! implied `command` edges, output clashes) → cycles. Stage-local checks run for every stage
+//! even when another is broken, and edge checks skip only the edges whose ends are unknown,
+//! so fixing one error never reveals a batch of new ones that were there all along.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+use miette::LabeledSpan;
+use serde::de::DeserializeOwned;
+
+use super::de::{from_node, DeError, UnknownField};
+use super::error::ModelError;
+use super::{ArtifactKind, Command, InputSlot, Pipeline, Stage, StageId, StageKind, StageSettings};
+use crate::spec::{
+    abbreviate, did_you_mean, suggestion_help, Key, Node, RawPipeline, Resolved, ScalarStyle, Span,
+    Value,
+};
+
+/// The keys a stage may have. `run`, `deps`, `outs` and `env` belong to `command` stages and
+/// sit at stage level (as in DVC); the other kinds take their settings under `with:`.
+pub const STAGE_KEYS: [&str; 8] = [
+    "kind",
+    "description",
+    "inputs",
+    "with",
+    "run",
+    "deps",
+    "outs",
+    "env",
+];
+const COMMAND_KEYS: [&str; 4] = ["run", "deps", "outs", "env"];
+
+/// A stage after its own checks, before the edges are checked.
+struct Checked<'a> {
+    id: &'a Key,
+    kind: Option<StageKind>,
+    kind_span: Span,
+    settings: Option<StageSettings>,
+    /// `(slot key, referenced stage)` as written.
+    inputs: Vec<(&'a Key, &'a Node)>,
+    inputs_span: Option<Span>,
+    /// Normalized `deps` and `outs` of a command stage, with spans.
+    deps: Vec<(PathBuf, Span)>,
+    outs: Vec<(PathBuf, Span)>,
+}
+
+pub(crate) fn validate(
+    raw: &RawPipeline,
+    path: &Path,
+    root: PathBuf,
+    errors: &mut Vec<ModelError>,
+) -> Option<Pipeline> {
+    let document_start = Span::new(raw.span.start, raw.span.start);
+
+    match &raw.version {
+        None => errors.push(missing_top_level("version", "version: 1", document_start)),
+        Some((_, node)) => {
+            if node.as_scalar().map(|scalar| scalar.resolve()) != Some(Resolved::Int(1)) {
+                errors.push(invalid(
+                    format!("unsupported pipeline `version`: {}", node.describe()),
+                    node,
+                    "this taper reads version 1",
+                    "write `version: 1`".to_owned(),
+                ));
+            }
+        }
+    }
+    let name = match &raw.name {
+        None => {
+            errors.push(missing_top_level(
+                "name",
+                "name: my-pipeline",
+                document_start,
+            ));
+            None
+        }
+        Some((_, node)) => string_value(node, "the pipeline `name`", errors),
+    };
+    let description = raw
+        .description
+        .as_ref()
+        .and_then(|(_, node)| string_value(node, "the pipeline `description`", errors));
+
+    let params = check_params(raw, errors);
+
+    let Some((stages_key, stages_node)) = &raw.stages else {
+        errors.push(missing_top_level("stages", "stages:", document_start));
+        return None;
+    };
+    let Some(stage_entries) = stages_node.as_map() else {
+        errors.push(invalid(
+            format!(
+                "`stages` must be a mapping of stage names to stages, not {}",
+                stages_node.describe()
+            ),
+            stages_node,
+            "expected `<stage name>: { kind: …, … }` entries",
+            "see `pipelines/quickstart.yaml` for the shape of a stage".to_owned(),
+        ));
+        return None;
+    };
+    if stage_entries.is_empty() {
+        errors.push(ModelError::MissingKey {
+            key: "stages".to_owned(),
+            place: "the pipeline".to_owned(),
+            span: stages_key.span.into(),
+            label: "no stages".to_owned(),
+            help: "add at least one stage, e.g. `prepare: { kind: command, run: make data }`"
+                .to_owned(),
+        });
+    }
+
+    let checked: Vec<Checked<'_>> = stage_entries
+        .iter()
+        .map(|(id, body)| check_stage(id, body, &params, errors))
+        .collect();
+
+    let stages_by_id: HashMap<&str, &Checked<'_>> = checked
+        .iter()
+        .map(|stage| (stage.id.value.as_str(), stage))
+        .collect();
+    let stage_names: Vec<&str> = checked
+        .iter()
+        .map(|stage| stage.id.value.as_str())
+        .collect();
+
+    // Edges: (upstream index, downstream index, span of the reference).
+    let index_of: HashMap<&str, usize> = stage_names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| (*name, index))
+        .collect();
+    let mut edges: Vec<(usize, usize, Span)> = Vec::new();
+    let mut resolved_inputs: Vec<BTreeMap<InputSlot, StageId>> =
+        vec![BTreeMap::new(); checked.len()];
+
+    for (index, stage) in checked.iter().enumerate() {
+        let Some(kind) = stage.kind else { continue };
+        let slots = kind.input_slots();
+        for (slot_key, reference) in &stage.inputs {
+            let Some((slot, expected, _)) = slots
+                .iter()
+                .find(|(slot, _, _)| slot.as_str() == slot_key.value)
+            else {
+                let names: Vec<&str> = slots.iter().map(|(slot, _, _)| slot.as_str()).collect();
+                errors.push(ModelError::UnknownInput {
+                    kind: kind.to_string(),
+                    slot: slot_key.value.clone(),
+                    span: slot_key.span.into(),
+                    help: if names.is_empty() {
+                        format!("`{kind}` stages take no inputs; remove `inputs`")
+                    } else {
+                        suggestion_help(&slot_key.value, &names, "input")
+                    },
+                });
+                continue;
+            };
+            let Some(reference_name) = reference
+                .as_scalar()
+                .filter(|scalar| !matches!(scalar.resolve(), Resolved::Null))
+                .map(|scalar| scalar.text.as_str())
+            else {
+                errors.push(invalid(
+                    format!(
+                        "input `{slot}` of stage `{}` must name a stage, not {}",
+                        stage.id.value,
+                        reference.describe()
+                    ),
+                    reference,
+                    "expected a stage name",
+                    format!("write `{slot}: <stage name>`"),
+                ));
+                continue;
+            };
+            let Some(upstream) = stages_by_id.get(reference_name) else {
+                errors.push(ModelError::UnknownStage {
+                    stage: stage.id.value.clone(),
+                    reference: reference_name.to_owned(),
+                    span: reference.span.into(),
+                    help: suggestion_help(reference_name, &stage_names, "stage"),
+                });
+                continue;
+            };
+            edges.push((index_of[reference_name], index, reference.span));
+            resolved_inputs[index].insert(*slot, StageId(reference_name.to_owned()));
+            let Some(upstream_kind) = upstream.kind else {
+                continue;
+            };
+            if upstream_kind.output() != *expected {
+                errors.push(ModelError::InputTypeMismatch {
+                    stage: stage.id.value.clone(),
+                    slot: slot.to_string(),
+                    expected: expected.to_string(),
+                    upstream: reference_name.to_owned(),
+                    found: upstream_kind.output().to_string(),
+                    span: reference.span.into(),
+                    upstream_span: upstream.kind_span.into(),
+                    help: mismatch_help(*slot, *expected, &checked),
+                });
+            }
+        }
+        for (slot, expected, required) in slots {
+            if *required
+                && !stage
+                    .inputs
+                    .iter()
+                    .any(|(key, _)| key.value == slot.as_str())
+            {
+                errors.push(ModelError::MissingInput {
+                    kind: kind.to_string(),
+                    stage: stage.id.value.clone(),
+                    slot: slot.to_string(),
+                    expected: format!("a {expected}"),
+                    span: stage.inputs_span.unwrap_or(stage.id.span).into(),
+                    help: format!(
+                        "add `{slot}: <stage>` under `inputs`, naming a stage that produces a {expected} ({})",
+                        producers(*expected)
+                    ),
+                });
+            }
+        }
+    }
+
+    // Outputs: one producer per path. Then implied edges: a dep at or under an out of another
+    // stage, or under `out/<stage>/` where ML stages materialize their artifacts.
+    let mut out_owner: Vec<(&Path, usize, Span)> = Vec::new();
+    for (index, stage) in checked.iter().enumerate() {
+        for (out, span) in &stage.outs {
+            if let Some((_, first, first_span)) = out_owner
+                .iter()
+                .find(|(existing, _, _)| existing.starts_with(out) || out.starts_with(existing))
+            {
+                errors.push(ModelError::DuplicateOutput {
+                    path: out.display().to_string(),
+                    first: checked[*first].id.value.clone(),
+                    second: stage.id.value.clone(),
+                    first_span: (*first_span).into(),
+                    second_span: (*span).into(),
+                });
+                continue;
+            }
+            out_owner.push((out, index, *span));
+        }
+    }
+    for (index, stage) in checked.iter().enumerate() {
+        for (dep, span) in &stage.deps {
+            for (out, owner, _) in &out_owner {
+                if super::overlaps(dep, out) && *owner != index {
+                    edges.push((*owner, index, *span));
+                }
+            }
+            if let Some(owner) = ml_output_owner(dep, &index_of) {
+                if owner != index {
+                    edges.push((owner, index, *span));
+                }
+            }
+        }
+    }
+
+    report_cycles(&checked, &edges, errors);
+
+    if !errors.is_empty() {
+        return None;
+    }
+    let stages = checked
+        .into_iter()
+        .zip(resolved_inputs)
+        .filter_map(|(stage, inputs)| {
+            Some(Stage {
+                id: StageId(stage.id.value.clone()),
+                settings: stage.settings?,
+                inputs,
+            })
+        })
+        .collect();
+    Some(Pipeline {
+        name: name?,
+        description,
+        path: path.to_path_buf(),
+        root,
+        params: params
+            .iter()
+            .map(|(name, param)| (name.clone(), to_json(&param.node)))
+            .collect(),
+        stages,
+    })
+}
+
+/// The stage that owns `out/<stage>/…`, the directory where ML stages' artifacts appear.
+pub(crate) fn ml_output_owner(dep: &Path, index_of: &HashMap<&str, usize>) -> Option<usize> {
+    let mut components = dep.components();
+    match (components.next(), components.next()) {
+        (Some(Component::Normal(first)), Some(Component::Normal(stage))) if first == "out" => {
+            index_of.get(stage.to_str()?).copied()
+        }
+        _ => None,
+    }
+}
+
+/// Lexically normalizes a relative path (`./a/../b/` → `b`), so `deps` and `outs` compare
+/// by meaning and hash alike however they were spelled.
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let mut normalized = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !normalized.pop() {
+                    normalized.push("..");
+                }
+            }
+            other => normalized.push(other),
+        }
+    }
+    normalized
+}
+
+struct Param {
+    key_span: Span,
+    node: Node,
+}
+
+fn check_params(raw: &RawPipeline, errors: &mut Vec<ModelError>) -> BTreeMap<String, Param> {
+    let mut params = BTreeMap::new();
+    let Some((_, node)) = &raw.params else {
+        return params;
+    };
+    let Some(entries) = node.as_map() else {
+        errors.push(invalid(
+            format!(
+                "`params` must be a mapping of names to values, not {}",
+                node.describe()
+            ),
+            node,
+            "expected `name: value` entries",
+            "write e.g. `params: { lr: 5e-5, max_length: 64 }`".to_owned(),
+        ));
+        return params;
+    };
+    for (key, value) in entries {
+        if !is_identifier(&key.value) {
+            errors.push(ModelError::InvalidValue {
+                message: format!("invalid param name `{}`", key.value),
+                span: key.span.into(),
+                label: "not a valid param name".to_owned(),
+                param: None,
+                help: "use letters, digits, `_` and `-`, starting with a letter or `_`, so `${params.<name>}` can refer to it".to_owned(),
+            });
+            continue;
+        }
+        params.insert(
+            key.value.clone(),
+            Param {
+                key_span: key.span,
+                node: value.clone(),
+            },
+        );
+    }
+    params
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars
+            .all(|character| character.is_ascii_alphanumeric() || matches!(character, '_' | '-'))
+}
+
+fn is_stage_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphanumeric())
+        && chars
+            .all(|character| character.is_ascii_alphanumeric() || matches!(character, '_' | '-'))
+}
+
+fn check_stage<'a>(
+    id: &'a Key,
+    body: &'a Node,
+    params: &BTreeMap<String, Param>,
+    errors: &mut Vec<ModelError>,
+) -> Checked<'a> {
+    let mut checked = Checked {
+        id,
+        kind: None,
+        kind_span: id.span,
+        settings: None,
+        inputs: Vec::new(),
+        inputs_span: None,
+        deps: Vec::new(),
+        outs: Vec::new(),
+    };
+    if !is_stage_name(&id.value) {
+        errors.push(ModelError::InvalidStageName {
+            stage: id.value.clone(),
+            span: id.span.into(),
+        });
+    }
+    let Some(entries) = body.as_map() else {
+        errors.push(invalid(
+            format!("stage `{}` must be a mapping with a `kind`, not {}", id.value, body.describe()),
+            body,
+            "expected `kind: …` and its settings",
+            "write e.g. `train: { kind: train, inputs: { model: base, data: reviews, config: hparams } }`".to_owned(),
+        ));
+        return checked;
+    };
+    let place = format!("stage `{}`", id.value);
+
+    // The kind first: which other keys are allowed depends on it.
+    match body.get("kind") {
+        None => errors.push(ModelError::MissingKey {
+            key: "kind".to_owned(),
+            place: place.clone(),
+            span: id.span.into(),
+            label: "this stage has no `kind`".to_owned(),
+            help: format!("add `kind: <kind>`, one of {}", kind_list()),
+        }),
+        Some(node) => {
+            checked.kind_span = node.span;
+            match node
+                .as_scalar()
+                .filter(|scalar| scalar.style != ScalarStyle::Block)
+            {
+                Some(scalar) => match StageKind::from_name(&scalar.text) {
+                    Some(kind) => checked.kind = Some(kind),
+                    None => errors.push(ModelError::UnknownKind {
+                        kind: scalar.text.clone(),
+                        stage: id.value.clone(),
+                        span: node.span.into(),
+                        help: match did_you_mean(
+                            &scalar.text,
+                            StageKind::ALL.iter().map(|kind| kind.as_str()),
+                        ) {
+                            Some(best) => format!("did you mean `{best}`?"),
+                            None => format!("the kinds are {}", kind_list()),
+                        },
+                    }),
+                },
+                None => errors.push(invalid(
+                    format!(
+                        "the `kind` of stage `{}` must be a name, not {}",
+                        id.value,
+                        node.describe()
+                    ),
+                    node,
+                    "expected a stage kind",
+                    format!("the kinds are {}", kind_list()),
+                )),
+            }
+        }
+    }
+
+    for (key, value) in entries {
+        let name = key.value.as_str();
+        if !STAGE_KEYS.contains(&name) {
+            errors.push(ModelError::UnknownKey {
+                key: key.value.clone(),
+                place: place.clone(),
+                span: key.span.into(),
+                label: "not a stage key".to_owned(),
+                help: suggestion_help(name, &STAGE_KEYS, "stage key"),
+            });
+            continue;
+        }
+        let Some(kind) = checked.kind else { continue };
+        let misplaced = match (kind, name) {
+            (StageKind::Command, "with") => Some((
+                "`command` stages take `run`, `deps`, `outs` and `env` at stage level".to_owned(),
+                "move these settings up one level, next to `kind: command`".to_owned(),
+            )),
+            (StageKind::Command, "inputs") => Some((
+                "`command` stages have no typed inputs".to_owned(),
+                "list the files it reads under `deps`; a dep under another stage's `outs` (or `out/<stage>/`) is an edge".to_owned(),
+            )),
+            (StageKind::Command, _) => None,
+            (_, "run" | "deps" | "outs" | "env") => Some((
+                format!("`{name}` applies only to `command` stages"),
+                format!("`{kind}` stages take their settings under `with:`; for a shell step, add a `kind: command` stage"),
+            )),
+            _ => None,
+        };
+        if let Some((label, help)) = misplaced {
+            errors.push(ModelError::UnknownKey {
+                key: key.value.clone(),
+                place: format!("`{kind}` stage `{}`", id.value),
+                span: key.span.into(),
+                label,
+                help,
+            });
+        }
+        if name == "inputs" && kind != StageKind::Command {
+            checked.inputs_span = Some(key.span);
+            match value.as_map() {
+                Some(inputs) => {
+                    checked.inputs = inputs
+                        .iter()
+                        .map(|(slot, reference)| (slot, reference))
+                        .collect()
+                }
+                None => errors.push(invalid(
+                    format!(
+                        "`inputs` of stage `{}` must be a mapping of input to stage, not {}",
+                        id.value,
+                        value.describe()
+                    ),
+                    value,
+                    "expected `{ slot: stage }`",
+                    format!("write e.g. `inputs: {{ {} }}`", example_inputs(kind)),
+                )),
+            }
+        }
+    }
+    if let Some(node) = body.get("description") {
+        string_value(node, "a stage `description`", errors);
+    }
+
+    let Some(kind) = checked.kind else {
+        return checked;
+    };
+    let settings_node = if kind == StageKind::Command {
+        let mut command_entries: Vec<(Key, Node)> = entries
+            .iter()
+            .filter(|(key, _)| COMMAND_KEYS.contains(&key.value.as_str()))
+            .cloned()
+            .collect();
+        for (_, value) in &mut command_entries {
+            substitute(value, params, errors);
+        }
+        Node {
+            span: id.span,
+            value: Value::Map(command_entries),
+            from_param: None,
+        }
+    } else {
+        let mut with = body
+            .get("with")
+            .cloned()
+            .unwrap_or_else(|| Node::empty_map(id.span));
+        substitute(&mut with, params, errors);
+        with
+    };
+    let key_span = entries
+        .iter()
+        .find(|(key, _)| key.value == "with")
+        .map_or(id.span, |(key, _)| key.span);
+    let settings = match kind {
+        StageKind::SelectModel => {
+            typed(&settings_node, key_span, id, kind, errors).map(StageSettings::SelectModel)
+        }
+        StageKind::PrepareData => {
+            typed(&settings_node, key_span, id, kind, errors).map(StageSettings::PrepareData)
+        }
+        StageKind::Configure => {
+            typed(&settings_node, key_span, id, kind, errors).map(StageSettings::Configure)
+        }
+        StageKind::Train => {
+            typed(&settings_node, key_span, id, kind, errors).map(StageSettings::Train)
+        }
+        StageKind::Evaluate => {
+            typed(&settings_node, key_span, id, kind, errors).map(StageSettings::Evaluate)
+        }
+        StageKind::Explain => {
+            typed(&settings_node, key_span, id, kind, errors).map(StageSettings::Explain)
+        }
+        StageKind::Deploy => {
+            typed(&settings_node, key_span, id, kind, errors).map(StageSettings::Deploy)
+        }
+        StageKind::Command => {
+            typed::<Command>(&settings_node, id.span, id, kind, errors).map(|mut command| {
+                normalize_command_paths(&mut command, &settings_node, &mut checked, errors);
+                StageSettings::Command(command)
+            })
+        }
+    };
+    if let Some(settings) = &settings {
+        for issue in super::checks::check(settings) {
+            let node = settings_node.lookup(&issue.path).unwrap_or(&settings_node);
+            let span = if std::ptr::eq(node, &settings_node) {
+                key_span
+            } else {
+                node.span
+            };
+            errors.push(ModelError::InvalidValue {
+                message: format!(
+                    "invalid `{}` in stage `{}`: {}",
+                    issue.path.join("."),
+                    id.value,
+                    issue.message
+                ),
+                span: span.into(),
+                label: issue.label,
+                param: node.from_param.map(Into::into),
+                help: issue.help,
+            });
+        }
+    }
+    checked.settings = settings;
+    checked
+}
+
+fn normalize_command_paths(
+    command: &mut Command,
+    node: &Node,
+    checked: &mut Checked<'_>,
+    errors: &mut Vec<ModelError>,
+) {
+    for (list, field) in [(&mut command.deps, "deps"), (&mut command.outs, "outs")] {
+        for (index, path) in list.iter_mut().enumerate() {
+            let span = node
+                .lookup(&[field.to_owned(), index.to_string()])
+                .map_or(checked.id.span, |item| item.span);
+            let normalized = normalize(path);
+            let escapes = normalized.is_absolute() || normalized.starts_with("..");
+            if field == "outs" && (escapes || normalized.as_os_str().is_empty()) {
+                errors.push(ModelError::InvalidValue {
+                    message: format!("output `{}` of stage `{}` is outside the pipeline directory", path.display(), checked.id.value),
+                    span: span.into(),
+                    label: "not inside the pipeline directory".to_owned(),
+                    param: None,
+                    help: "outputs are cached and restored, so they must be relative paths inside the pipeline's directory".to_owned(),
+                });
+            }
+            *path = normalized.clone();
+            if field == "deps" {
+                checked.deps.push((normalized, span));
+            } else {
+                checked.outs.push((normalized, span));
+            }
+        }
+    }
+}
+
+fn typed<T: DeserializeOwned>(
+    node: &Node,
+    key_span: Span,
+    id: &Key,
+    kind: StageKind,
+    errors: &mut Vec<ModelError>,
+) -> Option<T> {
+    let (result, unknown) = from_node::<T>(node, Some(key_span));
+    let place = if kind == StageKind::Command {
+        format!("`command` stage `{}`", id.value)
+    } else {
+        format!("the settings of `{kind}` stage `{}`", id.value)
+    };
+    for UnknownField {
+        key,
+        span,
+        expected,
+    } in unknown
+    {
+        errors.push(ModelError::UnknownKey {
+            help: suggestion_help(&key, expected, "setting"),
+            key,
+            place: place.clone(),
+            span: span.into(),
+            label: "not a setting of this stage kind".to_owned(),
+        });
+    }
+    match result {
+        Ok(value) => Some(value),
+        Err(error) => {
+            errors.push(setting_error(error, node, id, kind));
+            None
+        }
+    }
+}
+
+fn setting_error(error: DeError, root: &Node, id: &Key, kind: StageKind) -> ModelError {
+    let DeError {
+        message,
+        help,
+        span,
+        from_param,
+    } = error;
+    let span = span.unwrap_or(id.span);
+    let location = path_to(root, span)
+        .filter(|path| !path.is_empty())
+        .map(|path| format!("`{}` of ", path.join(".")))
+        .unwrap_or_default();
+    let is_missing = message.starts_with("missing setting");
+    let help = match (help, from_param) {
+        (_, Some(_)) => "the value comes from a param; change the param, or use `${params.<name>}` only where its type fits".to_owned(),
+        (Some(help), None) => help,
+        (None, None) => format!("see the `{kind}` settings in docs/spec.md"),
+    };
+    ModelError::InvalidValue {
+        message: format!("{message} in {location}stage `{}`", id.value),
+        span: span.into(),
+        label: if is_missing {
+            "required here".to_owned()
+        } else {
+            "invalid value".to_owned()
+        },
+        param: from_param.map(Into::into),
+        help,
+    }
+}
+
+/// The key path from `root` to the node (or key) at `span`, for messages.
+fn path_to(root: &Node, span: Span) -> Option<Vec<String>> {
+    if root.span == span {
+        return Some(Vec::new());
+    }
+    match &root.value {
+        Value::Scalar(_) => None,
+        Value::Seq(items) => items.iter().enumerate().find_map(|(index, item)| {
+            let mut path = path_to(item, span)?;
+            path.insert(0, index.to_string());
+            Some(path)
+        }),
+        Value::Map(entries) => entries.iter().find_map(|(key, value)| {
+            if key.span == span {
+                return Some(vec![key.value.clone()]);
+            }
+            let mut path = path_to(value, span)?;
+            path.insert(0, key.value.clone());
+            Some(path)
+        }),
+    }
+}
+
+/// Replaces `${params.<name>}` in every scalar under `node`. A whole-value reference takes
+/// the param's node (a number stays a number); inside a longer string the param's text is
+/// spliced in. `$${` writes a literal `${`.
+fn substitute(node: &mut Node, params: &BTreeMap<String, Param>, errors: &mut Vec<ModelError>) {
+    match &mut node.value {
+        Value::Seq(items) => items
+            .iter_mut()
+            .for_each(|item| substitute(item, params, errors)),
+        Value::Map(entries) => entries
+            .iter_mut()
+            .for_each(|(_, value)| substitute(value, params, errors)),
+        Value::Scalar(scalar) => {
+            if !scalar.text.contains("${") {
+                return;
+            }
+            let text = scalar.text.clone();
+            let use_span = node.span;
+            if let Some(name) = text
+                .strip_prefix("${params.")
+                .and_then(|rest| rest.strip_suffix('}'))
+                .filter(|name| !name.contains(['}', '$']))
+            {
+                match params.get(name) {
+                    Some(param) => {
+                        *node = Node {
+                            span: use_span,
+                            value: param.node.value.clone(),
+                            from_param: Some(param.key_span),
+                        };
+                    }
+                    None => errors.push(unresolved_param(&text, name, use_span, params)),
+                }
+                return;
+            }
+            let mut output = String::with_capacity(text.len());
+            let mut rest = text.as_str();
+            let mut from_param = None;
+            while let Some(position) = rest.find('$') {
+                output.push_str(&rest[..position]);
+                let after = &rest[position..];
+                if let Some(escaped) = after.strip_prefix("$${") {
+                    output.push_str("${");
+                    rest = escaped;
+                } else if let Some(reference) = after.strip_prefix("${") {
+                    let Some(end) = reference.find('}') else {
+                        errors.push(ModelError::UnresolvedReference {
+                            reference: abbreviate(after),
+                            span: use_span.into(),
+                            label: "`${` is never closed".to_owned(),
+                            help:
+                                "close it as `${params.<name>}`, or write `$${` for a literal `${`"
+                                    .to_owned(),
+                        });
+                        return;
+                    };
+                    let inner = &reference[..end];
+                    match inner
+                        .strip_prefix("params.")
+                        .map(|name| (name, params.get(name)))
+                    {
+                        Some((_, Some(param))) => match param.node.as_scalar() {
+                            Some(value) => {
+                                output.push_str(&value.text);
+                                from_param = Some(param.key_span);
+                            }
+                            None => {
+                                errors.push(ModelError::UnresolvedReference {
+                                    reference: format!("${{{inner}}}"),
+                                    span: use_span.into(),
+                                    label: format!("`{inner}` is {}, which cannot be spliced into text", param.node.describe()),
+                                    help: "use a list or mapping param only as a whole value: `key: ${params.<name>}`".to_owned(),
+                                });
+                                return;
+                            }
+                        },
+                        Some((name, None)) => {
+                            errors.push(unresolved_param(
+                                &format!("${{{inner}}}"),
+                                name,
+                                use_span,
+                                params,
+                            ));
+                            return;
+                        }
+                        None => {
+                            errors.push(ModelError::UnresolvedReference {
+                                reference: format!("${{{inner}}}"),
+                                span: use_span.into(),
+                                label: "only `${params.<name>}` can be referenced".to_owned(),
+                                help: "define the value under `params:` and write `${params.<name>}`; write `$${` for a literal `${`".to_owned(),
+                            });
+                            return;
+                        }
+                    }
+                    rest = &reference[end + 1..];
+                } else {
+                    output.push('$');
+                    rest = &after[1..];
+                }
+            }
+            output.push_str(rest);
+            *node = Node {
+                span: use_span,
+                value: Value::Scalar(crate::spec::Scalar {
+                    text: output,
+                    style: ScalarStyle::Quoted,
+                }),
+                from_param,
+            };
+        }
+    }
+}
+
+fn unresolved_param(
+    reference: &str,
+    name: &str,
+    span: Span,
+    params: &BTreeMap<String, Param>,
+) -> ModelError {
+    let names: Vec<&str> = params.keys().map(String::as_str).collect();
+    ModelError::UnresolvedReference {
+        reference: reference.to_owned(),
+        span: span.into(),
+        label: format!("there is no param `{name}`"),
+        help: if names.is_empty() {
+            format!(
+                "define it under `params:` at the top of the file, e.g. `params: {{ {name}: … }}`"
+            )
+        } else {
+            suggestion_help(name, &names, "param")
+        },
+    }
+}
+
+/// Reports each cycle (one per strongly connected component) with its path, labelling every
+/// edge on it at the reference that created it.
+fn report_cycles(
+    checked: &[Checked<'_>],
+    edges: &[(usize, usize, Span)],
+    errors: &mut Vec<ModelError>,
+) {
+    let mut graph = petgraph::graph::DiGraph::<usize, Span>::new();
+    let nodes: Vec<_> = (0..checked.len())
+        .map(|index| graph.add_node(index))
+        .collect();
+    for (from, to, span) in edges {
+        graph.add_edge(nodes[*from], nodes[*to], *span);
+    }
+    let mut components = petgraph::algo::tarjan_scc(&graph);
+    components.sort_by_key(|component| component.iter().map(|node| node.index()).min());
+    for component in components {
+        let first = *component
+            .iter()
+            .min_by_key(|node| node.index())
+            .expect("tarjan_scc yields non-empty components");
+        let is_cycle = component.len() > 1 || graph.find_edge(first, first).is_some();
+        if !is_cycle {
+            continue;
+        }
+        // Walk inside the component from its first stage (in file order) until it returns.
+        let mut path = vec![first];
+        let mut spans = Vec::new();
+        let mut current = first;
+        loop {
+            let (next, span) = graph
+                .edges(current)
+                .filter(|edge| component.contains(&edge_target(edge)))
+                .map(|edge| (edge_target(&edge), *edge.weight()))
+                .min_by_key(|(target, _)| {
+                    // Prefer closing the cycle, then unvisited stages in file order.
+                    (*target != first, path.contains(target), target.index())
+                })
+                .expect("every stage of a cycle has an edge inside it");
+            let (from_name, to_name) = (
+                &checked[current.index()].id.value,
+                &checked[next.index()].id.value,
+            );
+            spans.push(LabeledSpan::new_with_span(
+                Some(format!("`{to_name}` uses `{from_name}`")),
+                span,
+            ));
+            if next == first || path.contains(&next) || spans.len() > component.len() {
+                path.push(next);
+                break;
+            }
+            path.push(next);
+            current = next;
+        }
+        let names: Vec<String> = path
+            .iter()
+            .map(|node| format!("`{}`", checked[node.index()].id.value))
+            .collect();
+        errors.push(ModelError::Cycle {
+            path: names.join(" → "),
+            edges: spans,
+        });
+    }
+}
+
+fn edge_target(edge: &petgraph::graph::EdgeReference<'_, Span>) -> petgraph::graph::NodeIndex {
+    use petgraph::visit::EdgeRef;
+    edge.target()
+}
+
+fn mismatch_help(slot: InputSlot, expected: ArtifactKind, stages: &[Checked<'_>]) -> String {
+    let candidates: Vec<String> = stages
+        .iter()
+        .filter(|stage| stage.kind.map(StageKind::output) == Some(expected))
+        .map(|stage| format!("`{}`", stage.id.value))
+        .collect();
+    if candidates.is_empty() {
+        format!(
+            "`{slot}` needs a stage that produces a {expected} ({})",
+            producers(expected)
+        )
+    } else {
+        format!(
+            "stages that produce a {expected}: {}",
+            candidates.join(", ")
+        )
+    }
+}
+
+fn producers(artifact: ArtifactKind) -> String {
+    StageKind::ALL
+        .iter()
+        .filter(|kind| kind.output() == artifact)
+        .map(|kind| format!("a `{kind}` stage"))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+fn example_inputs(kind: StageKind) -> String {
+    kind.input_slots()
+        .iter()
+        .map(|(slot, _, _)| format!("{slot}: <stage>"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn kind_list() -> String {
+    StageKind::ALL
+        .iter()
+        .map(|kind| format!("`{kind}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn missing_top_level(key: &str, example: &str, span: Span) -> ModelError {
+    ModelError::MissingKey {
+        key: key.to_owned(),
+        place: "the pipeline".to_owned(),
+        span: span.into(),
+        label: format!("`{key}` is required"),
+        help: format!("add `{example}` at the top level"),
+    }
+}
+
+fn invalid(message: String, node: &Node, label: &str, help: String) -> ModelError {
+    ModelError::InvalidValue {
+        message,
+        span: node.span.into(),
+        label: label.to_owned(),
+        param: node.from_param.map(Into::into),
+        help,
+    }
+}
+
+fn string_value(node: &Node, what: &str, errors: &mut Vec<ModelError>) -> Option<String> {
+    match node.as_scalar() {
+        Some(scalar) if scalar.resolve() != Resolved::Null => Some(scalar.text.clone()),
+        _ => {
+            errors.push(invalid(
+                format!("{what} must be text, not {}", node.describe()),
+                node,
+                "expected text",
+                "write it on one line after the key, quoted if it contains `:` or `#`".to_owned(),
+            ));
+            None
+        }
+    }
+}
+
+fn to_json(node: &Node) -> serde_json::Value {
+    match &node.value {
+        Value::Scalar(scalar) => match scalar.resolve() {
+            Resolved::Null => serde_json::Value::Null,
+            Resolved::Bool(value) => serde_json::Value::Bool(value),
+            Resolved::Int(value) => serde_json::Value::from(value),
+            Resolved::Float(value) => serde_json::Number::from_f64(value).map_or_else(
+                || serde_json::Value::String(scalar.text.clone()),
+                serde_json::Value::Number,
+            ),
+            Resolved::Str(text) => serde_json::Value::String(text.to_owned()),
+        },
+        Value::Seq(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => serde_json::Value::Object(
+            entries
+                .iter()
+                .map(|(key, value)| (key.value.clone(), to_json(value)))
+                .collect(),
+        ),
+    }
+}

@@ -1,0 +1,115 @@
+//! Errors of the YAML and top-level shape of a pipeline file.
+
+use miette::{Diagnostic, SourceSpan};
+use thiserror::Error;
+
+#[derive(Debug, Error, Diagnostic, Clone, PartialEq)]
+pub enum SpecError {
+    #[error("invalid YAML: {message}")]
+    #[diagnostic(
+        code(taper::spec::syntax),
+        help("check the indentation and the quoting around this position")
+    )]
+    Syntax {
+        message: String,
+        #[label("the YAML parser stopped here")]
+        span: SourceSpan,
+    },
+
+    #[error("the pipeline file holds more than one YAML document")]
+    #[diagnostic(
+        code(taper::spec::multiple_documents),
+        help("put each pipeline in its own file; remove this `---` and what follows")
+    )]
+    MultipleDocuments {
+        #[label("a second document starts here")]
+        span: SourceSpan,
+    },
+
+    #[error("YAML {what} are not supported in pipeline files")]
+    #[diagnostic(
+        code(taper::spec::unsupported_yaml),
+        help(
+            "write the value out in full; use `params:` and `${{params.<name>}}` to share a value"
+        )
+    )]
+    Unsupported {
+        what: &'static str,
+        #[label("used here")]
+        span: SourceSpan,
+    },
+
+    #[error("the YAML is nested more than {limit} levels deep")]
+    #[diagnostic(
+        code(taper::spec::too_deep),
+        help("a pipeline needs only a few levels; this looks like generated or corrupted input")
+    )]
+    TooDeep {
+        limit: usize,
+        #[label("too deep here")]
+        span: SourceSpan,
+    },
+
+    #[error("mapping keys must be plain strings")]
+    #[diagnostic(
+        code(taper::spec::non_scalar_key),
+        help("write the key as a single word, e.g. `learning_rate:`")
+    )]
+    NonScalarKey {
+        #[label("this key is a list or a mapping")]
+        span: SourceSpan,
+    },
+
+    #[error("duplicate key `{key}`")]
+    #[diagnostic(
+        code(taper::spec::duplicate_key),
+        help("remove one of them or rename it; YAML keeps only one value per key")
+    )]
+    DuplicateKey {
+        key: String,
+        #[label("first defined here")]
+        first: SourceSpan,
+        #[label(primary, "defined again here")]
+        second: SourceSpan,
+    },
+
+    #[error("the pipeline file is empty")]
+    #[diagnostic(
+        code(taper::spec::empty),
+        help("a pipeline needs at least `version: 1`, a `name` and `stages:`; see docs/spec.md")
+    )]
+    Empty,
+
+    #[error("a pipeline must be a mapping of `version`, `name`, `stages`, …, not {found}")]
+    #[diagnostic(
+        code(taper::spec::not_a_mapping),
+        help("start the file with `version: 1` and `name: <pipeline name>`")
+    )]
+    NotAMapping {
+        found: String,
+        #[label("expected `key: value` lines")]
+        span: SourceSpan,
+    },
+
+    #[error("unknown key `{key}` in {place}")]
+    #[diagnostic(code(taper::spec::unknown_key))]
+    UnknownKey {
+        key: String,
+        place: String,
+        #[label("not a known key")]
+        span: SourceSpan,
+        #[help]
+        help: String,
+    },
+
+    #[error("the override cannot be applied: {message}")]
+    #[diagnostic(code(taper::spec::invalid_override))]
+    InvalidOverride {
+        message: String,
+        #[label("{label}")]
+        span: SourceSpan,
+        label: String,
+        #[help]
+        help: String,
+    },
+}

@@ -1,0 +1,88 @@
+use super::*;
+
+fn parse_ok(text: &str) -> Node {
+    let (root, errors) = parse_yaml(text);
+    assert!(errors.is_empty(), "{errors:?}");
+    root.expect("a document")
+}
+
+#[test]
+fn scalar_spans_are_byte_ranges_with_non_ascii_text() {
+    let text = "name: \"héllo\"\nstages: { a: ünïcode }\n";
+    let root = parse_ok(text);
+    let name = root.get("name").expect("name");
+    assert_eq!(&text[name.span.start..name.span.end], "\"héllo\"");
+    let stage = root
+        .get("stages")
+        .and_then(|stages| stages.get("a"))
+        .expect("a");
+    assert_eq!(&text[stage.span.start..stage.span.end], "ünïcode");
+}
+
+#[test]
+fn plain_scalars_resolve_like_yaml_1_2() {
+    assert_eq!(resolve_plain("2e-5"), resolve_plain("0.00002"));
+    assert_eq!(resolve_plain("5e-5"), Resolved::Float(5e-5));
+    assert_eq!(resolve_plain("42"), Resolved::Int(42));
+    assert_eq!(resolve_plain("~"), Resolved::Null);
+    assert_eq!(resolve_plain("yes"), Resolved::Str("yes"));
+    assert_eq!(resolve_plain("e5"), Resolved::Str("e5"));
+    assert_eq!(resolve_plain("1.2.3"), Resolved::Str("1.2.3"));
+}
+
+#[test]
+fn every_duplicate_key_is_reported_and_the_first_value_kept() {
+    let (root, errors) = parse_yaml("a: 1\nb: 2\na: 3\nb: 4\n");
+    assert_eq!(errors.len(), 2);
+    let root = root.expect("tree survives duplicates");
+    assert_eq!(
+        root.get("a")
+            .and_then(Node::as_scalar)
+            .map(|s| s.text.as_str()),
+        Some("1")
+    );
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let text = format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (root, errors) = parse_yaml(&text);
+    assert!(root.is_none());
+    assert!(
+        matches!(errors[..], [SpecError::TooDeep { .. }]),
+        "{errors:?}"
+    );
+    let block: String = (0..5000)
+        .map(|depth| format!("{}k:\n", " ".repeat(depth)))
+        .collect();
+    let (_, errors) = parse_yaml(&block);
+    assert!(
+        matches!(errors[..], [SpecError::TooDeep { .. }]),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn anchors_and_aliases_are_refused() {
+    let (_, errors) = parse_yaml("a: &x 1\nb: *x\n");
+    assert!(
+        matches!(errors[..], [SpecError::Unsupported { .. }]),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn overrides_parse_paths_and_values() {
+    let parsed: Override = "train.method.name=lora".parse().expect("valid");
+    assert_eq!(parsed.path, ["train", "method", "name"]);
+    assert_eq!(parsed.value, "lora");
+    assert!("train=3".parse::<Override>().is_err());
+    assert!("train.epochs".parse::<Override>().is_err());
+    assert!("train..x=1".parse::<Override>().is_err());
+}
+
+#[test]
+fn did_you_mean_finds_close_names_only() {
+    assert_eq!(did_you_mean("stags", TOP_LEVEL_KEYS), Some("stages"));
+    assert_eq!(did_you_mean("zzz", TOP_LEVEL_KEYS), None);
+}
