@@ -1,0 +1,614 @@
+//! `Classifier`: an encoder plus a sequence-classification head, with the fine-tuning method
+//! applied, and `Batch`, the padded input it runs on.
+//!
+//! Heads follow HF: `Pooling::Pooler` is `BertForSequenceClassification` (`[CLS]` → pooler
+//! dense + tanh → dropout → classifier) or, for DistilBERT, `DistilBertForSequenceClassification`
+//! (`[CLS]` → `pre_classifier` + ReLU → dropout → classifier); `Pooling::Mean` averages the
+//! unpadded token states → dropout → classifier.
+//!
+//! Which parameters train (`model::Method`):
+//! - `full`: everything.
+//! - `frozen { layers: n }`: embeddings and the bottom `n` layers are frozen (all layers when
+//!   `n` is absent: a linear probe, where only pooler and classifier train).
+//! - `lora` / `ia3`: the whole base model is frozen; the adapters and the classifier train, as
+//!   in PEFT's `SEQ_CLS` task (`modules_to_save = ["classifier"]`). A pooler that the
+//!   checkpoint lacks is new, so it trains too.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::model::stages::{Configure, Method, Pooling};
+
+use super::config::{Architecture, EncoderConfig};
+use super::encoder::{
+    linear_module_names, matches_target, Adapter, AdapterSpec, Ctx, Encoder, EncoderPlan, Linear,
+};
+use super::error::{io_error, MlError, Result};
+use super::weights::{Init, LoadReport, ParamBuilder, ParamStore, WeightSource};
+
+/// Where to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The first CUDA GPU when compiled with the `cuda` feature and one is present, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+}
+
+impl DeviceChoice {
+    pub(crate) fn device(self) -> Device {
+        match self {
+            DeviceChoice::Cpu => Device::Cpu,
+            // `cuda_if_available` returns the CPU when the feature is off or no GPU answers.
+            DeviceChoice::Auto => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
+        }
+    }
+}
+
+/// A batch of token-id sequences padded to the longest one, with optional labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    input_ids: Vec<u32>,
+    mask: Vec<u8>,
+    labels: Vec<u32>,
+    size: usize,
+    tokens: usize,
+}
+
+impl Batch {
+    /// Pads `sequences` with `pad_id` to the longest one. `labels` is empty (inference) or
+    /// holds one label per sequence.
+    pub fn new(sequences: &[&[u32]], labels: &[u32], pad_id: u32) -> Result<Self> {
+        if sequences.is_empty() {
+            return Err(MlError::BadBatch {
+                reason: "the batch has no sequences".to_owned(),
+            });
+        }
+        if !labels.is_empty() && labels.len() != sequences.len() {
+            return Err(MlError::BadBatch {
+                reason: format!("{} labels for {} sequences", labels.len(), sequences.len()),
+            });
+        }
+        if let Some(index) = sequences.iter().position(|s| s.is_empty()) {
+            return Err(MlError::BadBatch {
+                reason: format!("sequence {index} is empty"),
+            });
+        }
+        let tokens = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut input_ids = Vec::with_capacity(sequences.len() * tokens);
+        let mut mask = Vec::with_capacity(sequences.len() * tokens);
+        for sequence in sequences {
+            input_ids.extend_from_slice(sequence);
+            input_ids.extend(std::iter::repeat_n(pad_id, tokens - sequence.len()));
+            mask.extend(std::iter::repeat_n(1u8, sequence.len()));
+            mask.extend(std::iter::repeat_n(0u8, tokens - sequence.len()));
+        }
+        Ok(Self {
+            input_ids,
+            mask,
+            labels: labels.to_vec(),
+            size: sequences.len(),
+            tokens,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Padded length.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    pub(crate) fn input_ids(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_slice(
+            &self.input_ids,
+            (self.size, self.tokens),
+            device,
+        )?)
+    }
+
+    pub(crate) fn attention_mask(&self, device: &Device) -> Result<Tensor> {
+        let mask: Vec<f32> = self.mask.iter().map(|m| f32::from(*m)).collect();
+        Ok(Tensor::from_vec(mask, (self.size, self.tokens), device)?)
+    }
+
+    pub(crate) fn label_tensor(&self, device: &Device) -> Result<Tensor> {
+        if self.labels.is_empty() {
+            return Err(MlError::BadBatch {
+                reason: "training needs labels".to_owned(),
+            });
+        }
+        Ok(Tensor::from_slice(&self.labels, self.size, device)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Head {
+    pooling: Pooling,
+    /// BERT's `pooler.dense` (tanh) or DistilBERT's `pre_classifier` (ReLU); absent for mean
+    /// pooling.
+    pooler: Option<Linear>,
+    classifier: Linear,
+    architecture: Architecture,
+}
+
+fn head_linear(
+    builder: &mut ParamBuilder,
+    name: &str,
+    in_dim: usize,
+    out_dim: usize,
+    std: f64,
+    trainable_if_loaded: Option<bool>,
+) -> Result<Linear> {
+    // `None`: the tensors must be in the file and stay frozen (a trained export).
+    let (weight, bias) = match trainable_if_loaded {
+        None => (
+            builder.pretrained(&format!("{name}.weight"), &[out_dim, in_dim], false)?,
+            builder.pretrained(&format!("{name}.bias"), &[out_dim], false)?,
+        ),
+        Some(trainable) => {
+            let trainable = trainable || !builder.has(&format!("{name}.weight"));
+            let (weight, _) = builder.optional(
+                &format!("{name}.weight"),
+                &[out_dim, in_dim],
+                Init::Normal(std),
+                trainable,
+            )?;
+            let (bias, _) =
+                builder.optional(&format!("{name}.bias"), &[out_dim], Init::Zeros, trainable)?;
+            (weight, bias)
+        }
+    };
+    Ok(Linear {
+        name: name.to_owned(),
+        weight,
+        bias,
+        adapter: Adapter::None,
+    })
+}
+
+impl Head {
+    fn pooler_name(architecture: Architecture) -> &'static str {
+        match architecture {
+            Architecture::Bert => "pooler.dense",
+            Architecture::DistilBert => "pre_classifier",
+        }
+    }
+
+    fn forward(&self, hidden: &Tensor, mask: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let pooled = match (self.pooling, &self.pooler) {
+            (Pooling::Pooler, Some(pooler)) => {
+                let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+                let dense = pooler.forward(&cls, ctx)?;
+                match self.architecture {
+                    Architecture::Bert => dense.tanh()?,
+                    Architecture::DistilBert => dense.relu()?,
+                }
+            }
+            _ => {
+                let summed = hidden.broadcast_mul(&mask.unsqueeze(D::Minus1)?)?.sum(1)?;
+                summed.broadcast_div(&mask.sum_keepdim(1)?)?
+            }
+        };
+        let pooled = ctx.dropout(&pooled)?;
+        self.classifier.forward(&pooled, ctx)
+    }
+}
+
+/// The metadata `Trainer::export` writes next to the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ExportInfo {
+    format: u32,
+    num_labels: usize,
+    pooling: Pooling,
+}
+
+const EXPORT_INFO: &str = "taper-classifier.json";
+const EXPORT_FORMAT: u32 = 1;
+
+/// An encoder with a classification head and the fine-tuning method applied.
+pub struct Classifier {
+    encoder: Encoder,
+    head: Head,
+    params: ParamStore,
+    report: LoadReport,
+    num_labels: usize,
+    device: Device,
+    /// Dropout while training (`Configure::dropout`).
+    pub(crate) dropout: f64,
+    /// The pretrained directory, whose tokenizer files an export copies.
+    source_dir: PathBuf,
+}
+
+impl Classifier {
+    /// Builds a classifier from a pretrained directory (`config.json` + `model.safetensors`),
+    /// applying `configure.method`, `pooling` and `dropout`; new parameters (the head,
+    /// adapters) are initialised from `configure.seed`.
+    pub fn new(
+        pretrained_dir: &Path,
+        num_labels: usize,
+        configure: &Configure,
+        device: DeviceChoice,
+    ) -> Result<Self> {
+        if num_labels == 0 {
+            return Err(MlError::BadMethod {
+                reason: "a classifier needs at least one label".to_owned(),
+            });
+        }
+        let config = EncoderConfig::from_file(&pretrained_dir.join("config.json"))?;
+        let device = device.device();
+        let source = WeightSource::load(&pretrained_dir.join("model.safetensors"), &device)?;
+        let (plan, pooler_trainable) = plan_for(&config, &configure.method)?;
+        let mut builder = ParamBuilder::new(source, configure.seed, &device);
+        let encoder = Encoder::new(&config, &mut builder, &plan)?;
+        let head = build_head(
+            &config,
+            &mut builder,
+            configure.pooling,
+            num_labels,
+            Some(pooler_trainable),
+        )?;
+        let (params, report) = builder.finish()?;
+        Ok(Self {
+            encoder,
+            head,
+            params,
+            report,
+            num_labels,
+            device,
+            dropout: configure.dropout,
+            source_dir: pretrained_dir.to_path_buf(),
+        })
+    }
+
+    /// Rebuilds, for inference, a classifier written by `Trainer::export` / [`Classifier::export`].
+    pub fn load_trained(dir: &Path, device: DeviceChoice) -> Result<Self> {
+        let info_path = dir.join(EXPORT_INFO);
+        let text = std::fs::read_to_string(&info_path).map_err(io_error(&info_path))?;
+        let info: ExportInfo = serde_json::from_str(&text).map_err(|source| MlError::Json {
+            path: info_path.clone(),
+            source,
+        })?;
+        if info.format != EXPORT_FORMAT {
+            return Err(MlError::BadExport {
+                path: dir.to_path_buf(),
+                reason: format!("format {} (this taper reads {EXPORT_FORMAT})", info.format),
+            });
+        }
+        let config = EncoderConfig::from_file(&dir.join("config.json"))?;
+        let device = device.device();
+        let source = WeightSource::load(&dir.join("model.safetensors"), &device)?;
+        let plan = EncoderPlan {
+            embeddings_trainable: false,
+            layers_trainable: vec![false; config.num_hidden_layers],
+            adapter: AdapterSpec::None,
+        };
+        let mut builder = ParamBuilder::new(source, 0, &device);
+        let encoder = Encoder::new(&config, &mut builder, &plan)?;
+        let head = build_head(&config, &mut builder, info.pooling, info.num_labels, None)?;
+        let (params, report) = builder.finish()?;
+        Ok(Self {
+            encoder,
+            head,
+            params,
+            report,
+            num_labels: info.num_labels,
+            device,
+            dropout: 0.0,
+            source_dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    pub fn config(&self) -> &EncoderConfig {
+        self.encoder.config()
+    }
+
+    pub fn trainable_parameters(&self) -> usize {
+        self.params.trainable_parameters()
+    }
+
+    pub fn total_parameters(&self) -> usize {
+        self.params.total_parameters()
+    }
+
+    /// Names of the trainable parameters, sorted.
+    pub fn trainable_names(&self) -> Vec<String> {
+        self.params.names().map(str::to_owned).collect()
+    }
+
+    /// The current values of the trainable parameters, sorted by name.
+    pub fn trainable_tensors(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .vars
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_detached_tensor()))
+            .collect()
+    }
+
+    /// What the load initialised freshly and which tensors of the file went unused.
+    pub fn load_report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    /// `"cpu"` or `"cuda:N"`.
+    pub fn device_name(&self) -> String {
+        match self.device.location() {
+            candle_core::DeviceLocation::Cpu => "cpu".to_owned(),
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        }
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub(crate) fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    fn check_ids(&self, batch: &Batch) -> Result<()> {
+        let vocab = self.encoder.config.vocab_size;
+        if let Some(id) = batch.input_ids.iter().find(|id| **id as usize >= vocab) {
+            return Err(MlError::BadBatch {
+                reason: format!("token id {id} is outside the vocabulary of {vocab}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Logits `[batch, num_labels]` as a tensor.
+    pub fn forward(&self, batch: &Batch, ctx: &mut Ctx) -> Result<Tensor> {
+        self.check_ids(batch)?;
+        let input_ids = batch.input_ids(&self.device)?;
+        let mask = batch.attention_mask(&self.device)?;
+        let embeddings = self.encoder.embed(&input_ids, ctx)?;
+        self.forward_embeddings(&embeddings, &mask, ctx)
+    }
+
+    /// The rest of the model from token embeddings `[batch, t, hidden]` (see
+    /// [`Encoder::embed`]) and a mask `[batch, t]`: logits `[batch, num_labels]`. For
+    /// gradients w.r.t. the embeddings, wrap them in a `Var` and pass a differentiable `Ctx`.
+    pub fn forward_embeddings(
+        &self,
+        embeddings: &Tensor,
+        mask: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let hidden = self.encoder.forward_embeddings(embeddings, mask, ctx)?;
+        self.head.forward(&hidden, mask, ctx)
+    }
+
+    /// Inference logits, one row per sequence.
+    pub fn logits(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
+        let logits = self.forward(batch, &mut Ctx::inference())?;
+        Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    }
+
+    /// Inference logits plus each layer's attention probabilities `[batch, heads, t, t]`.
+    pub fn logits_with_attentions(&self, batch: &Batch) -> Result<(Vec<Vec<f32>>, Vec<Tensor>)> {
+        let mut ctx = Ctx {
+            attentions: Some(Vec::new()),
+            ..Ctx::inference()
+        };
+        let logits = self.forward(batch, &mut ctx)?;
+        Ok((logits.to_vec2::<f32>()?, ctx.attentions.unwrap_or_default()))
+    }
+
+    /// Every tensor of encoder and head under its HF name, without adapters (with `merge`,
+    /// adapters are folded in). Tests use it to check that frozen weights keep their bytes.
+    pub fn base_tensors(&self, merge: bool) -> Result<Vec<(String, Tensor)>> {
+        let mut tensors = self.encoder.base_tensors(merge)?;
+        for linear in self.head.pooler.iter().chain([&self.head.classifier]) {
+            tensors.push((format!("{}.weight", linear.name), linear.weight.detach()));
+            tensors.push((format!("{}.bias", linear.name), linear.bias.detach()));
+        }
+        Ok(tensors)
+    }
+
+    /// Writes plain weights (adapters merged in), `config.json`, the head metadata and the
+    /// pretrained directory's tokenizer files into `dir`, for [`Classifier::load_trained`].
+    pub fn export(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let map: std::collections::HashMap<String, Tensor> =
+            self.base_tensors(true)?.into_iter().collect();
+        candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
+        let config_path = dir.join("config.json");
+        std::fs::write(&config_path, self.encoder.config.to_hf_json())
+            .map_err(io_error(&config_path))?;
+        for name in [
+            "tokenizer.json",
+            "vocab.txt",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ] {
+            let from = self.source_dir.join(name);
+            if from.is_file() && self.source_dir != dir {
+                let to = dir.join(name);
+                std::fs::copy(&from, &to).map_err(io_error(&to))?;
+            }
+        }
+        // Written last: its presence marks a complete export.
+        let info = ExportInfo {
+            format: EXPORT_FORMAT,
+            num_labels: self.num_labels,
+            pooling: self.head.pooling,
+        };
+        let info_path = dir.join(EXPORT_INFO);
+        let text = serde_json::to_string_pretty(&info).map_err(|source| MlError::Json {
+            path: info_path.clone(),
+            source,
+        })?;
+        std::fs::write(&info_path, text).map_err(io_error(&info_path))
+    }
+}
+
+fn build_head(
+    config: &EncoderConfig,
+    builder: &mut ParamBuilder,
+    pooling: Pooling,
+    num_labels: usize,
+    pooler_trainable: Option<bool>,
+) -> Result<Head> {
+    let h = config.hidden_size;
+    let std = config.initializer_range;
+    let pooler = match pooling {
+        Pooling::Pooler => Some(head_linear(
+            builder,
+            Head::pooler_name(config.architecture),
+            h,
+            h,
+            std,
+            pooler_trainable,
+        )?),
+        Pooling::Mean => None,
+    };
+    // The classifier always trains when it is being fine-tuned.
+    let classifier = head_linear(
+        builder,
+        "classifier",
+        h,
+        num_labels,
+        std,
+        pooler_trainable.map(|_| true),
+    )?;
+    Ok(Head {
+        pooling,
+        pooler,
+        classifier,
+        architecture: config.architecture,
+    })
+}
+
+/// The encoder plan of a method, and whether a pretrained pooler trains.
+fn plan_for(config: &EncoderConfig, method: &Method) -> Result<(EncoderPlan, bool)> {
+    let layers = config.num_hidden_layers;
+    let check_targets = |targets: &[String]| -> Result<()> {
+        if targets.is_empty() {
+            return Err(MlError::BadMethod {
+                reason: "the adapter has no target modules".to_owned(),
+            });
+        }
+        let modules = linear_module_names(config);
+        for target in targets {
+            if !modules.iter().any(|m| matches_target(m, target)) {
+                let mut available: Vec<String> = modules
+                    .iter()
+                    .filter_map(|m| m.splitn(4, '.').nth(3).map(str::to_owned))
+                    .collect();
+                available.sort();
+                available.dedup();
+                return Err(MlError::UnmatchedTarget {
+                    target: target.clone(),
+                    available: available.join(", "),
+                });
+            }
+        }
+        Ok(())
+    };
+    Ok(match method {
+        Method::Full => (
+            EncoderPlan {
+                embeddings_trainable: true,
+                layers_trainable: vec![true; layers],
+                adapter: AdapterSpec::None,
+            },
+            true,
+        ),
+        Method::Frozen { layers: frozen } => {
+            let frozen = frozen.unwrap_or(layers);
+            if frozen > layers {
+                return Err(MlError::BadMethod {
+                    reason: format!("cannot freeze {frozen} layers of a {layers}-layer encoder"),
+                });
+            }
+            (
+                EncoderPlan {
+                    embeddings_trainable: false,
+                    layers_trainable: (0..layers).map(|i| i >= frozen).collect(),
+                    adapter: AdapterSpec::None,
+                },
+                true,
+            )
+        }
+        Method::Lora {
+            r,
+            alpha,
+            dropout,
+            targets,
+        } => {
+            if *r == 0 {
+                return Err(MlError::BadMethod {
+                    reason: "LoRA rank `r` must be positive".to_owned(),
+                });
+            }
+            check_targets(targets)?;
+            (
+                EncoderPlan {
+                    embeddings_trainable: false,
+                    layers_trainable: vec![false; layers],
+                    adapter: AdapterSpec::Lora {
+                        r: *r,
+                        alpha: *alpha,
+                        dropout: *dropout,
+                        targets: targets.clone(),
+                    },
+                },
+                false,
+            )
+        }
+        Method::Ia3 { targets } => {
+            check_targets(targets)?;
+            (
+                EncoderPlan {
+                    embeddings_trainable: false,
+                    layers_trainable: vec![false; layers],
+                    adapter: AdapterSpec::Ia3 {
+                        targets: targets.clone(),
+                    },
+                },
+                false,
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_pads_to_longest_and_masks_padding() {
+        let batch = Batch::new(&[&[5, 6, 7], &[8]], &[1, 0], 0).expect("valid batch");
+        assert_eq!(batch.tokens(), 3);
+        assert_eq!(batch.input_ids, vec![5, 6, 7, 8, 0, 0]);
+        assert_eq!(batch.mask, vec![1, 1, 1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn batch_rejects_bad_input() {
+        assert!(Batch::new(&[], &[], 0).is_err());
+        assert!(Batch::new(&[&[1]], &[1, 2], 0).is_err());
+        assert!(Batch::new(&[&[1], &[]], &[], 0).is_err());
+    }
+}

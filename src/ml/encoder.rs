@@ -1,0 +1,591 @@
+//! The BERT-family encoder (BERT, MiniLM, DistilBERT) on candle tensors, written for training.
+//!
+//! Contract:
+//! - While training or explaining (`Ctx::differentiable`), LayerNorm and softmax use candle's
+//!   composite, differentiable ops. candle's fused kernels have no backward pass and would
+//!   silently cut every encoder gradient (knowledge.md, trap 1); they are used only at
+//!   inference, where they are faster and agree within a few 1e-6.
+//! - Dropout is real and draws from the caller's seeded RNG (`Ctx::dropout`).
+//! - Activations stay flattened as `[batch * tokens, hidden]` between layers so every linear
+//!   layer is one plain 2-D GEMM with a transposed weight view (no broadcast copies of weights).
+//! - Any linear layer can carry an adapter (LoRA or IA3) selected by module name.
+
+use candle_core::{Tensor, D};
+use candle_nn::ops;
+use rand_chacha::ChaCha8Rng;
+
+use super::config::{Activation, Architecture, EncoderConfig};
+use super::error::{MlError, Result};
+use super::rng;
+use super::weights::{Init, ParamBuilder};
+
+/// Per-forward settings: gradients, dropout, and whether to keep attention probabilities.
+pub struct Ctx<'a> {
+    /// Use differentiable LayerNorm/softmax (training, gradients w.r.t. embeddings).
+    pub differentiable: bool,
+    /// Dropout RNG and probability; `None` at inference.
+    pub dropout: Option<(&'a mut ChaCha8Rng, f64)>,
+    /// When `Some`, each layer appends its attention probabilities `[batch, heads, t, t]`.
+    pub attentions: Option<Vec<Tensor>>,
+}
+
+impl Ctx<'_> {
+    /// Inference: fused kernels, no dropout.
+    pub fn inference() -> Ctx<'static> {
+        Ctx {
+            differentiable: false,
+            dropout: None,
+            attentions: None,
+        }
+    }
+
+    pub(crate) fn dropout(&mut self, xs: &Tensor) -> Result<Tensor> {
+        self.dropout_with(xs, None)
+    }
+
+    /// Dropout with `p` instead of the context's probability (LoRA's own dropout).
+    pub(crate) fn dropout_with(&mut self, xs: &Tensor, p: Option<f64>) -> Result<Tensor> {
+        match &mut self.dropout {
+            Some((rng, default_p)) => {
+                let p = p.unwrap_or(*default_p);
+                if p <= 0.0 {
+                    return Ok(xs.clone());
+                }
+                let mask = rng::dropout_mask(rng, xs.dims(), p, xs.device())?;
+                Ok(xs.mul(&mask)?)
+            }
+            None => Ok(xs.clone()),
+        }
+    }
+
+    fn layer_norm(&self, xs: &Tensor, norm: &LayerNorm) -> Result<Tensor> {
+        let eps = norm.eps as f32;
+        if self.differentiable {
+            Ok(ops::layer_norm_slow(xs, &norm.weight, &norm.bias, eps)?)
+        } else {
+            Ok(ops::layer_norm(
+                &xs.contiguous()?,
+                &norm.weight,
+                &norm.bias,
+                eps,
+            )?)
+        }
+    }
+
+    fn softmax(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.differentiable {
+            Ok(ops::softmax(xs, D::Minus1)?)
+        } else {
+            Ok(ops::softmax_last_dim(&xs.contiguous()?)?)
+        }
+    }
+}
+
+/// How the fine-tuning method changes the encoder: which parts train and which adapters exist.
+#[derive(Debug, Clone)]
+pub(crate) struct EncoderPlan {
+    pub(crate) embeddings_trainable: bool,
+    /// One entry per layer.
+    pub(crate) layers_trainable: Vec<bool>,
+    pub(crate) adapter: AdapterSpec,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum AdapterSpec {
+    None,
+    /// PEFT LoRA: `W x + (alpha / r) · B A dropout(x)`, `A` Kaiming-uniform, `B` zero.
+    Lora {
+        r: usize,
+        alpha: f64,
+        dropout: f64,
+        targets: Vec<String>,
+    },
+    /// PEFT IA3: a learned vector, initialised to ones, scales the output of each target, or
+    /// its input for feed-forward modules (PEFT's `feedforward_modules`: BERT `output.dense`,
+    /// DistilBERT `lin2`).
+    Ia3 {
+        targets: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Adapter {
+    None,
+    Lora {
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
+        dropout: f64,
+    },
+    Ia3Output(Tensor),
+    Ia3Input(Tensor),
+}
+
+/// A dense layer `x W^T + b` with an optional adapter.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    pub(crate) name: String,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) adapter: Adapter,
+}
+
+pub(crate) fn matches_target(module: &str, target: &str) -> bool {
+    module == target || module.ends_with(&format!(".{target}"))
+}
+
+fn is_feedforward(module: &str, architecture: Architecture) -> bool {
+    match architecture {
+        Architecture::Bert => matches_target(module, "output.dense"),
+        Architecture::DistilBert => matches_target(module, "lin2"),
+    }
+}
+
+impl Linear {
+    pub(crate) fn new(
+        builder: &mut ParamBuilder,
+        name: &str,
+        in_dim: usize,
+        out_dim: usize,
+        trainable: bool,
+        adapter: &AdapterSpec,
+        architecture: Architecture,
+    ) -> Result<Self> {
+        let weight =
+            builder.pretrained(&format!("{name}.weight"), &[out_dim, in_dim], trainable)?;
+        let bias = builder.pretrained(&format!("{name}.bias"), &[out_dim], trainable)?;
+        let adapter = match adapter {
+            AdapterSpec::Lora {
+                r,
+                alpha,
+                dropout,
+                targets,
+            } if targets.iter().any(|t| matches_target(name, t)) => {
+                // torch's kaiming_uniform_(a = sqrt(5)) on [r, in]: bound = 1 / sqrt(in).
+                let bound = 1.0 / (in_dim as f64).sqrt();
+                let a = builder.fresh(
+                    &format!("{name}.lora_A.weight"),
+                    &[*r, in_dim],
+                    Init::Uniform(bound),
+                    true,
+                )?;
+                let b = builder.fresh(
+                    &format!("{name}.lora_B.weight"),
+                    &[out_dim, *r],
+                    Init::Zeros,
+                    true,
+                )?;
+                Adapter::Lora {
+                    a,
+                    b,
+                    scale: alpha / *r as f64,
+                    dropout: *dropout,
+                }
+            }
+            AdapterSpec::Ia3 { targets } if targets.iter().any(|t| matches_target(name, t)) => {
+                if is_feedforward(name, architecture) {
+                    Adapter::Ia3Input(builder.fresh(
+                        &format!("{name}.ia3_l"),
+                        &[in_dim],
+                        Init::Ones,
+                        true,
+                    )?)
+                } else {
+                    Adapter::Ia3Output(builder.fresh(
+                        &format!("{name}.ia3_l"),
+                        &[out_dim],
+                        Init::Ones,
+                        true,
+                    )?)
+                }
+            }
+            _ => Adapter::None,
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            weight,
+            bias,
+            adapter,
+        })
+    }
+
+    /// `xs`: `[n, in]` → `[n, out]`.
+    pub(crate) fn forward(&self, xs: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let plain = |xs: &Tensor| -> Result<Tensor> {
+            Ok(xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+        };
+        match &self.adapter {
+            Adapter::None => plain(xs),
+            Adapter::Lora {
+                a,
+                b,
+                scale,
+                dropout,
+            } => {
+                let base = plain(xs)?;
+                let dropped = ctx.dropout_with(xs, Some(*dropout))?;
+                let update = dropped.matmul(&a.t()?)?.matmul(&b.t()?)?;
+                Ok((base + (update * *scale)?)?)
+            }
+            Adapter::Ia3Output(scale) => Ok(plain(xs)?.broadcast_mul(scale)?),
+            Adapter::Ia3Input(scale) => plain(&xs.broadcast_mul(scale)?),
+        }
+    }
+
+    /// The plain weight and bias with the adapter folded in (for export).
+    pub(crate) fn merged(&self) -> Result<(Tensor, Tensor)> {
+        let weight = self.weight.detach();
+        let bias = self.bias.detach();
+        Ok(match &self.adapter {
+            Adapter::None => (weight, bias),
+            Adapter::Lora { a, b, scale, .. } => {
+                let delta = (b.detach().matmul(&a.detach())? * *scale)?;
+                ((weight + delta)?, bias)
+            }
+            Adapter::Ia3Output(scale) => {
+                let scale = scale.detach();
+                (
+                    weight.broadcast_mul(&scale.unsqueeze(1)?)?,
+                    bias.mul(&scale)?,
+                )
+            }
+            Adapter::Ia3Input(scale) => {
+                (weight.broadcast_mul(&scale.detach().unsqueeze(0)?)?, bias)
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct LayerNorm {
+    pub(crate) name: String,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(
+        builder: &mut ParamBuilder,
+        name: &str,
+        size: usize,
+        eps: f64,
+        trainable: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            name: name.to_owned(),
+            weight: builder.pretrained(&format!("{name}.weight"), &[size], trainable)?,
+            bias: builder.pretrained(&format!("{name}.bias"), &[size], trainable)?,
+            eps,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    pub(crate) query: Linear,
+    pub(crate) key: Linear,
+    pub(crate) value: Linear,
+    pub(crate) attention_output: Linear,
+    pub(crate) attention_norm: LayerNorm,
+    pub(crate) intermediate: Linear,
+    pub(crate) output: Linear,
+    pub(crate) output_norm: LayerNorm,
+}
+
+/// The tensor names of one layer, per architecture.
+struct LayerNames {
+    query: String,
+    key: String,
+    value: String,
+    attention_output: String,
+    attention_norm: String,
+    intermediate: String,
+    output: String,
+    output_norm: String,
+}
+
+fn layer_names(architecture: Architecture, index: usize) -> LayerNames {
+    match architecture {
+        Architecture::Bert => {
+            let p = format!("encoder.layer.{index}");
+            LayerNames {
+                query: format!("{p}.attention.self.query"),
+                key: format!("{p}.attention.self.key"),
+                value: format!("{p}.attention.self.value"),
+                attention_output: format!("{p}.attention.output.dense"),
+                attention_norm: format!("{p}.attention.output.LayerNorm"),
+                intermediate: format!("{p}.intermediate.dense"),
+                output: format!("{p}.output.dense"),
+                output_norm: format!("{p}.output.LayerNorm"),
+            }
+        }
+        Architecture::DistilBert => {
+            let p = format!("transformer.layer.{index}");
+            LayerNames {
+                query: format!("{p}.attention.q_lin"),
+                key: format!("{p}.attention.k_lin"),
+                value: format!("{p}.attention.v_lin"),
+                attention_output: format!("{p}.attention.out_lin"),
+                attention_norm: format!("{p}.sa_layer_norm"),
+                intermediate: format!("{p}.ffn.lin1"),
+                output: format!("{p}.ffn.lin2"),
+                output_norm: format!("{p}.output_layer_norm"),
+            }
+        }
+    }
+}
+
+/// The names of every linear module, for adapter targeting and error messages.
+pub(crate) fn linear_module_names(config: &EncoderConfig) -> Vec<String> {
+    (0..config.num_hidden_layers)
+        .flat_map(|index| {
+            let n = layer_names(config.architecture, index);
+            [
+                n.query,
+                n.key,
+                n.value,
+                n.attention_output,
+                n.intermediate,
+                n.output,
+            ]
+        })
+        .collect()
+}
+
+/// A BERT-family encoder: embeddings and transformer layers (the pooler belongs to the head).
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    pub(crate) config: EncoderConfig,
+    word_embeddings: Tensor,
+    position_embeddings: Tensor,
+    token_type_embeddings: Option<Tensor>,
+    embeddings_norm: LayerNorm,
+    pub(crate) layers: Vec<Layer>,
+}
+
+impl Encoder {
+    pub(crate) fn new(
+        config: &EncoderConfig,
+        builder: &mut ParamBuilder,
+        plan: &EncoderPlan,
+    ) -> Result<Self> {
+        let h = config.hidden_size;
+        let train_embeddings = plan.embeddings_trainable;
+        let word_embeddings = builder.pretrained(
+            "embeddings.word_embeddings.weight",
+            &[config.vocab_size, h],
+            train_embeddings,
+        )?;
+        let position_embeddings = builder.pretrained(
+            "embeddings.position_embeddings.weight",
+            &[config.max_position_embeddings, h],
+            train_embeddings,
+        )?;
+        let token_type_embeddings = match config.architecture {
+            Architecture::Bert => Some(builder.pretrained(
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, h],
+                train_embeddings,
+            )?),
+            Architecture::DistilBert => None,
+        };
+        let embeddings_norm = LayerNorm::new(
+            builder,
+            "embeddings.LayerNorm",
+            h,
+            config.layer_norm_eps,
+            train_embeddings,
+        )?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for index in 0..config.num_hidden_layers {
+            let n = layer_names(config.architecture, index);
+            let trainable = plan.layers_trainable.get(index).copied().unwrap_or(false);
+            let arch = config.architecture;
+            let adapter = &plan.adapter;
+            let i = config.intermediate_size;
+            let eps = config.layer_norm_eps;
+            layers.push(Layer {
+                query: Linear::new(builder, &n.query, h, h, trainable, adapter, arch)?,
+                key: Linear::new(builder, &n.key, h, h, trainable, adapter, arch)?,
+                value: Linear::new(builder, &n.value, h, h, trainable, adapter, arch)?,
+                attention_output: Linear::new(
+                    builder,
+                    &n.attention_output,
+                    h,
+                    h,
+                    trainable,
+                    adapter,
+                    arch,
+                )?,
+                attention_norm: LayerNorm::new(builder, &n.attention_norm, h, eps, trainable)?,
+                intermediate: Linear::new(
+                    builder,
+                    &n.intermediate,
+                    h,
+                    i,
+                    trainable,
+                    adapter,
+                    arch,
+                )?,
+                output: Linear::new(builder, &n.output, i, h, trainable, adapter, arch)?,
+                output_norm: LayerNorm::new(builder, &n.output_norm, h, eps, trainable)?,
+            });
+        }
+        Ok(Self {
+            config: config.clone(),
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            embeddings_norm,
+            layers,
+        })
+    }
+
+    pub fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+
+    /// Token embeddings `[batch, t, hidden]` of `input_ids` `[batch, t]` (u32): word +
+    /// position (+ token type 0 for BERT), LayerNorm, dropout.
+    pub fn embed(&self, input_ids: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let (batch, tokens) = input_ids.dims2()?;
+        if tokens > self.config.max_position_embeddings {
+            return Err(MlError::BadBatch {
+                reason: format!(
+                    "{tokens} tokens exceed `max_position_embeddings` {}",
+                    self.config.max_position_embeddings
+                ),
+            });
+        }
+        let h = self.config.hidden_size;
+        let words = self
+            .word_embeddings
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((batch, tokens, h))?;
+        let mut extra = self.position_embeddings.narrow(0, 0, tokens)?;
+        if let Some(token_types) = &self.token_type_embeddings {
+            extra = extra.broadcast_add(&token_types.narrow(0, 0, 1)?)?;
+        }
+        let embeddings = words.broadcast_add(&extra.unsqueeze(0)?)?;
+        let embeddings = ctx.layer_norm(&embeddings, &self.embeddings_norm)?;
+        ctx.dropout(&embeddings)
+    }
+
+    /// Runs the transformer layers on embeddings `[batch, t, hidden]` with `attention_mask`
+    /// `[batch, t]` (f32, 1 = token, 0 = padding); returns hidden states `[batch, t, hidden]`.
+    pub fn forward_embeddings(
+        &self,
+        embeddings: &Tensor,
+        attention_mask: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let (batch, tokens, hidden) = embeddings.dims3()?;
+        // HF: (1 - mask) * finfo(f32).min, added to the scores of padded keys.
+        let mask_bias = ((attention_mask.ones_like()? - attention_mask)? * f64::from(f32::MIN))?
+            .reshape((batch, 1, 1, tokens))?;
+        let mut xs = embeddings.reshape((batch * tokens, hidden))?;
+        for layer in &self.layers {
+            xs = self.layer_forward(layer, &xs, &mask_bias, batch, tokens, ctx)?;
+        }
+        Ok(xs.reshape((batch, tokens, hidden))?)
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        xs: &Tensor,
+        mask_bias: &Tensor,
+        batch: usize,
+        tokens: usize,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let heads = self.config.num_attention_heads;
+        let head_size = self.config.head_size();
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((batch, tokens, heads, head_size))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        // Scaling q instead of the scores touches t·d instead of t·t values per head.
+        let query = split((layer.query.forward(xs, ctx)? / (head_size as f64).sqrt())?)?;
+        let key = split(layer.key.forward(xs, ctx)?)?;
+        let value = split(layer.value.forward(xs, ctx)?)?;
+        let scores = query.matmul(&key.t()?)?.broadcast_add(mask_bias)?;
+        let probs = ctx.softmax(&scores)?;
+        if let Some(attentions) = &mut ctx.attentions {
+            attentions.push(probs.clone());
+        }
+        let probs = ctx.dropout(&probs)?;
+        let context = probs
+            .matmul(&value)?
+            .transpose(1, 2)?
+            .reshape((batch * tokens, heads * head_size))?;
+        let attended = layer.attention_output.forward(&context, ctx)?;
+        let attended = ctx.dropout(&attended)?;
+        let xs = ctx.layer_norm(&(attended + xs)?, &layer.attention_norm)?;
+        let inner = layer.intermediate.forward(&xs, ctx)?;
+        let inner = match self.config.activation {
+            Activation::Gelu => inner.gelu_erf()?,
+            Activation::GeluTanh => inner.gelu()?,
+            Activation::Relu => inner.relu()?,
+        };
+        let out = layer.output.forward(&inner, ctx)?;
+        let out = ctx.dropout(&out)?;
+        ctx.layer_norm(&(out + xs)?, &layer.output_norm)
+    }
+
+    /// Every linear layer, for export.
+    pub(crate) fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.layers.iter().flat_map(|l| {
+            [
+                &l.query,
+                &l.key,
+                &l.value,
+                &l.attention_output,
+                &l.intermediate,
+                &l.output,
+            ]
+        })
+    }
+
+    /// Every base tensor of the encoder under its HF name; with `merge`, adapters are folded
+    /// into their linear layers (export), otherwise base weights are returned as they are.
+    pub(crate) fn base_tensors(&self, merge: bool) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![
+            (
+                "embeddings.word_embeddings.weight".to_owned(),
+                self.word_embeddings.detach(),
+            ),
+            (
+                "embeddings.position_embeddings.weight".to_owned(),
+                self.position_embeddings.detach(),
+            ),
+        ];
+        if let Some(token_types) = &self.token_type_embeddings {
+            out.push((
+                "embeddings.token_type_embeddings.weight".to_owned(),
+                token_types.detach(),
+            ));
+        }
+        let mut norms = vec![&self.embeddings_norm];
+        for layer in &self.layers {
+            norms.push(&layer.attention_norm);
+            norms.push(&layer.output_norm);
+        }
+        for norm in norms {
+            out.push((format!("{}.weight", norm.name), norm.weight.detach()));
+            out.push((format!("{}.bias", norm.name), norm.bias.detach()));
+        }
+        for linear in self.linears() {
+            let (weight, bias) = if merge {
+                linear.merged()?
+            } else {
+                (linear.weight.detach(), linear.bias.detach())
+            };
+            out.push((format!("{}.weight", linear.name), weight));
+            out.push((format!("{}.bias", linear.name), bias));
+        }
+        Ok(out)
+    }
+}
