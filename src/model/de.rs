@@ -298,14 +298,28 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
         visitor: V,
     ) -> Result<V::Value, DeError> {
         match &self.node.value {
-            Value::Map(entries) => visitor
-                .visit_map(MapAccess {
-                    entries: entries.iter(),
-                    value: None,
-                    fields: Some(fields),
-                    parent: &self,
-                })
-                .map_err(|error: DeError| error.placed(self.node, self.key_span)),
+            Value::Map(entries) => {
+                // Collected before visiting: a type error stops the visitor, and the unknown
+                // keys after it would go unreported.
+                self.unknown.borrow_mut().extend(
+                    entries
+                        .iter()
+                        .filter(|(key, _)| !fields.contains(&key.value.as_str()))
+                        .map(|(key, _)| UnknownField {
+                            key: key.value.clone(),
+                            span: key.span,
+                            expected: fields,
+                        }),
+                );
+                visitor
+                    .visit_map(MapAccess {
+                        entries: entries.iter(),
+                        value: None,
+                        fields: Some(fields),
+                        parent: &self,
+                    })
+                    .map_err(|error: DeError| error.placed(self.node, self.key_span))
+            }
             _ => Err(self.mismatch("a mapping")),
         }
     }
@@ -376,15 +390,11 @@ impl<'de> de::MapAccess<'de> for MapAccess<'_, '_> {
         seed: K,
     ) -> Result<Option<K::Value>, DeError> {
         for (key, value) in self.entries.by_ref() {
-            if let Some(fields) = self.fields {
-                if !fields.contains(&key.value.as_str()) {
-                    self.parent.unknown.borrow_mut().push(UnknownField {
-                        key: key.value.clone(),
-                        span: key.span,
-                        expected: fields,
-                    });
-                    continue;
-                }
+            if self
+                .fields
+                .is_some_and(|fields| !fields.contains(&key.value.as_str()))
+            {
+                continue;
             }
             self.value = Some((key, value));
             let key_node = Node::scalar(key.value.clone(), ScalarStyle::Quoted, key.span);

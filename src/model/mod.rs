@@ -95,6 +95,13 @@ pub fn load_str(
         }
         pipeline = validate::validate(&raw, path, root, &mut errors);
     }
+    // Report in reading order (file first, then overrides); the sort is stable, so errors at
+    // one place keep the order in which validation found them.
+    errors.sort_by_key(|error| {
+        miette::Diagnostic::labels(error)
+            .and_then(|labels| labels.map(|label| label.offset()).min())
+            .unwrap_or(0)
+    });
     match pipeline {
         Some(pipeline) if errors.is_empty() => Ok(pipeline),
         _ => Err(LoadError::Invalid {

@@ -82,86 +82,114 @@ fn source() -> Value {
 
 fn settings(kind: StageKind) -> Value {
     match kind {
-        StageKind::SelectModel => object("Settings of `select-model`.", json!({
-            "source": source(),
-            "allow_pickle": boolean("Accept pickle `.bin` weights (unpickling runs code).", false),
-        }), &["source"]),
-        StageKind::PrepareData => object("Settings of `prepare-data`.", json!({
-            "source": source(),
-            "format": one_of_names("Table format; inferred from the file name when absent.", &["csv", "tsv", "jsonl"], "csv"),
-            "text_column": { "type": "string", "default": "text" },
-            "label_column": { "type": "string", "default": "label" },
-            "filter": { "type": "array", "description": "Rows kept only when every filter matches.", "items": object("A row filter: `column` and exactly one of `in`, `not_in`.", json!({
-                "column": string("Column name."),
-                "in": { "type": "array", "items": { "type": "string" } },
-                "not_in": { "type": "array", "items": { "type": "string" } },
-            }), &["column"]) },
-            "labels": { "type": "array", "items": { "type": "string" }, "description": "Label names in id order." },
-            "clean": object("Text cleaning.", json!({
-                "trim": boolean("Trim whitespace.", true),
-                "collapse_whitespace": boolean("Collapse runs of whitespace.", true),
-                "drop_empty": boolean("Drop rows with empty text.", true),
-                "dedupe": boolean("Drop duplicate texts before splitting.", true),
-            }), &[]),
-            "split": object("Split sizes (counts, or fractions below 1) or pre-split files.", json!({
-                "train": number("Train size.", None),
-                "validation": number("Validation size.", None),
-                "test": number("Test size.", None),
-                "seed": integer("Shuffle seed.", 0, Some(42)),
-                "stratify": boolean("Keep label proportions in every split.", true),
-                "files": { "type": "object", "propertyNames": { "enum": ["train", "validation", "test"] }, "additionalProperties": { "type": "string" } },
-            }), &[]),
-            "max_length": integer("Tokens per example after truncation.", 2, Some(128)),
-        }), &["source", "split"]),
-        StageKind::Configure => object("Settings of `configure`: the training hyperparameters.", json!({
-            "method": { "description": "Fine-tuning method.", "oneOf": [
-                object("Every weight trains.", json!({ "name": { "const": "full" } }), &["name"]),
-                object("Freeze the bottom `layers` layers (all when absent).", json!({ "name": { "const": "frozen" }, "layers": integer("Frozen layers.", 0, None) }), &["name"]),
-                object("LoRA (PEFT semantics).", json!({
-                    "name": { "const": "lora" },
-                    "r": integer("Rank.", 1, Some(8)),
-                    "alpha": number("Scale numerator.", Some(16.0)),
-                    "dropout": number("Dropout on the LoRA path.", Some(0.0)),
-                    "targets": { "type": "array", "items": { "type": "string" }, "default": ["query", "value"] },
-                }), &["name"]),
-                object("IA3 rescaling vectors.", json!({
-                    "name": { "const": "ia3" },
-                    "targets": { "type": "array", "items": { "type": "string" }, "default": ["key", "value", "output.dense"] },
-                }), &["name"]),
-            ] },
-            "learning_rate": number("Peak learning rate.", Some(5e-5)),
-            "epochs": integer("Passes over the training split.", 1, Some(1)),
-            "batch_size": integer("Examples per step.", 1, Some(16)),
-            "gradient_accumulation": integer("Steps accumulated per optimizer step.", 1, Some(1)),
-            "warmup_ratio": number("Fraction of steps warming up from 0.", Some(0.0)),
-            "schedule": one_of_names("Learning-rate schedule.", &["constant", "linear", "cosine"], "linear"),
-            "weight_decay": number("AdamW weight decay.", Some(0.01)),
-            "max_grad_norm": number("Global-norm gradient clipping.", None),
-            "seed": integer("Seed of initialization, shuffling and dropout.", 0, Some(42)),
-            "early_stopping": object("Stop when the validation loss stops improving.", json!({
-                "patience": integer("Epochs without improvement.", 1, None),
-                "min_delta": number("Smallest improvement that counts.", Some(0.0)),
-            }), &["patience"]),
-            "pooling": one_of_names("Sentence representation fed to the head.", &["pooler", "mean"], "pooler"),
-            "dropout": number("Dropout probability while training.", Some(0.1)),
-            "checkpoint_every": integer("Optimizer steps between resumable checkpoints.", 1, Some(50)),
-        }), &[]),
-        StageKind::Train => object("Settings of `train` (hyperparameters live in `configure`).", json!({
-            "max_steps": integer("Stop after this many optimizer steps.", 1, None),
-        }), &[]),
-        StageKind::Evaluate => object("Settings of `evaluate`.", json!({
-            "split": one_of_names("Split to evaluate on.", &["train", "validation", "test"], "test"),
-            "batch_size": integer("Examples per batch.", 1, Some(32)),
-        }), &[]),
-        StageKind::Explain => object("Settings of `explain`.", json!({
-            "method": one_of_names("Attribution method.", &["integrated-gradients", "gradient-times-input", "occlusion"], "integrated-gradients"),
-            "split": one_of_names("Split to take examples from.", &["train", "validation", "test"], "test"),
-            "examples": integer("How many examples to explain.", 1, Some(20)),
-            "steps": integer("Integrated-gradients interpolation steps.", 1, Some(32)),
-        }), &[]),
-        StageKind::Deploy => object("Settings of `deploy`.", json!({
-            "require": { "type": "object", "description": "Metric name → minimum value.", "additionalProperties": { "anyOf": [{ "type": "number" }, reference()] } },
-        }), &[]),
+        StageKind::SelectModel => object(
+            "Settings of `select-model`.",
+            json!({
+                "source": source(),
+                "allow_pickle": boolean("Accept pickle `.bin` weights (unpickling runs code).", false),
+            }),
+            &["source"],
+        ),
+        StageKind::PrepareData => object(
+            "Settings of `prepare-data`.",
+            json!({
+                "source": source(),
+                "format": one_of_names("Table format; inferred from the file name when absent.", &["csv", "tsv", "jsonl"], "csv"),
+                "text_column": { "type": "string", "default": "text" },
+                "label_column": { "type": "string", "default": "label" },
+                "filter": { "type": "array", "description": "Rows kept only when every filter matches.", "items": object("A row filter: `column` and exactly one of `in`, `not_in`.", json!({
+                    "column": string("Column name."),
+                    "in": { "type": "array", "items": { "type": "string" } },
+                    "not_in": { "type": "array", "items": { "type": "string" } },
+                }), &["column"]) },
+                "labels": { "type": "array", "items": { "type": "string" }, "description": "Label names in id order." },
+                "clean": object("Text cleaning.", json!({
+                    "trim": boolean("Trim whitespace.", true),
+                    "collapse_whitespace": boolean("Collapse runs of whitespace.", true),
+                    "drop_empty": boolean("Drop rows with empty text.", true),
+                    "dedupe": boolean("Drop duplicate texts before splitting.", true),
+                }), &[]),
+                "split": object("Split sizes (counts, or fractions below 1) or pre-split files.", json!({
+                    "train": number("Train size.", None),
+                    "validation": number("Validation size.", None),
+                    "test": number("Test size.", None),
+                    "seed": integer("Shuffle seed.", 0, Some(42)),
+                    "stratify": boolean("Keep label proportions in every split.", true),
+                    "files": { "type": "object", "propertyNames": { "enum": ["train", "validation", "test"] }, "additionalProperties": { "type": "string" } },
+                }), &[]),
+                "max_length": integer("Tokens per example after truncation.", 2, Some(128)),
+            }),
+            &["source", "split"],
+        ),
+        StageKind::Configure => object(
+            "Settings of `configure`: the training hyperparameters.",
+            json!({
+                "method": { "description": "Fine-tuning method.", "oneOf": [
+                    object("Every weight trains.", json!({ "name": { "const": "full" } }), &["name"]),
+                    object("Freeze the bottom `layers` layers (all when absent).", json!({ "name": { "const": "frozen" }, "layers": integer("Frozen layers.", 0, None) }), &["name"]),
+                    object("LoRA (PEFT semantics).", json!({
+                        "name": { "const": "lora" },
+                        "r": integer("Rank.", 1, Some(8)),
+                        "alpha": number("Scale numerator.", Some(16.0)),
+                        "dropout": number("Dropout on the LoRA path.", Some(0.0)),
+                        "targets": { "type": "array", "items": { "type": "string" }, "default": ["query", "value"] },
+                    }), &["name"]),
+                    object("IA3 rescaling vectors.", json!({
+                        "name": { "const": "ia3" },
+                        "targets": { "type": "array", "items": { "type": "string" }, "default": ["key", "value", "output.dense"] },
+                    }), &["name"]),
+                ] },
+                "learning_rate": number("Peak learning rate.", Some(5e-5)),
+                "epochs": integer("Passes over the training split.", 1, Some(1)),
+                "batch_size": integer("Examples per step.", 1, Some(16)),
+                "gradient_accumulation": integer("Steps accumulated per optimizer step.", 1, Some(1)),
+                "warmup_ratio": number("Fraction of steps warming up from 0.", Some(0.0)),
+                "schedule": one_of_names("Learning-rate schedule.", &["constant", "linear", "cosine"], "linear"),
+                "weight_decay": number("AdamW weight decay.", Some(0.01)),
+                "max_grad_norm": number("Global-norm gradient clipping.", None),
+                "seed": integer("Seed of initialization, shuffling and dropout.", 0, Some(42)),
+                "early_stopping": object("Stop when the validation loss stops improving.", json!({
+                    "patience": integer("Epochs without improvement.", 1, None),
+                    "min_delta": number("Smallest improvement that counts.", Some(0.0)),
+                }), &["patience"]),
+                "pooling": one_of_names("Sentence representation fed to the head.", &["pooler", "mean"], "pooler"),
+                "dropout": number("Dropout probability while training.", Some(0.1)),
+                "checkpoint_every": integer("Optimizer steps between resumable checkpoints.", 1, Some(50)),
+            }),
+            &[],
+        ),
+        StageKind::Train => object(
+            "Settings of `train` (hyperparameters live in `configure`).",
+            json!({
+                "max_steps": integer("Stop after this many optimizer steps.", 1, None),
+            }),
+            &[],
+        ),
+        StageKind::Evaluate => object(
+            "Settings of `evaluate`.",
+            json!({
+                "split": one_of_names("Split to evaluate on.", &["train", "validation", "test"], "test"),
+                "batch_size": integer("Examples per batch.", 1, Some(32)),
+            }),
+            &[],
+        ),
+        StageKind::Explain => object(
+            "Settings of `explain`.",
+            json!({
+                "method": one_of_names("Attribution method.", &["integrated-gradients", "gradient-times-input", "occlusion"], "integrated-gradients"),
+                "split": one_of_names("Split to take examples from.", &["train", "validation", "test"], "test"),
+                "examples": integer("How many examples to explain.", 1, Some(20)),
+                "steps": integer("Integrated-gradients interpolation steps.", 1, Some(32)),
+            }),
+            &[],
+        ),
+        StageKind::Deploy => object(
+            "Settings of `deploy`.",
+            json!({
+                "require": { "type": "object", "description": "Metric name → minimum value.", "additionalProperties": { "anyOf": [{ "type": "number" }, reference()] } },
+            }),
+            &[],
+        ),
         StageKind::Command => Value::Null,
     }
 }

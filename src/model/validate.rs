@@ -54,7 +54,19 @@ pub(crate) fn validate(
     root: PathBuf,
     errors: &mut Vec<ModelError>,
 ) -> Option<Pipeline> {
-    let document_start = Span::new(raw.span.start, raw.span.start);
+    // Missing top-level keys are labelled at the first key of the file.
+    let document_start = [
+        &raw.version,
+        &raw.name,
+        &raw.description,
+        &raw.params,
+        &raw.stages,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(key, _)| key.span)
+    .min_by_key(|span| span.start)
+    .unwrap_or(raw.span);
 
     match &raw.version {
         None => errors.push(missing_top_level("version", "version: 1", document_start)),
@@ -248,15 +260,15 @@ pub(crate) fn validate(
     }
     for (index, stage) in checked.iter().enumerate() {
         for (dep, span) in &stage.deps {
+            // A stage reading its own output is a self-edge, reported as a cycle: its key
+            // would depend on the output it is about to produce.
             for (out, owner, _) in &out_owner {
-                if super::overlaps(dep, out) && *owner != index {
+                if super::overlaps(dep, out) {
                     edges.push((*owner, index, *span));
                 }
             }
             if let Some(owner) = ml_output_owner(dep, &index_of) {
-                if owner != index {
-                    edges.push((owner, index, *span));
-                }
+                edges.push((owner, index, *span));
             }
         }
     }
@@ -668,7 +680,15 @@ fn typed<T: DeserializeOwned>(
     match result {
         Ok(value) => Some(value),
         Err(error) => {
-            errors.push(setting_error(error, node, id, kind));
+            let at_unresolved = error
+                .span
+                .and_then(|span| path_to(node, span))
+                .and_then(|path| node.lookup(&path))
+                .and_then(Node::as_scalar)
+                .is_some_and(|scalar| scalar.text == UNRESOLVED);
+            if !at_unresolved {
+                errors.push(setting_error(error, node, id, kind));
+            }
             None
         }
     }
@@ -684,7 +704,7 @@ fn setting_error(error: DeError, root: &Node, id: &Key, kind: StageKind) -> Mode
     let span = span.unwrap_or(id.span);
     let location = path_to(root, span)
         .filter(|path| !path.is_empty())
-        .map(|path| format!("`{}` of ", path.join(".")))
+        .map(|path| format!(", `{}`", path.join(".")))
         .unwrap_or_default();
     let is_missing = message.starts_with("missing setting");
     let help = match (help, from_param) {
@@ -693,7 +713,7 @@ fn setting_error(error: DeError, root: &Node, id: &Key, kind: StageKind) -> Mode
         (None, None) => format!("see the `{kind}` settings in docs/spec.md"),
     };
     ModelError::InvalidValue {
-        message: format!("{message} in {location}stage `{}`", id.value),
+        message: format!("in stage `{}`{location}: {message}", id.value),
         span: span.into(),
         label: if is_missing {
             "required here".to_owned()
@@ -732,6 +752,47 @@ fn path_to(root: &Node, span: Span) -> Option<Vec<String>> {
 /// the param's node (a number stays a number); inside a longer string the param's text is
 /// spliced in. `$${` writes a literal `${`.
 fn substitute(node: &mut Node, params: &BTreeMap<String, Param>, errors: &mut Vec<ModelError>) {
+    let before = errors.len();
+    substitute_inner(node, params, errors);
+    if errors.len() > before {
+        mark_unresolved(node, errors, before);
+    }
+}
+
+/// A value whose reference did not resolve already has its error; mark it so the type check
+/// that follows does not report the same value again as "found the string `${…}`".
+fn mark_unresolved(node: &mut Node, errors: &[ModelError], from: usize) {
+    let spans: Vec<miette::SourceSpan> = errors[from..]
+        .iter()
+        .filter_map(|error| match error {
+            ModelError::UnresolvedReference { span, .. } => Some(*span),
+            _ => None,
+        })
+        .collect();
+    mark(node, &spans);
+}
+
+fn mark(node: &mut Node, spans: &[miette::SourceSpan]) {
+    match &mut node.value {
+        Value::Seq(items) => items.iter_mut().for_each(|item| mark(item, spans)),
+        Value::Map(entries) => entries.iter_mut().for_each(|(_, value)| mark(value, spans)),
+        Value::Scalar(scalar) => {
+            if spans.contains(&node.span.into()) {
+                scalar.style = ScalarStyle::Block;
+                scalar.text = UNRESOLVED.to_owned();
+            }
+        }
+    }
+}
+
+/// Text of a value whose `${…}` could not be resolved (already reported).
+const UNRESOLVED: &str = "\u{0}unresolved";
+
+fn substitute_inner(
+    node: &mut Node,
+    params: &BTreeMap<String, Param>,
+    errors: &mut Vec<ModelError>,
+) {
     match &mut node.value {
         Value::Seq(items) => items
             .iter_mut()
@@ -981,7 +1042,7 @@ fn missing_top_level(key: &str, example: &str, span: Span) -> ModelError {
         key: key.to_owned(),
         place: "the pipeline".to_owned(),
         span: span.into(),
-        label: format!("`{key}` is required"),
+        label: format!("the pipeline has no `{key}`"),
         help: format!("add `{example}` at the top level"),
     }
 }

@@ -312,7 +312,12 @@ fn parse_into(text: &str, errors: &mut Vec<SpecError>) -> Result<Option<Node>, S
         let (event, marker) = match parser.next_token() {
             Ok(token) => token,
             Err(error) => {
-                let at = offsets.byte(error.marker());
+                // An error at the end of the file (an unclosed `{`) would label an empty line
+                // past the text; point at the last character instead.
+                let content_end = text.trim_end().len();
+                let at = offsets
+                    .byte(error.marker())
+                    .min(content_end.saturating_sub(1));
                 // The scanner counts flow nesting (`[[[…`) in a u8 and fails first there.
                 if error.info().contains("recursion limit") {
                     return Err(SpecError::TooDeep {
@@ -409,6 +414,10 @@ fn check_anchor_and_tag(
     offsets: &Offsets<'_>,
 ) -> Result<(), SpecError> {
     if anchor != 0 || tagged {
+        // The event is marked at the node after the anchor or tag; label the `&name` or
+        // `!tag` itself, the nearest one before it.
+        let indicator = if anchor != 0 { '&' } else { '!' };
+        let at = offsets.text[..at].rfind(indicator).unwrap_or(at);
         let rest = &offsets.text[at..];
         let width = rest.find([' ', '\n']).unwrap_or(rest.len()).max(1);
         return Err(SpecError::Unsupported {

@@ -15,7 +15,9 @@ use crate::model::LoadError;
 pub(crate) fn report_load_error(error: LoadError, printer: &Printer) -> ExitStatus {
     let status = match error {
         LoadError::Read { .. } => ExitStatus::Error,
-        LoadError::NotUtf8 { .. } | LoadError::TooLarge { .. } | LoadError::Invalid { .. } => ExitStatus::Failure,
+        LoadError::NotUtf8 { .. } | LoadError::TooLarge { .. } | LoadError::Invalid { .. } => {
+            ExitStatus::Failure
+        }
     };
     printer.diagnostic(error);
     status
