@@ -16,6 +16,10 @@ pub enum StagesError {
     #[diagnostic(transparent)]
     Data(#[from] DataError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Ml(#[from] crate::ml::MlError),
+
     #[error("stage `{stage}` has no `{slot}` input")]
     #[diagnostic(
         code(taper::stages::missing_input),

@@ -2,10 +2,15 @@
 
 pub mod command;
 pub mod configure;
+pub mod evaluate;
 pub mod ml_common;
 pub mod prepare_data;
 pub mod select_model;
+pub mod train;
 pub mod train_log;
+
+#[cfg(test)]
+mod chain_tests;
 
 use crate::exec::runner::StageRunner;
 use crate::model::StageKind;
@@ -19,6 +24,8 @@ pub fn runner_for(kind: StageKind) -> Option<&'static dyn StageRunner> {
         StageKind::SelectModel => Some(&select_model::SelectModelRunner),
         StageKind::PrepareData => Some(&prepare_data::PrepareDataRunner),
         StageKind::Configure => Some(&configure::ConfigureRunner),
+        StageKind::Train => Some(&train::TrainRunner),
+        StageKind::Evaluate => Some(&evaluate::EvaluateRunner),
         _ => None,
     }
 }
