@@ -146,6 +146,21 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
         assert!(project.path("out/finetune").join(file).is_file(), "{file}");
     }
 
+    let shown = project.taper(&["metrics", "out/test/metrics.json"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(String::from_utf8_lossy(&shown.stdout).lines().any(|l| l.starts_with("accuracy ")));
+    let locked = project.taper(&["metrics", "p.yaml"]);
+    let locked_text = String::from_utf8_lossy(&locked.stdout).into_owned();
+    assert!(locked_text.contains("test.accuracy "), "{}", text(&locked));
+    let diff = project.taper(&["metrics", "diff", "out/test/metrics.json", "p.lock"]);
+    let diff_text = String::from_utf8_lossy(&diff.stdout).into_owned();
+    // Same run on both sides: every shared metric changes by zero.
+    let accuracy_row = diff_text
+        .lines()
+        .find(|l| l.starts_with("test.accuracy "))
+        .unwrap_or_else(|| panic!("{}", text(&diff)));
+    assert!(accuracy_row.ends_with("+0.0000"), "{accuracy_row}");
+
     let second = project.taper(&["run", "p.yaml"]);
     assert!(second.status.success(), "{}", text(&second));
     assert_eq!(ran(&second), Vec::<String>::new(), "{}", text(&second));
