@@ -55,8 +55,17 @@ impl Project {
         let model = dir.path().join("tiny-model");
         write_random_model(&model, &EncoderConfig::tiny_bert(), 7, NameStyle::Plain)
             .expect("tiny model");
-        let words: Vec<&str> = POSITIVE.iter().chain(NEGATIVE).chain(FILLER).copied().collect();
-        fs::write(model.join("tokenizer.json"), wordpiece_tokenizer_json(&words)).expect("write");
+        let words: Vec<&str> = POSITIVE
+            .iter()
+            .chain(NEGATIVE)
+            .chain(FILLER)
+            .copied()
+            .collect();
+        fs::write(
+            model.join("tokenizer.json"),
+            wordpiece_tokenizer_json(&words),
+        )
+        .expect("write");
         // 160 labelled rows (3 of 5 positive) whose sentiment word decides the label, plus 10
         // `plot` rows the filter drops.
         let mut csv = String::from("category,text\n");
@@ -69,7 +78,11 @@ impl Project {
                 FILLER[i % FILLER.len()],
                 words[i % words.len()],
                 FILLER[(i / 3) % FILLER.len()],
-                if i % 2 == 0 { words[(i / 2) % words.len()] } else { "" },
+                if i % 2 == 0 {
+                    words[(i / 2) % words.len()]
+                } else {
+                    ""
+                },
             ));
         }
         for i in 0..10 {
@@ -131,24 +144,39 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
     let project = Project::new();
     let first = project.taper(&["run", "p.yaml"]);
     assert!(first.status.success(), "{}", text(&first));
-    assert_eq!(ran(&first), ["base", "finetune", "hparams", "reviews", "test"], "{}", text(&first));
+    assert_eq!(
+        ran(&first),
+        ["base", "finetune", "hparams", "reviews", "test"],
+        "{}",
+        text(&first)
+    );
 
     let stats = json(&project.path("out/reviews/stats.json"));
     // 160 kept of 170 rows; validation 20 → 8 neg / 12 pos, test 40 → 16 / 24, train the rest.
     assert_eq!(stats["cleaning"]["reviews.csv"]["filtered"], 10);
-    assert_eq!(stats["splits"]["test"]["class_counts"], serde_json::json!({"neg": 16, "pos": 24}));
+    assert_eq!(
+        stats["splits"]["test"]["class_counts"],
+        serde_json::json!({"neg": 16, "pos": 24})
+    );
     assert_eq!(stats["splits"]["train"]["examples"], 100);
     let metrics = json(&project.path("out/test/metrics.json"));
     assert_eq!(metrics["examples"], 40);
     let accuracy = metrics["accuracy"].as_f64().expect("accuracy");
     assert!(accuracy >= 0.85, "accuracy {accuracy}");
-    for file in ["train_log.jsonl", "curves.svg", "summary.json", "model/model.safetensors"] {
+    for file in [
+        "train_log.jsonl",
+        "curves.svg",
+        "summary.json",
+        "model/model.safetensors",
+    ] {
         assert!(project.path("out/finetune").join(file).is_file(), "{file}");
     }
 
     let shown = project.taper(&["metrics", "out/test/metrics.json"]);
     assert!(shown.status.success(), "{}", text(&shown));
-    assert!(String::from_utf8_lossy(&shown.stdout).lines().any(|l| l.starts_with("accuracy ")));
+    assert!(String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .any(|l| l.starts_with("accuracy ")));
     let locked = project.taper(&["metrics", "p.yaml"]);
     let locked_text = String::from_utf8_lossy(&locked.stdout).into_owned();
     assert!(locked_text.contains("test.accuracy "), "{}", text(&locked));
@@ -167,19 +195,35 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
 
     let third = project.taper(&["run", "p.yaml", "-S", "params.lr=1e-3"]);
     assert!(third.status.success(), "{}", text(&third));
-    assert_eq!(ran(&third), ["finetune", "hparams", "test"], "{}", text(&third));
+    assert_eq!(
+        ran(&third),
+        ["finetune", "hparams", "test"],
+        "{}",
+        text(&third)
+    );
 }
 
 /// A label the pipeline does not list fails `prepare-data` with the file, the line and the value.
 #[test]
 fn unknown_label_names_file_line_and_value() {
     let project = Project::new();
-    let pipeline = PIPELINE.replace("filter: [{ column: category, not_in: [plot] }]", "filter: []");
+    let pipeline = PIPELINE.replace(
+        "filter: [{ column: category, not_in: [plot] }]",
+        "filter: []",
+    );
     fs::write(project.path("p.yaml"), pipeline).expect("write");
     let output = project.taper(&["run", "p.yaml"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     // 160 two-line records after the header: the first `plot` row starts on line 322.
-    assert!(stderr.contains("reviews.csv` line 322: unknown label `plot`"), "{}", text(&output));
-    assert!(stderr.contains("taper::data::unknown_label"), "{}", text(&output));
+    assert!(
+        stderr.contains("reviews.csv` line 322: unknown label `plot`"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stderr.contains("taper::data::unknown_label"),
+        "{}",
+        text(&output)
+    );
 }

@@ -20,7 +20,12 @@ use crate::data::dataset::SplitData;
 /// is still a random sample of the data.
 pub const CHUNK_BATCHES: usize = 50;
 
-pub fn train_batches(lengths: &[usize], batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+pub fn train_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+) -> Vec<Vec<usize>> {
     let batch_size = batch_size.max(1);
     // Mixing the epoch into the seed gives each epoch its own order, reproducibly.
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -38,7 +43,10 @@ pub fn train_batches(lengths: &[usize], batch_size: usize, seed: u64, epoch: u64
 pub fn eval_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&index| lengths[index]);
-    order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
+    order
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect()
 }
 
 /// Real tokens over all positions once every batch is padded to its longest example: 1.0 means

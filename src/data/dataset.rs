@@ -122,7 +122,9 @@ impl SplitData {
             offsets.push(offsets[offsets.len() - 1] + length as usize);
         }
         if offsets[n] != tokens {
-            return Err(malformed("the example lengths do not add up to the token count"));
+            return Err(malformed(
+                "the example lengths do not add up to the token count",
+            ));
         }
         Ok(SplitData {
             ids,
@@ -142,11 +144,13 @@ pub struct Dataset {
 impl Dataset {
     pub fn load(dir: &Path) -> Result<Self, DataError> {
         let info_path = dir.join("dataset.json");
-        let text = fs::read_to_string(&info_path).map_err(|error| DataError::io(&info_path, error))?;
-        let info: DatasetInfo = serde_json::from_str(&text).map_err(|error| DataError::Malformed {
-            path: info_path.clone(),
-            message: error.to_string(),
-        })?;
+        let text =
+            fs::read_to_string(&info_path).map_err(|error| DataError::io(&info_path, error))?;
+        let info: DatasetInfo =
+            serde_json::from_str(&text).map_err(|error| DataError::Malformed {
+                path: info_path.clone(),
+                message: error.to_string(),
+            })?;
         if info.format != FORMAT {
             return Err(DataError::Malformed {
                 path: info_path,
@@ -177,6 +181,9 @@ mod tests {
         assert_eq!(SplitData::read(&path).unwrap(), data);
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
-        assert!(matches!(SplitData::read(&path), Err(DataError::Malformed { .. })));
+        assert!(matches!(
+            SplitData::read(&path),
+            Err(DataError::Malformed { .. })
+        ));
     }
 }

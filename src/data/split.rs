@@ -35,7 +35,7 @@ pub fn resolve_sizes(
     total: usize,
 ) -> Result<BTreeMap<SplitName, usize>, DataError> {
     let count = |name: SplitName, value: f64| -> Result<usize, DataError> {
-        if !(value > 0.0) || !value.is_finite() {
+        if value.is_nan() || value <= 0.0 || !value.is_finite() {
             return Err(DataError::BadSplitSize {
                 split: name.as_str().to_owned(),
                 value,
@@ -184,7 +184,10 @@ mod tests {
         assert!(!counts.contains_key(&SplitName::Validation));
         assert!(matches!(
             resolve_sizes(&sizes(Some(80.0), None, Some(30.0)), 100),
-            Err(DataError::SplitTooLarge { requested: 110, available: 100 })
+            Err(DataError::SplitTooLarge {
+                requested: 110,
+                available: 100
+            })
         ));
         assert!(matches!(
             resolve_sizes(&sizes(None, Some(0.001), None), 100),

@@ -374,7 +374,10 @@ mod tests {
         assert_eq!(table.rows[1].line, 3);
         let bad = write(dir.path(), "b.jsonl", "{\"text\": 1}\n[1]\n");
         let error = read_table(&bad, None).unwrap_err();
-        assert!(matches!(error, DataError::BadRow { line: 2, .. }), "{error:?}");
+        assert!(
+            matches!(error, DataError::BadRow { line: 2, .. }),
+            "{error:?}"
+        );
         assert!(matches!(
             read_table(&dir.path().join("x.parquet"), None),
             Err(DataError::UnknownFormat { .. })
@@ -423,7 +426,10 @@ mod tests {
             }
         );
         let error = to_examples(&table, "review", "category", &[], &Clean::default()).unwrap_err();
-        let DataError::MissingColumn { column, available, .. } = error else {
+        let DataError::MissingColumn {
+            column, available, ..
+        } = error
+        else {
             panic!("{error:?}")
         };
         assert_eq!(column, "review");
@@ -436,8 +442,14 @@ mod tests {
             path: "t.csv".into(),
             columns: vec!["text".into(), "label".into()],
             rows: vec![
-                Row { line: 2, cells: vec!["a".into(), "x".into()] },
-                Row { line: 3, cells: vec!["b".into(), "y".into()] },
+                Row {
+                    line: 2,
+                    cells: vec!["a".into(), "x".into()],
+                },
+                Row {
+                    line: 3,
+                    cells: vec!["b".into(), "y".into()],
+                },
             ],
         };
         let filters = [RowFilter {
@@ -454,19 +466,40 @@ mod tests {
     #[test]
     fn label_map_is_sorted_or_given_and_unknown_labels_name_the_line() {
         let examples = vec![
-            Example { text: "a".into(), label: "rotten".into(), line: 2 },
-            Example { text: "b".into(), label: "fresh".into(), line: 3 },
-            Example { text: "c".into(), label: "meh".into(), line: 7 },
+            Example {
+                text: "a".into(),
+                label: "rotten".into(),
+                line: 2,
+            },
+            Example {
+                text: "b".into(),
+                label: "fresh".into(),
+                line: 3,
+            },
+            Example {
+                text: "c".into(),
+                label: "meh".into(),
+                line: 7,
+            },
         ];
         let names = label_names(None, &[&examples]);
         assert_eq!(names, ["fresh", "meh", "rotten"]);
-        assert_eq!(map_labels(Path::new("t.csv"), &examples, &names).unwrap(), [2, 0, 1]);
+        assert_eq!(
+            map_labels(Path::new("t.csv"), &examples, &names).unwrap(),
+            [2, 0, 1]
+        );
         let given = vec!["rotten".to_owned(), "fresh".to_owned()];
         let error = map_labels(Path::new("t.csv"), &examples, &given).unwrap_err();
-        let DataError::UnknownLabel { line, value, known, .. } = error else {
+        let DataError::UnknownLabel {
+            line, value, known, ..
+        } = error
+        else {
             panic!("{error:?}")
         };
-        assert_eq!((line, value.as_str(), known.as_str()), (7, "meh", "`rotten`, `fresh`"));
+        assert_eq!(
+            (line, value.as_str(), known.as_str()),
+            (7, "meh", "`rotten`, `fresh`")
+        );
     }
 
     #[test]

@@ -96,7 +96,11 @@ mod tests {
     fn overrides_baked_padding_and_truncates_with_flag() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokenizer.json");
-        std::fs::write(&path, wordpiece_tokenizer_json(&["good", "film", "bad", "##ly"])).unwrap();
+        std::fs::write(
+            &path,
+            wordpiece_tokenizer_json(&["good", "film", "bad", "##ly"]),
+        )
+        .unwrap();
         let tokenizer = load_tokenizer(&path, 5).unwrap();
         let texts = vec![
             "Good film".to_owned(),
@@ -104,10 +108,28 @@ mod tests {
             "zzz".to_owned(),
         ];
         let encoded = encode_all(&tokenizer, &path, &texts).unwrap();
-        assert_eq!(encoded[0], Encoded { ids: vec![2, 4, 5, 3], truncated: false });
+        assert_eq!(
+            encoded[0],
+            Encoded {
+                ids: vec![2, 4, 5, 3],
+                truncated: false
+            }
+        );
         // bad ##ly good film bad → cut to 3 tokens between [CLS] and [SEP].
-        assert_eq!(encoded[1], Encoded { ids: vec![2, 6, 7, 4, 3], truncated: true });
-        assert_eq!(encoded[2], Encoded { ids: vec![2, 1, 3], truncated: false });
+        assert_eq!(
+            encoded[1],
+            Encoded {
+                ids: vec![2, 6, 7, 4, 3],
+                truncated: true
+            }
+        );
+        assert_eq!(
+            encoded[2],
+            Encoded {
+                ids: vec![2, 1, 3],
+                truncated: false
+            }
+        );
     }
 
     #[test]
@@ -115,6 +137,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokenizer.json");
         std::fs::write(&path, "{").unwrap();
-        assert!(matches!(load_tokenizer(&path, 8), Err(DataError::Tokenizer { .. })));
+        assert!(matches!(
+            load_tokenizer(&path, 8),
+            Err(DataError::Tokenizer { .. })
+        ));
     }
 }

@@ -81,7 +81,12 @@ pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
             for (field, message) in configure.problems() {
                 let path: Vec<&str> = field.split('.').collect();
                 if !issues.iter().any(|known| known.path == path) {
-                    issues.push(issue(&path, message.as_str(), "invalid", "see `taper schema` for the allowed values"));
+                    issues.push(issue(
+                        &path,
+                        message.as_str(),
+                        "invalid",
+                        "see `taper schema` for the allowed values",
+                    ));
                 }
             }
         }

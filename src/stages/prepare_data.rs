@@ -125,9 +125,10 @@ pub fn prepare(
             stats.duplicates,
             stats.kept
         ));
-        let name = path
-            .file_name()
-            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         cleaning.insert(name, stats);
         Ok(examples)
     };
@@ -154,7 +155,10 @@ pub fn prepare(
 
     let borrowed: Vec<&[Example]> = match &pool {
         Some(pool) => vec![pool.as_slice()],
-        None => parts.iter().map(|(_, examples, _)| examples.as_slice()).collect(),
+        None => parts
+            .iter()
+            .map(|(_, examples, _)| examples.as_slice())
+            .collect(),
     };
     let labels = label_names(settings.labels.as_deref(), &borrowed);
     if labels.len() < 2 {
@@ -162,7 +166,11 @@ pub fn prepare(
             found: if labels.is_empty() {
                 "none".to_owned()
             } else {
-                labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ")
+                labels
+                    .iter()
+                    .map(|l| format!("`{l}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             },
         }
         .into());
@@ -180,7 +188,9 @@ pub fn prepare(
             },
             pool.len(),
         )?;
-        for (name, indices) in split_indices(&ids, &counts, settings.split.seed, settings.split.stratify) {
+        for (name, indices) in
+            split_indices(&ids, &counts, settings.split.seed, settings.split.stratify)
+        {
             let examples: Vec<Example> = indices.iter().map(|&i| pool[i].clone()).collect();
             let split_ids = indices.iter().map(|&i| ids[i]).collect();
             splits.push((name, examples, split_ids));
@@ -190,7 +200,10 @@ pub fn prepare(
             if examples.is_empty() {
                 return Err(DataError::EmptySplit {
                     split: name.as_str().to_owned(),
-                    help: format!("`{}` has no rows left after filtering and cleaning", path.display()),
+                    help: format!(
+                        "`{}` has no rows left after filtering and cleaning",
+                        path.display()
+                    ),
                 }
                 .into());
             }
@@ -237,7 +250,10 @@ pub fn prepare(
             );
             jsonl.push('\n');
         }
-        write_bytes(&out_dir.join(format!("{}.jsonl", name.as_str())), jsonl.as_bytes())?;
+        write_bytes(
+            &out_dir.join(format!("{}.jsonl", name.as_str())),
+            jsonl.as_bytes(),
+        )?;
         let mut class_counts: BTreeMap<String, usize> =
             labels.iter().map(|l| (l.clone(), 0)).collect();
         for &label in &ids {
@@ -351,12 +367,26 @@ mod tests {
         .unwrap();
         assert_eq!(stats.labels, ["rotten", "fresh"]);
         let cleaning = &stats.cleaning["reviews.csv"];
-        assert_eq!((cleaning.rows, cleaning.filtered, cleaning.duplicates, cleaning.kept), (12, 1, 1, 10));
+        assert_eq!(
+            (
+                cleaning.rows,
+                cleaning.filtered,
+                cleaning.duplicates,
+                cleaning.kept
+            ),
+            (12, 1, 1, 10)
+        );
         // 10 examples (6 fresh, 4 rotten); test 5 → 3 fresh + 2 rotten, train the rest.
         let test = &stats.splits[&SplitName::Test];
-        assert_eq!(test.class_counts, BTreeMap::from([("fresh".into(), 3), ("rotten".into(), 2)]));
+        assert_eq!(
+            test.class_counts,
+            BTreeMap::from([("fresh".into(), 3), ("rotten".into(), 2)])
+        );
         let train = &stats.splits[&SplitName::Train];
-        assert_eq!(train.class_counts, BTreeMap::from([("fresh".into(), 3), ("rotten".into(), 2)]));
+        assert_eq!(
+            train.class_counts,
+            BTreeMap::from([("fresh".into(), 3), ("rotten".into(), 2)])
+        );
         // "good film N" → [CLS] good film [UNK] [SEP] = 5 tokens > 4: all truncated to 4.
         assert_eq!(train.tokens.max, 4);
         assert_eq!(train.truncation_rate, 1.0);
@@ -370,9 +400,26 @@ mod tests {
         // Same inputs, same bytes.
         let again = dir.path().join("again");
         fs::create_dir_all(&again).unwrap();
-        prepare(&settings(split(None, Some(5.0))), &resolver, &dir.path().join("model"), &again, &|_| {}).unwrap();
-        for file in ["train.bin", "test.bin", "dataset.json", "stats.json", "test.jsonl"] {
-            assert_eq!(fs::read(out.join(file)).unwrap(), fs::read(again.join(file)).unwrap(), "{file}");
+        prepare(
+            &settings(split(None, Some(5.0))),
+            &resolver,
+            &dir.path().join("model"),
+            &again,
+            &|_| {},
+        )
+        .unwrap();
+        for file in [
+            "train.bin",
+            "test.bin",
+            "dataset.json",
+            "stats.json",
+            "test.jsonl",
+        ] {
+            assert_eq!(
+                fs::read(out.join(file)).unwrap(),
+                fs::read(again.join(file)).unwrap(),
+                "{file}"
+            );
         }
     }
 
@@ -383,8 +430,14 @@ mod tests {
         let mut unknown = settings(split(None, Some(2.0)));
         unknown.filter.clear();
         // header, 6 one-line rows (2-7), 4 two-line quoted rows (8-15): `plot` starts line 16.
-        let error = prepare(&unknown, &resolver, &dir.path().join("model"), &dir.path().join("out"), &|_| {})
-            .unwrap_err();
+        let error = prepare(
+            &unknown,
+            &resolver,
+            &dir.path().join("model"),
+            &dir.path().join("out"),
+            &|_| {},
+        )
+        .unwrap_err();
         assert!(
             matches!(&error, StagesError::Data(DataError::UnknownLabel { line: 16, value, .. }) if value == "plot"),
             "{error:?}"
@@ -393,8 +446,14 @@ mod tests {
         fs::write(dir.path().join("test.csv"), "category,text\nplot,x\n").unwrap();
         let mut files = settings(split(None, None));
         files.split.files = Some(BTreeMap::from([(SplitName::Test, "test.csv".into())]));
-        let error = prepare(&files, &resolver, &dir.path().join("model"), &dir.path().join("out"), &|_| {})
-            .unwrap_err();
+        let error = prepare(
+            &files,
+            &resolver,
+            &dir.path().join("model"),
+            &dir.path().join("out"),
+            &|_| {},
+        )
+        .unwrap_err();
         assert!(
             matches!(&error, StagesError::Data(DataError::EmptySplit { split, .. }) if split == "test"),
             "{error:?}"
@@ -414,13 +473,19 @@ mod tests {
             &|_| {},
         )
         .unwrap_err();
-        assert!(matches!(error, StagesError::Data(DataError::IncompleteModel { .. })));
+        assert!(matches!(
+            error,
+            StagesError::Data(DataError::IncompleteModel { .. })
+        ));
     }
 
     #[test]
     fn length_percentiles_nearest_rank() {
         let stats = LengthStats::of(&[5, 1, 3, 2, 4, 6, 7, 8, 9, 10]);
-        assert_eq!((stats.min, stats.p50, stats.p90, stats.p99, stats.max), (1, 5, 9, 10, 10));
+        assert_eq!(
+            (stats.min, stats.p50, stats.p90, stats.p99, stats.max),
+            (1, 5, 9, 10, 10)
+        );
         assert_eq!(stats.mean, 5.5);
     }
 }
@@ -443,7 +508,10 @@ mod real_data_tests {
         let mut resolver = SourceResolver::new(dir.path(), &dir.path().join("store"));
         resolver.pip_env = vec![
             ("PIP_NO_INDEX".into(), "1".into()),
-            ("PIP_FIND_LINKS".into(), wheels.to_string_lossy().into_owned()),
+            (
+                "PIP_FIND_LINKS".into(),
+                wheels.to_string_lossy().into_owned(),
+            ),
         ];
         let model = resolver
             .resolve(&Source::Pip {
@@ -486,7 +554,10 @@ mod real_data_tests {
         let stats = prepare(&settings, &resolver, &model_out, &out, &|_| {}).unwrap();
         let cleaning = stats.cleaning.values().next().unwrap();
         // knowledge.md: 13,905 rows, 1,097 plot, 56 duplicates → 12,752.
-        assert_eq!((cleaning.rows, cleaning.filtered, cleaning.kept), (13_905, 1_097, 12_752));
+        assert_eq!(
+            (cleaning.rows, cleaning.filtered, cleaning.kept),
+            (13_905, 1_097, 12_752)
+        );
         assert_eq!(stats.splits[&SplitName::Train].examples, 2000);
         assert_eq!(stats.splits[&SplitName::Test].examples, 1000);
         let tokenizer = load_tokenizer(&model_out.join("tokenizer.json"), 64).unwrap();

@@ -51,7 +51,12 @@ impl StageRunner for SelectModelRunner {
             .resolve(&settings.source)
             .map_err(StagesError::from)?;
         (ctx.log)(&format!("model source: {}", resolved.path.display()));
-        let record = select(&resolved.path, &resolved.blake3, settings.allow_pickle, ctx.out_dir)?;
+        let record = select(
+            &resolved.path,
+            &resolved.blake3,
+            settings.allow_pickle,
+            ctx.out_dir,
+        )?;
         (ctx.log)(&format!(
             "{} model: {} layers, hidden {}, {} parameters",
             record.model_type, record.layers, record.hidden_size, record.parameters
@@ -153,7 +158,9 @@ pub fn select(
             .find(|(name, _)| name.ends_with("embeddings.word_embeddings.weight"))
             .map(|(_, info)| &info.shape)
         {
-            if shape.first().copied() != Some(vocab_size) || shape.get(1).copied() != Some(hidden_size) {
+            if shape.first().copied() != Some(vocab_size)
+                || shape.get(1).copied() != Some(hidden_size)
+            {
                 return Err(StagesError::InconsistentModel {
                     path: weights,
                     message: format!(
@@ -173,7 +180,12 @@ pub fn select(
     };
 
     let mut files = BTreeMap::new();
-    for path in [&config_path, &tokenizer_path, &weights, &dir.join("vocab.txt")] {
+    for path in [
+        &config_path,
+        &tokenizer_path,
+        &weights,
+        &dir.join("vocab.txt"),
+    ] {
         if !path.is_file() {
             continue;
         }
@@ -244,7 +256,10 @@ pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInf
     let length = u64::from_le_bytes(length);
     // A corrupt length would otherwise allocate gigabytes before failing.
     if length > 100 << 20 || length + 8 > file_len {
-        return Err(malformed(path, format!("header length {length} is implausible")));
+        return Err(malformed(
+            path,
+            format!("header length {length} is implausible"),
+        ));
     }
     let mut header = vec![0u8; length as usize];
     file.read_exact(&mut header)
@@ -346,7 +361,10 @@ pub(crate) mod tests {
         fs::remove_file(model.join("model.safetensors")).unwrap();
         fs::write(model.join("pytorch_model.bin"), b"pickle").unwrap();
         let error = select(&model, "", false, &out).unwrap_err();
-        assert!(matches!(error, StagesError::Data(DataError::PickleRefused { .. })));
+        assert!(matches!(
+            error,
+            StagesError::Data(DataError::PickleRefused { .. })
+        ));
 
         tiny_model_dir(&model);
         write_safetensors(
@@ -354,7 +372,10 @@ pub(crate) mod tests {
             &[("embeddings.word_embeddings.weight", &[9, 4])],
         );
         let error = select(&model, "", false, &out).unwrap_err();
-        assert!(matches!(error, StagesError::InconsistentModel { .. }), "{error:?}");
+        assert!(
+            matches!(error, StagesError::InconsistentModel { .. }),
+            "{error:?}"
+        );
 
         fs::write(
             model.join("config.json"),

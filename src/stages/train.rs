@@ -74,13 +74,12 @@ impl StageRunner for TrainRunner {
         let config_path = input_dir(ctx, InputSlot::Config)?.join("config.json");
         let text = fs::read_to_string(&config_path)
             .map_err(|error| StagesError::from(DataError::io(&config_path, error)))?;
-        let resolved: ResolvedConfig =
-            serde_json::from_str(&text).map_err(|error| {
-                StagesError::from(DataError::Malformed {
-                    path: config_path.clone(),
-                    message: error.to_string(),
-                })
-            })?;
+        let resolved: ResolvedConfig = serde_json::from_str(&text).map_err(|error| {
+            StagesError::from(DataError::Malformed {
+                path: config_path.clone(),
+                message: error.to_string(),
+            })
+        })?;
         let dataset =
             Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(StagesError::from)?;
         let run = TrainRun {
@@ -110,13 +109,11 @@ impl TrainRun<'_> {
     pub fn run(&self) -> Result<StageOutcome, StagesError> {
         let config = self.config;
         let log = self.log;
-        let train = self
-            .dataset
-            .splits
-            .get(&SplitName::Train)
-            .ok_or_else(|| StagesError::MissingSplit {
+        let train = self.dataset.splits.get(&SplitName::Train).ok_or_else(|| {
+            StagesError::MissingSplit {
                 split: "train".to_owned(),
-            })?;
+            }
+        })?;
         let validation = self.dataset.splits.get(&SplitName::Validation);
         if config.early_stopping.is_some() && validation.is_none() {
             return Err(StagesError::MissingSplit {
@@ -157,7 +154,10 @@ impl TrainRun<'_> {
                 trainer.optimizer_steps()
             ));
         }
-        let batch_fill_rate = fill_rate(&lengths, &train_batches(&lengths, config.batch_size, config.seed, 0));
+        let batch_fill_rate = fill_rate(
+            &lengths,
+            &train_batches(&lengths, config.batch_size, config.seed, 0),
+        );
         log(&format!(
             "{} examples, {} batches per epoch, {} optimizer steps, batch fill {:.0}%",
             train.len(),
@@ -287,8 +287,14 @@ impl TrainRun<'_> {
             LogRecord::Step { loss, .. } => Some(*loss),
             LogRecord::Validation { .. } => None,
         });
-        write_bytes(&self.out_dir.join("train_log.jsonl"), to_jsonl(&progress.records).as_bytes())?;
-        write_bytes(&self.out_dir.join("curves.svg"), render_svg(&progress.records).as_bytes())?;
+        write_bytes(
+            &self.out_dir.join("train_log.jsonl"),
+            to_jsonl(&progress.records).as_bytes(),
+        )?;
+        write_bytes(
+            &self.out_dir.join("curves.svg"),
+            render_svg(&progress.records).as_bytes(),
+        )?;
         let summary = TrainSummary {
             trainable_parameters: trainable,
             total_parameters: total,
@@ -410,7 +416,8 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), StagesError> {
         path: to.to_path_buf(),
         source,
     })?;
-    let entries = fs::read_dir(from).map_err(|error| StagesError::from(DataError::io(from, error)))?;
+    let entries =
+        fs::read_dir(from).map_err(|error| StagesError::from(DataError::io(from, error)))?;
     for entry in entries {
         let entry = entry.map_err(|error| StagesError::from(DataError::io(from, error)))?;
         let target = to.join(entry.file_name());

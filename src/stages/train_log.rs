@@ -68,7 +68,9 @@ pub fn render_svg(records: &[LogRecord]) -> String {
         .filter(|v| v.is_finite())
         .fold(1e-9f64, f64::max);
     let x = |step: f64| MARGIN + (WIDTH - 2.0 * MARGIN) * step / max_step;
-    let y = |value: f64, max: f64| HEIGHT - MARGIN - (HEIGHT - 2.0 * MARGIN) * (value / max).clamp(0.0, 1.0);
+    let y = |value: f64, max: f64| {
+        HEIGHT - MARGIN - (HEIGHT - 2.0 * MARGIN) * (value / max).clamp(0.0, 1.0)
+    };
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -127,12 +129,32 @@ mod tests {
     #[test]
     fn jsonl_round_trips_and_svg_has_one_point_per_step() {
         let records = vec![
-            LogRecord::Step { step: 1, epoch: 0, loss: 0.7, learning_rate: 5e-5, samples_per_second: 30.0 },
-            LogRecord::Step { step: 2, epoch: 0, loss: 0.5, learning_rate: 2.5e-5, samples_per_second: 31.0 },
-            LogRecord::Validation { step: 2, epoch: 0, loss: 0.6, accuracy: 0.75 },
+            LogRecord::Step {
+                step: 1,
+                epoch: 0,
+                loss: 0.7,
+                learning_rate: 5e-5,
+                samples_per_second: 30.0,
+            },
+            LogRecord::Step {
+                step: 2,
+                epoch: 0,
+                loss: 0.5,
+                learning_rate: 2.5e-5,
+                samples_per_second: 31.0,
+            },
+            LogRecord::Validation {
+                step: 2,
+                epoch: 0,
+                loss: 0.6,
+                accuracy: 0.75,
+            },
         ];
         let text = to_jsonl(&records);
-        let back: Vec<LogRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let back: Vec<LogRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(back, records);
         assert!(text.starts_with(r#"{"kind":"step","step":1,"#));
         let svg = render_svg(&records);

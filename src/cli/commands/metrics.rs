@@ -101,10 +101,12 @@ pub fn parse(path: &Path, text: &str) -> Result<MetricsSource, MetricsError> {
                 path: path.to_path_buf(),
                 reason: error.to_string(),
             })?;
-        let object = value.as_object().ok_or_else(|| MetricsError::Unrecognized {
-            path: path.to_path_buf(),
-            reason: "expected a JSON object".to_owned(),
-        })?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| MetricsError::Unrecognized {
+                path: path.to_path_buf(),
+                reason: "expected a JSON object".to_owned(),
+            })?;
         let mut values = BTreeMap::new();
         for (key, value) in object {
             if let Some(number) = value.as_f64() {
@@ -132,10 +134,11 @@ pub fn parse(path: &Path, text: &str) -> Result<MetricsSource, MetricsError> {
             from_lock: false,
         });
     }
-    let lock: LockFile = serde_yaml::from_str(text).map_err(|error| MetricsError::Unrecognized {
-        path: path.to_path_buf(),
-        reason: error.to_string(),
-    })?;
+    let lock: LockFile =
+        serde_yaml::from_str(text).map_err(|error| MetricsError::Unrecognized {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        })?;
     let mut values = BTreeMap::new();
     let mut with_accuracy = Vec::new();
     for (stage, locked) in &lock.stages {
@@ -234,7 +237,10 @@ pub fn render_diff(old: &MetricsSource, new: &MetricsSource) -> String {
     keys.sort();
     keys.dedup();
     let width = keys.iter().map(|k| k.len()).max().unwrap_or(6).max(6);
-    let mut out = format!("{:<width$}  {:>10}  {:>10}  {:>10}\n", "metric", "old", "new", "change");
+    let mut out = format!(
+        "{:<width$}  {:>10}  {:>10}  {:>10}\n",
+        "metric", "old", "new", "change"
+    );
     for key in keys {
         let old = old_values.get(key);
         let new = new_values.get(key);
@@ -278,9 +284,18 @@ mod tests {
         old.values.insert("test.accuracy".into(), 0.8);
         old.evaluate_stage = Some("test".into());
         let table = render_diff(&old, &new);
-        assert!(table.starts_with("metric                     old         new      change\n"), "{table}");
-        assert!(table.contains("\ntest.accuracy           0.8000      0.8500     +0.0500\n"), "{table}");
-        assert!(table.contains("\ntest.macro_f1                -      0.8000           -\n"), "{table}");
+        assert!(
+            table.starts_with("metric                     old         new      change\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("\ntest.accuracy           0.8000      0.8500     +0.0500\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("\ntest.macro_f1                -      0.8000           -\n"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -167,7 +167,11 @@ impl Configure {
             "warmup_ratio",
             "must be in [0, 1)",
         );
-        check(self.weight_decay >= 0.0, "weight_decay", "must not be negative");
+        check(
+            self.weight_decay >= 0.0,
+            "weight_decay",
+            "must not be negative",
+        );
         check(
             self.max_grad_norm.is_none_or(|norm| norm > 0.0),
             "max_grad_norm",
@@ -184,8 +188,16 @@ impl Configure {
             "must be at least 1",
         );
         if let Some(early) = &self.early_stopping {
-            check(early.patience > 0, "early_stopping.patience", "must be at least 1");
-            check(early.min_delta >= 0.0, "early_stopping.min_delta", "must not be negative");
+            check(
+                early.patience > 0,
+                "early_stopping.patience",
+                "must be at least 1",
+            );
+            check(
+                early.min_delta >= 0.0,
+                "early_stopping.min_delta",
+                "must not be negative",
+            );
             check(
                 self.epochs > 1,
                 "early_stopping",
@@ -207,10 +219,18 @@ impl Configure {
                     "method.dropout",
                     "must be in [0, 1)",
                 );
-                check(!targets.is_empty(), "method.targets", "must name at least one layer");
+                check(
+                    !targets.is_empty(),
+                    "method.targets",
+                    "must name at least one layer",
+                );
             }
             Method::Ia3 { targets } => {
-                check(!targets.is_empty(), "method.targets", "must name at least one layer");
+                check(
+                    !targets.is_empty(),
+                    "method.targets",
+                    "must name at least one layer",
+                );
             }
         }
         problems
@@ -232,7 +252,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(fn(&mut Configure), &str)> = vec![
+        type Case = (fn(&mut Configure), &'static str);
+        let cases: Vec<Case> = vec![
             (|c| c.learning_rate = 0.0, "learning_rate"),
             (|c| c.epochs = 0, "epochs"),
             (|c| c.batch_size = 0, "batch_size"),
@@ -245,7 +266,10 @@ mod tests {
             (
                 |c| {
                     c.epochs = 1;
-                    c.early_stopping = Some(EarlyStopping { patience: 2, min_delta: 0.0 });
+                    c.early_stopping = Some(EarlyStopping {
+                        patience: 2,
+                        min_delta: 0.0,
+                    });
                 },
                 "early_stopping",
             ),
@@ -260,7 +284,10 @@ mod tests {
                 },
                 "method.r",
             ),
-            (|c| c.method = Method::Ia3 { targets: vec![] }, "method.targets"),
+            (
+                |c| c.method = Method::Ia3 { targets: vec![] },
+                "method.targets",
+            ),
         ];
         for (mutate, field) in cases {
             let mut config = valid();
