@@ -500,6 +500,7 @@ mod real_data_tests {
     use crate::stages::select_model::select;
 
     #[test]
+    #[allow(clippy::print_stderr)] // the batch-fill figures for docs/benchmarks.md
     fn rotten_tomatoes_with_minilm_when_available() {
         let Some(wheels) = std::env::var_os("TAPER_WHEELS_DIR") else {
             return;
@@ -560,6 +561,22 @@ mod real_data_tests {
         );
         assert_eq!(stats.splits[&SplitName::Train].examples, 2000);
         assert_eq!(stats.splits[&SplitName::Test].examples, 1000);
+        // What bucketing saves on these snippets: real tokens over padded positions.
+        let dataset = crate::data::dataset::Dataset::load(&out).unwrap();
+        let lengths = crate::data::batching::lengths(&dataset.splits[&SplitName::Train]);
+        let bucketed = crate::data::batching::fill_rate(
+            &lengths,
+            &crate::data::batching::train_batches(&lengths, 16, 42, 0),
+        );
+        let in_order: Vec<Vec<usize>> = (0..lengths.len())
+            .collect::<Vec<_>>()
+            .chunks(16)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let unbucketed = crate::data::batching::fill_rate(&lengths, &in_order);
+        let fixed = lengths.iter().sum::<usize>() as f64 / (64 * lengths.len()) as f64;
+        eprintln!("batch fill: bucketed {bucketed:.3}, dynamic unbucketed {unbucketed:.3}, fixed 64 {fixed:.3}");
+        assert!(bucketed > 0.9 && fixed < 0.5, "{bucketed} {fixed}");
         let tokenizer = load_tokenizer(&model_out.join("tokenizer.json"), 64).unwrap();
         let encoded = encode_all(
             &tokenizer,
