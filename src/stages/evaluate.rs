@@ -170,7 +170,10 @@ mod tests {
         // Without subtracting the maximum, exp(1000) overflows to infinity and gives NaN.
         // 1000 + ln 2 rounds to the f32 grid (spacing 6e-5 there), hence the tolerance.
         let p = softmax(&[1000.0, 1000.0 + 2f32.ln()]);
-        assert!((p[0] - 1.0 / 3.0).abs() < 1e-4 && (p[1] - 2.0 / 3.0).abs() < 1e-4, "{p:?}");
+        assert!(
+            (p[0] - 1.0 / 3.0).abs() < 1e-4 && (p[1] - 2.0 / 3.0).abs() < 1e-4,
+            "{p:?}"
+        );
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
 }
