@@ -32,6 +32,9 @@ pub enum Command {
     Run(RunArgs),
     /// Inspect and maintain the content-addressed store.
     Cache(CacheArgs),
+    /// Print metrics (`taper metrics out/test/metrics.json`, or a lock file or pipeline for
+    /// every stage's headline metrics), or compare two of them (`taper metrics diff`).
+    Metrics(MetricsArgs),
 }
 
 /// Where the store lives: `--store`, else `TAPER_STORE`, else `cache/` in the current
@@ -143,4 +146,28 @@ pub enum DagFormatArg {
     Mermaid,
     /// Graphviz: `taper dag FILE --format dot | dot -Tsvg > dag.svg`.
     Dot,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MetricsArgs {
+    #[command(subcommand)]
+    pub command: Option<MetricsCommand>,
+    /// A `metrics.json`, a lock file (`x.lock`) or a pipeline file (its lock file is read).
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum MetricsCommand {
+    /// Compare metrics: `NEW` against `OLD`, each a `metrics.json`, a lock file or a pipeline
+    /// file; `OLD` defaults to the pipeline's lock file as committed in git (`HEAD`).
+    Diff {
+        /// The new metrics.
+        #[arg(value_name = "NEW")]
+        new: PathBuf,
+        /// The old metrics.
+        #[arg(value_name = "OLD")]
+        old: Option<PathBuf>,
+    },
 }

@@ -69,5 +69,6 @@ pub fn run(args: Args, printer: &Printer) -> ExitStatus {
         Command::Plan(args) => commands::plan::run(&args, printer),
         Command::Run(args) => commands::run::run(&args, printer),
         Command::Cache(args) => commands::cache::run(&args, printer),
+        Command::Metrics(args) => commands::metrics::run(&args, printer),
     }
 }

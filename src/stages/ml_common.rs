@@ -1,0 +1,149 @@
+//! What the ML stage runners (`select-model`, `prepare-data`, `configure`, `train`,
+//! `evaluate`) share: their error type and small file helpers.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::data::DataError;
+use crate::exec::runner::{StageContext, StageError};
+use crate::model::InputSlot;
+
+/// Errors of the ML stage runners that are not data errors.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum StagesError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Data(#[from] DataError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Ml(#[from] crate::ml::MlError),
+
+    #[error("stage `{stage}` has no `{slot}` input")]
+    #[diagnostic(
+        code(taper::stages::missing_input),
+        help("wire it in the pipeline: `inputs: {{ {slot}: <stage> }}`")
+    )]
+    MissingInput { stage: String, slot: String },
+
+    #[error("cannot write `{path}`")]
+    #[diagnostic(
+        code(taper::stages::write),
+        help("check free disk space and permissions")
+    )]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the model source `{path}` is a file, not a model directory")]
+    #[diagnostic(
+        code(taper::stages::model_not_directory),
+        help("point `source` at a directory with `config.json`, `tokenizer.json` and `model.safetensors`")
+    )]
+    ModelNotDirectory { path: PathBuf },
+
+    #[error("the data source `{path}` is a directory, not a table")]
+    #[diagnostic(
+        code(taper::stages::data_not_file),
+        help("point `source` at a `.csv`, `.tsv` or `.jsonl` file (optionally `.bz2`/`.gz`)")
+    )]
+    DataNotFile { path: PathBuf },
+
+    #[error("`{path}`: architecture `{model_type}` is not supported")]
+    #[diagnostic(
+        code(taper::stages::unsupported_architecture),
+        help("supported `model_type`s: {supported}")
+    )]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        model_type: String,
+        supported: String,
+    },
+
+    #[error("`{path}`: {message}")]
+    #[diagnostic(
+        code(taper::stages::inconsistent_model),
+        help("the config, tokenizer and weights must come from the same model")
+    )]
+    InconsistentModel { path: PathBuf, message: String },
+
+    #[error("invalid training settings of stage `{stage}`: {problems}")]
+    #[diagnostic(
+        code(taper::stages::invalid_config),
+        help("fix the listed fields of the `configure` stage")
+    )]
+    InvalidConfig { stage: String, problems: String },
+
+    #[error("stage `{stage}` was given to the `{runner}` runner")]
+    #[diagnostic(
+        code(taper::stages::wrong_runner),
+        help("this is a bug in the stage registry; please report it")
+    )]
+    WrongRunner { stage: String, runner: &'static str },
+
+    #[error("the dataset has no `{split}` split")]
+    #[diagnostic(
+        code(taper::stages::missing_split),
+        help("give `prepare-data` a `{split}` size, or pick another split")
+    )]
+    MissingSplit { split: String },
+}
+
+impl From<StagesError> for StageError {
+    fn from(error: StagesError) -> Self {
+        StageError::new(error)
+    }
+}
+
+/// The directory of an input slot, or an error naming the stage and slot.
+pub fn input_dir(ctx: &StageContext<'_>, slot: InputSlot) -> Result<PathBuf, StagesError> {
+    ctx.inputs
+        .get(&slot)
+        .cloned()
+        .ok_or_else(|| StagesError::MissingInput {
+            stage: ctx.stage.id.to_string(),
+            slot: slot.as_str().to_owned(),
+        })
+}
+
+/// Writes `value` as pretty JSON with a trailing newline (stable bytes: struct field order
+/// and `BTreeMap`s only, so equal values hash equal in the store).
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StagesError> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|error| StagesError::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(error),
+    })?;
+    text.push('\n');
+    write_bytes(path, text.as_bytes())
+}
+
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), StagesError> {
+    std::fs::write(path, bytes).map_err(|source| StagesError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Places `from` at `to`: a hard link when possible (the download cache and the store are
+/// usually on one disk, and a 90 MB model should not be copied), else a copy.
+pub fn link_or_copy(from: &Path, to: &Path) -> Result<(), StagesError> {
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|source| StagesError::Write {
+            path: to.to_path_buf(),
+            source,
+        })
+}
+
+pub fn wrong_runner(ctx: &StageContext<'_>, runner: &'static str) -> StagesError {
+    StagesError::WrongRunner {
+        stage: ctx.stage.id.to_string(),
+        runner,
+    }
+}

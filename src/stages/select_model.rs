@@ -1,0 +1,401 @@
+//! `select-model`: resolve a pretrained encoder and check it before anything trains on it.
+//!
+//! Contract: the output directory holds `config.json`, `tokenizer.json`, the weights
+//! (`model.safetensors`, or `pytorch_model.bin` only with `allow_pickle`), `vocab.txt` when the
+//! source has one, and `model.json` ([`ModelRecord`]): the files' blake3, the architecture, and
+//! the parameter count read from the safetensors header (without loading the weights).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::sources::{hash_path, SourceResolver};
+use crate::data::tokenize::load_tokenizer;
+use crate::data::DataError;
+use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
+use crate::model::StageSettings;
+use crate::stages::ml_common::{link_or_copy, write_json, wrong_runner, StagesError};
+
+/// Encoders whose `config.json` the model core reads.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
+
+/// What `model.json` records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub source_blake3: String,
+    pub model_type: String,
+    pub hidden_size: u64,
+    pub layers: u64,
+    pub heads: u64,
+    pub vocab_size: u64,
+    pub max_position_embeddings: u64,
+    /// Elements of the floating-point tensors (buffers such as `position_ids` excluded).
+    pub parameters: u64,
+    pub tensors: usize,
+    pub weights: String,
+    /// File name → blake3.
+    pub files: BTreeMap<String, String>,
+}
+
+pub struct SelectModelRunner;
+
+impl StageRunner for SelectModelRunner {
+    fn run(&self, ctx: &StageContext<'_>) -> Result<StageOutcome, StageError> {
+        let StageSettings::SelectModel(settings) = &ctx.stage.settings else {
+            return Err(wrong_runner(ctx, "select-model").into());
+        };
+        let resolver = SourceResolver::new(ctx.pipeline_root, ctx.store_root);
+        let resolved = resolver
+            .resolve(&settings.source)
+            .map_err(StagesError::from)?;
+        (ctx.log)(&format!("model source: {}", resolved.path.display()));
+        let record = select(
+            &resolved.path,
+            &resolved.blake3,
+            settings.allow_pickle,
+            ctx.out_dir,
+        )?;
+        (ctx.log)(&format!(
+            "{} model: {} layers, hidden {}, {} parameters",
+            record.model_type, record.layers, record.hidden_size, record.parameters
+        ));
+        Ok(StageOutcome {
+            metrics: BTreeMap::from([("parameters".to_owned(), record.parameters as f64)]),
+        })
+    }
+}
+
+/// Checks the model directory `dir` and writes the artifact into `out_dir`.
+pub fn select(
+    dir: &Path,
+    source_blake3: &str,
+    allow_pickle: bool,
+    out_dir: &Path,
+) -> Result<ModelRecord, StagesError> {
+    if !dir.is_dir() {
+        return Err(StagesError::ModelNotDirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    let require = |file: &str| -> Result<std::path::PathBuf, StagesError> {
+        let path = dir.join(file);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(DataError::IncompleteModel {
+                dir: dir.to_path_buf(),
+                file: file.to_owned(),
+            }
+            .into())
+        }
+    };
+    let config_path = require("config.json")?;
+    let tokenizer_path = require("tokenizer.json")?;
+    let safetensors = dir.join("model.safetensors");
+    let pickle = dir.join("pytorch_model.bin");
+    let weights = if safetensors.is_file() {
+        safetensors
+    } else if pickle.is_file() {
+        if !allow_pickle {
+            return Err(DataError::PickleRefused { path: pickle }.into());
+        }
+        pickle
+    } else {
+        return Err(DataError::IncompleteModel {
+            dir: dir.to_path_buf(),
+            file: "model.safetensors".to_owned(),
+        }
+        .into());
+    };
+
+    let config = read_config(&config_path)?;
+    let config_field = |name: &str| -> Result<u64, StagesError> {
+        config
+            .get(name)
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| StagesError::InconsistentModel {
+                path: config_path.clone(),
+                message: format!("`{name}` is missing or not a whole number"),
+            })
+    };
+    let model_type = config
+        .get("model_type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
+        return Err(StagesError::UnsupportedArchitecture {
+            path: config_path,
+            model_type,
+            supported: SUPPORTED_MODEL_TYPES
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let hidden_size = config_field("hidden_size")?;
+    let vocab_size = config_field("vocab_size")?;
+
+    // The tokenizer must load, and never emit an id outside the embedding table.
+    let tokenizer = load_tokenizer(&tokenizer_path, 8)?;
+    let tokenizer_vocab = tokenizer.get_vocab_size(true) as u64;
+    if tokenizer_vocab > vocab_size {
+        return Err(StagesError::InconsistentModel {
+            path: tokenizer_path,
+            message: format!(
+                "the tokenizer has {tokenizer_vocab} tokens but the model embeds only {vocab_size}"
+            ),
+        });
+    }
+
+    let (parameters, tensors) = if weights.extension().is_some_and(|e| e == "safetensors") {
+        let header = read_safetensors_header(&weights)?;
+        if let Some(shape) = header
+            .iter()
+            .find(|(name, _)| name.ends_with("embeddings.word_embeddings.weight"))
+            .map(|(_, info)| &info.shape)
+        {
+            if shape.first().copied() != Some(vocab_size)
+                || shape.get(1).copied() != Some(hidden_size)
+            {
+                return Err(StagesError::InconsistentModel {
+                    path: weights,
+                    message: format!(
+                        "word embeddings have shape {shape:?}, but `config.json` says [{vocab_size}, {hidden_size}]"
+                    ),
+                });
+            }
+        }
+        let parameters = header
+            .values()
+            .filter(|info| matches!(info.dtype.as_str(), "F32" | "F16" | "BF16" | "F64"))
+            .map(|info| info.shape.iter().product::<u64>())
+            .sum();
+        (parameters, header.len())
+    } else {
+        (0, 0)
+    };
+
+    let mut files = BTreeMap::new();
+    for path in [
+        &config_path,
+        &tokenizer_path,
+        &weights,
+        &dir.join("vocab.txt"),
+    ] {
+        if !path.is_file() {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .expect("joined file names have a last component")
+            .to_string_lossy()
+            .into_owned();
+        files.insert(name.clone(), hash_path(path)?);
+        link_or_copy(path, &out_dir.join(&name))?;
+    }
+    let record = ModelRecord {
+        source_blake3: source_blake3.to_owned(),
+        model_type,
+        hidden_size,
+        layers: config_field("num_hidden_layers")?,
+        heads: config_field("num_attention_heads")?,
+        vocab_size,
+        max_position_embeddings: config_field("max_position_embeddings")?,
+        parameters,
+        tensors,
+        weights: weights
+            .file_name()
+            .expect("weights path ends in a file name")
+            .to_string_lossy()
+            .into_owned(),
+        files,
+    };
+    write_json(&out_dir.join("model.json"), &record)?;
+    Ok(record)
+}
+
+fn read_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, StagesError> {
+    let text = fs::read_to_string(path).map_err(|error| DataError::io(path, error))?;
+    match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(malformed(path, "expected a JSON object".to_owned())),
+        Err(error) => Err(malformed(path, error.to_string())),
+    }
+}
+
+fn malformed(path: &Path, message: String) -> StagesError {
+    DataError::Malformed {
+        path: path.to_path_buf(),
+        message,
+    }
+    .into()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TensorInfo {
+    pub dtype: String,
+    pub shape: Vec<u64>,
+}
+
+/// Tensor name → dtype and shape, from the JSON header of a safetensors file (an 8-byte LE
+/// length, then that many bytes of JSON), reading only the header.
+pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, StagesError> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).map_err(|error| DataError::io(path, error))?;
+    let file_len = file
+        .metadata()
+        .map_err(|error| DataError::io(path, error))?
+        .len();
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length)
+        .map_err(|_| malformed(path, "shorter than a safetensors header".to_owned()))?;
+    let length = u64::from_le_bytes(length);
+    // A corrupt length would otherwise allocate gigabytes before failing.
+    if length > 100 << 20 || length + 8 > file_len {
+        return Err(malformed(
+            path,
+            format!("header length {length} is implausible"),
+        ));
+    }
+    let mut header = vec![0u8; length as usize];
+    file.read_exact(&mut header)
+        .map_err(|error| DataError::io(path, error))?;
+    let mut map: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|error| malformed(path, error.to_string()))?;
+    map.remove("__metadata__");
+    map.into_iter()
+        .map(|(name, value)| {
+            serde_json::from_value(value)
+                .map(|info| (name.clone(), info))
+                .map_err(|error| malformed(path, format!("tensor `{name}`: {error}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::data::tokenize::wordpiece_tokenizer_json;
+
+    /// Writes a safetensors file with zeroed F32 tensors of the given shapes.
+    pub(crate) fn write_safetensors(path: &Path, tensors: &[(&str, &[u64])]) {
+        let mut header = serde_json::Map::new();
+        let mut offset = 0u64;
+        for (name, shape) in tensors {
+            let bytes = 4 * shape.iter().product::<u64>();
+            header.insert(
+                (*name).to_owned(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+            );
+            offset += bytes;
+        }
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&header);
+        bytes.resize(bytes.len() + offset as usize, 0);
+        fs::write(path, bytes).unwrap();
+    }
+
+    pub(crate) fn tiny_model_dir(dir: &Path) {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(
+            dir.join("config.json"),
+            r#"{"model_type": "bert", "hidden_size": 4, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "vocab_size": 8, "max_position_embeddings": 16}"#,
+        )
+        .unwrap();
+        fs::write(
+            dir.join("tokenizer.json"),
+            wordpiece_tokenizer_json(&["good", "bad", "film", "##ly"]),
+        )
+        .unwrap();
+        write_safetensors(
+            &dir.join("model.safetensors"),
+            &[
+                ("embeddings.word_embeddings.weight", &[8, 4]),
+                ("pooler.dense.bias", &[4]),
+            ],
+        );
+    }
+
+    #[test]
+    fn records_parameters_and_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        tiny_model_dir(&model);
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let record = select(&model, "abc", false, &out).unwrap();
+        assert_eq!(record.parameters, 8 * 4 + 4);
+        assert_eq!(record.tensors, 2);
+        assert_eq!(record.layers, 1);
+        assert_eq!(
+            record.files.keys().collect::<Vec<_>>(),
+            ["config.json", "model.safetensors", "tokenizer.json"]
+        );
+        assert!(out.join("model.safetensors").is_file());
+        let written: ModelRecord =
+            serde_json::from_str(&fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+        assert_eq!(written, record);
+    }
+
+    #[test]
+    fn missing_tokenizer_pickle_and_wrong_shapes_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        tiny_model_dir(&model);
+        fs::remove_file(model.join("tokenizer.json")).unwrap();
+        let error = select(&model, "", false, &out).unwrap_err();
+        assert!(
+            matches!(&error, StagesError::Data(DataError::IncompleteModel { file, .. }) if file == "tokenizer.json"),
+            "{error:?}"
+        );
+
+        tiny_model_dir(&model);
+        fs::remove_file(model.join("model.safetensors")).unwrap();
+        fs::write(model.join("pytorch_model.bin"), b"pickle").unwrap();
+        let error = select(&model, "", false, &out).unwrap_err();
+        assert!(matches!(
+            error,
+            StagesError::Data(DataError::PickleRefused { .. })
+        ));
+
+        tiny_model_dir(&model);
+        write_safetensors(
+            &model.join("model.safetensors"),
+            &[("embeddings.word_embeddings.weight", &[9, 4])],
+        );
+        let error = select(&model, "", false, &out).unwrap_err();
+        assert!(
+            matches!(error, StagesError::InconsistentModel { .. }),
+            "{error:?}"
+        );
+
+        fs::write(
+            model.join("config.json"),
+            r#"{"model_type": "gpt2", "hidden_size": 4}"#,
+        )
+        .unwrap();
+        let error = select(&model, "", false, &out).unwrap_err();
+        assert!(matches!(error, StagesError::UnsupportedArchitecture { .. }));
+    }
+
+    /// The real model, when the lead's CI provides it.
+    #[test]
+    fn minilm_when_available() {
+        let Some(dir) = std::env::var_os("TAPER_MINILM_DIR") else {
+            return;
+        };
+        let out = tempfile::tempdir().unwrap();
+        let record = select(Path::new(&dir), "", false, out.path()).unwrap();
+        assert_eq!(record.layers, 6);
+        assert_eq!(record.hidden_size, 384);
+        assert_eq!(record.parameters, 22_713_216);
+    }
+}

@@ -1,0 +1,446 @@
+//! `train`: fine-tune the selected model on the prepared dataset with the configured settings.
+//!
+//! Contract:
+//! - Inputs: `model` (a `select-model` artifact), `data` (a dataset with a `train` split and
+//!   optionally `validation`), `config` (a `configure` artifact's `config.json`).
+//! - Outputs: `model/` (the exported classifier, the best one by validation loss when early
+//!   stopping is on), `train_log.jsonl`, `curves.svg` and `summary.json` (deterministic fields
+//!   only: wall-clock figures go to the log and the stage outcome, so a bit-identical rerun
+//!   gives a bit-identical artifact and downstream stages stay fresh).
+//! - Batches are length-bucketed and padded per batch ([`crate::data::batching`]), a pure
+//!   function of (seed, epoch), so a resumed run replays exactly the batches it had left.
+//!
+//! Resuming: every `checkpoint_every` optimizer steps and at each epoch end, the trainer state
+//! and a [`Progress`] record are written to `scratch_dir/checkpoint.new/`, then swapped in by
+//! renames (`checkpoint` → `checkpoint.old`, `checkpoint.new` → `checkpoint`). The sequence it
+//! guards against: 1. a checkpoint exists; 2. the run is killed while writing the next one;
+//! 3. without the swap, the half-written directory would be the only one. At start, the
+//! newest complete directory (`checkpoint`, else `checkpoint.old`) is loaded.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::batching::{fill_rate, lengths, train_batches};
+use crate::data::dataset::Dataset;
+use crate::data::DataError;
+use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
+use crate::ml::{Batch, Classifier, DeviceChoice, Trainer};
+use crate::model::stages::{Configure, SplitName};
+use crate::model::{InputSlot, StageSettings};
+use crate::stages::configure::ResolvedConfig;
+use crate::stages::evaluate::{predict, TRAINED_MODEL_DIR};
+use crate::stages::ml_common::{input_dir, write_bytes, write_json, wrong_runner, StagesError};
+use crate::stages::train_log::{render_svg, to_jsonl, LogRecord};
+
+/// Where a run is, saved next to each checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The epoch in progress (0-based).
+    pub epoch: usize,
+    /// Micro-batches of that epoch already trained.
+    pub batch: usize,
+    pub records: Vec<LogRecord>,
+    pub best_validation_loss: Option<f64>,
+    pub epochs_without_improvement: usize,
+    pub stopped_early: bool,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainSummary {
+    pub trainable_parameters: usize,
+    pub total_parameters: usize,
+    pub train_examples: usize,
+    pub epochs_completed: usize,
+    pub optimizer_steps: usize,
+    pub stopped_early: bool,
+    pub final_train_loss: Option<f64>,
+    pub best_validation_loss: Option<f64>,
+    /// Real tokens over padded positions in epoch 0's batches.
+    pub batch_fill_rate: f64,
+}
+
+pub struct TrainRunner;
+
+impl StageRunner for TrainRunner {
+    fn run(&self, ctx: &StageContext<'_>) -> Result<StageOutcome, StageError> {
+        let StageSettings::Train(settings) = &ctx.stage.settings else {
+            return Err(wrong_runner(ctx, "train").into());
+        };
+        let config_path = input_dir(ctx, InputSlot::Config)?.join("config.json");
+        let text = fs::read_to_string(&config_path)
+            .map_err(|error| StagesError::from(DataError::io(&config_path, error)))?;
+        let resolved: ResolvedConfig = serde_json::from_str(&text).map_err(|error| {
+            StagesError::from(DataError::Malformed {
+                path: config_path.clone(),
+                message: error.to_string(),
+            })
+        })?;
+        let dataset =
+            Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(StagesError::from)?;
+        let run = TrainRun {
+            model_dir: input_dir(ctx, InputSlot::Model)?,
+            dataset: &dataset,
+            config: &resolved.settings,
+            max_steps: settings.max_steps,
+            out_dir: ctx.out_dir,
+            scratch_dir: ctx.scratch_dir,
+            log: ctx.log,
+        };
+        Ok(run.run()?)
+    }
+}
+
+pub struct TrainRun<'a> {
+    pub model_dir: PathBuf,
+    pub dataset: &'a Dataset,
+    pub config: &'a Configure,
+    pub max_steps: Option<usize>,
+    pub out_dir: &'a Path,
+    pub scratch_dir: &'a Path,
+    pub log: &'a (dyn Fn(&str) + Sync),
+}
+
+impl TrainRun<'_> {
+    pub fn run(&self) -> Result<StageOutcome, StagesError> {
+        let config = self.config;
+        let log = self.log;
+        let train = self.dataset.splits.get(&SplitName::Train).ok_or_else(|| {
+            StagesError::MissingSplit {
+                split: "train".to_owned(),
+            }
+        })?;
+        let validation = self.dataset.splits.get(&SplitName::Validation);
+        if config.early_stopping.is_some() && validation.is_none() {
+            return Err(StagesError::MissingSplit {
+                split: "validation".to_owned(),
+            });
+        }
+        let classifier = Classifier::new(
+            &self.model_dir,
+            self.dataset.info.labels.len(),
+            config,
+            DeviceChoice::Auto,
+        )?;
+        let pad = classifier.config().pad_token_id;
+        let trainable = classifier.trainable_parameters();
+        let total = classifier.total_parameters();
+        log(&format!(
+            "{} trainable of {} parameters ({:.2}%) on {}",
+            trainable,
+            total,
+            100.0 * trainable as f64 / total.max(1) as f64,
+            classifier.device_name()
+        ));
+        let lengths = lengths(train);
+        let batches_per_epoch = train.len().div_ceil(config.batch_size);
+        let steps_per_epoch = batches_per_epoch.div_ceil(config.gradient_accumulation);
+        let mut total_steps = steps_per_epoch * config.epochs;
+        if let Some(max) = self.max_steps {
+            total_steps = total_steps.min(max);
+        }
+        let mut trainer = Trainer::new(classifier, config, total_steps)?;
+
+        let mut progress = self.resume(&mut trainer)?.unwrap_or_default();
+        if progress != Progress::default() {
+            log(&format!(
+                "resuming at epoch {}, batch {} (optimizer step {})",
+                progress.epoch + 1,
+                progress.batch,
+                trainer.optimizer_steps()
+            ));
+        }
+        let batch_fill_rate = fill_rate(
+            &lengths,
+            &train_batches(&lengths, config.batch_size, config.seed, 0),
+        );
+        log(&format!(
+            "{} examples, {} batches per epoch, {} optimizer steps, batch fill {:.0}%",
+            train.len(),
+            batches_per_epoch,
+            total_steps,
+            100.0 * batch_fill_rate
+        ));
+
+        let started = Instant::now();
+        let mut trained_samples = 0usize;
+        let mut epoch_seconds = Vec::new();
+        let log_every = (total_steps / 20).max(1);
+        let mut pending_losses: Vec<f64> = Vec::new();
+        let mut last_lr = config.learning_rate;
+        'epochs: while progress.epoch < config.epochs && !progress.stopped_early {
+            let epoch = progress.epoch;
+            let epoch_started = Instant::now();
+            let batches = train_batches(&lengths, config.batch_size, config.seed, epoch as u64);
+            let mut window = (Instant::now(), 0usize);
+            for indices in batches.iter().skip(progress.batch) {
+                if trainer.optimizer_steps() >= total_steps {
+                    break 'epochs;
+                }
+                let sequences: Vec<&[u32]> = indices.iter().map(|&i| train.example(i)).collect();
+                let labels: Vec<u32> = indices.iter().map(|&i| train.labels[i]).collect();
+                let stats = trainer.step(&Batch::new(&sequences, &labels, pad)?)?;
+                progress.batch += 1;
+                trained_samples += indices.len();
+                window.1 += indices.len();
+                pending_losses.push(f64::from(stats.loss));
+                last_lr = stats.lr;
+                if stats.optimizer_step_taken {
+                    let step = stats.optimizer_steps;
+                    let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+                    let loss = mean(&pending_losses);
+                    pending_losses.clear();
+                    progress.records.push(LogRecord::Step {
+                        step,
+                        epoch,
+                        loss,
+                        learning_rate: stats.lr,
+                        samples_per_second: round(rate, 1),
+                    });
+                    if step % log_every == 0 || step == total_steps {
+                        log(&format!(
+                            "epoch {}/{} step {step}/{total_steps} loss {loss:.4} lr {:.2e} {rate:.1} samples/s",
+                            epoch + 1,
+                            config.epochs,
+                            stats.lr
+                        ));
+                        window = (Instant::now(), 0);
+                    }
+                    if step % config.checkpoint_every == 0 {
+                        self.save(&trainer, &progress)?;
+                    }
+                }
+            }
+            // The epoch's last accumulation cycle may be partial; apply it so that every epoch
+            // ends on a clean optimizer step (checkpoints must not split a cycle).
+            if trainer.flush()?.is_some() {
+                progress.records.push(LogRecord::Step {
+                    step: trainer.optimizer_steps(),
+                    epoch,
+                    loss: mean(&pending_losses),
+                    learning_rate: last_lr,
+                    samples_per_second: round(
+                        window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
+                        1,
+                    ),
+                });
+                pending_losses.clear();
+            }
+            epoch_seconds.push(epoch_started.elapsed().as_secs_f64());
+            progress.epoch += 1;
+            progress.batch = 0;
+            if let Some(validation) = validation {
+                let probabilities = predict(trainer.classifier(), validation, 64)?;
+                let (loss, accuracy) = loss_and_accuracy(&validation.labels, &probabilities);
+                progress.records.push(LogRecord::Validation {
+                    step: trainer.optimizer_steps(),
+                    epoch,
+                    loss,
+                    accuracy,
+                });
+                log(&format!(
+                    "epoch {} validation loss {loss:.4} accuracy {accuracy:.4}",
+                    epoch + 1
+                ));
+                if let Some(early) = &config.early_stopping {
+                    let improved = progress
+                        .best_validation_loss
+                        .is_none_or(|best| loss < best - early.min_delta);
+                    if improved {
+                        progress.best_validation_loss = Some(loss);
+                        progress.epochs_without_improvement = 0;
+                        let best = self.scratch_dir.join("best");
+                        let staging = self.scratch_dir.join("best.new");
+                        remove_dir_if_exists(&staging)?;
+                        trainer.export(&staging)?;
+                        remove_dir_if_exists(&best)?;
+                        rename(&staging, &best)?;
+                    } else {
+                        progress.epochs_without_improvement += 1;
+                        if progress.epochs_without_improvement >= early.patience {
+                            log(&format!(
+                                "early stop: no improvement for {} epochs",
+                                early.patience
+                            ));
+                            progress.stopped_early = true;
+                        }
+                    }
+                } else if progress.best_validation_loss.is_none_or(|best| loss < best) {
+                    progress.best_validation_loss = Some(loss);
+                }
+            }
+            self.save(&trainer, &progress)?;
+        }
+
+        let model_out = self.out_dir.join(TRAINED_MODEL_DIR);
+        let best = self.scratch_dir.join("best");
+        if config.early_stopping.is_some() && best.is_dir() {
+            copy_dir(&best, &model_out)?;
+        } else {
+            trainer.export(&model_out)?;
+        }
+        let final_train_loss = progress.records.iter().rev().find_map(|r| match r {
+            LogRecord::Step { loss, .. } => Some(*loss),
+            LogRecord::Validation { .. } => None,
+        });
+        write_bytes(
+            &self.out_dir.join("train_log.jsonl"),
+            to_jsonl(&progress.records).as_bytes(),
+        )?;
+        write_bytes(
+            &self.out_dir.join("curves.svg"),
+            render_svg(&progress.records).as_bytes(),
+        )?;
+        let summary = TrainSummary {
+            trainable_parameters: trainable,
+            total_parameters: total,
+            train_examples: train.len(),
+            epochs_completed: progress.epoch,
+            optimizer_steps: trainer.optimizer_steps(),
+            stopped_early: progress.stopped_early,
+            final_train_loss,
+            best_validation_loss: progress.best_validation_loss,
+            batch_fill_rate,
+        };
+        write_json(&self.out_dir.join("summary.json"), &summary)?;
+        let seconds = started.elapsed().as_secs_f64();
+        log(&format!(
+            "trained {trained_samples} samples in {seconds:.1} s ({:.1} samples/s)",
+            trained_samples as f64 / seconds.max(1e-9)
+        ));
+        let mut metrics = BTreeMap::from([
+            ("trainable_parameters".to_owned(), trainable as f64),
+            ("train_seconds".to_owned(), round(seconds, 2)),
+        ]);
+        if let Some(loss) = final_train_loss {
+            metrics.insert("train_loss".to_owned(), loss);
+        }
+        if let Some(first) = epoch_seconds.first() {
+            metrics.insert("seconds_per_epoch".to_owned(), round(*first, 2));
+        }
+        if let Some(loss) = progress.best_validation_loss {
+            metrics.insert("validation_loss".to_owned(), loss);
+        }
+        Ok(StageOutcome { metrics })
+    }
+
+    fn save(&self, trainer: &Trainer, progress: &Progress) -> Result<(), StagesError> {
+        let current = self.scratch_dir.join("checkpoint");
+        let staging = self.scratch_dir.join("checkpoint.new");
+        let old = self.scratch_dir.join("checkpoint.old");
+        remove_dir_if_exists(&staging)?;
+        trainer.save_checkpoint(&staging)?;
+        write_json(&staging.join("progress.json"), progress)?;
+        remove_dir_if_exists(&old)?;
+        if current.is_dir() {
+            rename(&current, &old)?;
+        }
+        rename(&staging, &current)?;
+        remove_dir_if_exists(&old)
+    }
+
+    fn resume(&self, trainer: &mut Trainer) -> Result<Option<Progress>, StagesError> {
+        for name in ["checkpoint", "checkpoint.old"] {
+            let dir = self.scratch_dir.join(name);
+            let progress_path = dir.join("progress.json");
+            if !Trainer::has_checkpoint(&dir) || !progress_path.is_file() {
+                continue;
+            }
+            let Ok(text) = fs::read_to_string(&progress_path) else {
+                continue;
+            };
+            // An unreadable record means "no checkpoint", not a failed stage: training from
+            // scratch is always correct, only slower.
+            let Ok(progress) = serde_json::from_str::<Progress>(&text) else {
+                continue;
+            };
+            trainer.resume(&dir)?;
+            return Ok(Some(progress));
+        }
+        Ok(None)
+    }
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
+/// Mean cross-entropy and accuracy from probabilities.
+fn loss_and_accuracy(labels: &[u32], probabilities: &[Vec<f32>]) -> (f64, f64) {
+    let mut loss = 0.0;
+    let mut correct = 0usize;
+    for (&label, row) in labels.iter().zip(probabilities) {
+        loss -= f64::from(row[label as usize]).max(1e-15).ln();
+        let predicted = row
+            .iter()
+            .enumerate()
+            .fold(0, |best, (i, p)| if *p > row[best] { i } else { best });
+        correct += usize::from(predicted == label as usize);
+    }
+    let n = labels.len().max(1) as f64;
+    (loss / n, correct as f64 / n)
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<(), StagesError> {
+    match fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(StagesError::Write {
+            path: dir.to_path_buf(),
+            source: error,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), StagesError> {
+    fs::rename(from, to).map_err(|source| StagesError::Write {
+        path: to.to_path_buf(),
+        source,
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), StagesError> {
+    fs::create_dir_all(to).map_err(|source| StagesError::Write {
+        path: to.to_path_buf(),
+        source,
+    })?;
+    let entries =
+        fs::read_dir(from).map_err(|error| StagesError::from(DataError::io(from, error)))?;
+    for entry in entries {
+        let entry = entry.map_err(|error| StagesError::from(DataError::io(from, error)))?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target).map_err(|source| StagesError::Write {
+                path: target.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_loss_and_accuracy_hand_computed() {
+        let (loss, accuracy) = loss_and_accuracy(&[0, 1], &[vec![0.8, 0.2], vec![0.6, 0.4]]);
+        assert!((loss - (-(0.8f64.ln()) - 0.4f64.ln()) / 2.0).abs() < 1e-6);
+        assert_eq!(accuracy, 0.5);
+    }
+}

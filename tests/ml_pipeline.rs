@@ -1,0 +1,229 @@
+//! End-to-end tests of the ML stages through `taper run` (issue 5): each builds a tiny random
+//! BERT, a WordPiece tokenizer and a sentiment table in a temp dir, and runs the real binary on
+//! select-model → prepare-data → configure → train → evaluate, in seconds.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use taper::data::tokenize::wordpiece_tokenizer_json;
+use taper::ml::fixtures::{write_random_model, NameStyle};
+use taper::ml::EncoderConfig;
+
+const POSITIVE: &[&str] = &["good", "great", "fine", "superb", "lovely", "fun"];
+const NEGATIVE: &[&str] = &["bad", "awful", "dull", "boring", "poor", "weak"];
+const FILLER: &[&str] = &["the", "film", "was", "a", "movie", "plot", "and", "very"];
+
+const PIPELINE: &str = r#"version: 1
+name: tiny-sentiment
+params:
+  lr: 2e-3
+stages:
+  base:
+    kind: select-model
+    with:
+      source: { path: tiny-model }
+  reviews:
+    kind: prepare-data
+    inputs: { model: base }
+    with:
+      source: { path: reviews.csv }
+      text_column: text
+      label_column: category
+      filter: [{ column: category, not_in: [plot] }]
+      labels: [neg, pos]
+      split: { train: 100, validation: 20, test: 40, seed: 3 }
+      max_length: 16
+  hparams:
+    kind: configure
+    with: { learning_rate: "${params.lr}", epochs: 4, batch_size: 8, warmup_ratio: 0.1, weight_decay: 0.0, dropout: 0.0, seed: 11 }
+  finetune:
+    kind: train
+    inputs: { model: base, data: reviews, config: hparams }
+  test:
+    kind: evaluate
+    inputs: { model: finetune, data: reviews }
+"#;
+
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new() -> Project {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let model = dir.path().join("tiny-model");
+        write_random_model(&model, &EncoderConfig::tiny_bert(), 7, NameStyle::Plain)
+            .expect("tiny model");
+        let words: Vec<&str> = POSITIVE
+            .iter()
+            .chain(NEGATIVE)
+            .chain(FILLER)
+            .copied()
+            .collect();
+        fs::write(
+            model.join("tokenizer.json"),
+            wordpiece_tokenizer_json(&words),
+        )
+        .expect("write");
+        // 160 labelled rows (3 of 5 positive) whose sentiment word decides the label, plus 10
+        // `plot` rows the filter drops.
+        let mut csv = String::from("category,text\n");
+        for i in 0..160usize {
+            let positive = i % 5 < 3;
+            let words = if positive { POSITIVE } else { NEGATIVE };
+            csv.push_str(&format!(
+                "{},\"{} {}\n{} {} {i}\"\n",
+                if positive { "pos" } else { "neg" },
+                FILLER[i % FILLER.len()],
+                words[i % words.len()],
+                FILLER[(i / 3) % FILLER.len()],
+                if i % 2 == 0 {
+                    words[(i / 2) % words.len()]
+                } else {
+                    ""
+                },
+            ));
+        }
+        for i in 0..10 {
+            csv.push_str(&format!("plot,the plot {i}\n"));
+        }
+        fs::write(dir.path().join("reviews.csv"), csv).expect("write");
+        fs::write(dir.path().join("p.yaml"), PIPELINE).expect("write");
+        Project { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn taper(&self, args: &[&str]) -> Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_taper"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("TAPER_STORE")
+            .output()
+            .expect("taper runs")
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Stage names the run reports as run (not cached), sorted.
+fn ran(output: &Output) -> Vec<String> {
+    let mut names: Vec<String> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("done"), Some(name)) => Some(name.to_owned()),
+                _ => None,
+            }
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(path).expect("read")).expect("json")
+}
+
+/// The whole chain runs, learns the toy task, and a second run does nothing; a new learning
+/// rate reruns only configure, train and evaluate.
+#[test]
+fn chain_runs_caches_and_reruns_only_what_changed() {
+    let project = Project::new();
+    let first = project.taper(&["run", "p.yaml"]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert_eq!(
+        ran(&first),
+        ["base", "finetune", "hparams", "reviews", "test"],
+        "{}",
+        text(&first)
+    );
+
+    let stats = json(&project.path("out/reviews/stats.json"));
+    // 160 kept of 170 rows; validation 20 → 8 neg / 12 pos, test 40 → 16 / 24, train the rest.
+    assert_eq!(stats["cleaning"]["reviews.csv"]["filtered"], 10);
+    assert_eq!(
+        stats["splits"]["test"]["class_counts"],
+        serde_json::json!({"neg": 16, "pos": 24})
+    );
+    assert_eq!(stats["splits"]["train"]["examples"], 100);
+    let metrics = json(&project.path("out/test/metrics.json"));
+    assert_eq!(metrics["examples"], 40);
+    let accuracy = metrics["accuracy"].as_f64().expect("accuracy");
+    assert!(accuracy >= 0.85, "accuracy {accuracy}");
+    for file in [
+        "train_log.jsonl",
+        "curves.svg",
+        "summary.json",
+        "model/model.safetensors",
+    ] {
+        assert!(project.path("out/finetune").join(file).is_file(), "{file}");
+    }
+
+    let shown = project.taper(&["metrics", "out/test/metrics.json"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .any(|l| l.starts_with("accuracy ")));
+    let locked = project.taper(&["metrics", "p.yaml"]);
+    let locked_text = String::from_utf8_lossy(&locked.stdout).into_owned();
+    assert!(locked_text.contains("test.accuracy "), "{}", text(&locked));
+    let diff = project.taper(&["metrics", "diff", "out/test/metrics.json", "p.lock"]);
+    let diff_text = String::from_utf8_lossy(&diff.stdout).into_owned();
+    // Same run on both sides: every shared metric changes by zero.
+    let accuracy_row = diff_text
+        .lines()
+        .find(|l| l.starts_with("test.accuracy "))
+        .unwrap_or_else(|| panic!("{}", text(&diff)));
+    assert!(accuracy_row.ends_with("+0.0000"), "{accuracy_row}");
+
+    let second = project.taper(&["run", "p.yaml"]);
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(ran(&second), Vec::<String>::new(), "{}", text(&second));
+
+    let third = project.taper(&["run", "p.yaml", "-S", "params.lr=1e-3"]);
+    assert!(third.status.success(), "{}", text(&third));
+    assert_eq!(
+        ran(&third),
+        ["finetune", "hparams", "test"],
+        "{}",
+        text(&third)
+    );
+}
+
+/// A label the pipeline does not list fails `prepare-data` with the file, the line and the value.
+#[test]
+fn unknown_label_names_file_line_and_value() {
+    let project = Project::new();
+    let pipeline = PIPELINE.replace(
+        "filter: [{ column: category, not_in: [plot] }]",
+        "filter: []",
+    );
+    fs::write(project.path("p.yaml"), pipeline).expect("write");
+    let output = project.taper(&["run", "p.yaml"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // 160 two-line records after the header: the first `plot` row starts on line 322.
+    assert!(
+        stderr.contains("reviews.csv` line 322: unknown label `plot`"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stderr.contains("taper::data::unknown_label"),
+        "{}",
+        text(&output)
+    );
+}
