@@ -4,7 +4,11 @@
 //!
 //! `spec` (YAML → spanned raw AST) → `model` (validated, typed pipeline) → `graph` (petgraph DAG)
 //! → `fingerprint` / `cache` (stage keys, content-addressed store) → `exec` (scheduler) →
-//! `stages` (one runner per stage kind) → `data` / `ml` (tables and candle kernels) → `cli`.
+//! `stages` (one runner per stage kind) → `cli`.
+//!
+//! `data` (sources, tables, splits, tokenization, metrics) and `ml` (candle encoder, PEFT,
+//! optimizer) are libraries that know only `model`; the stage runners call them.
+//! `tests/it/layering.rs` enforces the direction.
 //!
 //! Only `ml` imports candle; a stage never parses YAML; spans stop at validation.
 
