@@ -6,6 +6,7 @@
 pub mod args;
 mod commands;
 pub mod printer;
+mod progress;
 
 use std::process::ExitCode;
 

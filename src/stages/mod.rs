@@ -26,6 +26,7 @@ pub fn runner_for(kind: StageKind) -> Option<&'static dyn StageRunner> {
         StageKind::Configure => Some(&configure::ConfigureRunner),
         StageKind::Train => Some(&train::TrainRunner),
         StageKind::Evaluate => Some(&evaluate::EvaluateRunner),
-        _ => None,
+        // Listed, not `_`, so that a new kind fails to compile here until it is classified.
+        StageKind::Explain | StageKind::Deploy => None,
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::cli::args::RunArgs;
 use crate::cli::printer::Printer;
+use crate::cli::progress::RunDisplay;
 use crate::cli::ExitStatus;
 use crate::exec::{report, Engine, LocalExecutor, RunOptions, StageStatus};
 
@@ -42,12 +43,8 @@ pub fn run(args: &RunArgs, printer: &Printer) -> ExitStatus {
             }
         };
     }
-    let verbose = args.verbose;
-    let summary = match engine.run(&options, &|event| {
-        if let Some(line) = report::render_event(event, verbose) {
-            printer.status(&line);
-        }
-    }) {
+    let display = RunDisplay::new(printer, args.verbose);
+    let summary = match engine.run(&options, &|event| display.event(event)) {
         Ok(summary) => summary,
         Err(error) => {
             printer.diagnostic(error);
