@@ -7,7 +7,7 @@ use std::path::{Component, Path};
 
 use super::ExecError;
 use crate::fingerprint::{ContentDigest, HashCache, Manifest, StageHashable};
-use crate::model::{InputSlot, Pipeline, StageId, StageSettings};
+use crate::model::{InputSlot, PathIndex, Pipeline, StageId, StageSettings};
 
 /// Where a `command` dep's content comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,25 +309,25 @@ fn hash_path(
 /// Every stage's output locations, for finding who produces a dep in O(path depth) instead
 /// of comparing each dep with every out (1,000 stages made that the bulk of `plan`).
 struct MountIndex {
-    /// Mount path → (stage, whether the manifest is keyed by root-relative paths).
-    mounts: BTreeMap<String, (usize, bool)>,
+    /// Per mount path, in stage order: (mount path, stage, whether the manifest is keyed by
+    /// root-relative paths). The first stage filed at a path is its producer.
+    mounts: PathIndex<(String, usize, bool)>,
 }
 
 impl MountIndex {
     fn new(pipeline: &Pipeline) -> MountIndex {
-        let mut mounts = BTreeMap::new();
+        let mut mounts = PathIndex::new();
+        let mut add = |mount: String, stage: usize, root_relative: bool| {
+            mounts.insert(Path::new(&mount), (mount.clone(), stage, root_relative));
+        };
         for (index, stage) in pipeline.stages.iter().enumerate() {
             match &stage.settings {
                 StageSettings::Command(command) => {
                     for out in &command.outs {
-                        mounts.entry(normalize(out)).or_insert((index, true));
+                        add(normalize(out), index, true);
                     }
                 }
-                _ => {
-                    mounts
-                        .entry(output_dir_of(&stage.id))
-                        .or_insert((index, false));
-                }
+                _ => add(output_dir_of(&stage.id), index, false),
             }
         }
         MountIndex { mounts }
@@ -336,26 +336,29 @@ impl MountIndex {
     /// The stage (other than `consumer`) whose outputs hold `path`, and the path inside its
     /// manifest (root-relative for `command` outs, relative to `out/<stage>/` otherwise).
     fn producer_of(&self, consumer: usize, path: &str) -> Option<(usize, String)> {
-        let mut candidate = path;
-        loop {
-            if let Some(&(stage, root_relative)) = self.mounts.get(candidate) {
-                if stage != consumer {
-                    let rest = inside(path, candidate).unwrap_or_default();
-                    return Some((stage, if root_relative { path.to_owned() } else { rest }));
-                }
-            }
-            candidate = &candidate[..candidate.rfind('/')?];
-        }
+        self.mounts
+            .at_or_above(Path::new(path))
+            .map(|at_mount| &at_mount[0])
+            .find(|(_, stage, _)| *stage != consumer)
+            .map(|(mount, stage, root_relative)| {
+                let rest = inside(path, mount).unwrap_or_default();
+                (
+                    *stage,
+                    if *root_relative {
+                        path.to_owned()
+                    } else {
+                        rest
+                    },
+                )
+            })
     }
 
     /// Stages (other than `consumer`) whose outputs lie strictly under the directory `path`.
     fn producers_under(&self, consumer: usize, path: &str) -> Vec<usize> {
-        let start = format!("{path}/");
         let mut producers: Vec<usize> = self
             .mounts
-            .range(start.clone()..)
-            .take_while(|(mount, _)| mount.starts_with(&start))
-            .map(|(_, (stage, _))| *stage)
+            .below(Path::new(path))
+            .map(|at_mount| at_mount[0].1)
             .filter(|stage| *stage != consumer)
             .collect();
         producers.sort_unstable();

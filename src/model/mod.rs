@@ -9,6 +9,7 @@
 mod checks;
 mod de;
 mod error;
+mod paths;
 pub mod schema;
 pub mod stages;
 mod validate;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::spec::Override;
 pub use error::{LoadError, ModelError};
+pub use paths::PathIndex;
 pub use stages::{
     Command, Configure, Deploy, Evaluate, Explain, PrepareData, SelectModel, Source, Train,
 };
@@ -122,13 +124,6 @@ pub fn load_str(
     }
 }
 
-/// DVC's rule: a dep depends on an out when either contains the other (a dep on `data/`
-/// reads the `data/clean.csv` another stage writes, and a dep on `data/clean.csv/part-0` reads
-/// inside an output directory).
-pub(crate) fn overlaps(dep: &Path, out: &Path) -> bool {
-    dep.starts_with(out) || out.starts_with(dep)
-}
-
 /// Why one stage depends on another.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -206,15 +201,18 @@ impl Pipeline {
             .enumerate()
             .map(|(index, stage)| (stage.id.as_str(), index))
             .collect();
-        let outs: Vec<(&Path, &StageId)> = self
-            .stages
-            .iter()
-            .filter_map(|stage| match &stage.settings {
-                StageSettings::Command(command) => Some((command, &stage.id)),
-                _ => None,
-            })
-            .flat_map(|(command, id)| command.outs.iter().map(move |out| (out.as_path(), id)))
-            .collect();
+        // DVC's rule: a dep depends on an out when either contains the other (a dep on `data/`
+        // reads the `data/clean.csv` another stage writes, and a dep on `data/clean.csv/part-0`
+        // reads inside an output directory). Indexed by path: comparing every dep with every
+        // out was O(n²) in the number of `command` stages.
+        let mut outs: PathIndex<&StageId> = PathIndex::new();
+        for stage in &self.stages {
+            if let StageSettings::Command(command) = &stage.settings {
+                for out in &command.outs {
+                    outs.insert(out, &stage.id);
+                }
+            }
+        }
         let mut dependencies = Vec::new();
         for stage in &self.stages {
             for (slot, upstream) in &stage.inputs {
@@ -229,9 +227,9 @@ impl Pipeline {
             };
             for dep in &command.deps {
                 let mut upstreams: Vec<&StageId> = outs
-                    .iter()
-                    .filter(|(out, owner)| overlaps(dep, out) && *owner != &stage.id)
-                    .map(|(_, owner)| *owner)
+                    .overlapping(dep)
+                    .filter(|owner| **owner != &stage.id)
+                    .copied()
                     .collect();
                 if let Some(owner) = validate::ml_output_owner(dep, &index_of) {
                     upstreams.push(&self.stages[owner].id);
