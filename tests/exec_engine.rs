@@ -308,3 +308,32 @@ fn edges_agree_with_the_model() {
     }
     assert!(checked > 0, "no example pipelines found");
 }
+
+/// A dep on the pipeline directory itself (`.`, normalized to the empty path) contains every
+/// out, for the engine as for the model (`Path::starts_with`): the stage waits for all
+/// producers before the directory is hashed, instead of hashing it while they still write.
+#[test]
+fn a_dep_on_the_whole_directory_waits_for_every_producer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut stages = chain(dir.path(), "cp in.txt first.txt").stages;
+    stages.push(command("lint", "ls -R", &[""], &[]));
+    let pipeline = pipeline(dir.path(), stages);
+    let dag = Dag::new(&pipeline).expect("acyclic");
+    let lint = dag.index_of("lint").expect("lint exists");
+    let upstream: Vec<&str> = dag
+        .upstream(lint)
+        .iter()
+        .map(|index| dag.id(*index).as_str())
+        .collect();
+    assert_eq!(upstream, ["first", "second", "other"]);
+    let mut expected: Vec<String> = pipeline
+        .dependencies()
+        .into_iter()
+        .filter(|edge| edge.downstream.as_str() == "lint")
+        .map(|edge| edge.upstream.to_string())
+        .collect();
+    expected.sort();
+    let mut actual: Vec<String> = upstream.iter().map(|id| (*id).to_owned()).collect();
+    actual.sort();
+    assert_eq!(actual, expected);
+}
