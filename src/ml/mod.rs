@@ -23,6 +23,7 @@
 //! Only this module imports candle. It may use `crate::model` (stage settings) and nothing
 //! else from the crate. Everything random comes from ChaCha8 streams of `Configure::seed`.
 
+mod allocator;
 mod classifier;
 mod config;
 mod encoder;
@@ -34,6 +35,7 @@ mod rng;
 mod trainer;
 mod weights;
 
+pub use allocator::tune_allocator;
 pub use classifier::{Batch, Classifier, DeviceChoice};
 pub use config::{Activation, Architecture, EncoderConfig};
 pub use encoder::{Ctx, Encoder};
