@@ -199,7 +199,6 @@ impl TrainRun<'_> {
                         epoch,
                         loss,
                         learning_rate: stats.lr,
-                        samples_per_second: round(rate, 1),
                     });
                     if step % log_every == 0 || step == total_steps {
                         log(&format!(
@@ -223,10 +222,6 @@ impl TrainRun<'_> {
                     epoch,
                     loss: mean(&pending_losses),
                     learning_rate: last_lr,
-                    samples_per_second: round(
-                        window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
-                        1,
-                    ),
                 });
                 pending_losses.clear();
             }

@@ -18,7 +18,9 @@ pub enum LogRecord {
         epoch: usize,
         loss: f64,
         learning_rate: f64,
-        samples_per_second: f64,
+        // No throughput or timing here: the log is part of the stage's output, and a
+        // wall-clock figure would make every retrain's output differ, defeating early cutoff
+        // for the stages downstream. Throughput goes to the stage log and the lock file.
     },
     /// End of an epoch, on the validation split.
     Validation {
@@ -134,14 +136,12 @@ mod tests {
                 epoch: 0,
                 loss: 0.7,
                 learning_rate: 5e-5,
-                samples_per_second: 30.0,
             },
             LogRecord::Step {
                 step: 2,
                 epoch: 0,
                 loss: 0.5,
                 learning_rate: 2.5e-5,
-                samples_per_second: 31.0,
             },
             LogRecord::Validation {
                 step: 2,
