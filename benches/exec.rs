@@ -75,6 +75,21 @@ fn pipeline(root: &Path, stages: Vec<Stage>) -> Pipeline {
     }
 }
 
+/// Runs every stage once, so that what is benchmarked next is the cached path; returns the
+/// options the benchmark reuses.
+fn first_run(pipeline: &Pipeline, store: &Store, executor: &LocalExecutor) -> RunOptions {
+    let options = RunOptions {
+        jobs: 2,
+        ..RunOptions::default()
+    };
+    let first = Engine::new(pipeline, store, executor)
+        .expect("valid")
+        .run(&options, &|_| {})
+        .expect("first run");
+    assert!(!first.failed(), "{first:?}");
+    options
+}
+
 fn hashing_and_noop_run(c: &mut Criterion) {
     let dir = tempfile::tempdir_in(bench_dir()).expect("bench dir");
     let big = big_file(dir.path());
@@ -114,15 +129,7 @@ fn hashing_and_noop_run(c: &mut Criterion) {
     let pipeline = pipeline(dir.path(), vec![stage]);
     let store = Store::open(&dir.path().join("store")).expect("store");
     let executor = LocalExecutor::new(taper::stages::runner_for);
-    let options = RunOptions {
-        jobs: 2,
-        ..RunOptions::default()
-    };
-    let first = Engine::new(&pipeline, &store, &executor)
-        .expect("valid")
-        .run(&options, &|_| {})
-        .expect("first run");
-    assert!(!first.failed(), "{first:?}");
+    let options = first_run(&pipeline, &store, &executor);
     let mut group = c.benchmark_group("noop_run");
     group.bench_function("run_reading_1gib_warm_hash_cache", |b| {
         b.iter(|| {
@@ -159,15 +166,7 @@ fn plan_thousand_stages(c: &mut Criterion) {
     let pipeline = pipeline(root, stages);
     let store = Store::open(&root.join("store")).expect("store");
     let executor = LocalExecutor::new(taper::stages::runner_for);
-    let options = RunOptions {
-        jobs: 2,
-        ..RunOptions::default()
-    };
-    let first = Engine::new(&pipeline, &store, &executor)
-        .expect("valid")
-        .run(&options, &|_| {})
-        .expect("first run");
-    assert!(!first.failed());
+    let options = first_run(&pipeline, &store, &executor);
     // Age the outputs past the racy window so the hash cache may trust them.
     std::thread::sleep(Duration::from_secs(3));
     Engine::new(&pipeline, &store, &executor)
