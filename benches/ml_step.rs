@@ -70,8 +70,8 @@ fn gemm_peak() -> f64 {
 }
 
 fn main() {
-    // The same allocator settings as the `taper` binary, so these are the figures users get.
-    taper::ml::tune_allocator();
+    // The same allocator and thread settings as the `taper` binary, so these are the figures users get.
+    taper::ml::tune_runtime();
     let quick = std::env::args().any(|a| a == "quick");
     let repeats = if quick { 3 } else { 7 };
     let args: Vec<String> = std::env::args().collect();

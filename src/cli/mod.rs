@@ -37,7 +37,7 @@ impl From<ExitStatus> for ExitCode {
 
 /// Entry point of the `taper` binary.
 pub fn main() -> ExitCode {
-    crate::ml::tune_allocator();
+    crate::ml::tune_runtime();
     let printer = Printer::from_env();
     let color = printer.color;
     // Installed once, here: every diagnostic rendered by the printer goes through it.

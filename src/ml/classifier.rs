@@ -16,7 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
 use crate::model::stages::{Configure, Method, Pooling};
@@ -26,6 +27,7 @@ use super::encoder::{
     linear_module_names, matches_target, Adapter, AdapterSpec, Ctx, Encoder, EncoderPlan, Linear,
 };
 use super::error::{io_error, MlError, Result};
+use super::kernels;
 use super::weights::{Init, LoadReport, ParamBuilder, ParamStore, WeightSource};
 
 /// Where to run.
@@ -218,6 +220,25 @@ struct ExportInfo {
 const EXPORT_INFO: &str = "taper-classifier.json";
 const EXPORT_FORMAT: u32 = 1;
 
+/// The word rows of one training batch as a graph leaf, and where their gradient goes.
+pub(crate) struct WordLeaf {
+    ids: Vec<u32>,
+    words: Var,
+    vocab: usize,
+    /// Index of the word-embedding table in [`ParamStore::vars`].
+    pub(crate) param_index: usize,
+}
+
+impl WordLeaf {
+    /// The table's gradient `[vocab, hidden]` from the leaf's, if the leaf received one.
+    pub(crate) fn table_gradient(&self, grads: &GradStore) -> Result<Option<Tensor>> {
+        match grads.get(self.words.as_tensor()) {
+            Some(rows) => Ok(Some(kernels::scatter_rows(&self.ids, rows, self.vocab)?)),
+            None => Ok(None),
+        }
+    }
+}
+
 /// An encoder with a classification head and the fine-tuning method applied.
 pub struct Classifier {
     encoder: Encoder,
@@ -384,6 +405,39 @@ impl Classifier {
         let mask = batch.attention_mask(&self.device)?;
         let embeddings = self.encoder.embed(&input_ids, ctx)?;
         self.forward_embeddings(&embeddings, &mask, ctx)
+    }
+
+    /// The training forward pass. When the word embeddings train on a fused device, their
+    /// rows are looked up outside the graph and made a leaf ([`WordLeaf`]): the caller turns
+    /// the leaf's gradient into the table's (see `kernels/embedding.rs` for why).
+    pub(crate) fn forward_training(
+        &self,
+        batch: &Batch,
+        ctx: &mut Ctx,
+    ) -> Result<(Tensor, Option<WordLeaf>)> {
+        let table = self.encoder.word_table();
+        let Some(param_index) = self
+            .params
+            .vars
+            .iter()
+            .position(|(_, var)| var.as_tensor().id() == table.id())
+            .filter(|_| kernels::fused(table))
+        else {
+            return Ok((self.forward(batch, ctx)?, None));
+        };
+        self.check_ids(batch)?;
+        let input_ids = batch.input_ids(&self.device)?;
+        let mask = batch.attention_mask(&self.device)?;
+        let words = Var::from_tensor(&self.encoder.word_embeddings(&input_ids)?.detach())?;
+        let embeddings = self.encoder.embed_words(words.as_tensor(), ctx)?;
+        let logits = self.forward_embeddings(&embeddings, &mask, ctx)?;
+        let leaf = WordLeaf {
+            ids: batch.input_ids.clone(),
+            words,
+            vocab: self.encoder.config.vocab_size,
+            param_index,
+        };
+        Ok((logits, Some(leaf)))
     }
 
     /// The rest of the model from token embeddings `[batch, t, hidden]` (see

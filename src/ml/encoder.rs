@@ -9,6 +9,9 @@
 //! - Activations stay flattened as `[batch * tokens, hidden]` between layers so every linear
 //!   layer is one plain 2-D GEMM with a transposed weight view (no broadcast copies of weights).
 //! - Any linear layer can carry an adapter (LoRA or IA3) selected by module name.
+//! - On CPU f32, linear layers, attention, GELU and LayerNorm run taper's fused kernels
+//!   (`kernels/`, forward and backward) at training and inference alike; candle's ops remain
+//!   for other devices and for calls that return attention probabilities (explanations).
 
 use candle_core::Tensor;
 use candle_nn::ops;
@@ -16,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::config::{Activation, Architecture, EncoderConfig};
 use super::error::{MlError, Result};
+use super::kernels::{self, AttentionShape};
 use super::rng;
 use super::weights::{Init, ParamBuilder};
 
@@ -58,15 +62,30 @@ impl Ctx<'_> {
         }
     }
 
+    /// A `count`-element dropout keep-mask from the context's RNG and probability, drawing the
+    /// same numbers as [`Ctx::dropout`] on a tensor of that size; `None` when not dropping.
+    fn dropout_values(&mut self, count: usize) -> Option<Vec<f32>> {
+        match &mut self.dropout {
+            Some((rng, p)) if *p > 0.0 => Some(rng::dropout_values(rng, count, *p)),
+            _ => None,
+        }
+    }
+
+    /// The residual connection `dropout(branch) + skip`.
+    fn residual(&mut self, branch: &Tensor, skip: &Tensor) -> Result<Tensor> {
+        if kernels::fused(branch) {
+            let dropout = self.dropout_values(branch.elem_count());
+            Ok(kernels::residual_add(branch, skip, dropout)?)
+        } else {
+            Ok((self.dropout(branch)? + skip)?)
+        }
+    }
+
     fn layer_norm(&self, xs: &Tensor, norm: &LayerNorm) -> Result<Tensor> {
         let eps = norm.eps as f32;
-        if self.differentiable {
-            Ok(super::kernels::layer_norm(
-                xs,
-                &norm.weight,
-                &norm.bias,
-                eps,
-            )?)
+        // The fused kernel is also the faster one at inference (parallel over rows).
+        if self.differentiable || kernels::fused(xs) {
+            Ok(kernels::layer_norm(xs, &norm.weight, &norm.bias, eps)?)
         } else {
             Ok(ops::layer_norm(
                 &xs.contiguous()?,
@@ -79,7 +98,7 @@ impl Ctx<'_> {
 
     fn softmax(&self, xs: &Tensor) -> Result<Tensor> {
         if self.differentiable {
-            Ok(super::kernels::softmax_last_dim(xs)?)
+            Ok(kernels::softmax_last_dim(xs)?)
         } else {
             Ok(ops::softmax_last_dim(&xs.contiguous()?)?)
         }
@@ -217,7 +236,11 @@ impl Linear {
     /// `xs`: `[n, in]` → `[n, out]`.
     pub(crate) fn forward(&self, xs: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let plain = |xs: &Tensor| -> Result<Tensor> {
-            Ok(xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+            if kernels::fused(xs) {
+                Ok(kernels::linear(xs, &self.weight, &self.bias)?)
+            } else {
+                Ok(xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+            }
         };
         match &self.adapter {
             Adapter::None => plain(xs),
@@ -358,6 +381,31 @@ pub(crate) fn linear_module_names(config: &EncoderConfig) -> Vec<String> {
         .collect()
 }
 
+/// The padding mask of one batch as additive key biases.
+struct KeyMask {
+    batch: usize,
+    tokens: usize,
+    /// `[batch · tokens]`: HF's `(1 - mask) · finfo(f32).min`, added to the scores of padded
+    /// keys so their probabilities are exactly 0.
+    bias: Vec<f32>,
+}
+
+impl KeyMask {
+    fn new(attention_mask: &Tensor, batch: usize, tokens: usize) -> Result<Self> {
+        let bias = attention_mask
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|m| (1.0 - m) * f32::MIN)
+            .collect();
+        Ok(Self {
+            batch,
+            tokens,
+            bias,
+        })
+    }
+}
+
 /// A BERT-family encoder: embeddings and transformer layers (the pooler belongs to the head).
 #[derive(Debug, Clone)]
 pub struct Encoder {
@@ -451,6 +499,11 @@ impl Encoder {
         &self.config
     }
 
+    /// The word-embedding table `[vocab, hidden]` (a `Var` when it trains).
+    pub(crate) fn word_table(&self) -> &Tensor {
+        &self.word_embeddings
+    }
+
     /// Word embeddings `[batch, t, hidden]` of `input_ids` `[batch, t]` (u32), before
     /// positions, LayerNorm and dropout: the usual input of integrated gradients.
     pub fn word_embeddings(&self, input_ids: &Tensor) -> Result<Tensor> {
@@ -506,12 +559,10 @@ impl Encoder {
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
         let (batch, tokens, hidden) = embeddings.dims3()?;
-        // HF: (1 - mask) * finfo(f32).min, added to the scores of padded keys.
-        let mask_bias = ((attention_mask.ones_like()? - attention_mask)? * f64::from(f32::MIN))?
-            .reshape((batch, 1, 1, tokens))?;
+        let mask = KeyMask::new(attention_mask, batch, tokens)?;
         let mut xs = embeddings.reshape((batch * tokens, hidden))?;
         for layer in &self.layers {
-            xs = self.layer_forward(layer, &xs, &mask_bias, batch, tokens, ctx)?;
+            xs = self.layer_forward(layer, &xs, &mask, ctx)?;
         }
         Ok(xs.reshape((batch, tokens, hidden))?)
     }
@@ -520,44 +571,70 @@ impl Encoder {
         &self,
         layer: &Layer,
         xs: &Tensor,
-        mask_bias: &Tensor,
-        batch: usize,
-        tokens: usize,
+        mask: &KeyMask,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
-        let heads = self.config.num_attention_heads;
-        let head_size = self.config.head_size();
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((batch, tokens, heads, head_size))?
-                .transpose(1, 2)?
-                .contiguous()?)
+        let query = layer.query.forward(xs, ctx)?;
+        let key = layer.key.forward(xs, ctx)?;
+        let value = layer.value.forward(xs, ctx)?;
+        let context = if kernels::fused(xs) && ctx.attentions.is_none() {
+            let shape = AttentionShape {
+                batch: mask.batch,
+                tokens: mask.tokens,
+                heads: self.config.num_attention_heads,
+                head_size: self.config.head_size(),
+            };
+            let dropout = ctx.dropout_values(shape.batch * shape.heads * shape.tokens.pow(2));
+            kernels::attention(&query, &key, &value, shape, mask.bias.clone(), dropout)?
+        } else {
+            self.composite_attention(&query, &key, &value, mask, ctx)?
         };
-        // Scaling q instead of the scores touches t·d instead of t·t values per head.
-        let query = split((layer.query.forward(xs, ctx)? / (head_size as f64).sqrt())?)?;
-        let key = split(layer.key.forward(xs, ctx)?)?;
-        let value = split(layer.value.forward(xs, ctx)?)?;
-        let scores = query.matmul(&key.t()?)?.broadcast_add(mask_bias)?;
-        let probs = ctx.softmax(&scores)?;
-        if let Some(attentions) = &mut ctx.attentions {
-            attentions.push(probs.clone());
-        }
-        let probs = ctx.dropout(&probs)?;
-        let context = probs
-            .matmul(&value)?
-            .transpose(1, 2)?
-            .reshape((batch * tokens, heads * head_size))?;
         let attended = layer.attention_output.forward(&context, ctx)?;
-        let attended = ctx.dropout(&attended)?;
-        let xs = ctx.layer_norm(&(attended + xs)?, &layer.attention_norm)?;
+        let summed = ctx.residual(&attended, xs)?;
+        let xs = ctx.layer_norm(&summed, &layer.attention_norm)?;
         let inner = layer.intermediate.forward(&xs, ctx)?;
         let inner = match self.config.activation {
+            Activation::Gelu if kernels::fused(&inner) => kernels::gelu_erf(&inner)?,
             Activation::Gelu => inner.gelu_erf()?,
             Activation::GeluTanh => inner.gelu()?,
             Activation::Relu => inner.relu()?,
         };
         let out = layer.output.forward(&inner, ctx)?;
-        let out = ctx.dropout(&out)?;
-        ctx.layer_norm(&(out + xs)?, &layer.output_norm)
+        let summed = ctx.residual(&out, &xs)?;
+        ctx.layer_norm(&summed, &layer.output_norm)
+    }
+
+    /// Attention through candle's ops: other devices, and calls that keep the probabilities.
+    /// Draws the same dropout numbers as the fused kernel.
+    fn composite_attention(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        mask: &KeyMask,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let (batch, tokens) = (mask.batch, mask.tokens);
+        let heads = self.config.num_attention_heads;
+        let head_size = self.config.head_size();
+        let split = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.reshape((batch, tokens, heads, head_size))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        // Scaling q instead of the scores touches t·d instead of t·t values per head.
+        let query = split(&(query / (head_size as f64).sqrt())?)?;
+        let bias = Tensor::from_slice(&mask.bias, (batch, 1, 1, tokens), query.device())?;
+        let scores = query.matmul(&split(key)?.t()?)?.broadcast_add(&bias)?;
+        let probs = ctx.softmax(&scores)?;
+        if let Some(attentions) = &mut ctx.attentions {
+            attentions.push(probs.clone());
+        }
+        let probs = ctx.dropout(&probs)?;
+        Ok(probs
+            .matmul(&split(value)?)?
+            .transpose(1, 2)?
+            .reshape((batch * tokens, heads * head_size))?)
     }
 
     /// Every linear layer, for export.

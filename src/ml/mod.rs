@@ -23,7 +23,6 @@
 //! Only this module imports candle. It may use `crate::model` (stage settings) and nothing
 //! else from the crate. Everything random comes from ChaCha8 streams of `Configure::seed`.
 
-mod allocator;
 mod classifier;
 mod config;
 mod encoder;
@@ -32,13 +31,14 @@ pub mod fixtures;
 mod kernels;
 mod optim;
 mod rng;
+mod runtime;
 mod trainer;
 mod weights;
 
-pub use allocator::tune_allocator;
 pub use classifier::{Batch, Classifier, DeviceChoice};
 pub use config::{Activation, Architecture, EncoderConfig};
 pub use encoder::{Ctx, Encoder};
 pub use error::MlError;
+pub use runtime::tune_runtime;
 pub use trainer::{StepStats, Trainer};
 pub use weights::LoadReport;

@@ -7,6 +7,7 @@ use candle_core::{Tensor, Var};
 use crate::model::stages::Schedule;
 
 use super::error::Result;
+use super::kernels::{self, AdamStep};
 
 pub(crate) const BETA1: f64 = 0.9;
 pub(crate) const BETA2: f64 = 0.999;
@@ -41,33 +42,66 @@ impl AdamW {
         })
     }
 
-    /// One update at 1-based step `t` with learning rate `lr`.
+    /// The update scalars of parameter `index` at 1-based step `t`.
+    fn scalars(&self, index: usize, lr: f64, t: usize, grad_scale: f64) -> AdamStep {
+        let t = t as i32;
+        AdamStep {
+            lr,
+            weight_decay: if self.decay[index] {
+                self.weight_decay
+            } else {
+                0.0
+            },
+            beta1: BETA1,
+            beta2: BETA2,
+            eps: EPS,
+            bias_correction1: 1.0 - BETA1.powi(t),
+            bias_correction2_sqrt: (1.0 - BETA2.powi(t)).sqrt(),
+            grad_scale,
+        }
+    }
+
+    /// One update at 1-based step `t` with learning rate `lr`; each gradient is multiplied by
+    /// `grad_scale` first (accumulation average times clipping coefficient).
     pub(crate) fn step(
         &mut self,
         vars: &[(String, Var)],
         grads: &[Tensor],
         lr: f64,
         t: usize,
+        grad_scale: f64,
     ) -> Result<()> {
-        let t = t as i32;
-        let bias_correction1 = 1.0 - BETA1.powi(t);
-        let bias_correction2_sqrt = (1.0 - BETA2.powi(t)).sqrt();
-        let step_size = lr / bias_correction1;
         for (index, ((_, var), grad)) in vars.iter().zip(grads).enumerate() {
-            let mut param = var.as_detached_tensor();
-            if self.decay[index] && self.weight_decay != 0.0 {
-                param = (param * (1.0 - lr * self.weight_decay))?;
+            let step = self.scalars(index, lr, t, grad_scale);
+            let (m, v) = (&self.first_moments[index], &self.second_moments[index]);
+            if kernels::fused(var.as_tensor()) && var.as_tensor().is_contiguous() {
+                kernels::adamw_update(var.as_tensor(), grad, m, v, &step)?;
+            } else {
+                let (m, v) = composite_update(var, grad, m, v, &step)?;
+                self.first_moments[index] = m;
+                self.second_moments[index] = v;
             }
-            let m = ((&self.first_moments[index] * BETA1)? + (grad * (1.0 - BETA1))?)?;
-            let v = ((&self.second_moments[index] * BETA2)? + (grad.sqr()? * (1.0 - BETA2))?)?;
-            let denom = ((v.sqrt()? / bias_correction2_sqrt)? + EPS)?;
-            let update = (m.div(&denom)? * step_size)?;
-            var.set(&(param - update)?)?;
-            self.first_moments[index] = m;
-            self.second_moments[index] = v;
         }
         Ok(())
     }
+}
+
+/// AdamW in candle tensor ops, for devices without the fused kernel; returns the new moments.
+fn composite_update(
+    var: &Var,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    step: &AdamStep,
+) -> Result<(Tensor, Tensor)> {
+    let grad = (grad * step.grad_scale)?;
+    let param = (var.as_detached_tensor() * (1.0 - step.lr * step.weight_decay))?;
+    let m = ((m * step.beta1)? + (&grad * (1.0 - step.beta1))?)?;
+    let v = ((v * step.beta2)? + (grad.sqr()? * (1.0 - step.beta2))?)?;
+    let denom = ((v.sqrt()? / step.bias_correction2_sqrt)? + step.eps)?;
+    let update = (m.div(&denom)? * (step.lr / step.bias_correction1))?;
+    var.set(&(param - update)?)?;
+    Ok((m, v))
 }
 
 /// Learning rate per optimizer step, as HF's `get_{constant,linear,cosine}_schedule_with_warmup`.
@@ -107,31 +141,29 @@ impl LrSchedule {
     }
 }
 
-/// The global L2 norm of `grads`, and the grads scaled to at most `max_norm` (torch's
-/// `clip_grad_norm_`: coefficient `max / (norm + 1e-6)`, applied only when below 1).
-pub(crate) fn clip(grads: Vec<Tensor>, max_norm: Option<f64>) -> Result<(Vec<Tensor>, f32)> {
-    let mut squares = Vec::with_capacity(grads.len());
-    for grad in &grads {
-        squares.push(
+/// The global L2 norm of `scale · grads`.
+pub(crate) fn global_norm(grads: &[Tensor], scale: f64) -> Result<f32> {
+    let mut squares = 0f64;
+    for grad in grads {
+        squares += if kernels::fused(grad) {
+            kernels::sum_of_squares(grad)?
+        } else {
             grad.sqr()?
                 .sum_all()?
                 .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?,
-        );
+                .to_scalar::<f64>()?
+        };
     }
-    let norm = squares.iter().sum::<f64>().sqrt();
-    let Some(max_norm) = max_norm else {
-        return Ok((grads, norm as f32));
-    };
-    let coefficient = max_norm / (norm + 1e-6);
-    if coefficient >= 1.0 {
-        return Ok((grads, norm as f32));
+    Ok((squares.sqrt() * scale) as f32)
+}
+
+/// torch's `clip_grad_norm_` coefficient for gradients of global norm `norm`: `max / (norm +
+/// 1e-6)` when that is below 1, else 1 (no clipping).
+pub(crate) fn clip_coefficient(norm: f32, max_norm: Option<f64>) -> f64 {
+    match max_norm {
+        Some(max_norm) => (max_norm / (f64::from(norm) + 1e-6)).min(1.0),
+        None => 1.0,
     }
-    let clipped = grads
-        .into_iter()
-        .map(|g| Ok((g * coefficient)?))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((clipped, norm as f32))
 }
 
 #[cfg(test)]
@@ -169,11 +201,13 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_max_norm() {
-        let grads = vec![Tensor::new(&[3.0f32, 4.0], &Device::Cpu).expect("tensor")];
-        let (clipped, norm) = clip(grads, Some(1.0)).expect("clip");
+        let grads = vec![Tensor::new(&[6.0f32, 8.0], &Device::Cpu).expect("tensor")];
+        // The stored gradient is the sum of two batches: the mean has norm 5.
+        let norm = global_norm(&grads, 0.5).expect("norm");
         assert!((norm - 5.0).abs() < 1e-6);
-        let values = clipped[0].to_vec1::<f32>().expect("values");
-        assert!((values[0] - 0.6).abs() < 1e-5 && (values[1] - 0.8).abs() < 1e-5);
+        assert!((clip_coefficient(norm, Some(1.0)) - 0.2).abs() < 1e-6);
+        assert_eq!(clip_coefficient(norm, Some(10.0)), 1.0);
+        assert_eq!(clip_coefficient(norm, None), 1.0);
     }
 
     #[test]
@@ -185,9 +219,42 @@ mod tests {
         let vars = vec![("w.weight".to_owned(), var)];
         let mut adam = AdamW::new(&vars, 0.5).expect("adam");
         let grad = Tensor::new(&[0.5f32, -0.25], &Device::Cpu).expect("grad");
-        adam.step(&vars, &[grad], 0.1, 1).expect("step");
+        adam.step(&vars, &[grad], 0.1, 1, 1.0).expect("step");
         let values = vars[0].1.as_tensor().to_vec1::<f32>().expect("values");
         assert!((values[0] - 0.85).abs() < 1e-6, "{values:?}");
         assert!((values[1] + 1.8).abs() < 1e-6, "{values:?}");
+    }
+
+    #[test]
+    fn fused_and_composite_updates_agree_over_steps() {
+        let values: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.1)
+            .collect();
+        let grad: Vec<f32> = (0..1000)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.01)
+            .collect();
+        let grad = Tensor::from_vec(grad, 1000, &Device::Cpu).expect("grad");
+        let fused = vec![(
+            "w.weight".to_owned(),
+            Var::from_vec(values.clone(), 1000, &Device::Cpu).expect("var"),
+        )];
+        let composite = Var::from_vec(values, 1000, &Device::Cpu).expect("var");
+        let mut adam = AdamW::new(&fused, 0.01).expect("adam");
+        let mut m = grad.zeros_like().expect("m");
+        let mut v = grad.zeros_like().expect("v");
+        for t in 1..=5 {
+            adam.step(&fused, std::slice::from_ref(&grad), 1e-2, t, 0.7)
+                .expect("fused step");
+            let step = adam.scalars(0, 1e-2, t, 0.7);
+            (m, v) = composite_update(&composite, &grad, &m, &v, &step).expect("composite");
+        }
+        let diff = (fused[0].1.as_tensor() - composite.as_tensor())
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .expect("diff");
+        assert!(diff < 1e-6, "weights differ by {diff}");
+        let moment_diff = (&adam.second_moments[0] - &v)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .expect("diff");
+        assert!(moment_diff < 1e-9, "second moments differ by {moment_diff}");
     }
 }

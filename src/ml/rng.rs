@@ -76,10 +76,19 @@ pub(crate) fn dropout_mask(
     device: &Device,
 ) -> Result<Tensor> {
     let count: usize = dims.iter().product();
+    Ok(Tensor::from_vec(
+        dropout_values(rng, count, p),
+        dims,
+        device,
+    )?)
+}
+
+/// The elements of [`dropout_mask`], drawing the same numbers from `rng`.
+pub(crate) fn dropout_values(rng: &mut ChaCha8Rng, count: usize, p: f64) -> Vec<f32> {
     let keep_scale = (1.0 / (1.0 - p)) as f32;
     // Compare raw 32-bit words with a threshold: one RNG word per element, no float maths.
     let threshold = (p * f64::from(u32::MAX)) as u32;
-    let mask: Vec<f32> = (0..count)
+    (0..count)
         .map(|_| {
             if rng.next_u32() >= threshold {
                 keep_scale
@@ -87,8 +96,7 @@ pub(crate) fn dropout_mask(
                 0.0
             }
         })
-        .collect();
-    Ok(Tensor::from_vec(mask, dims, device)?)
+        .collect()
 }
 
 #[cfg(test)]

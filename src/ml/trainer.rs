@@ -18,7 +18,7 @@ use crate::model::stages::Configure;
 use super::classifier::{Batch, Classifier};
 use super::encoder::Ctx;
 use super::error::{io_error, MlError, Result};
-use super::optim::{clip, AdamW, LrSchedule};
+use super::optim::{clip_coefficient, global_norm, AdamW, LrSchedule};
 use super::rng::{self, RngState};
 
 /// What one call to [`Trainer::step`] did.
@@ -117,16 +117,21 @@ impl Trainer {
             dropout: Some((&mut self.rng, dropout)),
             attentions: None,
         };
-        let logits = self.classifier.forward(batch, &mut ctx)?;
+        let (logits, word_leaf) = self.classifier.forward_training(batch, &mut ctx)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
         let grads = loss.backward()?;
-        let per_var = self
+        let mut per_var: Vec<Option<Tensor>> = self
             .classifier
             .params()
             .vars
             .iter()
             .map(|(_, var)| grads.get(var.as_tensor()).cloned())
             .collect();
+        if let Some(leaf) = word_leaf {
+            if let Some(slot) = per_var.get_mut(leaf.param_index) {
+                *slot = leaf.table_gradient(&grads)?;
+            }
+        }
         Ok((loss.to_scalar::<f32>()?, per_var))
     }
 
@@ -168,6 +173,8 @@ impl Trainer {
     }
 
     fn apply(&mut self) -> Result<f32> {
+        // The mean over the cycle and the clipping coefficient are one factor that the
+        // optimizer applies as it reads each gradient (no scaled copies).
         let scale = 1.0 / self.pending_batches as f64;
         let mut grads = Vec::with_capacity(self.pending.len());
         for ((_, var), slot) in self
@@ -178,11 +185,12 @@ impl Trainer {
             .zip(self.pending.iter_mut())
         {
             grads.push(match slot.take() {
-                Some(sum) => (sum * scale)?,
+                Some(sum) => sum,
                 None => var.as_tensor().zeros_like()?,
             });
         }
-        let (grads, norm) = clip(grads, self.max_grad_norm)?;
+        let norm = global_norm(&grads, scale)?;
+        let grad_scale = scale * clip_coefficient(norm, self.max_grad_norm);
         let lr = self.schedule.lr(self.optimizer_steps);
         self.optimizer_steps += 1;
         self.optimizer.step(
@@ -190,6 +198,7 @@ impl Trainer {
             &grads,
             lr,
             self.optimizer_steps,
+            grad_scale,
         )?;
         self.pending_batches = 0;
         Ok(norm)

@@ -1,33 +1,33 @@
-//! Fused CPU kernels that keep a backward pass.
+//! LayerNorm and softmax over the last dimension with a backward pass (candle's fused versions
+//! have none: knowledge.md, trap 1), in parallel over rows.
 //!
-//! candle's fused softmax has no backward (knowledge.md, trap 1), and the composite
-//! `ops::softmax` costs five elementwise passes forward and about ten backward, each with a
-//! fresh allocation (and, in candle 0.11, a thread-pool barrier). This softmax does one pass
-//! forward and three tensor ops backward. The LayerNorm likewise runs one pass forward and one
-//! kernel plus three tensor ops backward, instead of ~11 ops forward and ~20 backward for
-//! `ops::layer_norm_slow`. Other devices use the composite ops.
+//! LayerNorm is one pass forward and one backward (`dx`, `dγ` and `dβ` together, the
+//! parameter sums per task of rows, added in task order); candle's `layer_norm_slow` is ~11
+//! ops forward and ~20 backward. Softmax is one pass forward and three tensor ops backward.
+//! Other devices use the composite ops.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
 
-fn f32_slice<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("taper {what} expects an f32 tensor")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("taper {what} expects a contiguous tensor")
-    };
-    Ok(&data[start..end])
-}
+use super::{f32_slice, fused, math, rows_per_task, view};
 
 /// Mean and reciprocal standard deviation of one row (biased variance, as torch).
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n;
+    let mean = math::sum(row) / n;
+    let mut lanes = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|x| (x - mean) * (x - mean))
+        .sum();
+    for chunk in chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *lane += (x - mean) * (x - mean);
+        }
+    }
+    let var = (lanes.iter().sum::<f32>() + tail) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -54,13 +54,21 @@ impl CustomOp3 for TrainableLayerNorm {
         let gamma = f32_slice(gamma, gamma_layout, "layer norm")?;
         let beta = f32_slice(beta, beta_layout, "layer norm")?;
         let width = gamma.len().max(1);
-        let mut out = vec![0f32; x_data.len()];
-        for (row, out_row) in x_data.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-            let (mean, rstd) = row_stats(row, self.eps);
-            for (((o, x), g), b) in out_row.iter_mut().zip(row).zip(gamma).zip(beta) {
-                *o = (x - mean) * rstd * g + b;
-            }
+        if x_data.len() % width != 0 || beta.len() != gamma.len() {
+            candle_core::bail!("taper layer norm: input and parameters do not fit")
         }
+        let mut out = vec![0f32; x_data.len()];
+        let chunk = rows_per_task(width) * width;
+        out.par_chunks_mut(chunk)
+            .zip(x_data.par_chunks(chunk))
+            .for_each(|(out, x)| {
+                for (row, out_row) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+                    let (mean, rstd) = row_stats(row, self.eps);
+                    for (((o, x), g), b) in out_row.iter_mut().zip(row).zip(gamma).zip(beta) {
+                        *o = (x - mean) * rstd * g + b;
+                    }
+                }
+            });
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 
@@ -68,78 +76,72 @@ impl CustomOp3 for TrainableLayerNorm {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
+        beta: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let width = gamma.dim(0)?;
         let grad = grad.contiguous()?;
-        // One kernel gives `[dx | x̂]` side by side; the parameter gradients are column sums.
-        let both = x.apply_op3_no_bwd(gamma, &grad, &LayerNormBackward { eps: self.eps })?;
-        let rows = x.elem_count() / width;
-        let both = both.reshape((rows, 2 * width))?;
-        let dx = both.narrow(1, 0, width)?.reshape(x.shape())?;
-        let x_hat = both.narrow(1, width, width)?;
-        let grad_rows = grad.reshape((rows, width))?;
-        let d_gamma = (&grad_rows * &x_hat)?.sum(0)?;
-        let d_beta = grad_rows.sum(0)?;
-        Ok((Some(dx), Some(d_gamma), Some(d_beta)))
-    }
-}
-
-/// Backward kernel of [`TrainableLayerNorm`] on `(x, gamma, dy)`: rows of `[dx | x̂]` with
-/// `dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))`, `ĝ = dy ⊙ gamma`.
-struct LayerNormBackward {
-    eps: f32,
-}
-
-impl CustomOp3 for LayerNormBackward {
-    fn name(&self) -> &'static str {
-        "taper-layer-norm-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        x_layout: &Layout,
-        gamma: &CpuStorage,
-        gamma_layout: &Layout,
-        grad: &CpuStorage,
-        grad_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x_data = f32_slice(x, x_layout, "layer norm backward")?;
-        let gamma = f32_slice(gamma, gamma_layout, "layer norm backward")?;
-        let grad = f32_slice(grad, grad_layout, "layer norm backward")?;
-        let width = gamma.len().max(1);
-        let rows = x_data.len() / width;
-        let mut out = vec![0f32; 2 * x_data.len()];
-        let mut scaled = vec![0f32; width];
-        for ((row, grad_row), out_row) in x_data
-            .chunks_exact(width)
-            .zip(grad.chunks_exact(width))
-            .zip(out.chunks_exact_mut(2 * width))
-        {
-            let (mean, rstd) = row_stats(row, self.eps);
-            let (dx, x_hat) = out_row.split_at_mut(width);
-            let mut sum_scaled = 0f32;
-            let mut sum_scaled_hat = 0f32;
-            for i in 0..width {
-                x_hat[i] = (row[i] - mean) * rstd;
-                scaled[i] = grad_row[i] * gamma[i];
-                sum_scaled += scaled[i];
-                sum_scaled_hat += scaled[i] * x_hat[i];
-            }
-            let n = width as f32;
-            let (m1, m2) = (sum_scaled / n, sum_scaled_hat / n);
-            for i in 0..width {
-                dx[i] = rstd * (scaled[i] - m1 - x_hat[i] * m2);
-            }
+        let (x_c, gamma_c) = (x.contiguous()?, gamma.contiguous()?);
+        let (x_view, gamma_view, grad_view) = (view(&x_c), view(&gamma_c), view(&grad));
+        let what = "layer norm backward";
+        let (xs, gs, dys) = (
+            x_view.slice(what)?,
+            gamma_view.slice(what)?,
+            grad_view.slice(what)?,
+        );
+        let width = gs.len().max(1);
+        if xs.len() != dys.len() || xs.len() % width != 0 {
+            candle_core::bail!("taper layer norm backward: shapes do not fit")
         }
-        Ok((CpuStorage::F32(out), Shape::from((rows, 2 * width))))
+        let chunk = rows_per_task(width) * width;
+        let mut dx = vec![0f32; xs.len()];
+        // dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)), ĝ = dy ⊙ γ; dγ = Σ dy ⊙ x̂; dβ = Σ dy.
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk).zip(dys.par_chunks(chunk)))
+            .map(|(dx, (x, dy))| {
+                let mut d_gamma = vec![0f32; width];
+                let mut d_beta = vec![0f32; width];
+                let mut x_hat = vec![0f32; width];
+                let mut scaled = vec![0f32; width];
+                let rows = x.chunks_exact(width).zip(dy.chunks_exact(width));
+                for ((row, dy_row), dx_row) in rows.zip(dx.chunks_exact_mut(width)) {
+                    let (mean, rstd) = row_stats(row, self.eps);
+                    for i in 0..width {
+                        x_hat[i] = (row[i] - mean) * rstd;
+                        scaled[i] = dy_row[i] * gs[i];
+                        d_gamma[i] += dy_row[i] * x_hat[i];
+                        d_beta[i] += dy_row[i];
+                    }
+                    let n = width as f32;
+                    let m1 = math::sum(&scaled) / n;
+                    let m2 = math::dot(&scaled, &x_hat) / n;
+                    for i in 0..width {
+                        dx_row[i] = rstd * (scaled[i] - m1 - x_hat[i] * m2);
+                    }
+                }
+                (d_gamma, d_beta)
+            })
+            .collect();
+        // Task partials are added in task order: the same sums whatever the thread count.
+        let mut d_gamma = vec![0f32; width];
+        let mut d_beta = vec![0f32; width];
+        for (pg, pb) in &partials {
+            d_gamma.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
+            d_beta.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
+        let wrap = |data: Vec<f32>, like: &Tensor| -> candle_core::Result<Option<Tensor>> {
+            Ok(if like.track_op() {
+                Some(Tensor::from_vec(data, like.shape(), like.device())?)
+            } else {
+                None
+            })
+        };
+        Ok((wrap(dx, x)?, wrap(d_gamma, gamma)?, wrap(d_beta, beta)?))
     }
 }
 
-/// Differentiable LayerNorm over the last dimension: fused kernels on CPU f32, candle's
+/// Differentiable LayerNorm over the last dimension: the fused kernels on CPU f32, candle's
 /// composite op elsewhere.
 pub(crate) fn layer_norm(
     xs: &Tensor,
@@ -147,7 +149,7 @@ pub(crate) fn layer_norm(
     beta: &Tensor,
     eps: f32,
 ) -> candle_core::Result<Tensor> {
-    if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+    if fused(xs) {
         xs.contiguous()?.apply_op3(
             &gamma.contiguous()?,
             &beta.contiguous()?,
@@ -171,25 +173,14 @@ impl CustomOp1 for TrainableSoftmax {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("taper softmax expects an f32 tensor")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("taper softmax expects a contiguous input")
-        };
-        let input = &data[start..end];
+        let input = f32_slice(storage, layout, "softmax")?;
         let width = layout.dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; input.len()];
-        for (row, out_row) in input.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (o, x) in out_row.iter_mut().zip(row) {
-                *o = (x - max).exp();
-                sum += *o;
-            }
-            let inverse = 1.0 / sum;
-            out_row.iter_mut().for_each(|o| *o *= inverse);
-        }
+        let mut out = input.to_vec();
+        let chunk = rows_per_task(width) * width;
+        out.par_chunks_mut(chunk).for_each(|rows| {
+            rows.chunks_exact_mut(width)
+                .for_each(math::softmax_in_place)
+        });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -207,7 +198,7 @@ impl CustomOp1 for TrainableSoftmax {
 /// Differentiable softmax over the last dimension: the fused kernel on CPU f32, candle's
 /// composite op elsewhere.
 pub(crate) fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
-    if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+    if fused(xs) {
         xs.contiguous()?.apply_op1(TrainableSoftmax)
     } else {
         candle_nn::ops::softmax(xs, D::Minus1)
