@@ -312,10 +312,10 @@ fn check_one_step(arch: &EncoderConfig, method: &str, expect_frozen: impl Fn(&st
         assert!(norm > 0.0, "`{name}` got no gradient with method {method}");
     }
     let base_before = snapshot(trainer.classifier().base_tensors(false).expect("base"));
-    let trainable_before = snapshot(trainer.classifier().trainable_tensors());
+    let trainable_before = snapshot(trainer.classifier().trainable_tensors().expect("copies"));
     let stats = trainer.step(batch).expect("step");
     assert!(stats.optimizer_step_taken && stats.loss.is_finite());
-    let trainable_after = snapshot(trainer.classifier().trainable_tensors());
+    let trainable_after = snapshot(trainer.classifier().trainable_tensors().expect("copies"));
     for (name, before) in &trainable_before {
         assert_ne!(
             before, &trainable_after[name],
@@ -506,8 +506,8 @@ fn run_resume_case(method: &str) {
         resumed.step(batch).expect("step");
     }
     assert_eq!(
-        snapshot(straight.classifier().trainable_tensors()),
-        snapshot(resumed.classifier().trainable_tensors()),
+        snapshot(straight.classifier().trainable_tensors().expect("copies")),
+        snapshot(resumed.classifier().trainable_tensors().expect("copies")),
         "resumed run diverged with method {method}"
     );
 }

@@ -353,12 +353,14 @@ impl Classifier {
         self.params.names().map(str::to_owned).collect()
     }
 
-    /// The current values of the trainable parameters, sorted by name.
-    pub fn trainable_tensors(&self) -> Vec<(String, Tensor)> {
+    /// Copies of the current values of the trainable parameters, sorted by name. Copies,
+    /// because the optimizer updates weights in place: a view taken before a step would show
+    /// the weights after it.
+    pub fn trainable_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         self.params
             .vars
             .iter()
-            .map(|(name, var)| (name.clone(), var.as_detached_tensor()))
+            .map(|(name, var)| Ok((name.clone(), var.as_detached_tensor().copy()?)))
             .collect()
     }
 
@@ -471,6 +473,8 @@ impl Classifier {
 
     /// Every tensor of encoder and head under its HF name, without adapters (with `merge`,
     /// adapters are folded in). Tests use it to check that frozen weights keep their bytes.
+    /// Trainable ones are views of live weights, which the optimizer updates in place: read
+    /// them before the next training step.
     pub fn base_tensors(&self, merge: bool) -> Result<Vec<(String, Tensor)>> {
         let mut tensors = self.encoder.base_tensors(merge)?;
         for linear in self.head.pooler.iter().chain([&self.head.classifier]) {

@@ -18,28 +18,82 @@ pub(crate) fn decays(name: &str) -> bool {
     !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
 }
 
+/// The two moments of one parameter.
+pub(crate) enum Moments {
+    /// CPU f32 parameters: vectors the fused kernel updates in the same pass as the weights.
+    Host { first: Vec<f32>, second: Vec<f32> },
+    /// Other devices: tensors, replaced by each composite update.
+    Device { first: Tensor, second: Tensor },
+}
+
 /// `torch.optim.AdamW` (decoupled weight decay, bias-corrected moments).
 pub(crate) struct AdamW {
     weight_decay: f64,
     decay: Vec<bool>,
-    pub(crate) first_moments: Vec<Tensor>,
-    pub(crate) second_moments: Vec<Tensor>,
+    moments: Vec<Moments>,
+}
+
+/// Whether `param` takes the fused in-place update.
+fn fused_update(param: &Tensor) -> bool {
+    kernels::fused(param) && param.is_contiguous()
 }
 
 impl AdamW {
     pub(crate) fn new(vars: &[(String, Var)], weight_decay: f64) -> Result<Self> {
-        let mut first_moments = Vec::with_capacity(vars.len());
-        let mut second_moments = Vec::with_capacity(vars.len());
-        for (_, var) in vars {
-            first_moments.push(var.as_tensor().zeros_like()?);
-            second_moments.push(var.as_tensor().zeros_like()?);
-        }
+        let moments = vars
+            .iter()
+            .map(|(_, var)| {
+                let param = var.as_tensor();
+                Ok(if fused_update(param) {
+                    Moments::Host {
+                        first: vec![0.0; param.elem_count()],
+                        second: vec![0.0; param.elem_count()],
+                    }
+                } else {
+                    Moments::Device {
+                        first: param.zeros_like()?,
+                        second: param.zeros_like()?,
+                    }
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             weight_decay,
             decay: vars.iter().map(|(name, _)| decays(name)).collect(),
-            first_moments,
-            second_moments,
+            moments,
         })
+    }
+
+    /// Parameter `index`'s moments as tensors shaped like `like` (checkpoints).
+    pub(crate) fn moment_tensors(&self, index: usize, like: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok(match &self.moments[index] {
+            Moments::Host { first, second } => (
+                Tensor::from_slice(first, like.shape(), like.device())?,
+                Tensor::from_slice(second, like.shape(), like.device())?,
+            ),
+            Moments::Device { first, second } => (first.clone(), second.clone()),
+        })
+    }
+
+    /// Moments for parameter `index` from checkpoint tensors, in this optimizer's form.
+    pub(crate) fn moments_from(
+        &self,
+        index: usize,
+        first: Tensor,
+        second: Tensor,
+    ) -> Result<Moments> {
+        Ok(match &self.moments[index] {
+            Moments::Host { .. } => Moments::Host {
+                first: first.flatten_all()?.to_vec1::<f32>()?,
+                second: second.flatten_all()?.to_vec1::<f32>()?,
+            },
+            Moments::Device { .. } => Moments::Device { first, second },
+        })
+    }
+
+    /// Replaces every parameter's moments (from [`AdamW::moments_from`], in parameter order).
+    pub(crate) fn restore_moments(&mut self, moments: Vec<Moments>) {
+        self.moments = moments;
     }
 
     /// The update scalars of parameter `index` at 1-based step `t`.
@@ -73,13 +127,15 @@ impl AdamW {
     ) -> Result<()> {
         for (index, ((_, var), grad)) in vars.iter().zip(grads).enumerate() {
             let step = self.scalars(index, lr, t, grad_scale);
-            let (m, v) = (&self.first_moments[index], &self.second_moments[index]);
-            if kernels::fused(var.as_tensor()) && var.as_tensor().is_contiguous() {
-                kernels::adamw_update(var.as_tensor(), grad, m, v, &step)?;
-            } else {
-                let (m, v) = composite_update(var, grad, m, v, &step)?;
-                self.first_moments[index] = m;
-                self.second_moments[index] = v;
+            match &mut self.moments[index] {
+                Moments::Host { first, second } => {
+                    kernels::adamw_update(var.as_tensor(), grad, first, second, &step)?;
+                }
+                Moments::Device { first, second } => {
+                    let (m, v) = composite_update(var, grad, first, second, &step)?;
+                    *first = m;
+                    *second = v;
+                }
             }
         }
         Ok(())
@@ -252,7 +308,10 @@ mod tests {
             .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
             .expect("diff");
         assert!(diff < 1e-6, "weights differ by {diff}");
-        let moment_diff = (&adam.second_moments[0] - &v)
+        let (_, host_v) = adam
+            .moment_tensors(0, fused[0].1.as_tensor())
+            .expect("moments");
+        let moment_diff = (&host_v - &v)
             .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
             .expect("diff");
         assert!(moment_diff < 1e-9, "second moments differ by {moment_diff}");

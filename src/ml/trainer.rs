@@ -248,14 +248,9 @@ impl Trainer {
         let mut moments = std::collections::HashMap::new();
         for (index, (name, var)) in self.vars().iter().enumerate() {
             params.insert(name.clone(), var.as_detached_tensor());
-            moments.insert(
-                format!("m.{name}"),
-                self.optimizer.first_moments[index].clone(),
-            );
-            moments.insert(
-                format!("v.{name}"),
-                self.optimizer.second_moments[index].clone(),
-            );
+            let (first, second) = self.optimizer.moment_tensors(index, var.as_tensor())?;
+            moments.insert(format!("m.{name}"), first);
+            moments.insert(format!("v.{name}"), second);
         }
         candle_core::safetensors::save(&params, dir.join(PARAMS_FILE))?;
         candle_core::safetensors::save(&moments, dir.join(OPTIMIZER_FILE))?;
@@ -333,20 +328,19 @@ impl Trainer {
             }
             Ok(tensor.clone())
         };
-        let mut first = Vec::with_capacity(names.len());
-        let mut second = Vec::with_capacity(names.len());
+        let mut restored = Vec::with_capacity(names.len());
         let mut values = Vec::with_capacity(names.len());
-        for (name, var) in self.vars() {
+        for (index, (name, var)) in self.vars().iter().enumerate() {
             values.push(take(&params, name, var.as_tensor())?);
-            first.push(take(&moments, &format!("m.{name}"), var.as_tensor())?);
-            second.push(take(&moments, &format!("v.{name}"), var.as_tensor())?);
+            let first = take(&moments, &format!("m.{name}"), var.as_tensor())?;
+            let second = take(&moments, &format!("v.{name}"), var.as_tensor())?;
+            restored.push(self.optimizer.moments_from(index, first, second)?);
         }
         // Everything was read and checked before anything is changed.
         for ((_, var), value) in self.vars().iter().zip(&values) {
             var.set(value)?;
         }
-        self.optimizer.first_moments = first;
-        self.optimizer.second_moments = second;
+        self.optimizer.restore_moments(restored);
         self.optimizer_steps = state.optimizer_steps;
         self.rng = rng;
         self.pending = vec![None; names.len()];

@@ -154,7 +154,7 @@ fn settings(kind: StageKind) -> Value {
                 }), &["patience"]),
                 "pooling": one_of_names("Sentence representation fed to the head.", &["pooler", "mean"], "pooler"),
                 "dropout": number("Dropout probability while training.", Some(0.1)),
-                "checkpoint_every": integer("Optimizer steps between resumable checkpoints.", 1, Some(50)),
+                "checkpoint_every": integer("Optimizer steps between resumable checkpoints (one is also written at each epoch end).", 1, Some(500)),
             }),
             &[],
         ),
