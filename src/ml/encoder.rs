@@ -64,17 +64,21 @@ impl Ctx<'_> {
 
     /// A `count`-element dropout keep-mask from the context's RNG and probability, drawing the
     /// same numbers as [`Ctx::dropout`] on a tensor of that size; `None` when not dropping.
-    fn dropout_values(&mut self, count: usize) -> Option<Vec<f32>> {
+    /// `p` overrides the context's probability, as in [`Ctx::dropout_with`].
+    fn dropout_values(&mut self, count: usize, p: Option<f64>) -> Option<Vec<f32>> {
         match &mut self.dropout {
-            Some((rng, p)) if *p > 0.0 => Some(rng::dropout_values(rng, count, *p)),
-            _ => None,
+            Some((rng, default_p)) => {
+                let p = p.unwrap_or(*default_p);
+                (p > 0.0).then(|| rng::dropout_values(rng, count, p))
+            }
+            None => None,
         }
     }
 
     /// The residual connection `dropout(branch) + skip`.
     fn residual(&mut self, branch: &Tensor, skip: &Tensor) -> Result<Tensor> {
         if kernels::fused(branch) {
-            let dropout = self.dropout_values(branch.elem_count());
+            let dropout = self.dropout_values(branch.elem_count(), None);
             Ok(kernels::residual_add(branch, skip, dropout)?)
         } else {
             Ok((self.dropout(branch)? + skip)?)
@@ -244,6 +248,22 @@ impl Linear {
         };
         match &self.adapter {
             Adapter::None => plain(xs),
+            Adapter::Lora {
+                a,
+                b,
+                scale,
+                dropout,
+            } if kernels::fused(xs) && !self.weight.track_op() && !self.bias.track_op() => {
+                let mask = ctx.dropout_values(xs.elem_count(), Some(*dropout));
+                Ok(kernels::lora_linear(
+                    xs,
+                    &self.weight,
+                    &self.bias,
+                    (a, b),
+                    *scale,
+                    mask,
+                )?)
+            }
             Adapter::Lora {
                 a,
                 b,
@@ -606,7 +626,7 @@ impl Encoder {
                 heads: self.config.num_attention_heads,
                 head_size: self.config.head_size(),
             };
-            let dropout = ctx.dropout_values(shape.batch * shape.heads * shape.tokens.pow(2));
+            let dropout = ctx.dropout_values(shape.batch * shape.heads * shape.tokens.pow(2), None);
             kernels::attention(&qkv, shape, mask.bias.clone(), dropout)?
         } else {
             let query = layer.query.forward(xs, ctx)?;

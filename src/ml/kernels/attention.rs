@@ -244,7 +244,10 @@ impl CustomOp1 for Attention {
             .enumerate()
             .try_for_each(|(index, out)| self.forward_block(index, &self.block(index, qkv), out))?;
         let rows = self.shape.batch * self.shape.tokens;
-        Ok((CpuStorage::F32(out), Shape::from((rows, self.shape.hidden()))))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((rows, self.shape.hidden())),
+        ))
     }
 
     fn bwd(
@@ -374,8 +377,8 @@ mod tests {
         for dropout in [None, Some(mask.as_slice())] {
             let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
             let qkv = Tensor::cat(&[qt, kt, vt], 1).expect("packed");
-            let ours = attention(&qkv, s, key_bias.clone(), dropout.map(<[f32]>::to_vec))
-                .expect("fused");
+            let ours =
+                attention(&qkv, s, key_bias.clone(), dropout.map(<[f32]>::to_vec)).expect("fused");
             let theirs = composite(qt, kt, vt, s, &key_bias, dropout).expect("composite");
             assert!(max_diff(&ours, &theirs) < 1e-6, "values");
             let grads = |y: &Tensor| {
