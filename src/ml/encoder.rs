@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::config::{Activation, Architecture, EncoderConfig};
 use super::error::{MlError, Result};
-use super::kernels::{self, AttentionShape};
+use super::kernels::{self, AttentionShape, LoraBlock};
 use super::rng;
 use super::weights::{Init, ParamBuilder};
 
@@ -254,14 +254,17 @@ impl Linear {
                 scale,
                 dropout,
             } if kernels::fused(xs) && !self.weight.track_op() && !self.bias.track_op() => {
-                let mask = ctx.dropout_values(xs.elem_count(), Some(*dropout));
+                let block = LoraBlock {
+                    columns: 0..self.weight.dim(0)?,
+                    mask: ctx.dropout_values(xs.elem_count(), Some(*dropout)),
+                };
                 Ok(kernels::lora_linear(
                     xs,
                     &self.weight,
                     &self.bias,
                     (a, b),
                     *scale,
-                    mask,
+                    vec![block],
                 )?)
             }
             Adapter::Lora {
@@ -402,27 +405,71 @@ pub(crate) fn linear_module_names(config: &EncoderConfig) -> Vec<String> {
 }
 
 /// The query, key and value projections of `xs` side by side, `[n, 3 · hidden]`, as the fused
-/// attention kernel reads them. Without adapters on them they are one GEMM against the three
-/// weights stacked (a 1.7 MB copy per layer for MiniLM, against three GEMMs and, backward, two
-/// more gradient accumulations on `xs`); with adapters, each projection runs on its own.
+/// attention kernel reads them: one GEMM against the three weights stacked (a 1.7 MB copy per
+/// layer for MiniLM, against three GEMMs and, backward, two more gradient accumulations on
+/// `xs`). LoRA adapters on frozen projections (PEFT's default targets query and value) join the
+/// same GEMM as column blocks; other adapters run each projection on its own.
 fn packed_projections(layer: &Layer, xs: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
     let projections = [&layer.query, &layer.key, &layer.value];
+    let weights = projections.map(|linear| &linear.weight);
+    let biases = projections.map(|linear| &linear.bias);
     if projections
         .iter()
         .all(|linear| matches!(linear.adapter, Adapter::None))
     {
-        let weights = projections.map(|linear| &linear.weight);
-        let biases = projections.map(|linear| &linear.bias);
         let weight = Tensor::cat(&weights, 0)?;
         let bias = Tensor::cat(&biases, 0)?;
-        Ok(kernels::linear(xs, &weight, &bias)?)
-    } else {
+        return Ok(kernels::linear(xs, &weight, &bias)?);
+    }
+    let lora: Vec<_> = projections
+        .iter()
+        .enumerate()
+        .filter_map(|(index, linear)| match &linear.adapter {
+            Adapter::Lora {
+                a,
+                b,
+                scale,
+                dropout,
+            } => Some((index, a, b, *scale, *dropout)),
+            _ => None,
+        })
+        .collect();
+    // One scale for all (one LoRA config sets them), no other adapter kind, frozen bases.
+    let stackable = lora.windows(2).all(|pair| pair[0].3 == pair[1].3)
+        && projections.iter().all(|linear| {
+            matches!(linear.adapter, Adapter::None | Adapter::Lora { .. })
+                && !linear.weight.track_op()
+                && !linear.bias.track_op()
+        });
+    if !stackable {
         let outputs = projections
             .iter()
             .map(|linear| linear.forward(xs, ctx))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&outputs, 1)?)
+        return Ok(Tensor::cat(&outputs, 1)?);
     }
+    let scale = lora.first().map_or(1.0, |(_, _, _, scale, _)| *scale);
+    let hidden = layer.query.weight.dim(0)?;
+    // Masks are drawn in projection order, as the projections would draw them one by one.
+    let mut blocks = Vec::with_capacity(lora.len());
+    for (index, _, _, _, dropout) in &lora {
+        blocks.push(LoraBlock {
+            columns: index * hidden..(index + 1) * hidden,
+            mask: ctx.dropout_values(xs.elem_count(), Some(*dropout)),
+        });
+    }
+    let a = Tensor::cat(&lora.iter().map(|(_, a, ..)| *a).collect::<Vec<_>>(), 0)?;
+    let b = Tensor::cat(&lora.iter().map(|(_, _, b, ..)| *b).collect::<Vec<_>>(), 0)?;
+    let weight = Tensor::cat(&weights, 0)?;
+    let bias = Tensor::cat(&biases, 0)?;
+    Ok(kernels::lora_linear(
+        xs,
+        &weight,
+        &bias,
+        (&a, &b),
+        scale,
+        blocks,
+    )?)
 }
 
 /// The padding mask of one batch as additive key biases.

@@ -1,7 +1,12 @@
-//! A LoRA linear layer as one op: `y = x Wᵀ + b + s · ((x ⊙ D) Aᵀ) Bᵀ` with `W`, `b` frozen,
+//! LoRA linear layers as one op: `y = x Wᵀ + b + s · ((x ⊙ D) Aᵀ) Bᵀ` with `W`, `b` frozen,
 //! `A` `[r, in]` and `B` `[out, r]` trained, `D` LoRA's dropout keep-mask, `s = alpha / r`.
 //!
-//! Through candle's ops the adapter was a dropout multiply, two skinny matmuls, a scaling and an
+//! Several layers reading the same input (attention's q, k, v) run as one op: `W` is their
+//! weights stacked, one GEMM computes every base output, and each adapter adds into its own
+//! column block ([`LoraBlock`]). Their `A`s and `B`s arrive stacked too (`A` `[k · r, in]`,
+//! `B` `[Σ out, r]`), so the op has three inputs whatever the number of adapters.
+//!
+//! Through candle's ops an adapter was a dropout multiply, two skinny matmuls, a scaling and an
 //! add forward, and about twice that backward, each a single-threaded pass with its own
 //! allocation, plus the frozen layer's unused `dW`. Backward here recomputes `x ⊙ D` and
 //! `(x ⊙ D) Aᵀ` (`[n, r]`, cheap at LoRA ranks) instead of keeping them.
@@ -16,13 +21,25 @@ use super::{f32_slice, view};
 
 const CHUNK: usize = 32 * 1024;
 
+/// One adapter: the output columns it adds to, and its dropout keep-mask (`[n, in]`, `None`
+/// when not dropping).
+#[derive(Debug, Clone)]
+pub(crate) struct LoraBlock {
+    pub(crate) columns: std::ops::Range<usize>,
+    pub(crate) mask: Option<Vec<f32>>,
+}
+
+struct Block {
+    columns: std::ops::Range<usize>,
+    mask: Option<Arc<Vec<f32>>>,
+}
+
 struct Lora {
     /// The frozen base weight `[out, in]` and bias `[out]`.
     weight: Tensor,
     bias: Tensor,
     scale: f32,
-    /// `[n, in]` inverted-dropout keep-mask of the adapter's input, if training.
-    mask: Option<Arc<Vec<f32>>>,
+    blocks: Vec<Block>,
 }
 
 /// `(rows, in, out, rank)`.
@@ -31,28 +48,41 @@ type Dims = (usize, usize, usize, usize);
 impl Lora {
     fn dims(&self, x: &Shape, a: &Shape, b: &Shape) -> candle_core::Result<Dims> {
         let (out, in_dim) = self.weight.dims2()?;
-        let (rank, a_in) = a.dims2()?;
-        let (b_out, b_rank) = b.dims2()?;
+        let (a_rows, a_in) = a.dims2()?;
+        let (b_rows, rank) = b.dims2()?;
         let x_in = x.dims().last().copied().unwrap_or(0);
-        if x_in != in_dim || a_in != in_dim || b_out != out || b_rank != rank {
+        let rows = x.elem_count() / in_dim.max(1);
+        let widths: usize = self.blocks.iter().map(|b| b.columns.len()).sum();
+        let fits = x_in == in_dim
+            && a_in == in_dim
+            && a_rows == rank * self.blocks.len()
+            && b_rows == widths
+            && self.blocks.iter().all(|block| {
+                block.columns.end <= out
+                    && block.mask.as_ref().is_none_or(|m| m.len() == rows * in_dim)
+            });
+        if !fits {
             candle_core::bail!(
-                "taper lora: input {:?}, A {:?}, B {:?} do not fit weight {:?}",
+                "taper lora: input {:?}, A {:?}, B {:?} and {} adapters do not fit weight {:?}",
                 x.dims(),
                 a.dims(),
                 b.dims(),
+                self.blocks.len(),
                 self.weight.dims()
             )
-        }
-        let rows = x.elem_count() / in_dim.max(1);
-        if self.mask.as_ref().is_some_and(|m| m.len() != rows * in_dim) {
-            candle_core::bail!("taper lora: dropout mask does not match the input")
         }
         Ok((rows, in_dim, out, rank))
     }
 
+    /// Row offsets of block `index` in the stacked `A` and `B`.
+    fn offsets(&self, index: usize, rank: usize) -> (usize, usize) {
+        let b_offset = self.blocks[..index].iter().map(|b| b.columns.len()).sum();
+        (index * rank, b_offset)
+    }
+
     /// `x ⊙ D` (a copy of `x` without dropout).
-    fn dropped(&self, x: &[f32]) -> Vec<f32> {
-        match &self.mask {
+    fn dropped(x: &[f32], mask: Option<&[f32]>) -> Vec<f32> {
+        match mask {
             Some(mask) => {
                 let mut out = vec![0f32; x.len()];
                 out.par_chunks_mut(CHUNK)
@@ -68,9 +98,8 @@ impl Lora {
         }
     }
 
-    /// `u = (x ⊙ D) Aᵀ`, `[rows, rank]`.
+    /// `u = (x ⊙ D) Aᵀ`, `[rows, rank]`, for block `a` (`[rank, in]`).
     fn down(
-        &self,
         dropped: &[f32],
         a: &[f32],
         (rows, in_dim, _, rank): Dims,
@@ -122,15 +151,20 @@ impl CustomOp3 for Lora {
             1.0,
             Threads::Pool,
         )?;
-        let u = self.down(&self.dropped(x), a, dims)?;
-        gemm(
-            MatMut::rows(&mut out, rows, out_dim, out_dim),
-            Mat::rows(&u, rows, rank, rank),
-            Mat::rows(b, out_dim, rank, rank).t(),
-            true,
-            self.scale,
-            Threads::Pool,
-        )?;
+        for (index, block) in self.blocks.iter().enumerate() {
+            let (a_off, b_off) = self.offsets(index, rank);
+            let width = block.columns.len();
+            let dropped = Self::dropped(x, block.mask.as_deref().map(Vec::as_slice));
+            let u = Self::down(&dropped, &a[a_off * in_dim..(a_off + rank) * in_dim], dims)?;
+            gemm(
+                MatMut::rows(&mut out[block.columns.start..], rows, width, out_dim),
+                Mat::rows(&u, rows, rank, rank),
+                Mat::rows(&b[b_off * rank..(b_off + width) * rank], width, rank, rank).t(),
+                true,
+                self.scale,
+                Threads::Pool,
+            )?;
+        }
         let mut shape = x_layout.dims().to_vec();
         if let Some(last) = shape.last_mut() {
             *last = out_dim;
@@ -164,106 +198,111 @@ impl CustomOp3 for Lora {
             views[3].slice(what)?,
             views[4].slice(what)?,
         );
-        let g = Mat::rows(gs, rows, out_dim, out_dim);
-        let dropped = self.dropped(xs);
-        // v = g B, [rows, rank]: the gradient at the adapter's bottleneck, before the scale.
-        let mut v = vec![0f32; rows * rank];
-        gemm(
-            MatMut::rows(&mut v, rows, rank, rank),
-            g,
-            Mat::rows(b_s, out_dim, rank, rank),
-            false,
-            1.0,
-            Threads::Pool,
-        )?;
-        let dx = if x.track_op() {
-            let mut dx = vec![0f32; rows * in_dim];
+        let mut dx = vec![0f32; if x.track_op() { rows * in_dim } else { 0 }];
+        if x.track_op() {
             gemm(
                 MatMut::rows(&mut dx, rows, in_dim, in_dim),
-                g,
+                Mat::rows(gs, rows, out_dim, out_dim),
                 Mat::rows(ws, out_dim, in_dim, in_dim),
                 false,
                 1.0,
                 Threads::Pool,
             )?;
-            let a_mat = Mat::rows(a_s, rank, in_dim, in_dim);
-            match &self.mask {
-                None => gemm(
-                    MatMut::rows(&mut dx, rows, in_dim, in_dim),
-                    Mat::rows(&v, rows, rank, rank),
-                    a_mat,
-                    true,
-                    self.scale,
-                    Threads::Pool,
-                )?,
-                Some(mask) => {
-                    let mut d_dropped = vec![0f32; rows * in_dim];
-                    gemm(
-                        MatMut::rows(&mut d_dropped, rows, in_dim, in_dim),
-                        Mat::rows(&v, rows, rank, rank),
+        }
+        let mut da = vec![0f32; a_s.len()];
+        let mut db = vec![0f32; b_s.len()];
+        for (index, block) in self.blocks.iter().enumerate() {
+            let (a_off, b_off) = self.offsets(index, rank);
+            let width = block.columns.len();
+            let mask = block.mask.as_deref().map(Vec::as_slice);
+            let a_block = &a_s[a_off * in_dim..(a_off + rank) * in_dim];
+            let b_block = &b_s[b_off * rank..(b_off + width) * rank];
+            // This adapter's output gradient: its columns of `grad`.
+            let g = Mat::rows(&gs[block.columns.start..], rows, width, out_dim);
+            let dropped = Self::dropped(xs, mask);
+            // v = g B, [rows, rank]: the gradient at the bottleneck, before the scale.
+            let mut v = vec![0f32; rows * rank];
+            gemm(
+                MatMut::rows(&mut v, rows, rank, rank),
+                g,
+                Mat::rows(b_block, width, rank, rank),
+                false,
+                1.0,
+                Threads::Pool,
+            )?;
+            if x.track_op() {
+                let a_mat = Mat::rows(a_block, rank, in_dim, in_dim);
+                let v_mat = Mat::rows(&v, rows, rank, rank);
+                match mask {
+                    None => gemm(
+                        MatMut::rows(&mut dx, rows, in_dim, in_dim),
+                        v_mat,
                         a_mat,
-                        false,
+                        true,
                         self.scale,
                         Threads::Pool,
-                    )?;
-                    dx.par_chunks_mut(CHUNK)
-                        .zip(d_dropped.par_chunks(CHUNK).zip(mask.par_chunks(CHUNK)))
-                        .for_each(|(dx, (dd, m))| {
-                            for ((dx, dd), m) in dx.iter_mut().zip(dd).zip(m) {
-                                *dx += dd * m;
-                            }
-                        });
+                    )?,
+                    Some(mask) => {
+                        let mut d_dropped = vec![0f32; rows * in_dim];
+                        gemm(
+                            MatMut::rows(&mut d_dropped, rows, in_dim, in_dim),
+                            v_mat,
+                            a_mat,
+                            false,
+                            self.scale,
+                            Threads::Pool,
+                        )?;
+                        dx.par_chunks_mut(CHUNK)
+                            .zip(d_dropped.par_chunks(CHUNK).zip(mask.par_chunks(CHUNK)))
+                            .for_each(|(dx, (dd, m))| {
+                                for ((dx, dd), m) in dx.iter_mut().zip(dd).zip(m) {
+                                    *dx += dd * m;
+                                }
+                            });
+                    }
                 }
             }
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
-        } else {
-            None
-        };
-        let da = if a.track_op() {
-            // dA = s · vᵀ (x ⊙ D)
-            let mut da = vec![0f32; rank * in_dim];
+            // dA = s · vᵀ (x ⊙ D), dB = s · gᵀ u
             gemm(
-                MatMut::rows(&mut da, rank, in_dim, in_dim),
+                MatMut::rows(&mut da[a_off * in_dim..], rank, in_dim, in_dim),
                 Mat::rows(&v, rows, rank, rank).t(),
                 Mat::rows(&dropped, rows, in_dim, in_dim),
                 false,
                 self.scale,
                 Threads::Pool,
             )?;
-            Some(Tensor::from_vec(da, a.shape(), a.device())?)
-        } else {
-            None
-        };
-        let db = if b.track_op() {
-            // dB = s · gᵀ u
-            let u = self.down(&dropped, a_s, dims)?;
-            let mut db = vec![0f32; out_dim * rank];
+            let u = Self::down(&dropped, a_block, dims)?;
             gemm(
-                MatMut::rows(&mut db, out_dim, rank, rank),
+                MatMut::rows(&mut db[b_off * rank..], width, rank, rank),
                 g.t(),
                 Mat::rows(&u, rows, rank, rank),
                 false,
                 self.scale,
                 Threads::Pool,
             )?;
-            Some(Tensor::from_vec(db, b.shape(), b.device())?)
-        } else {
-            None
+        }
+        let wrap = |data: Vec<f32>, like: &Tensor| -> candle_core::Result<Option<Tensor>> {
+            Ok(if like.track_op() {
+                Some(Tensor::from_vec(data, like.shape(), like.device())?)
+            } else {
+                None
+            })
         };
-        Ok((dx, da, db))
+        Ok((wrap(dx, x)?, wrap(da, a)?, wrap(db, b)?))
     }
 }
 
-/// The LoRA layer `x Wᵀ + b + scale · ((x ⊙ dropout) Aᵀ) Bᵀ` for a frozen `weight` and `bias`
-/// (CPU f32; see [`super::fused`]). `dropout` is the `[rows, in]` keep-mask of the adapter's
-/// input, `None` when not dropping.
+/// LoRA layers `x Wᵀ + b` plus, for each block, `scale · ((x ⊙ mask) Aᵢᵀ) Bᵢᵀ` added to the
+/// block's columns, for a frozen `weight` `[out, in]` and `bias` (CPU f32; see
+/// [`super::fused`]). `a` stacks the blocks' `A`s (`[blocks · r, in]`), `b` their `B`s (`[Σ
+/// block widths, r]`), in block order.
 pub(crate) fn lora_linear(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     (a, b): (&Tensor, &Tensor),
     scale: f64,
-    dropout: Option<Vec<f32>>,
+    blocks: Vec<LoraBlock>,
 ) -> candle_core::Result<Tensor> {
     if weight.track_op() || bias.track_op() {
         candle_core::bail!("taper lora: the base weight must be frozen")
@@ -272,7 +311,13 @@ pub(crate) fn lora_linear(
         weight: weight.clone(),
         bias: bias.clone(),
         scale: scale as f32,
-        mask: dropout.map(Arc::new),
+        blocks: blocks
+            .into_iter()
+            .map(|block| Block {
+                columns: block.columns,
+                mask: block.mask.map(Arc::new),
+            })
+            .collect(),
     };
     x.contiguous()?
         .apply_op3(&a.contiguous()?, &b.contiguous()?, op)
@@ -313,7 +358,11 @@ mod tests {
             .collect();
         for dropout in [None, Some(mask)] {
             let (xt, at, bt) = (x.as_tensor(), a.as_tensor(), b.as_tensor());
-            let ours = lora_linear(xt, &w, &bias, (at, bt), 2.5, dropout.clone()).expect("ours");
+            let block = LoraBlock {
+                columns: 0..out_dim,
+                mask: dropout.clone(),
+            };
+            let ours = lora_linear(xt, &w, &bias, (at, bt), 2.5, vec![block]).expect("ours");
             let dropped = match &dropout {
                 Some(m) => xt
                     .mul(&Tensor::from_slice(m, (rows, in_dim), cpu).expect("mask"))
@@ -346,8 +395,79 @@ mod tests {
             &bias,
             (a.as_tensor(), b.as_tensor()),
             1.0,
-            None
+            Vec::new()
         )
         .is_err());
+    }
+
+    #[test]
+    fn stacked_adapters_equal_separate_layers() {
+        // Three layers of width 2 over one input (as q, k, v); adapters on the first and last,
+        // each with its own dropout mask.
+        let (rows, in_dim, width, rank) = (5, 4, 2, 3);
+        let cpu = &Device::Cpu;
+        let x = Var::from_vec(ramp(rows * in_dim, 1, 0.1), (rows, in_dim), cpu).expect("x");
+        let w = Tensor::from_vec(ramp(3 * width * in_dim, 2, 0.05), (3 * width, in_dim), cpu)
+            .expect("w");
+        let bias = Tensor::from_vec(ramp(3 * width, 3, 0.2), 3 * width, cpu).expect("b");
+        let a =
+            Var::from_vec(ramp(2 * rank * in_dim, 4, 0.07), (2 * rank, in_dim), cpu).expect("a");
+        let b = Var::from_vec(ramp(2 * width * rank, 5, 0.09), (2 * width, rank), cpu).expect("b");
+        let masks: Vec<Vec<f32>> = (0..2)
+            .map(|k| {
+                (0..rows * in_dim)
+                    .map(|i| if (i + k) % 3 == 0 { 0.0 } else { 1.5 })
+                    .collect()
+            })
+            .collect();
+        let blocks = vec![
+            LoraBlock {
+                columns: 0..width,
+                mask: Some(masks[0].clone()),
+            },
+            LoraBlock {
+                columns: 2 * width..3 * width,
+                mask: Some(masks[1].clone()),
+            },
+        ];
+        let (xt, at, bt) = (x.as_tensor(), a.as_tensor(), b.as_tensor());
+        let stacked = lora_linear(xt, &w, &bias, (at, bt), 0.5, blocks).expect("stacked");
+        let layer = |i: usize| -> Tensor {
+            let wi = w.narrow(0, i * width, width).expect("w");
+            let bi = bias.narrow(0, i * width, width).expect("b");
+            let mut blocks = Vec::new();
+            let (ai, b_i) = match i {
+                1 => (
+                    at.narrow(0, 0, 0).expect("a"),
+                    bt.narrow(0, 0, 0).expect("b"),
+                ),
+                _ => {
+                    let k = i / 2;
+                    blocks.push(LoraBlock {
+                        columns: 0..width,
+                        mask: Some(masks[k].clone()),
+                    });
+                    (
+                        at.narrow(0, k * rank, rank).expect("a"),
+                        bt.narrow(0, k * width, width).expect("b"),
+                    )
+                }
+            };
+            lora_linear(xt, &wi, &bi, (&ai, &b_i), 0.5, blocks).expect("layer")
+        };
+        let separate = Tensor::cat(&[layer(0), layer(1), layer(2)], 1).expect("cat");
+        assert!(max_diff(&stacked, &separate) < 1e-6);
+        let upstream =
+            Tensor::from_vec(ramp(rows * 3 * width, 6, 0.3), (rows, 3 * width), cpu).expect("up");
+        let grads = |y: &Tensor| {
+            let grads = (y * &upstream)
+                .and_then(|t| t.sum_all())
+                .and_then(|l| l.backward())
+                .expect("backward");
+            [xt, at, bt].map(|v| grads.get(v).expect("gradient").clone())
+        };
+        for (ours, theirs) in grads(&stacked).iter().zip(grads(&separate).iter()) {
+            assert!(max_diff(ours, theirs) < 1e-5, "{}", max_diff(ours, theirs));
+        }
     }
 }

@@ -34,7 +34,7 @@ pub(crate) use attention::{attention, AttentionShape};
 pub(crate) use embedding::scatter_rows;
 pub(crate) use gelu::gelu_erf;
 pub(crate) use linear::linear;
-pub(crate) use lora::lora_linear;
+pub(crate) use lora::{lora_linear, LoraBlock};
 pub(crate) use norm::{layer_norm, softmax_last_dim};
 pub(crate) use residual::residual_add;
 
