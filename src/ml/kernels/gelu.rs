@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, math};
+use super::{f32_slice, math, simd};
 
 /// Elements per parallel task: large enough to outweigh scheduling, small enough that a
 /// [1024, 1536] activation splits into dozens of tasks.
@@ -29,9 +29,11 @@ impl CustomOp1 for Gelu {
         out.par_chunks_mut(CHUNK)
             .zip(input.par_chunks(CHUNK))
             .for_each(|(out, input)| {
-                for (o, x) in out.iter_mut().zip(input) {
-                    *o = math::gelu(*x);
-                }
+                simd::wide(|| {
+                    for (o, x) in out.iter_mut().zip(input) {
+                        *o = math::gelu(*x);
+                    }
+                })
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -73,9 +75,11 @@ impl CustomOp2 for GeluBackward {
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
             .for_each(|(out, (x, grad))| {
-                for ((o, x), g) in out.iter_mut().zip(x).zip(grad) {
-                    *o = g * math::gelu_derivative(*x);
-                }
+                simd::wide(|| {
+                    for ((o, x), g) in out.iter_mut().zip(x).zip(grad) {
+                        *o = g * math::gelu_derivative(*x);
+                    }
+                })
             });
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }

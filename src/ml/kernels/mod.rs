@@ -28,6 +28,7 @@ mod lora;
 mod math;
 mod norm;
 mod residual;
+mod simd;
 
 pub(crate) use adam::{adamw_update, sum_of_squares, AdamStep};
 pub(crate) use attention::{attention, AttentionShape};
