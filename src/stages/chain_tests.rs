@@ -20,6 +20,7 @@ use crate::stages::evaluate::EvaluateRunner;
 use crate::stages::prepare_data::PrepareDataRunner;
 use crate::stages::select_model::SelectModelRunner;
 use crate::stages::train::TrainRunner;
+use crate::stages::train_log::LogRecord;
 
 const POSITIVE: &[&str] = &["good", "great", "fine", "superb", "lovely", "fun"];
 const NEGATIVE: &[&str] = &["bad", "awful", "dull", "boring", "poor", "weak"];
@@ -321,6 +322,60 @@ fn interrupted_training_resumes_to_identical_weights() {
     assert!(
         resumed == uninterrupted,
         "resumed weights differ from the uninterrupted run"
+    );
+}
+
+/// With early stopping, the exported model is the epoch with the best validation loss, not the
+/// last one. A constant, large learning rate makes later epochs worse; the test checks that it
+/// did, so it cannot pass by exporting the last epoch when that happens to be the best.
+#[test]
+fn early_stopping_exports_the_best_epoch() {
+    let mut chain = Chain::new();
+    chain.prepare();
+    chain.configure(
+        serde_json::from_value(serde_json::json!({
+            "learning_rate": 0.05, "epochs": 6, "batch_size": 8, "schedule": "constant",
+            "weight_decay": 0.0, "seed": 11, "dropout": 0.0,
+            "early_stopping": { "patience": 2 },
+        }))
+        .unwrap(),
+    );
+    chain.train(&|_| {}).unwrap();
+    let log = fs::read_to_string(chain.outputs["train"].join("train_log.jsonl")).unwrap();
+    let losses: Vec<f64> = log
+        .lines()
+        .map(|line| serde_json::from_str::<LogRecord>(line).unwrap())
+        .filter_map(|record| match record {
+            LogRecord::Validation { loss, .. } => Some(loss),
+            LogRecord::Step { .. } => None,
+        })
+        .collect();
+    let (best_epoch, best_loss) = losses
+        .iter()
+        .copied()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    assert!(
+        best_epoch + 1 < losses.len(),
+        "the setup must make a later epoch worse than the best: {losses:?}"
+    );
+    let outcome = chain
+        .run(
+            "evaluate",
+            StageSettings::Evaluate(Evaluate {
+                split: SplitName::Validation,
+                batch_size: 16,
+            }),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &EvaluateRunner,
+            &|_| {},
+        )
+        .unwrap();
+    let exported = outcome.metrics["log_loss"];
+    assert!(
+        (exported - best_loss).abs() < 1e-5,
+        "exported model's validation loss {exported}, best epoch's {best_loss}, all {losses:?}"
     );
 }
 
