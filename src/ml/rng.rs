@@ -3,7 +3,7 @@
 //! stream and copied into a tensor; the stream position is part of a checkpoint.
 
 use candle_core::{Device, Tensor};
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +102,8 @@ pub(crate) fn dropout_values(rng: &mut ChaCha8Rng, count: usize, p: f64) -> Vec<
 
 #[cfg(test)]
 mod tests {
+    use rand::RngCore;
+
     use super::*;
 
     #[test]
