@@ -302,19 +302,8 @@ pub(crate) fn attention(
 mod tests {
     use candle_core::{Device, Var, D};
 
+    use super::super::test_util::{gradients, max_diff, ramp};
     use super::*;
-
-    fn ramp(n: usize, seed: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i + seed) * 37 % 29) as f32 - 14.0) * scale)
-            .collect()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .expect("diff")
-    }
 
     /// The same attention through candle's ops, as the encoder wrote it before this kernel.
     fn composite(
@@ -381,13 +370,7 @@ mod tests {
                 attention(&qkv, s, key_bias.clone(), dropout.map(<[f32]>::to_vec)).expect("fused");
             let theirs = composite(qt, kt, vt, s, &key_bias, dropout).expect("composite");
             assert!(max_diff(&ours, &theirs) < 1e-6, "values");
-            let grads = |y: &Tensor| {
-                let grads = (y * &upstream)
-                    .and_then(|t| t.sum_all())
-                    .and_then(|l| l.backward())
-                    .expect("backward");
-                [qt, kt, vt].map(|x| grads.get(x).expect("gradient").clone())
-            };
+            let grads = |y: &Tensor| gradients(y, &upstream, [qt, kt, vt]);
             for (a, b) in grads(&ours).iter().zip(grads(&theirs).iter()) {
                 assert!(
                     max_diff(a, b) < 1e-5,

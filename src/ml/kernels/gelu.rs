@@ -94,6 +94,7 @@ pub(crate) fn gelu_erf(xs: &Tensor) -> candle_core::Result<Tensor> {
 mod tests {
     use candle_core::{Device, Var};
 
+    use super::super::test_util::{gradients, max_diff};
     use super::*;
 
     #[test]
@@ -104,17 +105,11 @@ mod tests {
         let w = Tensor::from_vec(weights, (30, 100), &Device::Cpu).expect("w");
         let ours = gelu_erf(x.as_tensor()).expect("fused");
         let theirs = x.as_tensor().gelu_erf().expect("candle");
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-                .expect("diff")
-        };
-        assert!(diff(&ours, &theirs) < 2e-6);
+        assert!(max_diff(&ours, &theirs) < 2e-6);
         let grad = |y: &Tensor| {
-            let loss = (y * &w).and_then(|t| t.sum_all()).expect("loss");
-            let grads = loss.backward().expect("backward");
-            grads.get(x.as_tensor()).expect("gradient").clone()
+            let [g] = gradients(y, &w, [x.as_tensor()]);
+            g
         };
-        assert!(diff(&grad(&ours), &grad(&theirs)) < 2e-5);
+        assert!(max_diff(&grad(&ours), &grad(&theirs)) < 2e-5);
     }
 }

@@ -28,6 +28,38 @@ fn dims(x: &Shape, w: &Shape, b: &Shape) -> candle_core::Result<(usize, usize, u
     Ok((x.elem_count() / in_dim.max(1), in_dim, out))
 }
 
+/// `x Wᵀ + b` for `x` `[rows, in]`, `w` `[out, in]`: the bias rows are the GEMM's starting
+/// value, so adding it costs no pass of its own.
+pub(super) fn dense(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    (rows, in_dim, out_dim): (usize, usize, usize),
+) -> candle_core::Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(rows * out_dim);
+    for _ in 0..rows {
+        out.extend_from_slice(b);
+    }
+    gemm(
+        MatMut::rows(&mut out, rows, out_dim, out_dim),
+        Mat::rows(x, rows, in_dim, in_dim),
+        Mat::rows(w, out_dim, in_dim, in_dim).t(),
+        true,
+        1.0,
+        Threads::Pool,
+    )?;
+    Ok(out)
+}
+
+/// `dims` with the last dimension replaced by `last` (a dense layer's output shape).
+pub(super) fn with_last(dims: &[usize], last: usize) -> Shape {
+    let mut dims = dims.to_vec();
+    if let Some(end) = dims.last_mut() {
+        *end = last;
+    }
+    Shape::from(dims)
+}
+
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
         "taper-linear"
@@ -46,23 +78,9 @@ impl CustomOp3 for Linear {
         let x = f32_slice(x, x_layout, "linear")?;
         let w = f32_slice(w, w_layout, "linear")?;
         let b = f32_slice(b, b_layout, "linear")?;
-        let mut out = Vec::with_capacity(rows * out_dim);
-        for _ in 0..rows {
-            out.extend_from_slice(b);
-        }
-        gemm(
-            MatMut::rows(&mut out, rows, out_dim, out_dim),
-            Mat::rows(x, rows, in_dim, in_dim),
-            Mat::rows(w, out_dim, in_dim, in_dim).t(),
-            true,
-            1.0,
-            Threads::Pool,
-        )?;
-        let mut shape = x_layout.dims().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = out_dim;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(shape)))
+        let out = dense(x, w, b, (rows, in_dim, out_dim))?;
+        let shape = with_last(x_layout.dims(), out_dim);
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -136,26 +154,15 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<
 mod tests {
     use candle_core::{Device, Var};
 
+    use super::super::test_util::{gradients, max_diff, ramp};
     use super::*;
-
-    fn ramp(n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 37 % 23) as f32 - 11.0) * scale)
-            .collect()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .expect("diff")
-    }
 
     #[test]
     fn fused_linear_matches_matmul_plus_bias_values_and_gradients() {
-        let x = Var::from_vec(ramp(2 * 3 * 5, 0.1), (2, 3, 5), &Device::Cpu).expect("x");
-        let w = Var::from_vec(ramp(4 * 5, 0.05), (4, 5), &Device::Cpu).expect("w");
-        let b = Var::from_vec(ramp(4, 0.2), 4, &Device::Cpu).expect("b");
-        let upstream = Tensor::from_vec(ramp(24, 0.3), (2, 3, 4), &Device::Cpu).expect("up");
+        let x = Var::from_vec(ramp(2 * 3 * 5, 0, 0.1), (2, 3, 5), &Device::Cpu).expect("x");
+        let w = Var::from_vec(ramp(4 * 5, 0, 0.05), (4, 5), &Device::Cpu).expect("w");
+        let b = Var::from_vec(ramp(4, 0, 0.2), 4, &Device::Cpu).expect("b");
+        let upstream = Tensor::from_vec(ramp(24, 0, 0.3), (2, 3, 4), &Device::Cpu).expect("up");
         let ours = linear(x.as_tensor(), w.as_tensor(), b.as_tensor()).expect("fused");
         let theirs = x
             .as_tensor()
@@ -164,14 +171,8 @@ mod tests {
             .expect("composite");
         assert_eq!(ours.dims(), &[2, 3, 4]);
         assert!(max_diff(&ours, &theirs) < 1e-5);
-        let grads = |y: &Tensor| {
-            let grads = (y * &upstream)
-                .and_then(|t| t.sum_all())
-                .and_then(|l| l.backward())
-                .expect("backward");
-            [x.as_tensor(), w.as_tensor(), b.as_tensor()]
-                .map(|v| grads.get(v).expect("gradient").clone())
-        };
+        let grads =
+            |y: &Tensor| gradients(y, &upstream, [x.as_tensor(), w.as_tensor(), b.as_tensor()]);
         for (a, b) in grads(&ours).iter().zip(grads(&theirs).iter()) {
             assert!(max_diff(a, b) < 1e-4);
         }
@@ -179,9 +180,9 @@ mod tests {
 
     #[test]
     fn a_frozen_weight_gets_no_gradient_and_no_gemm() {
-        let x = Var::from_vec(ramp(6, 0.1), (2, 3), &Device::Cpu).expect("x");
-        let w = Tensor::from_vec(ramp(6, 0.1), (2, 3), &Device::Cpu).expect("w");
-        let b = Tensor::from_vec(ramp(2, 0.1), 2, &Device::Cpu).expect("b");
+        let x = Var::from_vec(ramp(6, 0, 0.1), (2, 3), &Device::Cpu).expect("x");
+        let w = Tensor::from_vec(ramp(6, 0, 0.1), (2, 3), &Device::Cpu).expect("w");
+        let b = Tensor::from_vec(ramp(2, 0, 0.1), 2, &Device::Cpu).expect("b");
         let grads = linear(x.as_tensor(), &w, &b)
             .and_then(|y| y.sum_all())
             .and_then(|l| l.backward())

@@ -17,7 +17,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Mat, MatMut, Threads};
-use super::{f32_slice, view};
+use super::linear::{dense, with_last};
+use super::{f32_slice, gradient, view};
 
 const CHUNK: usize = 32 * 1024;
 
@@ -139,18 +140,8 @@ impl CustomOp3 for Lora {
         let (weight, bias) = (self.weight.contiguous()?, self.bias.contiguous()?);
         let (weight_view, bias_view) = (view(&weight), view(&bias));
         let bias = bias_view.slice("lora")?;
-        let mut out = Vec::with_capacity(rows * out_dim);
-        for _ in 0..rows {
-            out.extend_from_slice(bias);
-        }
-        gemm(
-            MatMut::rows(&mut out, rows, out_dim, out_dim),
-            Mat::rows(x, rows, in_dim, in_dim),
-            Mat::rows(weight_view.slice("lora")?, out_dim, in_dim, in_dim).t(),
-            true,
-            1.0,
-            Threads::Pool,
-        )?;
+        let weight = weight_view.slice("lora")?;
+        let mut out = dense(x, weight, bias, (rows, in_dim, out_dim))?;
         for (index, block) in self.blocks.iter().enumerate() {
             let (a_off, b_off) = self.offsets(index, rank);
             let width = block.columns.len();
@@ -165,11 +156,7 @@ impl CustomOp3 for Lora {
                 Threads::Pool,
             )?;
         }
-        let mut shape = x_layout.dims().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = out_dim;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(shape)))
+        Ok((CpuStorage::F32(out), with_last(x_layout.dims(), out_dim)))
     }
 
     fn bwd(
@@ -281,14 +268,7 @@ impl CustomOp3 for Lora {
                 Threads::Pool,
             )?;
         }
-        let wrap = |data: Vec<f32>, like: &Tensor| -> candle_core::Result<Option<Tensor>> {
-            Ok(if like.track_op() {
-                Some(Tensor::from_vec(data, like.shape(), like.device())?)
-            } else {
-                None
-            })
-        };
-        Ok((wrap(dx, x)?, wrap(da, a)?, wrap(db, b)?))
+        Ok((gradient(dx, x)?, gradient(da, a)?, gradient(db, b)?))
     }
 }
 
@@ -327,19 +307,8 @@ pub(crate) fn lora_linear(
 mod tests {
     use candle_core::{Device, Var};
 
+    use super::super::test_util::{gradients, max_diff, ramp};
     use super::*;
-
-    fn ramp(n: usize, seed: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i + seed) * 37 % 29) as f32 - 14.0) * scale)
-            .collect()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .expect("diff")
-    }
 
     #[test]
     fn fused_lora_matches_composite_values_and_gradients() {
@@ -378,13 +347,7 @@ mod tests {
                 })
                 .expect("theirs");
             assert!(max_diff(&ours, &theirs) < 1e-5, "values");
-            let grads = |y: &Tensor| {
-                let grads = (y * &upstream)
-                    .and_then(|t| t.sum_all())
-                    .and_then(|l| l.backward())
-                    .expect("backward");
-                [xt, at, bt].map(|v| grads.get(v).expect("gradient").clone())
-            };
+            let grads = |y: &Tensor| gradients(y, &upstream, [xt, at, bt]);
             for (ours, theirs) in grads(&ours).iter().zip(grads(&theirs).iter()) {
                 assert!(max_diff(ours, theirs) < 1e-4, "{}", max_diff(ours, theirs));
             }
@@ -459,13 +422,7 @@ mod tests {
         assert!(max_diff(&stacked, &separate) < 1e-6);
         let upstream =
             Tensor::from_vec(ramp(rows * 3 * width, 6, 0.3), (rows, 3 * width), cpu).expect("up");
-        let grads = |y: &Tensor| {
-            let grads = (y * &upstream)
-                .and_then(|t| t.sum_all())
-                .and_then(|l| l.backward())
-                .expect("backward");
-            [xt, at, bt].map(|v| grads.get(v).expect("gradient").clone())
-        };
+        let grads = |y: &Tensor| gradients(y, &upstream, [xt, at, bt]);
         for (ours, theirs) in grads(&stacked).iter().zip(grads(&separate).iter()) {
             assert!(max_diff(ours, theirs) < 1e-5, "{}", max_diff(ours, theirs));
         }

@@ -83,9 +83,52 @@ fn view(t: &Tensor) -> View<'_> {
     View { guard, layout }
 }
 
+/// A backward pass's result for input `like`: `data` as a tensor of its shape, or `None` when
+/// `like` tracks no gradient (candle would only add it to a zero tensor and drop it).
+fn gradient(data: Vec<f32>, like: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    Ok(if like.track_op() {
+        Some(Tensor::from_vec(data, like.shape(), like.device())?)
+    } else {
+        None
+    })
+}
+
 /// Rows per parallel task for a pass over `rows` rows of `width` elements: about 32 K elements
 /// per task, so a task outweighs rayon's scheduling cost, yet a [1024, 384] activation still
 /// splits into a dozen tasks for two threads to share.
 fn rows_per_task(width: usize) -> usize {
     (32 * 1024 / width.max(1)).max(1)
+}
+
+/// Helpers of the kernels' tests, which compare each kernel with candle's composite ops.
+#[cfg(test)]
+mod test_util {
+    use candle_core::Tensor;
+
+    /// `n` deterministic values in `[-14, 14] · scale`, a different sequence per `seed`.
+    pub(super) fn ramp(n: usize, seed: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + seed) * 37 % 29) as f32 - 14.0) * scale)
+            .collect()
+    }
+
+    /// Largest absolute difference between two tensors of one shape.
+    pub(super) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .expect("difference")
+    }
+
+    /// The gradients of `Σ y ⊙ upstream` with respect to each of `wrt`.
+    pub(super) fn gradients<const N: usize>(
+        y: &Tensor,
+        upstream: &Tensor,
+        wrt: [&Tensor; N],
+    ) -> [Tensor; N] {
+        let grads = (y * upstream)
+            .and_then(|t| t.sum_all())
+            .and_then(|loss| loss.backward())
+            .expect("backward");
+        wrt.map(|x| grads.get(x).expect("every input has a gradient").clone())
+    }
 }

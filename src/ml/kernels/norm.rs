@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, math, rows_per_task, view};
+use super::{f32_slice, fused, gradient, math, rows_per_task, view};
 
 /// Mean and reciprocal standard deviation of one row (biased variance, as torch).
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
@@ -130,14 +130,11 @@ impl CustomOp3 for TrainableLayerNorm {
             d_gamma.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
             d_beta.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
         }
-        let wrap = |data: Vec<f32>, like: &Tensor| -> candle_core::Result<Option<Tensor>> {
-            Ok(if like.track_op() {
-                Some(Tensor::from_vec(data, like.shape(), like.device())?)
-            } else {
-                None
-            })
-        };
-        Ok((wrap(dx, x)?, wrap(d_gamma, gamma)?, wrap(d_beta, beta)?))
+        Ok((
+            gradient(dx, x)?,
+            gradient(d_gamma, gamma)?,
+            gradient(d_beta, beta)?,
+        ))
     }
 }
 
@@ -209,6 +206,7 @@ pub(crate) fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
 mod tests {
     use candle_core::{Device, Var};
 
+    use super::super::test_util::{gradients, max_diff};
     use super::*;
 
     #[test]
@@ -236,19 +234,10 @@ mod tests {
             1e-5,
         )
         .expect("composite");
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-                .expect("diff")
-        };
         let diff = max_diff(&ours, &theirs);
         assert!(diff < 1e-5, "values differ by {diff}");
-        let grads = |y: &Tensor| {
-            let loss = (y * &w).and_then(|t| t.sum_all()).expect("loss");
-            let grads = loss.backward().expect("backward");
-            [x.as_tensor(), gamma.as_tensor(), beta.as_tensor()]
-                .map(|v| grads.get(v).expect("every input has a gradient").clone())
-        };
+        let grads =
+            |y: &Tensor| gradients(y, &w, [x.as_tensor(), gamma.as_tensor(), beta.as_tensor()]);
         for (a, b) in grads(&ours).iter().zip(grads(&theirs).iter()) {
             let diff = max_diff(a, b);
             assert!(diff < 1e-4, "gradients differ by {diff}");
@@ -265,18 +254,13 @@ mod tests {
         let w = Tensor::from_vec(weights, (3, 4, 5), &Device::Cpu).expect("weights");
         let ours = softmax_last_dim(x.as_tensor()).expect("fused");
         let theirs = candle_nn::ops::softmax(x.as_tensor(), D::Minus1).expect("composite");
-        let diff = (&ours - &theirs)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .expect("diff");
+        let diff = max_diff(&ours, &theirs);
         assert!(diff < 1e-6, "values differ by {diff}");
         let grad = |y: &Tensor| {
-            let loss = (y * &w).and_then(|t| t.sum_all()).expect("loss");
-            let grads = loss.backward().expect("backward");
-            grads.get(x.as_tensor()).expect("x has a gradient").clone()
+            let [g] = gradients(y, &w, [x.as_tensor()]);
+            g
         };
-        let diff = (grad(&ours) - grad(&theirs))
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .expect("diff");
+        let diff = max_diff(&grad(&ours), &grad(&theirs));
         assert!(diff < 1e-5, "gradients differ by {diff}");
     }
 }

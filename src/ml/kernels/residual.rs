@@ -109,16 +109,14 @@ pub(crate) fn residual_add(
 mod tests {
     use candle_core::{Device, Var};
 
+    use super::super::test_util::{gradients, ramp};
     use super::*;
 
     #[test]
     fn fused_residual_matches_composite_values_and_gradients() {
-        let ramp = |n: usize, s: f32| -> Vec<f32> {
-            (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) * s).collect()
-        };
-        let branch = Var::from_vec(ramp(40, 0.1), (5, 8), &Device::Cpu).expect("branch");
-        let skip = Var::from_vec(ramp(40, 0.3), (5, 8), &Device::Cpu).expect("skip");
-        let upstream = Tensor::from_vec(ramp(40, 0.7), (5, 8), &Device::Cpu).expect("up");
+        let branch = Var::from_vec(ramp(40, 0, 0.1), (5, 8), &Device::Cpu).expect("branch");
+        let skip = Var::from_vec(ramp(40, 1, 0.3), (5, 8), &Device::Cpu).expect("skip");
+        let upstream = Tensor::from_vec(ramp(40, 2, 0.7), (5, 8), &Device::Cpu).expect("up");
         let mask: Vec<f32> = (0..40)
             .map(|i| if i % 3 == 0 { 0.0 } else { 1.5 })
             .collect();
@@ -133,15 +131,8 @@ mod tests {
             }
             .expect("composite");
             let grads = |y: &Tensor| {
-                let grads = (y * &upstream)
-                    .and_then(|t| t.sum_all())
-                    .and_then(|l| l.backward())
-                    .expect("backward");
-                [b, s].map(|x| {
-                    grads
-                        .get(x)
-                        .expect("gradient")
-                        .flatten_all()
+                gradients(y, &upstream, [b, s]).map(|g| {
+                    g.flatten_all()
                         .and_then(|t| t.to_vec1::<f32>())
                         .expect("values")
                 })
