@@ -21,6 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Mat, MatMut, Threads};
+use super::simd::wide_fn;
 use super::{f32_slice, math, view};
 
 /// The shape of one attention call.
@@ -115,12 +116,7 @@ impl Attention {
             self.scale,
             Threads::Single,
         )?;
-        for row in probs.chunks_exact_mut(t) {
-            for (score, bias) in row.iter_mut().zip(block.key_bias) {
-                *score += bias;
-            }
-            math::softmax_in_place(row);
-        }
+        masked_softmax_wide(probs, block.key_bias);
         Ok(())
     }
 
@@ -226,6 +222,19 @@ impl Attention {
         Ok(())
     }
 }
+
+/// Adds the key biases to each row of scores and takes its softmax, in place.
+#[inline(always)]
+fn masked_softmax(scores: &mut [f32], key_bias: &[f32]) {
+    for row in scores.chunks_exact_mut(key_bias.len().max(1)) {
+        for (score, bias) in row.iter_mut().zip(key_bias) {
+            *score += bias;
+        }
+        math::softmax_in_place(row);
+    }
+}
+
+wide_fn!(fn masked_softmax_wide(scores: &mut [f32], key_bias: &[f32]) => masked_softmax);
 
 impl CustomOp1 for Attention {
     fn name(&self) -> &'static str {

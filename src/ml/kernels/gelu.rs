@@ -6,13 +6,32 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, math, simd};
+use super::simd::wide_fn;
+use super::{f32_slice, math};
 
 /// Elements per parallel task: large enough to outweigh scheduling, small enough that a
 /// [1024, 1536] activation splits into dozens of tasks.
 const CHUNK: usize = 16 * 1024;
 
 struct Gelu;
+
+// The loops run 8 lanes wide where AVX2 is available (`simd.rs`).
+#[inline(always)]
+fn forward_chunk(out: &mut [f32], input: &[f32]) {
+    for (o, x) in out.iter_mut().zip(input) {
+        *o = math::gelu(*x);
+    }
+}
+
+#[inline(always)]
+fn backward_chunk(out: &mut [f32], x: &[f32], grad: &[f32]) {
+    for ((o, x), g) in out.iter_mut().zip(x).zip(grad) {
+        *o = g * math::gelu_derivative(*x);
+    }
+}
+
+wide_fn!(fn forward_wide(out: &mut [f32], input: &[f32]) => forward_chunk);
+wide_fn!(fn backward_wide(out: &mut [f32], x: &[f32], grad: &[f32]) => backward_chunk);
 
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
@@ -28,13 +47,7 @@ impl CustomOp1 for Gelu {
         let mut out = vec![0f32; input.len()];
         out.par_chunks_mut(CHUNK)
             .zip(input.par_chunks(CHUNK))
-            .for_each(|(out, input)| {
-                simd::wide(|| {
-                    for (o, x) in out.iter_mut().zip(input) {
-                        *o = math::gelu(*x);
-                    }
-                })
-            });
+            .for_each(|(out, input)| forward_wide(out, input));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -74,13 +87,7 @@ impl CustomOp2 for GeluBackward {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
-            .for_each(|(out, (x, grad))| {
-                simd::wide(|| {
-                    for ((o, x), g) in out.iter_mut().zip(x).zip(grad) {
-                        *o = g * math::gelu_derivative(*x);
-                    }
-                })
-            });
+            .for_each(|(out, (x, grad))| backward_wide(out, x, grad));
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }

@@ -72,7 +72,7 @@ pub(super) fn gelu_derivative(x: f32) -> f32 {
 const LANES: usize = 8;
 
 /// Sum of `xs` in eight interleaved partial sums.
-#[inline]
+#[inline(always)]
 pub(super) fn sum(xs: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -86,7 +86,7 @@ pub(super) fn sum(xs: &[f32]) -> f32 {
 }
 
 /// Dot product of `a` and `b` in eight interleaved partial sums.
-#[inline]
+#[inline(always)]
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -105,7 +105,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Largest element of `xs` (negative infinity when empty).
-#[inline]
+#[inline(always)]
 pub(super) fn max(xs: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -123,7 +123,7 @@ pub(super) fn max(xs: &[f32]) -> f32 {
 }
 
 /// Softmax of one row, in place: `exp(x - max) / sum`.
-#[inline]
+#[inline(always)]
 pub(super) fn softmax_in_place(row: &mut [f32]) {
     let max = max(row);
     for x in row.iter_mut() {
