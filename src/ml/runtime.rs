@@ -4,9 +4,13 @@
 //! after. With glibc's defaults, a buffer above the dynamic mmap threshold is served by `mmap`
 //! and returned by `munmap`, so every training step page-faults its working set back in from
 //! the kernel (about 1.1 million minor faults for 5 MiniLM-shaped steps). Raising the mmap
-//! threshold to 32 MiB and the trim threshold to 256 MiB, with a single arena, keeps those pages
-//! in the heap for reuse: 2.8× fewer faults and a 15–25% faster step (`docs/benchmarks.md`,
-//! "Allocator"). mimalloc was measured too and was slower than glibc's defaults here.
+//! threshold to 32 MiB, with a single arena, keeps those pages in the heap for reuse: 2.8×
+//! fewer faults and a 15–25% faster step (`docs/benchmarks.md`, "Allocator"). The trim
+//! threshold is 1 GiB: at 256 MiB, an inference batch of 32 × 128 tokens freed more than that
+//! at the top of the heap when it finished, glibc gave it back to the kernel, and the next batch
+//! faulted ~140,000 pages back in (1.18 M faults for the bench's 8 batches, 0.25 M at 1 GiB;
+//! 33–35 → 48–52 samples/s; peak RSS the same, ~0.8 GB). mimalloc was measured too and was
+//! slower than glibc's defaults here.
 //!
 //! Threads: candle 0.11 runs its elementwise ops on a second pool of its own whose workers spin
 //! 25,000 times after each op before they sleep. taper's fused kernels and the GEMMs run on
@@ -34,7 +38,7 @@ fn tune_allocator() {
     // whether the setting was accepted; a refused setting leaves the defaults in place.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         // Stages run on worker threads, whose per-thread arenas shrink their heaps on their
         // own and ignore the thresholds above: the quickstart still took 21.6 M faults. One
         // arena: 9.5 M faults and a 21% shorter run. Tensor work allocates from one thread at
