@@ -684,12 +684,21 @@ impl Encoder {
         let attended = layer.attention_output.forward(&context, ctx)?;
         let summed = ctx.residual(&attended, xs)?;
         let xs = ctx.layer_norm(&summed, &layer.attention_norm)?;
-        let inner = layer.intermediate.forward(&xs, ctx)?;
-        let inner = match self.config.activation {
-            Activation::Gelu if kernels::fused(&inner) => kernels::gelu_erf(&inner)?,
-            Activation::Gelu => inner.gelu_erf()?,
-            Activation::GeluTanh => inner.gelu()?,
-            Activation::Relu => inner.relu()?,
+        let intermediate = &layer.intermediate;
+        let inner = if !ctx.differentiable
+            && kernels::fused(&xs)
+            && self.config.activation == Activation::Gelu
+            && matches!(intermediate.adapter, Adapter::None)
+        {
+            kernels::dense_gelu(&xs, &intermediate.weight, &intermediate.bias)?
+        } else {
+            let inner = intermediate.forward(&xs, ctx)?;
+            match self.config.activation {
+                Activation::Gelu if kernels::fused(&inner) => kernels::gelu_erf(&inner)?,
+                Activation::Gelu => inner.gelu_erf()?,
+                Activation::GeluTanh => inner.gelu()?,
+                Activation::Relu => inner.relu()?,
+            }
         };
         let out = layer.output.forward(&inner, ctx)?;
         let summed = ctx.residual(&out, &xs)?;

@@ -14,7 +14,7 @@ use super::{f32_slice, view};
 struct Linear;
 
 /// `(rows, in, out)` of `x` `[.., in]`, `w` `[out, in]` and `b` `[out]`.
-fn dims(x: &Shape, w: &Shape, b: &Shape) -> candle_core::Result<(usize, usize, usize)> {
+pub(super) fn dims(x: &Shape, w: &Shape, b: &Shape) -> candle_core::Result<(usize, usize, usize)> {
     let (out, in_dim) = w.dims2()?;
     let x_in = x.dims().last().copied().unwrap_or(0);
     if x_in != in_dim || b.elem_count() != out {

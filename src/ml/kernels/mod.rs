@@ -33,7 +33,7 @@ mod simd;
 pub(crate) use adam::{adamw_update, sum_of_squares, AdamStep};
 pub(crate) use attention::{attention, AttentionShape};
 pub(crate) use embedding::scatter_rows;
-pub(crate) use gelu::gelu_erf;
+pub(crate) use gelu::{dense_gelu, gelu_erf};
 pub(crate) use linear::linear;
 pub(crate) use lora::{lora_linear, LoraBlock};
 pub(crate) use norm::{layer_norm, softmax_last_dim};
