@@ -3,10 +3,9 @@
 //! candle's `gelu_erf` is one scalar pass forward and, backward, six tensor ops around two
 //! more scalar `erf`/`exp` passes, all on one thread.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::linear::{dense, dims, with_last};
 use super::simd::wide_fn;
 use super::{f32_slice, math};
 
@@ -101,40 +100,9 @@ impl CustomOp2 for GeluBackward {
     }
 }
 
-/// `GELU(x Wᵀ + b)` without a backward pass, for inference: GELU runs in place on the GEMM's
-/// output, which saves a `[n, intermediate]` buffer (25 MB for a MiniLM batch of 32 × 128)
-/// and a pass over it. Training keeps the two ops: GELU's backward needs the pre-activation.
-struct DenseGelu;
-
-impl CustomOp3 for DenseGelu {
-    fn name(&self) -> &'static str {
-        "taper-dense-gelu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        x_layout: &Layout,
-        w: &CpuStorage,
-        w_layout: &Layout,
-        b: &CpuStorage,
-        b_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, in_dim, out_dim) = dims(x_layout.shape(), w_layout.shape(), b_layout.shape())?;
-        let x = f32_slice(x, x_layout, "dense gelu")?;
-        let w = f32_slice(w, w_layout, "dense gelu")?;
-        let b = f32_slice(b, b_layout, "dense gelu")?;
-        let mut out = dense(x, w, b, (rows, in_dim, out_dim))?;
-        out.par_chunks_mut(CHUNK).for_each(in_place_wide);
-        Ok((CpuStorage::F32(out), with_last(x_layout.dims(), out_dim)))
-    }
-}
-
-/// `GELU(x Wᵀ + b)` for inference (no gradient flows through it; CPU f32, see
-/// [`super::fused`]).
-pub(crate) fn dense_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &DenseGelu)
+/// Exact GELU of every element, in place (the inference epilogue of [`super::dense_gelu`]).
+pub(super) fn gelu_in_place(values: &mut [f32]) {
+    values.par_chunks_mut(CHUNK).for_each(in_place_wide);
 }
 
 /// Exact GELU of `xs` (CPU f32; see [`super::fused`]).
@@ -171,7 +139,7 @@ mod tests {
         let x = Tensor::from_vec(ramp(6 * 5, 0, 0.1), (2, 3, 5), cpu).expect("x");
         let w = Tensor::from_vec(ramp(4 * 5, 1, 0.2), (4, 5), cpu).expect("w");
         let b = Tensor::from_vec(ramp(4, 2, 0.3), 4, cpu).expect("b");
-        let fused = dense_gelu(&x, &w, &b).expect("fused");
+        let fused = super::super::dense_gelu(&x, &w, &b).expect("fused");
         let separate = super::super::linear(&x, &w, &b)
             .and_then(|h| gelu_erf(&h))
             .expect("separate");
