@@ -6,13 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use taper::data::tokenize::wordpiece_tokenizer_json;
-use taper::ml::fixtures::{write_random_model, NameStyle};
-use taper::ml::EncoderConfig;
-
-const POSITIVE: &[&str] = &["good", "great", "fine", "superb", "lovely", "fun"];
-const NEGATIVE: &[&str] = &["bad", "awful", "dull", "boring", "poor", "weak"];
-const FILLER: &[&str] = &["the", "film", "was", "a", "movie", "plot", "and", "very"];
+use taper::stages::fixtures::{write_tiny_sentiment_model, FILLER, NEGATIVE, POSITIVE};
 
 const PIPELINE: &str = r#"version: 1
 name: tiny-sentiment
@@ -52,20 +46,7 @@ struct Project {
 impl Project {
     fn new() -> Project {
         let dir = tempfile::tempdir().expect("temp dir");
-        let model = dir.path().join("tiny-model");
-        write_random_model(&model, &EncoderConfig::tiny_bert(), 7, NameStyle::Plain)
-            .expect("tiny model");
-        let words: Vec<&str> = POSITIVE
-            .iter()
-            .chain(NEGATIVE)
-            .chain(FILLER)
-            .copied()
-            .collect();
-        fs::write(
-            model.join("tokenizer.json"),
-            wordpiece_tokenizer_json(&words),
-        )
-        .expect("write");
+        write_tiny_sentiment_model(&dir.path().join("tiny-model")).expect("tiny model");
         // 160 labelled rows (3 of 5 positive) whose sentiment word decides the label, plus 10
         // `plot` rows the filter drops.
         let mut csv = String::from("category,text\n");

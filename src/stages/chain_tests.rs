@@ -7,24 +7,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::data::tokenize::wordpiece_tokenizer_json;
 use crate::exec::runner::{StageContext, StageOutcome, StageRunner};
-use crate::ml::fixtures::{write_random_model, NameStyle};
-use crate::ml::EncoderConfig;
 use crate::model::stages::{
     Clean, Configure, Evaluate, PrepareData, SelectModel, Split, SplitName, Train,
 };
 use crate::model::{InputSlot, Source, Stage, StageId, StageSettings};
 use crate::stages::configure::ConfigureRunner;
 use crate::stages::evaluate::EvaluateRunner;
+use crate::stages::fixtures::{write_tiny_sentiment_model, FILLER, NEGATIVE, POSITIVE};
 use crate::stages::prepare_data::PrepareDataRunner;
 use crate::stages::select_model::SelectModelRunner;
 use crate::stages::train::TrainRunner;
 use crate::stages::train_log::LogRecord;
-
-const POSITIVE: &[&str] = &["good", "great", "fine", "superb", "lovely", "fun"];
-const NEGATIVE: &[&str] = &["bad", "awful", "dull", "boring", "poor", "weak"];
-const FILLER: &[&str] = &["the", "film", "was", "a", "movie", "plot", "and", "very"];
 
 struct Chain {
     dir: tempfile::TempDir,
@@ -34,19 +28,7 @@ struct Chain {
 impl Chain {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("tiny-model");
-        write_random_model(&model, &EncoderConfig::tiny_bert(), 7, NameStyle::Plain).unwrap();
-        let words: Vec<&str> = POSITIVE
-            .iter()
-            .chain(NEGATIVE)
-            .chain(FILLER)
-            .copied()
-            .collect();
-        fs::write(
-            model.join("tokenizer.json"),
-            wordpiece_tokenizer_json(&words),
-        )
-        .unwrap();
+        write_tiny_sentiment_model(&dir.path().join("tiny-model")).unwrap();
         // A deterministic table: each row is filler words plus one or two sentiment words.
         let mut csv = String::from("label,text\n");
         for i in 0..160usize {

@@ -3,6 +3,7 @@
 pub mod command;
 pub mod configure;
 pub mod evaluate;
+pub mod fixtures;
 pub mod ml_common;
 pub mod prepare_data;
 pub mod select_model;

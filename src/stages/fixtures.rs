@@ -1,0 +1,37 @@
+//! Fixtures for tests and examples of the ML stages: a tiny random BERT whose tokenizer knows a
+//! small sentiment vocabulary, so a test can build a labelled table the model can learn.
+//! Public because the end-to-end tests in `tests/` use it as well as the unit tests here.
+
+use std::fs;
+use std::path::Path;
+
+use crate::data::tokenize::wordpiece_tokenizer_json;
+use crate::ml::fixtures::{write_random_model, NameStyle};
+use crate::ml::EncoderConfig;
+
+use super::ml_common::StagesError;
+
+/// Words that make a row positive.
+pub const POSITIVE: &[&str] = &["good", "great", "fine", "superb", "lovely", "fun"];
+/// Words that make a row negative.
+pub const NEGATIVE: &[&str] = &["bad", "awful", "dull", "boring", "poor", "weak"];
+/// Neutral words around them.
+pub const FILLER: &[&str] = &["the", "film", "was", "a", "movie", "plot", "and", "very"];
+
+/// Writes `EncoderConfig::tiny_bert()` with random weights (seed 7) and a WordPiece
+/// `tokenizer.json` over [`POSITIVE`], [`NEGATIVE`] and [`FILLER`] into `dir`: a model
+/// directory that `select-model` accepts.
+pub fn write_tiny_sentiment_model(dir: &Path) -> Result<(), StagesError> {
+    write_random_model(dir, &EncoderConfig::tiny_bert(), 7, NameStyle::Plain)?;
+    let words: Vec<&str> = POSITIVE
+        .iter()
+        .chain(NEGATIVE)
+        .chain(FILLER)
+        .copied()
+        .collect();
+    let path = dir.join("tokenizer.json");
+    fs::write(&path, wordpiece_tokenizer_json(&words)).map_err(|source| StagesError::Write {
+        path: path.clone(),
+        source,
+    })
+}
