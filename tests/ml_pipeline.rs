@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use taper::stages::fixtures::{write_tiny_sentiment_model, FILLER, NEGATIVE, POSITIVE};
+use taper::stages::fixtures::{sentiment_row, write_tiny_sentiment_model};
 
 const PIPELINE: &str = r#"version: 1
 name: tiny-sentiment
@@ -51,20 +51,8 @@ impl Project {
         // `plot` rows the filter drops.
         let mut csv = String::from("category,text\n");
         for i in 0..160usize {
-            let positive = i % 5 < 3;
-            let words = if positive { POSITIVE } else { NEGATIVE };
-            csv.push_str(&format!(
-                "{},\"{} {}\n{} {} {i}\"\n",
-                if positive { "pos" } else { "neg" },
-                FILLER[i % FILLER.len()],
-                words[i % words.len()],
-                FILLER[(i / 3) % FILLER.len()],
-                if i % 2 == 0 {
-                    words[(i / 2) % words.len()]
-                } else {
-                    ""
-                },
-            ));
+            let (label, text) = sentiment_row(i, "\n");
+            csv.push_str(&format!("{label},\"{text}\"\n"));
         }
         for i in 0..10 {
             csv.push_str(&format!("plot,the plot {i}\n"));

@@ -14,7 +14,7 @@ use crate::model::stages::{
 use crate::model::{InputSlot, Source, Stage, StageId, StageSettings};
 use crate::stages::configure::ConfigureRunner;
 use crate::stages::evaluate::EvaluateRunner;
-use crate::stages::fixtures::{write_tiny_sentiment_model, FILLER, NEGATIVE, POSITIVE};
+use crate::stages::fixtures::{sentiment_row, write_tiny_sentiment_model};
 use crate::stages::prepare_data::PrepareDataRunner;
 use crate::stages::select_model::SelectModelRunner;
 use crate::stages::train::TrainRunner;
@@ -32,23 +32,8 @@ impl Chain {
         // A deterministic table: each row is filler words plus one or two sentiment words.
         let mut csv = String::from("label,text\n");
         for i in 0..160usize {
-            let positive = i % 5 < 3;
-            let words = if positive { POSITIVE } else { NEGATIVE };
-            let text = format!(
-                "{} {} {} {}",
-                FILLER[i % FILLER.len()],
-                words[i % words.len()],
-                FILLER[(i / 3) % FILLER.len()],
-                if i % 2 == 0 {
-                    words[(i / 2) % words.len()]
-                } else {
-                    ""
-                }
-            );
-            csv.push_str(&format!(
-                "{},{text} {i}\n",
-                if positive { "pos" } else { "neg" }
-            ));
+            let (label, text) = sentiment_row(i, " ");
+            csv.push_str(&format!("{label},{text}\n"));
         }
         fs::write(dir.path().join("reviews.csv"), csv).unwrap();
         Chain {

@@ -18,6 +18,27 @@ pub const NEGATIVE: &[&str] = &["bad", "awful", "dull", "boring", "poor", "weak"
 /// Neutral words around them.
 pub const FILLER: &[&str] = &["the", "film", "was", "a", "movie", "plot", "and", "very"];
 
+/// Row `i` of a deterministic sentiment table: its label (`"pos"` for 3 rows in 5, else
+/// `"neg"`) and its text, filler words around one or two sentiment words that decide the
+/// label, ending in `i` (so no two rows are duplicates). `gap` separates the two halves of the
+/// text (`" "`, or `"\n"` for a multi-line CSV field).
+pub fn sentiment_row(i: usize, gap: &str) -> (&'static str, String) {
+    let positive = i % 5 < 3;
+    let words = if positive { POSITIVE } else { NEGATIVE };
+    let second = if i.is_multiple_of(2) {
+        words[(i / 2) % words.len()]
+    } else {
+        ""
+    };
+    let text = format!(
+        "{} {}{gap}{} {second} {i}",
+        FILLER[i % FILLER.len()],
+        words[i % words.len()],
+        FILLER[(i / 3) % FILLER.len()],
+    );
+    (if positive { "pos" } else { "neg" }, text)
+}
+
 /// Writes `EncoderConfig::tiny_bert()` with random weights (seed 7) and a WordPiece
 /// `tokenizer.json` over [`POSITIVE`], [`NEGATIVE`] and [`FILLER`] into `dir`: a model
 /// directory that `select-model` accepts.
