@@ -303,19 +303,20 @@ impl TrainRun<'_> {
         };
         write_json(&self.out_dir.join("summary.json"), &summary)?;
         let seconds = started.elapsed().as_secs_f64();
+        let per_epoch = epoch_seconds
+            .first()
+            .map(|first| format!(", first epoch {first:.1} s"))
+            .unwrap_or_default();
         log(&format!(
-            "trained {trained_samples} samples in {seconds:.1} s ({:.1} samples/s)",
+            "trained {trained_samples} samples in {seconds:.1} s ({:.1} samples/s{per_epoch})",
             trained_samples as f64 / seconds.max(1e-9)
         ));
-        let mut metrics = BTreeMap::from([
-            ("trainable_parameters".to_owned(), trainable as f64),
-            ("train_seconds".to_owned(), round(seconds, 2)),
-        ]);
+        // Timings go to the log, not to the metrics: the metrics land in the lock file, which
+        // users commit, and a wall-clock figure there changed the committed
+        // `quickstart.lock` on every newcomer's first run although every output was identical.
+        let mut metrics = BTreeMap::from([("trainable_parameters".to_owned(), trainable as f64)]);
         if let Some(loss) = final_train_loss {
             metrics.insert("train_loss".to_owned(), loss);
-        }
-        if let Some(first) = epoch_seconds.first() {
-            metrics.insert("seconds_per_epoch".to_owned(), round(*first, 2));
         }
         if let Some(loss) = progress.best_validation_loss {
             metrics.insert("validation_loss".to_owned(), loss);
@@ -366,11 +367,6 @@ fn mean(values: &[f64]) -> f64 {
     } else {
         values.iter().sum::<f64>() / values.len() as f64
     }
-}
-
-fn round(value: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (value * scale).round() / scale
 }
 
 /// Mean cross-entropy and accuracy from probabilities.
