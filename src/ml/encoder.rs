@@ -627,16 +627,8 @@ impl Encoder {
     }
 
     /// The embedding layer's output `[batch, t, hidden]` of `input_ids` `[batch, t]` (u32).
+    /// (`embed_words` checks the length against `max_position_embeddings`.)
     pub fn embed(&self, input_ids: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let (_, tokens) = input_ids.dims2()?;
-        if tokens > self.config.max_position_embeddings {
-            return Err(MlError::BadBatch {
-                reason: format!(
-                    "{tokens} tokens exceed `max_position_embeddings` {}",
-                    self.config.max_position_embeddings
-                ),
-            });
-        }
         let words = self.word_embeddings(input_ids)?;
         self.embed_words(&words, ctx)
     }
