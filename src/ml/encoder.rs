@@ -4,7 +4,7 @@
 //! - While training or explaining (`Ctx::differentiable`), LayerNorm and softmax use taper's
 //!   fused kernels with a backward pass (`kernels.rs`; candle's composite ops off the CPU).
 //!   candle's fused kernels have no backward pass and would silently cut every encoder
-//!   gradient (knowledge.md, trap 1); they are used only at inference.
+//!   gradient (docs/design.md §1.1); they are used only at inference.
 //! - Dropout is real and draws from the caller's seeded RNG (`Ctx::dropout`).
 //! - Activations stay flattened as `[batch * tokens, hidden]` between layers so every linear
 //!   layer is one plain 2-D GEMM with a transposed weight view (no broadcast copies of weights).

@@ -1,6 +1,6 @@
 //! AdamW with parameter groups and savable moments, learning-rate schedules, and global-norm
 //! clipping. candle-nn's AdamW keeps its state private and applies one weight decay to every
-//! variable (knowledge.md, trap 3), so it is reimplemented here with torch's arithmetic.
+//! variable (docs/design.md §1.3), so it is reimplemented here with torch's arithmetic.
 
 use candle_core::{Tensor, Var};
 

@@ -1,4 +1,4 @@
-//! Seeded random numbers. candle's CPU RNG cannot be seeded (knowledge.md, trap 2), so every
+//! Seeded random numbers. candle's CPU RNG cannot be seeded (docs/design.md §1.2), so every
 //! random tensor (initialisation, LoRA's `A`, dropout masks) is drawn here from a ChaCha8
 //! stream and copied into a tensor; the stream position is part of a checkpoint.
 

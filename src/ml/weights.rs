@@ -6,7 +6,7 @@
 //! adapter), or reported as missing; a load with any missing tensor fails and names them all.
 //! Tensors of the file that nothing asked for are reported as unused (e.g. the MLM head, the
 //! `position_ids` buffer), because a wrong name prefix would otherwise silently give random
-//! weights (knowledge.md, trap 5).
+//! weights (docs/design.md §1.5).
 //!
 //! Trainable parameters become `Var`s (autograd tracks them); frozen ones are plain tensors, so
 //! autograd never builds a graph through frozen layers and their bytes cannot change.
@@ -89,7 +89,7 @@ impl WeightSource {
 /// Trainable parameters in name order, plus counts.
 pub struct ParamStore {
     /// Sorted by name: optimizer state and checkpoints rely on a stable order (a `VarMap`
-    /// iterates in HashMap order, knowledge.md trap 2).
+    /// iterates in HashMap order, docs/design.md §1.2).
     pub(crate) vars: Vec<(String, Var)>,
     pub(crate) total_parameters: usize,
 }

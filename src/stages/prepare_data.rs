@@ -559,7 +559,7 @@ mod real_data_tests {
         std::fs::create_dir_all(&out).unwrap();
         let stats = prepare(&settings, &resolver, &model_out, &out, &|_| {}).unwrap();
         let cleaning = stats.cleaning.values().next().unwrap();
-        // knowledge.md: 13,905 rows, 1,097 plot, 56 duplicates → 12,752.
+        // docs/design.md §2: 13,905 rows, 1,097 plot, 56 duplicates → 12,752.
         assert_eq!(
             (cleaning.rows, cleaning.filtered, cleaning.kept),
             (13_905, 1_097, 12_752)

@@ -3,5 +3,6 @@
 mod cli;
 mod diagnostics;
 mod fuzz;
+mod hostile;
 mod layering;
 mod schema;

@@ -3,7 +3,7 @@
 //! Why they exist: a MiniLM-shaped training step (batch 16, length 64) spends about 350 ms in
 //! the GEMMs of its linear layers, yet took 1.15 s through candle's composite ops. The rest was
 //! single-threaded elementwise passes, each with a fresh allocation: LayerNorm and softmax as
-//! 5–20 ops (and candle's fused versions have no backward, knowledge.md trap 1), exact GELU
+//! 5–20 ops (and candle's fused versions have no backward, docs/design.md §1.1), exact GELU
 //! through scalar `erff`, bias broadcasts and their reductions, head split/merge copies, gradients
 //! of frozen weights computed and thrown away, a dense word-embedding gradient built three times,
 //! and an AdamW of a dozen passes per parameter.

@@ -1,5 +1,5 @@
 //! LayerNorm and softmax over the last dimension with a backward pass (candle's fused versions
-//! have none: knowledge.md, trap 1), in parallel over rows.
+//! have none: docs/design.md §1.1), in parallel over rows.
 //!
 //! LayerNorm is one pass forward and one backward (`dx`, `dγ` and `dβ` together, the
 //! parameter sums per task of rows, added in task order); candle's `layer_norm_slow` is ~11
