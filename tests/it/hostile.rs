@@ -119,7 +119,10 @@ fn inventory(dir: &Path) -> BTreeMap<PathBuf, String> {
         } else {
             format!("special {mode:o}")
         };
-        found.insert(path.strip_prefix(dir).unwrap_or(&path).to_path_buf(), description);
+        found.insert(
+            path.strip_prefix(dir).unwrap_or(&path).to_path_buf(),
+            description,
+        );
     }
     found
 }
@@ -290,7 +293,10 @@ fn hostile_corpus() {
     let mut failures = Vec::new();
     let mut ran = 0;
     for (name, dir) in cases() {
-        if only.as_deref().is_some_and(|prefix| !name.starts_with(prefix)) {
+        if only
+            .as_deref()
+            .is_some_and(|prefix| !name.starts_with(prefix))
+        {
             continue;
         }
         ran += 1;
@@ -311,7 +317,9 @@ fn hostile_corpus() {
         match result {
             Ok(Ok(())) => {}
             Ok(Err(problems)) => failures.push(format!("{name}:\n  {}", problems.join("\n  "))),
-            Err(_) => failures.push(format!("{name}: snapshot mismatch or harness panic (above)")),
+            Err(_) => failures.push(format!(
+                "{name}: snapshot mismatch or harness panic (above)"
+            )),
         }
     }
     assert!(ran > 0 || only.is_some(), "the corpus is empty");
