@@ -84,7 +84,7 @@ pub enum DataError {
     #[error("fetching `{url}` failed: {reason}")]
     #[diagnostic(
         code(taper::data::http_failed),
-        help("check the URL and the network; `https` URLs are fetched with `curl`")
+        help("check the URL and the network (a proxy or firewall may block it); the file is cached once fetched, so a later run works offline")
     )]
     HttpFailed { url: String, reason: String },
 
