@@ -83,16 +83,7 @@ impl Metrics {
             })
             .collect();
         let macro_f1 = per_class.iter().map(|c| c.f1).sum::<f64>() / classes as f64;
-        let log_loss = labels
-            .iter()
-            .zip(probabilities)
-            .map(|(&label, row)| {
-                -f64::from(row[label as usize])
-                    .clamp(1e-15, 1.0 - 1e-15)
-                    .ln()
-            })
-            .sum::<f64>()
-            / n as f64;
+        let log_loss = log_loss(labels, probabilities);
         let roc_auc = if classes == 2 {
             let scores: Vec<f64> = probabilities.iter().map(|row| f64::from(row[1])).collect();
             roc_auc(labels, &scores)
@@ -113,7 +104,40 @@ impl Metrics {
     }
 }
 
-fn argmax(row: &[f32]) -> usize {
+/// Mean cross-entropy of the true labels, probabilities clipped to `[1e-15, 1 − 1e-15]` (so a
+/// confidently wrong 0 gives a finite loss); 0 for no examples. Training's validation loss and
+/// evaluation's log loss are both this function.
+pub fn log_loss(labels: &[u32], probabilities: &[Vec<f32>]) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    labels
+        .iter()
+        .zip(probabilities)
+        .map(|(&label, row)| {
+            -f64::from(row[label as usize])
+                .clamp(1e-15, 1.0 - 1e-15)
+                .ln()
+        })
+        .sum::<f64>()
+        / labels.len() as f64
+}
+
+/// Share of examples whose arg-max prediction is the true label; 0 for no examples.
+pub fn accuracy(labels: &[u32], probabilities: &[Vec<f32>]) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    let correct = labels
+        .iter()
+        .zip(probabilities)
+        .filter(|(&label, row)| argmax(row) == label as usize)
+        .count();
+    correct as f64 / labels.len() as f64
+}
+
+/// The predicted class: the index of the largest probability, ties to the lower index.
+pub fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (index, value) in row.iter().enumerate() {
         if *value > row[best] {
@@ -247,6 +271,17 @@ mod tests {
     fn auc_ties_count_half_and_one_class_has_none() {
         close(roc_auc(&[0, 1], &[0.5, 0.5]).unwrap(), 0.5);
         assert_eq!(roc_auc(&[1, 1], &[0.1, 0.9]), None);
+    }
+
+    /// A confidently wrong prediction (probability 0 for the true class) costs -ln(1e-15), not
+    /// infinity: training's validation loss once skipped the upper clip and evaluation's did not.
+    #[test]
+    fn log_loss_clips_and_accuracy_uses_argmax_ties_low() {
+        let loss = log_loss(&[0], &[vec![0.0, 1.0]]);
+        assert!((loss - (-(1e-15f64).ln())).abs() < 1e-9, "{loss}");
+        assert_eq!(log_loss(&[], &[]), 0.0);
+        assert_eq!(accuracy(&[0, 1], &[vec![0.5, 0.5], vec![0.5, 0.5]]), 0.5);
+        assert_eq!(argmax(&[0.2, 0.4, 0.4]), 1);
     }
 
     #[test]

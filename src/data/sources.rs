@@ -446,7 +446,8 @@ fn http_get(url: &str, target: &Path) -> Result<(), DataError> {
     let mut body = response.into_body().into_reader();
     let mut file = fs::File::create(target).map_err(|error| DataError::io(target, error))?;
     io::copy(&mut body, &mut file).map_err(|error| failed(error.to_string()))?;
-    file.sync_all().map_err(|error| DataError::io(target, error))
+    file.sync_all()
+        .map_err(|error| DataError::io(target, error))
 }
 
 #[cfg(test)]

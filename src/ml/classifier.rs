@@ -461,6 +461,12 @@ impl Classifier {
         Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 
+    /// Inference class probabilities (softmax of [`Self::logits`]), one row per sequence: the
+    /// one definition `train`'s validation, `evaluate` and any later consumer share.
+    pub fn probabilities(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
+        Ok(self.logits(batch)?.iter().map(|row| softmax(row)).collect())
+    }
+
     /// Inference logits plus each layer's attention probabilities `[batch, heads, t, t]`.
     pub fn logits_with_attentions(&self, batch: &Batch) -> Result<(Vec<Vec<f32>>, Vec<Tensor>)> {
         let mut ctx = Ctx {
@@ -651,9 +657,30 @@ fn plan_for(config: &EncoderConfig, method: &Method) -> Result<(EncoderPlan, boo
     })
 }
 
+/// Numerically stable softmax of one row of logits (the max is subtracted first, so logits of
+/// 1,000 do not overflow `exp`).
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_is_stable_and_normalized() {
+        // Without subtracting the maximum, exp(1000) overflows to infinity and gives NaN.
+        // 1000 + ln 2 rounds to the f32 grid (spacing 6e-5 there), hence the tolerance.
+        let p = softmax(&[1000.0, 1000.0 + 2f32.ln()]);
+        assert!(
+            (p[0] - 1.0 / 3.0).abs() < 1e-4 && (p[1] - 2.0 / 3.0).abs() < 1e-4,
+            "{p:?}"
+        );
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
 
     #[test]
     fn batch_pads_to_longest_and_masks_padding() {

@@ -11,14 +11,15 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::data::batching::{eval_batches, lengths};
-use crate::data::dataset::{Dataset, SplitData};
-use crate::data::metrics::Metrics;
+use crate::data::dataset::Dataset;
+use crate::data::metrics::{argmax, Metrics};
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
-use crate::ml::{Batch, Classifier, DeviceChoice};
+use crate::ml::{Classifier, DeviceChoice};
 use crate::model::stages::SplitName;
 use crate::model::{InputSlot, StageSettings};
-use crate::stages::ml_common::{input_dir, write_bytes, write_json, wrong_runner, StagesError};
+use crate::stages::ml_common::{
+    input_dir, predict, write_bytes, write_json, wrong_runner, StagesError,
+};
 
 /// Where `train` puts the exported model inside its artifact.
 pub const TRAINED_MODEL_DIR: &str = "model";
@@ -110,10 +111,7 @@ pub fn evaluate(
         })?;
     let mut predictions = String::new();
     for (label, row) in data.labels.iter().zip(&probabilities) {
-        let predicted = row
-            .iter()
-            .enumerate()
-            .fold(0, |best, (i, p)| if *p > row[best] { i } else { best });
+        let predicted = argmax(row);
         predictions.push_str(
             &serde_json::json!({"label": label, "predicted": predicted, "probabilities": row})
                 .to_string(),
@@ -134,46 +132,4 @@ pub fn evaluate(
         metrics.accuracy, metrics.macro_f1, metrics.log_loss
     ));
     Ok(metrics)
-}
-
-/// Class probabilities of every example of `data`, in dataset order.
-pub fn predict(
-    classifier: &Classifier,
-    data: &SplitData,
-    batch_size: usize,
-) -> Result<Vec<Vec<f32>>, StagesError> {
-    let pad = classifier.config().pad_token_id;
-    let mut out = vec![Vec::new(); data.len()];
-    for indices in eval_batches(&lengths(data), batch_size) {
-        let sequences: Vec<&[u32]> = indices.iter().map(|&i| data.example(i)).collect();
-        let batch = Batch::new(&sequences, &[], pad)?;
-        for (&index, logits) in indices.iter().zip(classifier.logits(&batch)?) {
-            out[index] = softmax(&logits);
-        }
-    }
-    Ok(out)
-}
-
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn softmax_is_stable_and_normalized() {
-        // Without subtracting the maximum, exp(1000) overflows to infinity and gives NaN.
-        // 1000 + ln 2 rounds to the f32 grid (spacing 6e-5 there), hence the tolerance.
-        let p = softmax(&[1000.0, 1000.0 + 2f32.ln()]);
-        assert!(
-            (p[0] - 1.0 / 3.0).abs() < 1e-4 && (p[1] - 2.0 / 3.0).abs() < 1e-4,
-            "{p:?}"
-        );
-        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-    }
 }

@@ -1,12 +1,15 @@
 //! What the ML stage runners (`select-model`, `prepare-data`, `configure`, `train`,
-//! `evaluate`) share: their error type and small file helpers.
+//! `evaluate`) share: their error type, batched prediction and small file helpers.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::data::batching::{eval_batches, lengths};
+use crate::data::dataset::SplitData;
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError};
+use crate::ml::{Batch, Classifier};
 use crate::model::InputSlot;
 
 /// Errors of the ML stage runners that are not data errors.
@@ -146,4 +149,25 @@ pub fn wrong_runner(ctx: &StageContext<'_>, runner: &'static str) -> StagesError
         stage: ctx.stage.id.to_string(),
         runner,
     }
+}
+
+/// Class probabilities of every example of `data`, in dataset order: length-sorted batches
+/// padded per batch, scattered back, so the result does not depend on the batch size beyond
+/// float rounding. `train` (validation loss, early stopping) and `evaluate` (log loss, metrics)
+/// both call this, so the two losses are computed from the same probabilities.
+pub fn predict(
+    classifier: &Classifier,
+    data: &SplitData,
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>, StagesError> {
+    let pad = classifier.config().pad_token_id;
+    let mut out = vec![Vec::new(); data.len()];
+    for indices in eval_batches(&lengths(data), batch_size) {
+        let sequences: Vec<&[u32]> = indices.iter().map(|&i| data.example(i)).collect();
+        let batch = Batch::new(&sequences, &[], pad)?;
+        for (&index, row) in indices.iter().zip(classifier.probabilities(&batch)?) {
+            out[index] = row;
+        }
+    }
+    Ok(out)
 }

@@ -26,14 +26,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::batching::{fill_rate, lengths, train_batches};
 use crate::data::dataset::Dataset;
+use crate::data::metrics;
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::ml::{Batch, Classifier, DeviceChoice, Trainer};
 use crate::model::stages::{Configure, SplitName};
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::configure::ResolvedConfig;
-use crate::stages::evaluate::{predict, TRAINED_MODEL_DIR};
-use crate::stages::ml_common::{input_dir, write_bytes, write_json, wrong_runner, StagesError};
+use crate::stages::evaluate::TRAINED_MODEL_DIR;
+use crate::stages::ml_common::{
+    input_dir, predict, write_bytes, write_json, wrong_runner, StagesError,
+};
 use crate::stages::train_log::{render_svg, to_jsonl, LogRecord};
 
 /// Where a run is, saved next to each checkpoint.
@@ -230,7 +233,8 @@ impl TrainRun<'_> {
             progress.batch = 0;
             if let Some(validation) = validation {
                 let probabilities = predict(trainer.classifier(), validation, 64)?;
-                let (loss, accuracy) = loss_and_accuracy(&validation.labels, &probabilities);
+                let loss = metrics::log_loss(&validation.labels, &probabilities);
+                let accuracy = metrics::accuracy(&validation.labels, &probabilities);
                 progress.records.push(LogRecord::Validation {
                     step: trainer.optimizer_steps(),
                     epoch,
@@ -369,22 +373,6 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
-/// Mean cross-entropy and accuracy from probabilities.
-fn loss_and_accuracy(labels: &[u32], probabilities: &[Vec<f32>]) -> (f64, f64) {
-    let mut loss = 0.0;
-    let mut correct = 0usize;
-    for (&label, row) in labels.iter().zip(probabilities) {
-        loss -= f64::from(row[label as usize]).max(1e-15).ln();
-        let predicted = row
-            .iter()
-            .enumerate()
-            .fold(0, |best, (i, p)| if *p > row[best] { i } else { best });
-        correct += usize::from(predicted == label as usize);
-    }
-    let n = labels.len().max(1) as f64;
-    (loss / n, correct as f64 / n)
-}
-
 fn remove_dir_if_exists(dir: &Path) -> Result<(), StagesError> {
     match fs::remove_dir_all(dir) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(StagesError::Write {
@@ -430,8 +418,9 @@ mod tests {
 
     #[test]
     fn validation_loss_and_accuracy_hand_computed() {
-        let (loss, accuracy) = loss_and_accuracy(&[0, 1], &[vec![0.8, 0.2], vec![0.6, 0.4]]);
+        let probabilities = [vec![0.8, 0.2], vec![0.6, 0.4]];
+        let loss = metrics::log_loss(&[0, 1], &probabilities);
         assert!((loss - (-(0.8f64.ln()) - 0.4f64.ln()) / 2.0).abs() < 1e-6);
-        assert_eq!(accuracy, 0.5);
+        assert_eq!(metrics::accuracy(&[0, 1], &probabilities), 0.5);
     }
 }
