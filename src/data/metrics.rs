@@ -274,7 +274,7 @@ mod tests {
     }
 
     /// A confidently wrong prediction (probability 0 for the true class) costs -ln(1e-15), not
-    /// infinity: training's validation loss once skipped the upper clip and evaluation's did not.
+    /// infinity; training's validation loss and evaluation's log loss both come from here.
     #[test]
     fn log_loss_clips_and_accuracy_uses_argmax_ties_low() {
         let loss = log_loss(&[0], &[vec![0.0, 1.0]]);
