@@ -1,5 +1,6 @@
 //! One [`StageRunner`] per stage kind, found through [`runner_for`].
 
+pub mod checkpoint;
 pub mod command;
 pub mod configure;
 pub mod evaluate;

@@ -10,19 +10,15 @@
 //! - Batches are length-bucketed and padded per batch ([`crate::data::batching`]), a pure
 //!   function of (seed, epoch), so a resumed run replays exactly the batches it had left.
 //!
-//! Resuming: every `checkpoint_every` optimizer steps and at each epoch end, the trainer state
-//! and a [`Progress`] record are written to `scratch_dir/checkpoint.new/`, then swapped in by
-//! renames (`checkpoint` → `checkpoint.old`, `checkpoint.new` → `checkpoint`). The sequence it
-//! guards against: 1. a checkpoint exists; 2. the run is killed while writing the next one;
-//! 3. without the swap, the half-written directory would be the only one. At start, the
-//! newest complete directory (`checkpoint`, else `checkpoint.old`) is loaded.
+//! Resuming and early stopping: [`crate::stages::checkpoint`] (every `checkpoint_every` optimizer
+//! steps and at each epoch end).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::data::batching::{fill_rate, lengths, train_batches};
 use crate::data::dataset::Dataset;
@@ -32,25 +28,13 @@ use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::ml::{Batch, Classifier, DeviceChoice, Trainer};
 use crate::model::stages::{Configure, SplitName};
 use crate::model::{InputSlot, StageSettings};
+use crate::stages::checkpoint::{Checkpoints, Progress, Verdict};
 use crate::stages::configure::ResolvedConfig;
 use crate::stages::evaluate::TRAINED_MODEL_DIR;
 use crate::stages::ml_common::{
     input_dir, predict, write_bytes, write_json, wrong_runner, StagesError,
 };
 use crate::stages::train_log::{render_svg, to_jsonl, LogRecord};
-
-/// Where a run is, saved next to each checkpoint.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
-    /// The epoch in progress (0-based).
-    pub epoch: usize,
-    /// Micro-batches of that epoch already trained.
-    pub batch: usize,
-    pub records: Vec<LogRecord>,
-    pub best_validation_loss: Option<f64>,
-    pub epochs_without_improvement: usize,
-    pub stopped_early: bool,
-}
 
 /// `summary.json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -148,7 +132,10 @@ impl TrainRun<'_> {
         }
         let mut trainer = Trainer::new(classifier, config, total_steps)?;
 
-        let mut progress = self.resume(&mut trainer)?.unwrap_or_default();
+        let checkpoints = Checkpoints {
+            scratch_dir: self.scratch_dir,
+        };
+        let mut progress = checkpoints.resume(&mut trainer)?.unwrap_or_default();
         if progress != Progress::default() {
             log(&format!(
                 "resuming at epoch {}, batch {} (optimizer step {})",
@@ -213,7 +200,7 @@ impl TrainRun<'_> {
                         window = (Instant::now(), 0);
                     }
                     if step % config.checkpoint_every == 0 {
-                        self.save(&trainer, &progress)?;
+                        checkpoints.save(&trainer, &progress)?;
                     }
                 }
             }
@@ -245,38 +232,22 @@ impl TrainRun<'_> {
                     "epoch {} validation loss {loss:.4} accuracy {accuracy:.4}",
                     epoch + 1
                 ));
-                if let Some(early) = &config.early_stopping {
-                    let improved = progress
-                        .best_validation_loss
-                        .is_none_or(|best| loss < best - early.min_delta);
-                    if improved {
-                        progress.best_validation_loss = Some(loss);
-                        progress.epochs_without_improvement = 0;
-                        let best = self.scratch_dir.join("best");
-                        let staging = self.scratch_dir.join("best.new");
-                        remove_dir_if_exists(&staging)?;
-                        trainer.export(&staging)?;
-                        remove_dir_if_exists(&best)?;
-                        rename(&staging, &best)?;
-                    } else {
-                        progress.epochs_without_improvement += 1;
-                        if progress.epochs_without_improvement >= early.patience {
-                            log(&format!(
-                                "early stop: no improvement for {} epochs",
-                                early.patience
-                            ));
-                            progress.stopped_early = true;
-                        }
+                match progress.record_validation(loss, config.early_stopping.as_ref()) {
+                    Verdict::Improved if config.early_stopping.is_some() => {
+                        checkpoints.save_best(&trainer)?;
                     }
-                } else if progress.best_validation_loss.is_none_or(|best| loss < best) {
-                    progress.best_validation_loss = Some(loss);
+                    Verdict::Stop => log(&format!(
+                        "early stop: no improvement for {} epochs",
+                        progress.epochs_without_improvement
+                    )),
+                    Verdict::Improved | Verdict::NotImproved => {}
                 }
             }
-            self.save(&trainer, &progress)?;
+            checkpoints.save(&trainer, &progress)?;
         }
 
         let model_out = self.out_dir.join(TRAINED_MODEL_DIR);
-        let best = self.scratch_dir.join("best");
+        let best = checkpoints.best_dir();
         if config.early_stopping.is_some() && best.is_dir() {
             copy_dir(&best, &model_out)?;
         } else {
@@ -327,42 +298,6 @@ impl TrainRun<'_> {
         }
         Ok(StageOutcome { metrics })
     }
-
-    fn save(&self, trainer: &Trainer, progress: &Progress) -> Result<(), StagesError> {
-        let current = self.scratch_dir.join("checkpoint");
-        let staging = self.scratch_dir.join("checkpoint.new");
-        let old = self.scratch_dir.join("checkpoint.old");
-        remove_dir_if_exists(&staging)?;
-        trainer.save_checkpoint(&staging)?;
-        write_json(&staging.join("progress.json"), progress)?;
-        remove_dir_if_exists(&old)?;
-        if current.is_dir() {
-            rename(&current, &old)?;
-        }
-        rename(&staging, &current)?;
-        remove_dir_if_exists(&old)
-    }
-
-    fn resume(&self, trainer: &mut Trainer) -> Result<Option<Progress>, StagesError> {
-        for name in ["checkpoint", "checkpoint.old"] {
-            let dir = self.scratch_dir.join(name);
-            let progress_path = dir.join("progress.json");
-            if !Trainer::has_checkpoint(&dir) || !progress_path.is_file() {
-                continue;
-            }
-            let Ok(text) = fs::read_to_string(&progress_path) else {
-                continue;
-            };
-            // An unreadable record means "no checkpoint", not a failed stage: training from
-            // scratch is always correct, only slower.
-            let Ok(progress) = serde_json::from_str::<Progress>(&text) else {
-                continue;
-            };
-            trainer.resume(&dir)?;
-            return Ok(Some(progress));
-        }
-        Ok(None)
-    }
 }
 
 fn mean(values: &[f64]) -> f64 {
@@ -371,23 +306,6 @@ fn mean(values: &[f64]) -> f64 {
     } else {
         values.iter().sum::<f64>() / values.len() as f64
     }
-}
-
-fn remove_dir_if_exists(dir: &Path) -> Result<(), StagesError> {
-    match fs::remove_dir_all(dir) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(StagesError::Write {
-            path: dir.to_path_buf(),
-            source: error,
-        }),
-        _ => Ok(()),
-    }
-}
-
-fn rename(from: &Path, to: &Path) -> Result<(), StagesError> {
-    fs::rename(from, to).map_err(|source| StagesError::Write {
-        path: to.to_path_buf(),
-        source,
-    })
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), StagesError> {
