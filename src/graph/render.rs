@@ -1,6 +1,10 @@
 //! Text, Mermaid and Graphviz renderings of a pipeline's DAG. Stages are grouped by level, so
 //! stages that can run in parallel are visibly side by side.
+//!
+//! Linear in stages and edges: each stage's kind and inputs are looked up in maps built once
+//! (a scan of all edges per stage made `taper dag` of a 50,000-stage chain take 26 s).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::PipelineGraph;
@@ -22,10 +26,23 @@ pub fn render(pipeline: &Pipeline, graph: &PipelineGraph, format: DagFormat) -> 
     }
 }
 
-fn kind_of(pipeline: &Pipeline, id: &StageId) -> &'static str {
-    pipeline
-        .stage(id)
-        .map_or("?", |stage| stage.kind().as_str())
+/// Each stage's kind, by name.
+struct Kinds<'a>(HashMap<&'a StageId, &'static str>);
+
+impl<'a> Kinds<'a> {
+    fn new(pipeline: &'a Pipeline) -> Kinds<'a> {
+        Kinds(
+            pipeline
+                .stages
+                .iter()
+                .map(|stage| (&stage.id, stage.kind().as_str()))
+                .collect(),
+        )
+    }
+
+    fn of(&self, id: &StageId) -> &'static str {
+        self.0.get(id).copied().unwrap_or("?")
+    }
 }
 
 fn edge_label(via: &DependencyVia) -> String {
@@ -46,15 +63,21 @@ fn text(pipeline: &Pipeline, graph: &PipelineGraph) -> String {
         levels.len()
     );
     let edges = graph.edges();
+    let kinds = Kinds::new(pipeline);
+    // `edges` is sorted by downstream stage, so each stage's inputs keep their order.
+    let mut inputs_of: HashMap<&StageId, Vec<String>> = HashMap::new();
+    for edge in &edges {
+        inputs_of.entry(&edge.downstream).or_default().push(format!(
+            "{} ({})",
+            edge.upstream,
+            edge_label(&edge.via)
+        ));
+    }
     for (depth, level) in levels.iter().enumerate() {
         let _ = writeln!(out, "level {}", depth + 1);
         for id in level {
-            let inputs: Vec<String> = edges
-                .iter()
-                .filter(|edge| &edge.downstream == id)
-                .map(|edge| format!("{} ({})", edge.upstream, edge_label(&edge.via)))
-                .collect();
-            let _ = write!(out, "  {id} [{}]", kind_of(pipeline, id));
+            let inputs = inputs_of.get(id).map_or(&[][..], Vec::as_slice);
+            let _ = write!(out, "  {id} [{}]", kinds.of(id));
             if !inputs.is_empty() {
                 let _ = write!(out, " <- {}", inputs.join(", "));
             }
@@ -71,6 +94,7 @@ fn mermaid_id(id: &StageId) -> String {
 
 fn mermaid(pipeline: &Pipeline, graph: &PipelineGraph) -> String {
     let mut out = String::from("flowchart TD\n");
+    let kinds = Kinds::new(pipeline);
     for (depth, level) in graph.levels().iter().enumerate() {
         let _ = writeln!(
             out,
@@ -84,7 +108,7 @@ fn mermaid(pipeline: &Pipeline, graph: &PipelineGraph) -> String {
                 out,
                 "    {}[\"{id}<br/><i>{}</i>\"]",
                 mermaid_id(id),
-                kind_of(pipeline, id)
+                kinds.of(id)
             );
         }
         out.push_str("  end\n");
@@ -107,6 +131,7 @@ fn dot_quote(text: &str) -> String {
 
 fn dot(pipeline: &Pipeline, graph: &PipelineGraph) -> String {
     let mut out = String::new();
+    let kinds = Kinds::new(pipeline);
     let _ = writeln!(out, "digraph {} {{", dot_quote(&pipeline.name));
     out.push_str("  rankdir=TB;\n  node [shape=box, fontname=\"Helvetica\"];\n");
     for (depth, level) in graph.levels().iter().enumerate() {
@@ -127,7 +152,7 @@ fn dot(pipeline: &Pipeline, graph: &PipelineGraph) -> String {
                 out,
                 "  {quoted} [label={}\\n{}\"];",
                 quoted.trim_end_matches('"'),
-                kind_of(pipeline, id)
+                kinds.of(id)
             );
         }
     }

@@ -54,7 +54,7 @@ pub enum LoadError {
         #[source_code]
         source_code: Source,
         #[related]
-        errors: Vec<ModelError>,
+        errors: ErrorList,
     },
 }
 
@@ -62,10 +62,54 @@ impl LoadError {
     /// The individual problems (empty for read errors).
     pub fn errors(&self) -> &[ModelError] {
         match self {
-            LoadError::Invalid { errors, .. } => errors,
+            LoadError::Invalid { errors, .. } => &errors.errors,
             LoadError::Read { .. } | LoadError::NotUtf8 { .. } | LoadError::TooLarge { .. } => &[],
         }
     }
+}
+
+/// At most this many problems of one file are rendered, then "…and N more errors": each one
+/// is a snippet of the file, and a generated file with 50,000 broken stages would print
+/// megabytes that nobody reads (the first ones are what to fix first; they come in file order).
+pub const MAX_RENDERED_ERRORS: usize = 50;
+
+/// Every problem of a pipeline file; renders as the first [`MAX_RENDERED_ERRORS`] of them.
+#[derive(Debug)]
+pub struct ErrorList {
+    errors: Vec<ModelError>,
+    more: Option<MoreErrors>,
+}
+
+impl ErrorList {
+    /// What miette renders as related diagnostics (its derive calls `iter`).
+    pub fn iter(&self) -> impl Iterator<Item = &dyn Diagnostic> {
+        self.errors
+            .iter()
+            .take(MAX_RENDERED_ERRORS)
+            .map(|error| error as &dyn Diagnostic)
+            .chain(self.more.iter().map(|more| more as &dyn Diagnostic))
+    }
+}
+
+impl From<Vec<ModelError>> for ErrorList {
+    fn from(errors: Vec<ModelError>) -> ErrorList {
+        let hidden = errors.len().saturating_sub(MAX_RENDERED_ERRORS);
+        ErrorList {
+            errors,
+            more: (hidden > 0).then_some(MoreErrors { hidden }),
+        }
+    }
+}
+
+/// The last line of a capped report.
+#[derive(Debug, Error, Diagnostic)]
+#[error("…and {hidden} more errors")]
+#[diagnostic(
+    code(taper::model::more_errors),
+    help("fix the errors above and validate again to see the rest (`taper::model::load_file` returns all of them)")
+)]
+pub struct MoreErrors {
+    hidden: usize,
 }
 
 /// One problem of a pipeline, placed at the YAML node it is about.
@@ -188,6 +232,33 @@ pub enum ModelError {
         edges: Vec<LabeledSpan>,
     },
 
+    #[error("param `{param}` refers to itself: {path}")]
+    #[diagnostic(
+        code(taper::model::param_cycle),
+        help("a param cannot use its own value, even through other params; write the value out in one of them")
+    )]
+    ParamCycle {
+        param: String,
+        path: String,
+        #[label("`{param}` is used again here")]
+        span: SourceSpan,
+    },
+
+    #[error("`${{params.{param}}}` makes the params expand past {limit} bytes")]
+    #[diagnostic(code(taper::model::expansion_too_large))]
+    ExpansionTooLarge {
+        param: String,
+        limit: usize,
+        size: usize,
+        expanded: usize,
+        #[label("{size} bytes more here, after {expanded} bytes of earlier substitutions")]
+        span: SourceSpan,
+        #[label("`{param}` is defined here")]
+        param_span: Option<SourceSpan>,
+        #[help]
+        help: String,
+    },
+
     #[error("cannot resolve `{reference}`")]
     #[diagnostic(code(taper::model::unresolved_reference))]
     UnresolvedReference {
@@ -234,7 +305,7 @@ const NEAR_LINES: usize = 6;
 impl ModelError {
     /// Drops far-away secondary labels, naming their line instead (see [`NEAR_LINES`]).
     pub(crate) fn compact_labels(&mut self, source: &Source) {
-        let line = |span: &SourceSpan| source.line_column(span.offset()).0;
+        let line = |span: &SourceSpan| source.line(span.offset());
         let far = |secondary: &SourceSpan, primary: &SourceSpan| {
             line(secondary).abs_diff(line(primary)) > NEAR_LINES
         };
@@ -269,6 +340,12 @@ impl ModelError {
             }
             ModelError::InvalidValue {
                 param, span, help, ..
+            }
+            | ModelError::ExpansionTooLarge {
+                param_span: param,
+                span,
+                help,
+                ..
             } => {
                 if let Some(definition) = param.filter(|definition| far(definition, span)) {
                     help.push_str(&format!(
@@ -286,6 +363,7 @@ impl ModelError {
             | ModelError::UnknownInput { .. }
             | ModelError::MissingInput { .. }
             | ModelError::Cycle { .. }
+            | ModelError::ParamCycle { .. }
             | ModelError::UnresolvedReference { .. }
             | ModelError::InvalidStageName { .. } => {}
         }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::spec::Override;
-pub use error::{LoadError, ModelError};
+pub use error::{ErrorList, LoadError, ModelError, MoreErrors, MAX_RENDERED_ERRORS};
 pub use paths::PathIndex;
 pub use stages::{
     Command, Configure, Deploy, Evaluate, Explain, PrepareData, SelectModel, Source, Train,
@@ -119,7 +119,7 @@ pub fn load_str(
                 count => format!("{count} errors"),
             },
             source_code: source,
-            errors,
+            errors: errors.into(),
         }),
     }
 }

@@ -6,6 +6,7 @@
 //! even when another is broken, and edge checks skip only the edges whose ends are unknown,
 //! so fixing one error never reveals a batch of new ones that were there all along.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
@@ -99,6 +100,7 @@ pub(crate) fn validate(
         .and_then(|(_, node)| string_value(node, "the pipeline `description`", errors));
 
     let params = check_params(raw, errors);
+    let substitution = Substitution::new(&params);
 
     let Some((stages_key, stages_node)) = &raw.stages else {
         errors.push(missing_top_level("stages", "stages:", document_start));
@@ -129,7 +131,7 @@ pub(crate) fn validate(
 
     let checked: Vec<Checked<'_>> = stage_entries
         .iter()
-        .map(|(id, body)| check_stage(id, body, &params, errors))
+        .map(|(id, body)| check_stage(id, body, &substitution, errors))
         .collect();
 
     let stages_by_id: HashMap<&str, &Checked<'_>> = checked
@@ -407,7 +409,7 @@ fn is_stage_name(name: &str) -> bool {
 fn check_stage<'a>(
     id: &'a Key,
     body: &'a Node,
-    params: &BTreeMap<String, Param>,
+    params: &Substitution<'_>,
     errors: &mut Vec<ModelError>,
 ) -> Checked<'a> {
     let mut checked = Checked {
@@ -763,38 +765,164 @@ fn path_to(root: &Node, span: Span) -> Option<Vec<String>> {
     }
 }
 
-/// Replaces `${params.<name>}` in every scalar under `node`. A whole-value reference takes
-/// the param's node (a number stays a number); inside a longer string the param's text is
-/// spliced in. `$${` writes a literal `${`.
-fn substitute(node: &mut Node, params: &BTreeMap<String, Param>, errors: &mut Vec<ModelError>) {
-    let before = errors.len();
-    substitute_inner(node, params, errors);
-    if errors.len() > before {
-        mark_unresolved(node, errors, before);
+/// The most `${params.…}` substitution may add to a pipeline: bytes of text, plus
+/// [`NODE_COST`] for each node a whole-value use copies. Without a bound, a 266 KB file (one
+/// 200 KB param used 6,000 times) took 2.4 GB to validate, and params using params could
+/// double at each level. Real pipelines add kilobytes.
+pub const MAX_EXPANSION: usize = 8 * 1024 * 1024;
+
+/// About what one node of the tree costs in memory besides its text.
+const NODE_COST: usize = 64;
+
+/// The params while stages are substituted: each param's value with its own references
+/// resolved (once, on its first use), and how much substitution has added so far.
+struct Substitution<'a> {
+    params: &'a BTreeMap<String, Param>,
+    resolved: RefCell<HashMap<String, Resolution>>,
+    /// The params being resolved, outermost first: using one of them again is a loop.
+    resolving: RefCell<Vec<String>>,
+    expanded: Cell<usize>,
+    /// Set when the bound is passed: later uses stay unresolved without another error.
+    exceeded: Cell<bool>,
+}
+
+enum Resolution {
+    Resolved {
+        node: Node,
+        cost: usize,
+    },
+    /// Its value has an error, reported once, at the value.
+    Failed,
+}
+
+impl<'a> Substitution<'a> {
+    fn new(params: &'a BTreeMap<String, Param>) -> Substitution<'a> {
+        Substitution {
+            params,
+            resolved: RefCell::new(HashMap::new()),
+            resolving: RefCell::new(Vec::new()),
+            expanded: Cell::new(0),
+            exceeded: Cell::new(false),
+        }
+    }
+
+    /// Resolves the references in param `name`'s value (first use only); its cost, or `None`
+    /// when it cannot be resolved (the error is already recorded).
+    fn resolve(&self, name: &str, use_span: Span, errors: &mut Vec<ModelError>) -> Option<usize> {
+        match self.resolved.borrow().get(name) {
+            Some(Resolution::Resolved { cost, .. }) => return Some(*cost),
+            Some(Resolution::Failed) => return None,
+            None => {}
+        }
+        let param = self.params.get(name)?;
+        let position = self.resolving.borrow().iter().position(|open| open == name);
+        if let Some(position) = position {
+            let mut path: Vec<String> = self.resolving.borrow()[position..]
+                .iter()
+                .map(|open| format!("`{open}`"))
+                .collect();
+            path.push(format!("`{name}`"));
+            errors.push(ModelError::ParamCycle {
+                param: name.to_owned(),
+                path: path.join(" → "),
+                span: use_span.into(),
+            });
+            return None;
+        }
+        self.resolving.borrow_mut().push(name.to_owned());
+        let mut node = param.node.clone();
+        let resolved = substitute(&mut node, self, errors);
+        self.resolving.borrow_mut().pop();
+        let (resolution, cost) = if resolved {
+            let cost = cost(&node);
+            (Resolution::Resolved { node, cost }, Some(cost))
+        } else {
+            (Resolution::Failed, None)
+        };
+        self.resolved
+            .borrow_mut()
+            .insert(name.to_owned(), resolution);
+        cost
+    }
+
+    /// A copy of param `name`'s resolved value (call [`Substitution::resolve`] first).
+    fn value(&self, name: &str) -> Option<Node> {
+        match self.resolved.borrow().get(name) {
+            Some(Resolution::Resolved { node, .. }) => Some(node.clone()),
+            Some(Resolution::Failed) | None => None,
+        }
+    }
+
+    /// Accounts for `size` more bytes from a use of `name`; `None` once past the bound.
+    fn spend(
+        &self,
+        name: &str,
+        size: usize,
+        use_span: Span,
+        errors: &mut Vec<ModelError>,
+    ) -> Option<()> {
+        if self.exceeded.get() {
+            return None;
+        }
+        let expanded = self.expanded.get();
+        if expanded.saturating_add(size) <= MAX_EXPANSION {
+            self.expanded.set(expanded + size);
+            return Some(());
+        }
+        self.exceeded.set(true);
+        errors.push(ModelError::ExpansionTooLarge {
+            param: name.to_owned(),
+            limit: MAX_EXPANSION,
+            size,
+            expanded,
+            span: use_span.into(),
+            param_span: self.params.get(name).map(|param| param.key_span.into()),
+            help: "each use of a param copies its value; keep large values in a file that a stage reads (list it in `deps`), or use the param fewer times".to_owned(),
+        });
+        None
     }
 }
 
-/// A value whose reference did not resolve already has its error; mark it so the type check
-/// that follows does not report the same value again as "found the string `${…}`".
-fn mark_unresolved(node: &mut Node, errors: &[ModelError], from: usize) {
-    let spans: Vec<miette::SourceSpan> = errors[from..]
-        .iter()
-        .filter_map(|error| match error {
-            ModelError::UnresolvedReference { span, .. } => Some(*span),
-            _ => None,
-        })
-        .collect();
-    mark(node, &spans);
+/// What a copy of `node` costs towards [`MAX_EXPANSION`].
+fn cost(node: &Node) -> usize {
+    NODE_COST
+        + match &node.value {
+            Value::Scalar(scalar) => scalar.text.len(),
+            Value::Seq(items) => items.iter().map(cost).sum(),
+            Value::Map(entries) => entries
+                .iter()
+                .map(|(key, value)| NODE_COST + key.value.len() + cost(value))
+                .sum(),
+        }
 }
 
-fn mark(node: &mut Node, spans: &[miette::SourceSpan]) {
+/// Replaces `${params.<name>}` in every scalar under `node`. A whole-value reference takes
+/// the param's node (a number stays a number); inside a longer string the param's text is
+/// spliced in. `$${` writes a literal `${`. Params may use other params, not themselves.
+/// False when a reference could not be resolved: its error is recorded, and the value is
+/// marked so the type check that follows does not report it again as "found the string `${…}`".
+fn substitute(node: &mut Node, params: &Substitution<'_>, errors: &mut Vec<ModelError>) -> bool {
     match &mut node.value {
-        Value::Seq(items) => items.iter_mut().for_each(|item| mark(item, spans)),
-        Value::Map(entries) => entries.iter_mut().for_each(|(_, value)| mark(value, spans)),
+        Value::Seq(items) => items
+            .iter_mut()
+            .fold(true, |ok, item| substitute(item, params, errors) && ok),
+        Value::Map(entries) => entries.iter_mut().fold(true, |ok, (_, value)| {
+            substitute(value, params, errors) && ok
+        }),
         Value::Scalar(scalar) => {
-            if spans.contains(&node.span.into()) {
-                scalar.style = ScalarStyle::Block;
-                scalar.text = UNRESOLVED.to_owned();
+            if !scalar.text.contains("${") {
+                return true;
+            }
+            let text = std::mem::take(&mut scalar.text);
+            match substitute_text(&text, node.span, params, errors) {
+                Some(substituted) => {
+                    *node = substituted;
+                    true
+                }
+                None => {
+                    *node = Node::scalar(UNRESOLVED, ScalarStyle::Block, node.span);
+                    false
+                }
             }
         }
     }
@@ -803,118 +931,104 @@ fn mark(node: &mut Node, spans: &[miette::SourceSpan]) {
 /// Text of a value whose `${…}` could not be resolved (already reported).
 const UNRESOLVED: &str = "\u{0}unresolved";
 
-fn substitute_inner(
-    node: &mut Node,
-    params: &BTreeMap<String, Param>,
+/// The node that scalar `text`, written at `use_span`, stands for after substitution.
+fn substitute_text(
+    text: &str,
+    use_span: Span,
+    params: &Substitution<'_>,
     errors: &mut Vec<ModelError>,
-) {
-    match &mut node.value {
-        Value::Seq(items) => items
-            .iter_mut()
-            .for_each(|item| substitute(item, params, errors)),
-        Value::Map(entries) => entries
-            .iter_mut()
-            .for_each(|(_, value)| substitute(value, params, errors)),
-        Value::Scalar(scalar) => {
-            if !scalar.text.contains("${") {
-                return;
-            }
-            let text = scalar.text.clone();
-            let use_span = node.span;
-            if let Some(name) = text
-                .strip_prefix("${params.")
-                .and_then(|rest| rest.strip_suffix('}'))
-                .filter(|name| !name.contains(['}', '$']))
-            {
-                match params.get(name) {
-                    Some(param) => {
-                        *node = Node {
-                            span: use_span,
-                            value: param.node.value.clone(),
-                            from_param: Some(param.key_span),
-                        };
-                    }
-                    None => errors.push(unresolved_param(&text, name, use_span, params)),
-                }
-                return;
-            }
-            let mut output = String::with_capacity(text.len());
-            let mut rest = text.as_str();
-            let mut from_param = None;
-            while let Some(position) = rest.find('$') {
-                output.push_str(&rest[..position]);
-                let after = &rest[position..];
-                if let Some(escaped) = after.strip_prefix("$${") {
-                    output.push_str("${");
-                    rest = escaped;
-                } else if let Some(reference) = after.strip_prefix("${") {
-                    let Some(end) = reference.find('}') else {
-                        errors.push(ModelError::UnresolvedReference {
-                            reference: abbreviate(after),
-                            span: use_span.into(),
-                            label: "`${` is never closed".to_owned(),
-                            help:
-                                "close it as `${params.<name>}`, or write `$${` for a literal `${`"
-                                    .to_owned(),
-                        });
-                        return;
-                    };
-                    let inner = &reference[..end];
-                    match inner
-                        .strip_prefix("params.")
-                        .map(|name| (name, params.get(name)))
-                    {
-                        Some((_, Some(param))) => match param.node.as_scalar() {
-                            Some(value) => {
-                                output.push_str(&value.text);
-                                from_param = Some(param.key_span);
-                            }
-                            None => {
-                                errors.push(ModelError::UnresolvedReference {
-                                    reference: format!("${{{inner}}}"),
-                                    span: use_span.into(),
-                                    label: format!("`{inner}` is {}, which cannot be spliced into text", param.node.describe()),
-                                    help: "use a list or mapping param only as a whole value: `key: ${params.<name>}`".to_owned(),
-                                });
-                                return;
-                            }
-                        },
-                        Some((name, None)) => {
-                            errors.push(unresolved_param(
-                                &format!("${{{inner}}}"),
-                                name,
-                                use_span,
-                                params,
-                            ));
-                            return;
-                        }
-                        None => {
-                            errors.push(ModelError::UnresolvedReference {
-                                reference: format!("${{{inner}}}"),
-                                span: use_span.into(),
-                                label: "only `${params.<name>}` can be referenced".to_owned(),
-                                help: "define the value under `params:` and write `${params.<name>}`; write `$${` for a literal `${`".to_owned(),
-                            });
-                            return;
-                        }
-                    }
-                    rest = &reference[end + 1..];
-                } else {
-                    output.push('$');
-                    rest = &after[1..];
-                }
-            }
-            output.push_str(rest);
-            *node = Node {
-                span: use_span,
-                value: Value::Scalar(crate::spec::Scalar {
-                    text: output,
-                    style: ScalarStyle::Quoted,
-                }),
-                from_param,
-            };
-        }
+) -> Option<Node> {
+    if let Some(name) = text
+        .strip_prefix("${params.")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .filter(|name| !name.contains(['}', '$']))
+    {
+        let Some(param) = params.params.get(name) else {
+            errors.push(unresolved_param(text, name, use_span, params.params));
+            return None;
+        };
+        let cost = params.resolve(name, use_span, errors)?;
+        params.spend(name, cost, use_span, errors)?;
+        return Some(Node {
+            span: use_span,
+            value: params.value(name)?.value,
+            from_param: Some(param.key_span),
+        });
     }
+    let mut output = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut from_param = None;
+    while let Some(position) = rest.find('$') {
+        output.push_str(&rest[..position]);
+        let after = &rest[position..];
+        if let Some(escaped) = after.strip_prefix("$${") {
+            output.push_str("${");
+            rest = escaped;
+            continue;
+        }
+        let Some(reference) = after.strip_prefix("${") else {
+            output.push('$');
+            rest = &after[1..];
+            continue;
+        };
+        let Some(end) = reference.find('}') else {
+            errors.push(ModelError::UnresolvedReference {
+                reference: abbreviate(after),
+                span: use_span.into(),
+                label: "`${` is never closed".to_owned(),
+                help: "close it as `${params.<name>}`, or write `$${` for a literal `${`"
+                    .to_owned(),
+            });
+            return None;
+        };
+        let inner = &reference[..end];
+        let Some(name) = inner.strip_prefix("params.") else {
+            errors.push(ModelError::UnresolvedReference {
+                reference: format!("${{{inner}}}"),
+                span: use_span.into(),
+                label: "only `${params.<name>}` can be referenced".to_owned(),
+                help: "define the value under `params:` and write `${params.<name>}`; write `$${` for a literal `${`".to_owned(),
+            });
+            return None;
+        };
+        let Some(param) = params.params.get(name) else {
+            errors.push(unresolved_param(
+                &format!("${{{inner}}}"),
+                name,
+                use_span,
+                params.params,
+            ));
+            return None;
+        };
+        params.resolve(name, use_span, errors)?;
+        let value = params.value(name)?;
+        let Some(scalar) = value.as_scalar() else {
+            errors.push(ModelError::UnresolvedReference {
+                reference: format!("${{{inner}}}"),
+                span: use_span.into(),
+                label: format!(
+                    "`{inner}` is {}, which cannot be spliced into text",
+                    value.describe()
+                ),
+                help: "use a list or mapping param only as a whole value: `key: ${params.<name>}`"
+                    .to_owned(),
+            });
+            return None;
+        };
+        params.spend(name, scalar.text.len(), use_span, errors)?;
+        output.push_str(&scalar.text);
+        from_param = Some(param.key_span);
+        rest = &reference[end + 1..];
+    }
+    output.push_str(rest);
+    Some(Node {
+        span: use_span,
+        value: Value::Scalar(crate::spec::Scalar {
+            text: output,
+            style: ScalarStyle::Quoted,
+        }),
+        from_param,
+    })
 }
 
 fn unresolved_param(
@@ -938,8 +1052,16 @@ fn unresolved_param(
     }
 }
 
-/// Reports each cycle (one per strongly connected component) with its path, labelling every
-/// edge on it at the reference that created it.
+/// Stage names and edge labels shown for one cycle: a generated pipeline can close a cycle
+/// through 50,000 stages, and its report must stay readable (and renderable: miette draws
+/// every line between a snippet's labels).
+const CYCLE_NAMES_SHOWN: usize = 12;
+const CYCLE_LABELS_SHOWN: usize = 8;
+
+/// Reports each cycle (one per strongly connected component) with its path, labelling the
+/// first edges on it at the references that created them. Linear in stages and edges: the
+/// components come from Kosaraju's algorithm (petgraph's Tarjan recurses once per stage of a
+/// chain and overflows the stack), and membership of a component is one array lookup.
 fn report_cycles(
     checked: &[Checked<'_>],
     edges: &[(usize, usize, Span)],
@@ -952,28 +1074,33 @@ fn report_cycles(
     for (from, to, span) in edges {
         graph.add_edge(nodes[*from], nodes[*to], *span);
     }
-    let mut components = petgraph::algo::tarjan_scc(&graph);
-    components.sort_by_key(|component| component.iter().map(|node| node.index()).min());
-    for component in components {
-        let first = *component
-            .iter()
-            .min_by_key(|node| node.index())
-            .expect("tarjan_scc yields non-empty components");
+    let mut components = petgraph::algo::kosaraju_scc(&graph);
+    for component in &mut components {
+        component.sort_unstable();
+    }
+    components.sort_by_key(|component| component[0]);
+    let mut component_of = vec![usize::MAX; checked.len()];
+    for (number, component) in components.iter().enumerate() {
+        for node in component {
+            component_of[node.index()] = number;
+        }
+    }
+    let mut parent: Vec<Option<(petgraph::graph::NodeIndex, Span)>> = vec![None; checked.len()];
+    for (number, component) in components.iter().enumerate() {
+        let first = component[0];
         let is_cycle = component.len() > 1 || graph.find_edge(first, first).is_some();
         if !is_cycle {
             continue;
         }
         // The shortest way back to the component's first stage (in file order): a breadth-
         // first search inside the component, so the reported path is a real, minimal cycle.
-        let mut parent: HashMap<petgraph::graph::NodeIndex, (petgraph::graph::NodeIndex, Span)> =
-            HashMap::new();
         let mut queue = std::collections::VecDeque::from([first]);
         let mut closing = None;
         'search: while let Some(current) = queue.pop_front() {
             let mut outgoing: Vec<_> = graph
                 .edges(current)
                 .map(|edge| (edge_target(&edge), *edge.weight()))
-                .filter(|(target, _)| component.contains(target))
+                .filter(|(target, _)| component_of[target.index()] == number)
                 .collect();
             outgoing.sort_by_key(|(target, span)| (target.index(), span.start));
             for (target, span) in outgoing {
@@ -981,44 +1108,47 @@ fn report_cycles(
                     closing = Some((current, span));
                     break 'search;
                 }
-                if let std::collections::hash_map::Entry::Vacant(entry) = parent.entry(target) {
-                    entry.insert((current, span));
+                if parent[target.index()].is_none() {
+                    parent[target.index()] = Some((current, span));
                     queue.push_back(target);
                 }
             }
         }
-        let (mut current, closing_span) =
-            closing.expect("a strongly connected component with an edge has a cycle");
+        let Some((mut current, closing_span)) = closing else {
+            continue;
+        };
         let mut path = vec![first, current];
         let mut spans = vec![(current, first, closing_span)];
         while current != first {
-            let (previous, span) = parent[&current];
+            let Some((previous, span)) = parent[current.index()] else {
+                break;
+            };
             spans.push((previous, current, span));
             path.push(previous);
             current = previous;
         }
         path.reverse();
         spans.reverse();
-        let spans: Vec<LabeledSpan> = spans
-            .into_iter()
+        let name =
+            |node: &petgraph::graph::NodeIndex| format!("`{}`", checked[node.index()].id.value);
+        let labels: Vec<LabeledSpan> = spans
+            .iter()
+            .take(CYCLE_LABELS_SHOWN)
             .map(|(from, to, span)| {
-                LabeledSpan::new_with_span(
-                    Some(format!(
-                        "`{}` uses `{}`",
-                        checked[to.index()].id.value,
-                        checked[from.index()].id.value
-                    )),
-                    span,
-                )
+                LabeledSpan::new_with_span(Some(format!("{} uses {}", name(to), name(from))), *span)
             })
             .collect();
-        let names: Vec<String> = path
-            .iter()
-            .map(|node| format!("`{}`", checked[node.index()].id.value))
-            .collect();
+        let mut names: Vec<String> = path.iter().map(name).collect();
+        if names.len() > CYCLE_NAMES_SHOWN {
+            let hidden = names.len() - CYCLE_NAMES_SHOWN;
+            names.splice(
+                CYCLE_NAMES_SHOWN - 2..names.len() - 2,
+                [format!("… ({hidden} more stages)")],
+            );
+        }
         errors.push(ModelError::Cycle {
             path: names.join(" → "),
-            edges: spans,
+            edges: labels,
         });
     }
 }
@@ -1220,5 +1350,118 @@ mod tests {
             matches!(&found[..], [ModelError::Cycle { path, .. }] if path == "`a` → `a`"),
             "{found:?}"
         );
+    }
+
+    fn render(error: &LoadError) -> String {
+        let mut out = String::new();
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_width(200)
+            .render_report(&mut out, error)
+            .expect("rendering into a String cannot fail");
+        out
+    }
+
+    #[test]
+    fn a_param_bomb_is_an_error_at_the_use_that_passes_the_bound() {
+        let big = "x".repeat(200_000);
+        let uses: String = (0..6_000)
+            .map(|index| format!("  s{index}: {{ kind: command, run: \"${{params.big}}\" }}\n"))
+            .collect();
+        let found = errors(&format!(
+            "version: 1\nname: t\nparams:\n  big: {big}\nstages:\n{uses}"
+        ));
+        let [ModelError::ExpansionTooLarge {
+            param, size, span, ..
+        }] = &found[..]
+        else {
+            panic!("{found:?}")
+        };
+        assert_eq!(param, "big");
+        assert!(*size > 200_000);
+        // 8 MiB hold 41 copies of 200 KB: the 42nd use, in stage `s41`, is the one refused.
+        let text = format!("version: 1\nname: t\nparams:\n  big: {big}\nstages:\n{uses}");
+        let at = text.find("  s41:").expect("stage s41") + "  s41: { kind: command, run: ".len();
+        assert_eq!(span.offset(), at);
+    }
+
+    #[test]
+    fn params_using_params_resolve_and_doubling_them_is_bounded() {
+        let pipeline = load(
+            "version: 1\nname: t\nparams: { a: \"${params.b}-x\", b: \"${params.c}\", c: 7 }\nstages:\n  s: { kind: command, run: \"go ${params.a}\" }\n",
+        )
+        .expect("valid");
+        let StageSettings::Command(command) = &pipeline.stages[0].settings else {
+            panic!("command")
+        };
+        assert_eq!(command.run, "go 7-x");
+        // Each level doubles the one below: 2^40 bytes if nothing stopped it.
+        let mut params = String::from("  p0: xxxxxxxxxxxxxxxx\n");
+        for level in 1..=40 {
+            let below = level - 1;
+            params.push_str(&format!(
+                "  p{level}: \"${{params.p{below}}}${{params.p{below}}}\"\n"
+            ));
+        }
+        let found = errors(&format!(
+            "version: 1\nname: t\nparams:\n{params}stages:\n  s: {{ kind: command, run: \"${{params.p40}}\" }}\n"
+        ));
+        assert!(
+            matches!(&found[..], [ModelError::ExpansionTooLarge { .. }]),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn params_in_a_loop_are_one_error_naming_the_loop() {
+        let found = errors(
+            "version: 1\nname: t\nparams: { a: \"${params.b}\", b: \"x ${params.a}\", c: \"${params.c}\" }\nstages:\n  s: { kind: command, run: \"${params.a} ${params.c}\", deps: [\"${params.a}\"] }\n",
+        );
+        let paths: Vec<&str> = found
+            .iter()
+            .map(|error| match error {
+                ModelError::ParamCycle { path, .. } => path.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(paths, ["`a` → `b` → `a`", "`c` → `c`"]);
+    }
+
+    #[test]
+    fn a_cycle_through_50_000_stages_is_reported_with_a_short_path() {
+        let count = 50_000;
+        let stages: String = (0..count)
+            .map(|index| {
+                let next = (index + 1) % count;
+                format!(
+                    "  s{index}: {{ kind: command, run: x, deps: [d{next}], outs: [d{index}] }}\n"
+                )
+            })
+            .collect();
+        let found = errors(&format!("version: 1\nname: t\nstages:\n{stages}"));
+        let [ModelError::Cycle { path, edges }] = &found[..] else {
+            panic!("{} errors", found.len())
+        };
+        assert!(path.starts_with("`s0` → `s49999` → `s49998`"), "{path}");
+        assert!(
+            path.contains("… (49989 more stages) → `s1` → `s0`"),
+            "{path}"
+        );
+        assert_eq!(edges.len(), super::CYCLE_LABELS_SHOWN);
+    }
+
+    #[test]
+    fn a_report_of_many_errors_renders_the_first_ones_and_counts_the_rest() {
+        let stages: String = (0..60)
+            .map(|index| format!("  s{index}: {{ kind: command, run: x, bogus: 1 }}\n"))
+            .collect();
+        let error = load(&format!("version: 1\nname: t\nstages:\n{stages}")).expect_err("invalid");
+        assert_eq!(error.errors().len(), 60);
+        let out = render(&error);
+        assert_eq!(
+            out.matches("unknown key `bogus`").count(),
+            crate::model::MAX_RENDERED_ERRORS
+        );
+        assert!(out.contains("…and 10 more errors"), "{out}");
+        assert!(out.contains("60 errors"), "{out}");
     }
 }

@@ -45,11 +45,26 @@ struct Segment {
     end: usize,
 }
 
+/// Lines longer than this (in bytes) are shown as a window around the span instead of whole:
+/// miette pads a label to its column with `format!("{:width$}")`, whose width is a `u16`, so a
+/// label past visual column 65,535 (a long one-line `run:`, tabs count 4) panicked, and a line
+/// of megabytes would be printed in full for every error on it.
+const LONG_LINE: usize = 1024;
+
+/// Bytes of a long line shown before a span's start, and at most in all (4,096 visual columns
+/// even if every byte is a tab, far from the `u16` limit).
+const WINDOW_BEFORE: usize = 80;
+const WINDOW: usize = 1024;
+
 /// The pipeline file's text plus the override segments; implements [`SourceCode`].
 #[derive(Debug, Clone)]
 pub struct Source {
     text: Arc<str>,
     segments: Arc<[Segment]>,
+    /// Byte offset where each line starts (after `\n`, `\r\n` or a lone `\r`, as miette and
+    /// YAML count lines). Built once: finding the line of an offset by scanning from the start
+    /// of the text made rendering 20,000 errors take a minute (one scan per label).
+    line_starts: Arc<[usize]>,
 }
 
 impl Source {
@@ -76,6 +91,7 @@ impl Source {
             });
         }
         Source {
+            line_starts: Arc::from(line_starts(&text)),
             text: Arc::from(text),
             segments: Arc::from(segments),
         }
@@ -101,16 +117,35 @@ impl Source {
         self.text.get(span.start..span.end).unwrap_or("")
     }
 
+    /// 1-based line of a byte offset within its segment: a binary search, for sorting and
+    /// comparing many diagnostics.
+    pub fn line(&self, offset: usize) -> usize {
+        let segment = self.segment_of(offset);
+        let offset = offset.clamp(segment.start, segment.end);
+        self.line_index(offset) - self.line_index(segment.start) + 1
+    }
+
     /// 1-based line and column (in characters) of a byte offset, for messages and tests.
     pub fn line_column(&self, offset: usize) -> (usize, usize) {
         let segment = self.segment_of(offset);
-        let text = &self.text[segment.start..segment.end];
-        let local = offset.saturating_sub(segment.start).min(text.len());
-        let before = &text[..floor_char_boundary(text, local)];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |index| index + 1);
-        let column = before[line_start..].chars().count() + 1;
-        (line, column)
+        let offset = floor_char_boundary(&self.text, offset.clamp(segment.start, segment.end));
+        let line = self.line_index(offset);
+        let column = self.text[self.line_starts[line]..offset].chars().count() + 1;
+        (line - self.line_index(segment.start) + 1, column)
+    }
+
+    /// 0-based index (over the whole buffer) of the line holding byte `offset`.
+    fn line_index(&self, offset: usize) -> usize {
+        self.line_starts
+            .partition_point(|start| *start <= offset)
+            .saturating_sub(1)
+    }
+
+    /// Where line `index` starts, or `limit` when it starts at or after it.
+    fn line_start(&self, index: usize, limit: usize) -> usize {
+        self.line_starts
+            .get(index)
+            .map_or(limit, |start| (*start).min(limit))
     }
 
     fn segment_of(&self, offset: usize) -> &Segment {
@@ -120,9 +155,85 @@ impl Source {
             .find(|segment| segment.start <= offset)
             .unwrap_or(&self.segments[0])
     }
+
+    /// A window of the long line holding `start`: from a little before it (from `start`
+    /// itself without context, as miette's header takes the span's column from that read) to
+    /// the end of the span or the line, at most [`WINDOW`] bytes. A longer span is cut there,
+    /// and miette then draws it as starting here without an end: better than a megabyte of
+    /// underline.
+    fn window<'a>(
+        &'a self,
+        segment: &Segment,
+        start: usize,
+        end: usize,
+        context_lines_before: usize,
+    ) -> MietteSpanContents<'a> {
+        let line = self.line_index(start);
+        let line_start = self.line_starts[line];
+        let next_line = self.line_start(line + 1, segment.end);
+        let line_end = trim_line_break(&self.text, line_start, next_line);
+        let from = if context_lines_before == 0 {
+            start
+        } else {
+            floor_char_boundary(
+                &self.text,
+                start.saturating_sub(WINDOW_BEFORE).max(line_start),
+            )
+        };
+        let wanted = end
+            .max(start + 1)
+            .saturating_add(WINDOW_BEFORE)
+            .min(from + WINDOW);
+        // Through the line break when the line's end is in reach, so a label at the end of
+        // the line has a place, and a `\r\n` is never cut in two.
+        let to = if wanted >= line_end {
+            next_line
+        } else {
+            floor_char_boundary(&self.text, wanted).max(from)
+        };
+        let base_line = self.line_index(segment.start);
+        MietteSpanContents::new_named(
+            segment.name.clone(),
+            self.text[from..to].as_bytes(),
+            SourceSpan::new(from.into(), to - from),
+            line - base_line,
+            self.text[line_start..from].chars().count(),
+            line - base_line,
+        )
+    }
+}
+
+/// Offsets where lines start: 0, and after every `\n`, `\r\n` and lone `\r`.
+fn line_starts(text: &str) -> Vec<usize> {
+    let bytes = text.as_bytes();
+    let mut starts = vec![0];
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'\n' => starts.push(index + 1),
+            b'\r' => {
+                if bytes.get(index + 1) == Some(&b'\n') {
+                    index += 1;
+                }
+                starts.push(index + 1);
+            }
+            _ => {}
+        }
+        index += 1;
+    }
+    starts
+}
+
+/// `end` without the line break that ends the line `start..end`.
+fn trim_line_break(text: &str, start: usize, end: usize) -> usize {
+    let line = &text.as_bytes()[start..end];
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    start + line.len()
 }
 
 fn floor_char_boundary(text: &str, mut index: usize) -> usize {
+    index = index.min(text.len());
     while index > 0 && !text.is_char_boundary(index) {
         index -= 1;
     }
@@ -130,6 +241,9 @@ fn floor_char_boundary(text: &str, mut index: usize) -> usize {
 }
 
 impl SourceCode for Source {
+    /// miette's own reading of a `str` scans from its first byte to find the line of a span;
+    /// here the line index finds the few lines it needs, and miette reads only those (so the
+    /// result, and every rendered snippet, is the same as reading the whole segment).
     fn read_span<'a>(
         &'a self,
         span: &SourceSpan,
@@ -137,29 +251,59 @@ impl SourceCode for Source {
         context_lines_after: usize,
     ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
         let segment = self.segment_of(span.offset());
-        let text = &self.text[segment.start..segment.end];
-        let local = SourceSpan::new(
-            (span.offset().saturating_sub(segment.start).min(text.len())).into(),
-            span.len()
-                .min(text.len().saturating_sub(span.offset() - segment.start)),
-        );
-        let contents = text.read_span(&local, context_lines_before, context_lines_after)?;
+        let start = span.offset().clamp(segment.start, segment.end);
+        let end = span
+            .offset()
+            .saturating_add(span.len())
+            .clamp(start, segment.end);
+        let base_line = self.line_index(segment.start);
+        let last_line = self.line_index(segment.end);
+        let start_line = self.line_index(start);
+        let end_line = self.line_index(end.saturating_sub(1).max(start));
+        let first = start_line
+            .saturating_sub(context_lines_before)
+            .max(base_line);
+        let last = end_line.saturating_add(context_lines_after).min(last_line);
+        let long = (first..=last).any(|line| {
+            self.line_start(line + 1, segment.end) - self.line_start(line, segment.end) > LONG_LINE
+        });
+        if long {
+            return Ok(Box::new(self.window(
+                segment,
+                start,
+                end,
+                context_lines_before,
+            )));
+        }
+        // One line more than miette reads, so it stops on its own, as in the whole text.
+        let slice_start = self.line_start(first, segment.end);
+        let slice_end = self.line_start(last.saturating_add(2), segment.end);
+        let slice = &self.text[slice_start..slice_end];
+        let local = SourceSpan::new((start - slice_start).into(), end - start);
+        let contents = slice.read_span(&local, context_lines_before, context_lines_after)?;
+        let data_start = contents.span().offset() + slice_start;
+        let line = first - base_line + contents.line();
+        // Columns in characters, as editors count them (miette counts bytes).
+        let column = self.text[self.line_starts[self.line_index(data_start)]..data_start]
+            .chars()
+            .count();
         Ok(Box::new(MietteSpanContents::new_named(
             segment.name.clone(),
             contents.data(),
-            SourceSpan::new(
-                (contents.span().offset() + segment.start).into(),
-                contents.span().len(),
-            ),
-            contents.line(),
-            contents.column(),
-            contents.line_count(),
+            SourceSpan::new(data_start.into(), contents.span().len()),
+            line,
+            column,
+            first - base_line + contents.line_count(),
         )))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
+    use proptest::prelude::*;
+    use thiserror::Error;
+
     use super::*;
 
     #[test]
@@ -185,5 +329,116 @@ mod tests {
             .expect("span in range");
         assert_eq!(contents.name(), Some("-S override"));
         assert_eq!(contents.line(), 0);
+    }
+
+    #[derive(Debug, Error, Diagnostic)]
+    #[error("bad value")]
+    struct Labelled {
+        #[source_code]
+        source: Source,
+        #[label("here")]
+        span: SourceSpan,
+    }
+
+    fn render(source: &Source, span: Span) -> String {
+        let mut out = String::new();
+        GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
+            .with_width(80)
+            .render_report(
+                &mut out,
+                &Labelled {
+                    source: source.clone(),
+                    span: span.into(),
+                },
+            )
+            .expect("rendering into a String cannot fail");
+        out
+    }
+
+    /// miette panicked ("formatting argument out of range") past visual column 65,535.
+    #[test]
+    fn a_label_past_column_65535_renders_a_window_with_its_line_and_column() {
+        let text = format!("a: 1\nrun: {}BAD tail\nb: 2\n", "x".repeat(69_994));
+        let source = Source::new("p.yaml", &text, &[]);
+        let at = text.find("BAD").expect("marker");
+        assert_eq!(source.line_column(at), (2, 70_000));
+        let out = render(&source, Span::new(at, at + 3));
+        assert!(out.contains("[p.yaml:2:70000]"), "{out}");
+        assert!(out.contains("BAD tail") && out.contains("here"), "{out}");
+        assert!(
+            out.len() < 4 * WINDOW,
+            "the line is windowed: {} bytes",
+            out.len()
+        );
+        // Tabs are 4 columns wide in miette: 20,000 of them are 80,000 columns.
+        let tabs = format!("run: \"{}\" BAD\n", "\t".repeat(20_000));
+        let source = Source::new("p.yaml", &tabs, &[]);
+        let at = tabs.find("BAD").expect("marker");
+        assert!(render(&source, Span::new(at, at + 3)).contains("[p.yaml:1:20009]"));
+    }
+
+    #[test]
+    fn a_span_longer_than_the_window_is_cut_without_losing_its_place() {
+        let text = format!("a: 1\nrun: {}\n", "y".repeat(200_000));
+        let source = Source::new("p.yaml", &text, &[]);
+        let out = render(&source, Span::new(10, text.len() - 1));
+        assert!(out.contains("[p.yaml:2:6]"), "{out}");
+        assert!(out.len() < 8 * WINDOW, "{} bytes", out.len());
+    }
+
+    #[test]
+    fn short_lines_render_with_context_as_before() {
+        let text = "a: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n";
+        let source = Source::new("p.yaml", text, &[]);
+        let at = text.find("c: 3").expect("c");
+        let ours = source
+            .read_span(&Span::new(at, at + 4).into(), 1, 1)
+            .expect("in range");
+        let miettes = text
+            .read_span(&Span::new(at, at + 4).into(), 1, 1)
+            .expect("in range");
+        assert_eq!(ours.data(), miettes.data());
+        assert_eq!(ours.span(), miettes.span());
+        assert_eq!(
+            (ours.line(), ours.column(), ours.line_count()),
+            (miettes.line(), miettes.column(), miettes.line_count())
+        );
+    }
+
+    /// What the line index must agree with: a scan from the start, where `\n`, `\r\n` and a
+    /// lone `\r` end a line and the `\r` of `\r\n` is an ordinary column before its break.
+    fn naive_line_column(text: &str, offset: usize) -> (usize, usize) {
+        let (mut line, mut column) = (1, 1);
+        for (index, character) in text.char_indices() {
+            if index >= offset {
+                break;
+            }
+            let breaks =
+                character == '\n' || (character == '\r' && !text[index + 1..].starts_with('\n'));
+            if breaks {
+                line += 1;
+                column = 1;
+            } else {
+                column += 1;
+            }
+        }
+        (line, column)
+    }
+
+    proptest! {
+        #[test]
+        fn the_line_index_agrees_with_a_scan(
+            text in "[aé🎬 :\r\n]{0,40}",
+            position in 0usize..200,
+        ) {
+            let source = Source::new("p.yaml", &text, &[]);
+            let offset = floor_char_boundary(&text, position % (text.len() + 1));
+            let expected = naive_line_column(&text, offset);
+            prop_assert_eq!(source.line_column(offset), expected);
+            prop_assert_eq!(source.line(offset), expected.0);
+            let contents = source.read_span(&Span::new(offset, offset).into(), 0, 0);
+            let contents = contents.expect("every offset of the text is readable");
+            prop_assert_eq!((contents.line() + 1, contents.column() + 1), expected);
+        }
     }
 }
