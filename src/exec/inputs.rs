@@ -7,7 +7,7 @@ use std::path::{Component, Path};
 
 use super::ExecError;
 use crate::fingerprint::{ContentDigest, HashCache, Manifest, StageHashable};
-use crate::model::{InputSlot, PathIndex, Pipeline, StageId, StageSettings};
+use crate::model::{stage_output_dir, InputSlot, PathIndex, Pipeline, StageId, StageSettings};
 
 /// Where a `command` dep's content comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,9 +63,10 @@ fn inside(path: &str, mount: &str) -> Option<String> {
     }
 }
 
-/// Directory (relative to the pipeline root) where a non-`command` stage's outputs appear.
-pub fn output_dir_of(stage: &StageId) -> String {
-    format!("out/{stage}")
+/// Directory (relative to the pipeline root) where a non-`command` stage's outputs appear, in
+/// the `/`-separated form mounts and deps are compared in.
+pub fn output_dir_of(pipeline: &Pipeline, stage: &StageId) -> String {
+    normalize(&stage_output_dir(&pipeline.path, stage))
 }
 
 impl Dag {
@@ -327,14 +328,14 @@ impl MountIndex {
                         add(normalize(out), index, true);
                     }
                 }
-                _ => add(output_dir_of(&stage.id), index, false),
+                _ => add(output_dir_of(pipeline, &stage.id), index, false),
             }
         }
         MountIndex { mounts }
     }
 
     /// The stage (other than `consumer`) whose outputs hold `path`, and the path inside its
-    /// manifest (root-relative for `command` outs, relative to `out/<stage>/` otherwise).
+    /// manifest (root-relative for `command` outs, relative to the stage's output dir otherwise).
     fn producer_of(&self, consumer: usize, path: &str) -> Option<(usize, String)> {
         self.mounts
             .at_or_above(Path::new(path))
