@@ -377,6 +377,6 @@ stages:
 ",
     )]);
     project.mkfifo("in.txt");
-    let output = project.taper(&["run", "p.yaml"]);
-    refused(&output, &["in.txt"]);
+    refused(&project.taper(&["run", "p.yaml"]), &["`./in.txt` is a FIFO"]);
+    refused(&project.taper(&["plan", "p.yaml"]), &["`./in.txt` is a FIFO"]);
 }

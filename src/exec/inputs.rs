@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Component, Path};
 
+use super::workspace::{special_kind, WorkspaceError};
 use super::ExecError;
 use crate::fingerprint::{ContentDigest, HashCache, Manifest, StageHashable};
 use crate::model::{stage_output_dir, InputSlot, PathIndex, Pipeline, StageId, StageSettings};
@@ -289,6 +290,18 @@ fn hash_path(
     path: &str,
     hash_cache: &HashCache,
 ) -> Result<ContentDigest, ExecError> {
+    // A FIFO dep was reported as "Not a directory (os error 20)": name what it is instead.
+    if let Some(kind) = std::fs::metadata(pipeline.root.join(path))
+        .ok()
+        .as_ref()
+        .and_then(special_kind)
+    {
+        return Err(WorkspaceError::NotRegular {
+            path: pipeline.root.join(path),
+            kind,
+        }
+        .into());
+    }
     hash_cache
         .content_digest(&pipeline.root.join(path))
         .map_err(|source| {

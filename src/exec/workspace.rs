@@ -57,7 +57,7 @@ pub enum WorkspaceError {
     #[error("`{}` is a {kind}, not a regular file or directory", path.display())]
     #[diagnostic(
         code(taper::exec::workspace::not_regular),
-        help("taper writes only regular files and directories here (a FIFO or device could block it forever, a symlink send the write elsewhere); remove `{}` and run again", path.display())
+        help("taper reads and writes only regular files and directories here (a FIFO or device could block it forever, a symlink send a write elsewhere); replace `{}` with a regular file", path.display())
     )]
     NotRegular { path: PathBuf, kind: &'static str },
 
@@ -206,7 +206,7 @@ impl Fence {
                 .is_some_and(|(owner, owned_as)| owner == stage && *owned_as == role)
         };
         if let Some(protected) = self.protected.iter().find(|protected| {
-            !mine(protected)
+            !mine(*protected)
                 && (absolute.starts_with(&protected.path) || protected.path.starts_with(&absolute))
         }) {
             return Err(WorkspaceError::Protected {

@@ -151,7 +151,7 @@ pub fn output_root(pipeline_file: &Path) -> PathBuf {
     let stem = pipeline_file
         .file_stem()
         .map_or_else(|| "pipeline".into(), |stem| stem.to_string_lossy());
-    Path::new("out").join(stem.as_ref())
+    Path::new("out").join(&*stem)
 }
 
 /// Where an ML stage's artifacts are materialized, relative to the pipeline root
