@@ -1,11 +1,14 @@
-"""Render out/test/metrics.json (the quickstart's evaluate stage) as report.html.
+"""Render the metrics.json of an evaluate stage as report.html.
 
-Standard library only, so the quickstart needs nothing but python3 beyond taper itself.
+Usage: python3 report.py out/<pipeline file stem>/<evaluate stage>/metrics.json (the quickstart
+passes out/quickstart/test/metrics.json). Standard library only, so the quickstart needs nothing
+but python3 beyond taper itself.
 """
 import html
 import json
+import sys
 
-with open("out/test/metrics.json", encoding="utf-8") as f:
+with open(sys.argv[1], encoding="utf-8") as f:
     metrics = json.load(f)
 
 labels = metrics["labels"]

@@ -246,8 +246,8 @@ fn a_failure_stops_dependents_and_a_rerun_resumes() {
         shown.contains("taper::stages::command::exit_status"),
         "{shown}"
     );
-    assert!(shown.contains("(log: `./out/first.log`)"), "{shown}");
-    let log = fs::read_to_string(project.path("out/first.log")).expect("log");
+    assert!(shown.contains("(log: `./out/p/first.log`)"), "{shown}");
+    let log = fs::read_to_string(project.path("out/p/first.log")).expect("log");
     assert!(log.contains("broken"), "{log}");
 
     fs::write(project.path("p.yaml"), PIPELINE).expect("fix");

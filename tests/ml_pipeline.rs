@@ -120,7 +120,7 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
         text(&first)
     );
 
-    let stats = json(&project.path("out/reviews/stats.json"));
+    let stats = json(&project.path("out/p/reviews/stats.json"));
     // 160 kept of 170 rows; validation 20 → 8 neg / 12 pos, test 40 → 16 / 24, train the rest.
     assert_eq!(stats["cleaning"]["reviews.csv"]["filtered"], 10);
     assert_eq!(
@@ -128,7 +128,7 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
         serde_json::json!({"neg": 16, "pos": 24})
     );
     assert_eq!(stats["splits"]["train"]["examples"], 100);
-    let metrics = json(&project.path("out/test/metrics.json"));
+    let metrics = json(&project.path("out/p/test/metrics.json"));
     assert_eq!(metrics["examples"], 40);
     let accuracy = metrics["accuracy"].as_f64().expect("accuracy");
     assert!(accuracy >= 0.85, "accuracy {accuracy}");
@@ -138,10 +138,10 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
         "summary.json",
         "model/model.safetensors",
     ] {
-        assert!(project.path("out/finetune").join(file).is_file(), "{file}");
+        assert!(project.path("out/p/finetune").join(file).is_file(), "{file}");
     }
 
-    let shown = project.taper(&["metrics", "out/test/metrics.json"]);
+    let shown = project.taper(&["metrics", "out/p/test/metrics.json"]);
     assert!(shown.status.success(), "{}", text(&shown));
     assert!(String::from_utf8_lossy(&shown.stdout)
         .lines()
@@ -149,7 +149,7 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
     let locked = project.taper(&["metrics", "p.yaml"]);
     let locked_text = String::from_utf8_lossy(&locked.stdout).into_owned();
     assert!(locked_text.contains("test.accuracy "), "{}", text(&locked));
-    let diff = project.taper(&["metrics", "diff", "out/test/metrics.json", "p.lock"]);
+    let diff = project.taper(&["metrics", "diff", "out/p/test/metrics.json", "p.lock"]);
     let diff_text = String::from_utf8_lossy(&diff.stdout).into_owned();
     // Same run on both sides: every shared metric changes by zero.
     let accuracy_row = diff_text

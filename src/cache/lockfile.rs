@@ -79,8 +79,13 @@ impl LockFile {
     }
 
     /// Reads a lock file; a missing or unreadable one is `None` (every stage is then new: a
-    /// damaged lock file costs reruns, not a failure).
+    /// damaged lock file costs reruns, not a failure). Only a regular file is opened: reading
+    /// a FIFO put in its place would block forever.
     pub fn load(path: &Path) -> Option<LockFile> {
+        if !fs::symlink_metadata(path).ok()?.is_file() {
+            tracing::warn!("ignoring `{}`: not a regular file", path.display());
+            return None;
+        }
         let text = fs::read_to_string(path).ok()?;
         serde_yaml::from_str::<LockFile>(&text)
             .map_err(|error| tracing::warn!("ignoring unreadable `{}`: {error}", path.display()))

@@ -10,13 +10,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::executor::{Executor, StageJob};
 use super::inputs::{output_dir_of, Dag};
 use super::runner::{StageError, StageOutcome};
-use super::workspace::{materialize, mounts, stale_mounts};
+use super::workspace::{
+    expect_regular_file, materialize, mounts, stale_mounts, unsaved, Fence, Outputs, Overwrite,
+    Role,
+};
 use super::ExecError;
 use crate::cache::{ActionRecord, LockFile, LockedStage, ObjectStore, Store};
 use crate::fingerprint::{
     compare, settings_digest, Digest, DirtyReason, HashCache, Manifest, StageHashable,
 };
-use crate::model::{Pipeline, StageId};
+use crate::model::{stage_log_path, Pipeline, StageId};
 
 /// Which stages to consider and how.
 #[derive(Debug, Clone, Default)]
@@ -136,6 +139,8 @@ pub struct Engine<'a> {
     hash_cache: HashCache,
     lock_path: PathBuf,
     lock: Mutex<LockFile>,
+    /// What a stage may write or delete in the pipeline directory.
+    fence: Fence,
     /// When the lock file was last written, and whether entries changed since.
     lock_written: Mutex<(Option<Instant>, bool)>,
 }
@@ -162,6 +167,9 @@ impl<'a> Engine<'a> {
     ) -> Result<Engine<'a>, ExecError> {
         let dag = Dag::new(pipeline)?;
         let lock_path = LockFile::path_for(&pipeline.path);
+        // A FIFO there would block the read forever; a symlink would be replaced by the write.
+        expect_regular_file(&lock_path)?;
+        let fence = Fence::for_pipeline(pipeline, store.root())?;
         let mut lock = LockFile::load(&lock_path).unwrap_or_else(|| LockFile::new(&pipeline.name));
         // Entries of stages that left the pipeline would otherwise linger forever.
         lock.stages.retain(|name, _| {
@@ -179,6 +187,7 @@ impl<'a> Engine<'a> {
             executor,
             lock_path,
             lock: Mutex::new(lock),
+            fence,
             lock_written: Mutex::new((None, false)),
         })
     }
@@ -299,7 +308,7 @@ impl<'a> Engine<'a> {
             let decision = match self.lookup(&key).filter(|_| !is_forced) {
                 Some(manifest) => {
                     let restore =
-                        stale_mounts(&self.pipeline.root, stage, &manifest, &self.hash_cache);
+                        stale_mounts(self.pipeline, stage, &manifest, &self.hash_cache);
                     outputs.insert(index, manifest);
                     Decision::Cached { restore }
                 }
@@ -488,9 +497,17 @@ impl<'a> Engine<'a> {
     }
 
     fn log_path(&self, index: usize) -> PathBuf {
-        self.pipeline
-            .root
-            .join(format!("{}.log", output_dir_of(self.dag.id(index))))
+        self.fence
+            .shown(&stage_log_path(&self.pipeline.path, self.dag.id(index)))
+    }
+
+    fn outputs(&self) -> Outputs<'_> {
+        Outputs {
+            pipeline: self.pipeline,
+            fence: &self.fence,
+            store: self.store,
+            hash_cache: &self.hash_cache,
+        }
     }
 
     /// One stage, on a worker thread: key, cache lookup, key lock, execution, ingestion.
@@ -552,7 +569,7 @@ impl<'a> Engine<'a> {
             reasons: &reasons,
         });
         let started = Instant::now();
-        let result = self.execute(index, &hashable, &key, observe);
+        let result = self.execute(index, &hashable, &key, forced, observe);
         drop(lock);
         match result {
             Ok((manifest, locked)) => {
@@ -589,13 +606,11 @@ impl<'a> Engine<'a> {
         let record = self.store.get_action(key)?;
         let manifest = self.store.outputs_present(&record)?;
         let stage = &self.pipeline.stages[index];
-        let restored = match materialize(
-            &self.pipeline.root,
-            stage,
-            &manifest,
-            self.store,
-            &self.hash_cache,
-        ) {
+        let previous = self.locked(index);
+        let overwrite = Overwrite::Saved {
+            previous: previous.as_ref(),
+        };
+        let restored = match materialize(&self.outputs(), stage, &manifest, overwrite) {
             Ok(restored) => restored,
             Err(error) => {
                 observe(&Event::Failed {
@@ -632,7 +647,7 @@ impl<'a> Engine<'a> {
         metrics: &BTreeMap<String, f64>,
     ) -> LockedStage {
         let stage = &self.pipeline.stages[index];
-        let outputs = mounts(stage)
+        let outputs = mounts(self.pipeline, stage)
             .into_iter()
             .filter_map(|(path, inside)| {
                 manifest
@@ -658,15 +673,36 @@ impl<'a> Engine<'a> {
 
     /// Runs the stage into a temp dir, then commits: blobs, manifest, action record (last),
     /// workspace copy. Nothing is visible under the key until the record's rename.
+    ///
+    /// Before anything runs, the stage's outputs and log must pass the fence, and, unless
+    /// `forced`, hold nothing the user would lose: a `command` stage deletes its outs before
+    /// its command starts, and an hour of training must not end in a refused copy.
     fn execute(
         &self,
         index: usize,
         hashable: &StageHashable,
         key: &Digest,
+        forced: bool,
         observe: &(dyn Fn(&Event<'_>) + Sync),
     ) -> Result<(Manifest, LockedStage), ExecError> {
         let stage = &self.pipeline.stages[index];
         let root = &self.pipeline.root;
+        let stage_mounts = mounts(self.pipeline, stage);
+        for (path, _) in &stage_mounts {
+            self.fence.check(&stage.id, Path::new(path), Role::Output)?;
+        }
+        if !forced {
+            let previous = self.locked(index);
+            unsaved(
+                &self.outputs(),
+                stage,
+                &stage_mounts,
+                &Manifest::default(),
+                previous.as_ref(),
+            )?;
+        }
+        let log_relative = stage_log_path(&self.pipeline.path, &stage.id);
+        self.fence.check(&stage.id, &log_relative, Role::Log)?;
         let temp = self.store.temp_dir("run")?;
         let out_dir = temp.path().join("out");
         fs::create_dir_all(&out_dir).map_err(|source| ExecError::Io {
@@ -702,7 +738,10 @@ impl<'a> Engine<'a> {
             .dag
             .slots(index)
             .iter()
-            .map(|(slot, producer)| (*slot, root.join(output_dir_of(self.dag.id(*producer)))))
+            .map(|(slot, producer)| {
+                let dir = output_dir_of(self.pipeline, self.dag.id(*producer));
+                (*slot, root.join(dir))
+            })
             .collect();
         let job = StageJob {
             stage,
@@ -756,7 +795,8 @@ impl<'a> Engine<'a> {
             log: log_digest,
         };
         self.store.put_action(&record)?;
-        materialize(root, stage, &manifest, self.store, &self.hash_cache)?;
+        // Checked before the stage ran; what is there now is what was there then.
+        materialize(&self.outputs(), stage, &manifest, Overwrite::Anything)?;
         self.store.remove_scratch_dir(key);
         let locked = self.locked_stage(index, hashable, key, &manifest, &outcome.metrics);
         Ok((manifest, locked))

@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Component, Path};
 
+use super::workspace::{special_kind, WorkspaceError};
 use super::ExecError;
 use crate::fingerprint::{ContentDigest, HashCache, Manifest, StageHashable};
-use crate::model::{InputSlot, PathIndex, Pipeline, StageId, StageSettings};
+use crate::model::{stage_output_dir, InputSlot, PathIndex, Pipeline, StageId, StageSettings};
 
 /// Where a `command` dep's content comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,9 +64,10 @@ fn inside(path: &str, mount: &str) -> Option<String> {
     }
 }
 
-/// Directory (relative to the pipeline root) where a non-`command` stage's outputs appear.
-pub fn output_dir_of(stage: &StageId) -> String {
-    format!("out/{stage}")
+/// Directory (relative to the pipeline root) where a non-`command` stage's outputs appear, in
+/// the `/`-separated form mounts and deps are compared in.
+pub fn output_dir_of(pipeline: &Pipeline, stage: &StageId) -> String {
+    normalize(&stage_output_dir(&pipeline.path, stage))
 }
 
 impl Dag {
@@ -288,6 +290,18 @@ fn hash_path(
     path: &str,
     hash_cache: &HashCache,
 ) -> Result<ContentDigest, ExecError> {
+    // A FIFO dep was reported as "Not a directory (os error 20)": name what it is instead.
+    if let Some(kind) = std::fs::metadata(pipeline.root.join(path))
+        .ok()
+        .as_ref()
+        .and_then(special_kind)
+    {
+        return Err(WorkspaceError::NotRegular {
+            path: pipeline.root.join(path),
+            kind,
+        }
+        .into());
+    }
     hash_cache
         .content_digest(&pipeline.root.join(path))
         .map_err(|source| {
@@ -327,14 +341,14 @@ impl MountIndex {
                         add(normalize(out), index, true);
                     }
                 }
-                _ => add(output_dir_of(&stage.id), index, false),
+                _ => add(output_dir_of(pipeline, &stage.id), index, false),
             }
         }
         MountIndex { mounts }
     }
 
     /// The stage (other than `consumer`) whose outputs hold `path`, and the path inside its
-    /// manifest (root-relative for `command` outs, relative to `out/<stage>/` otherwise).
+    /// manifest (root-relative for `command` outs, relative to the stage's output dir otherwise).
     fn producer_of(&self, consumer: usize, path: &str) -> Option<(usize, String)> {
         self.mounts
             .at_or_above(Path::new(path))

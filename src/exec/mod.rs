@@ -12,14 +12,19 @@
 //! entry and the next run resumes after the last finished stage.
 //!
 //! Edges: a stage depends on the stages its typed `inputs` name and on the stage whose outputs
-//! hold one of its `command` deps (a declared out of a `command` stage, or `out/<stage>/…` of
-//! another kind). The engine derives them from the same rule it uses to hash a dep's content, so
-//! the order in which stages run and the content their keys include can never disagree.
+//! hold one of its `command` deps (a declared out of a `command` stage, or
+//! `out/<file stem>/<stage>/…` of another kind). The engine derives them from the same rule it
+//! uses to hash a dep's content, so the order in which stages run and the content their keys
+//! include can never disagree.
 //!
 //! Where outputs are materialized (copies, never links, so editing one cannot corrupt a blob
 //! shared with other keys or projects): a `command` stage's declared `outs` at their paths; any
-//! other kind's output directory at `out/<stage>/`. Logs go to `out/<stage>.log` and, as a
-//! blob, into the stage's action record.
+//! other kind's output directory at `out/<file stem>/<stage>/`, one output root per pipeline
+//! file ([`crate::model::output_root`]). Logs go to `out/<file stem>/<stage>.log` and, as a
+//! blob, into the stage's action record. Every write and delete there passes the workspace
+//! fence (`workspace.rs`): inside the pipeline directory, never through a symlink, never over
+//! the store, the pipeline file, its lock file or another stage's outputs, never over a file
+//! the user edited unless the stage is forced.
 
 mod engine;
 mod executor;
@@ -33,6 +38,7 @@ use std::path::PathBuf;
 pub use engine::{Decision, Engine, Event, RunOptions, RunSummary, StagePlan, StageStatus};
 pub use executor::{Executor, LocalExecutor, RunnerRegistry, StageJob};
 pub use inputs::Dag;
+pub use workspace::{expect_regular_file, special_kind, Fence, Role, WorkspaceError};
 
 use crate::cache::CacheError;
 use crate::fingerprint::DirtyReason;
@@ -117,6 +123,10 @@ pub enum ExecError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Cache(#[from] CacheError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Workspace(#[from] WorkspaceError),
 }
 
 /// Short text of the reasons, for one line of `plan` output.

@@ -52,7 +52,7 @@ stages:
   data: { kind: prepare-data, inputs: { model: base }, with: { source: { path: d.csv }, split: { train: 0.8, test: 0.2 } } }
   config: { kind: configure }
   fit: { kind: train, inputs: { model: base, data: data, config: config } }
-  plot: { kind: command, run: python3 plot.py, deps: [out/fit/metrics.json] }
+  plot: { kind: command, run: python3 plot.py, deps: [out/p/fit/metrics.json] }
 ";
     let pipeline = pipeline(text);
     let graph = PipelineGraph::new(&pipeline).expect("acyclic");
@@ -71,7 +71,7 @@ stages:
     assert_eq!(edges.len(), 5);
     assert_eq!(
         edges.last().map(|edge| &edge.via),
-        Some(&DependencyVia::Path(PathBuf::from("out/fit/metrics.json")))
+        Some(&DependencyVia::Path(PathBuf::from("out/p/fit/metrics.json")))
     );
 }
 

@@ -142,10 +142,27 @@ pub struct Dependency {
     pub via: DependencyVia,
 }
 
-/// Where an ML stage's artifacts are materialized, relative to the pipeline root; a `command`
-/// dep under it is an edge from that stage.
-pub fn stage_output_dir(id: &StageId) -> PathBuf {
-    Path::new("out").join(id.as_str())
+/// Where a pipeline's outputs and logs are materialized, relative to its directory:
+/// `out/<file stem>/`. Per pipeline file, not one `out/` per folder: `quickstart.yaml` and
+/// `sentiment-full.yaml` side by side both have a `finetune` stage, and with a shared
+/// `out/finetune/` each run replaced the other's model, so `out/finetune/` belonged to whichever
+/// ran last. File stems are unique in one folder, as are the lock files named after them.
+pub fn output_root(pipeline_file: &Path) -> PathBuf {
+    let stem = pipeline_file
+        .file_stem()
+        .map_or_else(|| "pipeline".into(), |stem| stem.to_string_lossy());
+    Path::new("out").join(&*stem)
+}
+
+/// Where an ML stage's artifacts are materialized, relative to the pipeline root
+/// (`out/<file stem>/<stage>/`); a `command` dep under it is an edge from that stage.
+pub fn stage_output_dir(pipeline_file: &Path, id: &StageId) -> PathBuf {
+    output_root(pipeline_file).join(id.as_str())
+}
+
+/// The log of stage `id`, relative to the pipeline root: `out/<file stem>/<stage>.log`.
+pub fn stage_log_path(pipeline_file: &Path, id: &StageId) -> PathBuf {
+    output_root(pipeline_file).join(format!("{id}.log"))
 }
 
 /// A validated pipeline, stages in file order.
@@ -231,7 +248,7 @@ impl Pipeline {
                     .filter(|owner| **owner != &stage.id)
                     .copied()
                     .collect();
-                if let Some(owner) = validate::ml_output_owner(dep, &index_of) {
+                if let Some(owner) = validate::ml_output_owner(dep, &self.path, &index_of) {
                     upstreams.push(&self.stages[owner].id);
                 }
                 upstreams.sort();

@@ -280,7 +280,7 @@ pub(crate) fn validate(
                     .into_iter()
                     .map(|(_, owner, _)| (*owner, index, *span)),
             );
-            if let Some(owner) = ml_output_owner(dep, &index_of) {
+            if let Some(owner) = ml_output_owner(dep, path, &index_of) {
                 edges.push((owner, index, *span));
             }
         }
@@ -315,13 +315,19 @@ pub(crate) fn validate(
     })
 }
 
-/// The stage that owns `out/<stage>/…`, the directory where ML stages' artifacts appear.
-pub(crate) fn ml_output_owner(dep: &Path, index_of: &HashMap<&str, usize>) -> Option<usize> {
-    let mut components = dep.components();
-    match (components.next(), components.next()) {
-        (Some(Component::Normal(first)), Some(Component::Normal(stage))) if first == "out" => {
-            index_of.get(stage.to_str()?).copied()
-        }
+/// The stage that owns `out/<file stem>/<stage>/…`, the directory where ML stages' artifacts
+/// appear ([`super::stage_output_dir`]).
+pub(crate) fn ml_output_owner(
+    dep: &Path,
+    pipeline_file: &Path,
+    index_of: &HashMap<&str, usize>,
+) -> Option<usize> {
+    let mut components = dep
+        .strip_prefix(super::output_root(pipeline_file))
+        .ok()?
+        .components();
+    match components.next() {
+        Some(Component::Normal(stage)) => index_of.get(stage.to_str()?).copied(),
         _ => None,
     }
 }

@@ -6,6 +6,12 @@
 //! stale file from an earlier run being recorded; after a zero exit, each declared out is
 //! copied into `ctx.out_dir` at its relative path, which the scheduler then hashes into the
 //! store. stdout and stderr go, line by line, to the stage log.
+//!
+//! The removal passes the workspace [`Fence`] (the scheduler checks the full one, with the
+//! pipeline file, lock file and other stages' outputs, before calling this runner; here the
+//! store and the path itself are checked again, as defence in depth): never through a
+//! symlinked directory, never the store, never a FIFO. The copy refuses FIFOs, sockets and
+//! devices, naming them: `fs::copy` of a FIFO waits for a writer that never comes.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
@@ -13,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
+use crate::exec::{special_kind, Fence, Role, WorkspaceError};
 use crate::model::{Command, StageId, StageSettings};
 
 /// Runs `command` stages.
@@ -61,6 +68,20 @@ pub enum CommandError {
         #[source]
         source: io::Error,
     },
+    #[error("stage `{stage}` declares out `{}`, which holds the {kind} `{}`", out.display(), path.display())]
+    #[diagnostic(
+        code(taper::stages::command::special_file),
+        help("outs hold regular files and directories only (copying a {kind} could block forever); make the command write a regular file there")
+    )]
+    SpecialFile {
+        stage: StageId,
+        out: PathBuf,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Workspace(#[from] WorkspaceError),
     #[error("stage `{stage}` is not a `command` stage")]
     #[diagnostic(
         code(taper::stages::command::wrong_kind),
@@ -92,9 +113,10 @@ fn run_command(ctx: &StageContext<'_>, command: &Command) -> Result<(), CommandE
             source,
         }
     };
+    let fence = Fence::new(ctx.pipeline_root, ctx.store_root)?;
     for out in &command.outs {
+        fence.remove(stage, out, Role::Output)?;
         let path = ctx.pipeline_root.join(out);
-        remove_path(&path).map_err(io_error("remove the previous", &path))?;
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io_error("create", parent))?;
         }
@@ -141,7 +163,19 @@ fn run_command(ctx: &StageContext<'_>, command: &Command) -> Result<(), CommandE
                 path: out.clone(),
             });
         }
-        copy_tree(&source, &ctx.out_dir.join(out)).map_err(io_error("copy out", &source))?;
+        let destination = ctx.out_dir.join(out);
+        match copy_tree(&source, &destination) {
+            Ok(None) => {}
+            Ok(Some((path, kind))) => {
+                return Err(CommandError::SpecialFile {
+                    stage: stage.clone(),
+                    out: out.clone(),
+                    path,
+                    kind,
+                })
+            }
+            Err(error) => return Err(io_error("copy out", &source)(error)),
+        }
     }
     Ok(())
 }
@@ -152,27 +186,31 @@ fn forward_lines(stream: impl Read, log: &(dyn Fn(&str) + Sync)) {
     }
 }
 
-fn remove_path(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(error),
-    }
-}
-
-fn copy_tree(source: &Path, destination: &Path) -> io::Result<()> {
+/// Copies `source` (symlinks followed: the bytes the command made are what it declared) to
+/// `destination`; stops at the first FIFO, socket or device and returns it with its kind.
+fn copy_tree(source: &Path, destination: &Path) -> io::Result<Option<(PathBuf, &'static str)>> {
     if let Some(parent) = destination.parent() {
         fs::create_dir_all(parent)?;
     }
-    if fs::metadata(source)?.is_dir() {
+    let metadata = fs::metadata(source)?;
+    if let Some(kind) = special_kind(&metadata) {
+        return Ok(Some((source.to_path_buf(), kind)));
+    }
+    if metadata.is_dir() {
         fs::create_dir_all(destination)?;
-        for entry in fs::read_dir(source)? {
-            let entry = entry?;
-            copy_tree(&entry.path(), &destination.join(entry.file_name()))?;
+        let mut entries = fs::read_dir(source)?
+            .map(|entry| entry.map(|entry| entry.file_name()))
+            .collect::<io::Result<Vec<_>>>()?;
+        // Name order, so the file a refusal names is the same on every run.
+        entries.sort();
+        for name in entries {
+            let special = copy_tree(&source.join(&name), &destination.join(&name))?;
+            if special.is_some() {
+                return Ok(special);
+            }
         }
-        Ok(())
+        Ok(None)
     } else {
-        fs::copy(source, destination).map(|_| ())
+        fs::copy(source, destination).map(|_| None)
     }
 }
