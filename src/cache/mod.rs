@@ -21,7 +21,7 @@
 //! downloads-v1/                   reserved for source fetchers
 //! quarantine-v1/                  objects `taper cache verify` found corrupt
 //! tmp/                            temp files, renamed into place when complete
-//! hashcache-v1.json               (path, device, inode, size, mtime) → blake3
+//! hashcache-v2.bin                (path, stat) → blake3, (dir, stat fingerprint) → manifest digest
 //! gc.lock                         shared by runs, exclusive for gc
 //! ```
 //!
@@ -178,7 +178,7 @@ impl Store {
     }
 
     pub fn hash_cache_path(&self) -> PathBuf {
-        self.root.join("hashcache-v1.json")
+        self.root.join("hashcache-v2.bin")
     }
 
     pub fn load_hash_cache(&self) -> HashCache {

@@ -18,6 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::data::DataError;
+use crate::fingerprint::Digest;
 use crate::model::stages::SplitName;
 
 pub const FORMAT: &str = "taper-dataset-v1";
@@ -28,7 +29,7 @@ pub struct DatasetInfo {
     pub format: String,
     pub labels: Vec<String>,
     pub max_length: usize,
-    pub tokenizer_blake3: String,
+    pub tokenizer_blake3: Digest,
     pub splits: BTreeMap<SplitName, SplitInfo>,
 }
 

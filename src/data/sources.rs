@@ -6,9 +6,9 @@
 //! place, so a killed download never leaves a half-written entry that a later run would trust,
 //! and a second resolve of the same source never runs pip or the network again.
 //!
-//! The content hash of a file is the blake3 of its bytes; of a directory, the blake3 of its
-//! sorted listing (`relative/path\0<len as u64 LE><blake3 of file>` for each file), so a pin
-//! covers a whole model directory.
+//! The content hash is taper's one content-digest scheme (`fingerprint::manifest`): the blake3 of
+//! a file's bytes, or the Merkle manifest digest of a directory (so a pin covers a whole model
+//! directory, and equals the `dir:` digest a stage key records for the same tree).
 
 use std::ffi::OsString;
 use std::fs;
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::data::DataError;
+use crate::fingerprint::{Digest, HashCache};
 use crate::model::Source;
 
 /// Bucket of the store holding fetched sources; bump the version when the layout changes.
@@ -26,8 +27,8 @@ const DOWNLOADS_BUCKET: &str = "downloads-v1";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
     pub path: PathBuf,
-    /// [`hash_path`] of `path`, hex.
-    pub blake3: String,
+    /// [`hash_path`] of `path`.
+    pub blake3: Digest,
 }
 
 /// Resolves sources relative to a pipeline root, caching downloads in a store.
@@ -239,13 +240,16 @@ fn verified(path: PathBuf, pin: Option<&str>, what: &str) -> Result<Resolved, Da
     })
 }
 
-fn check_pin(pin: Option<&str>, actual: &str, what: &str) -> Result<(), DataError> {
+fn check_pin(pin: Option<&str>, actual: &Digest, what: &str) -> Result<(), DataError> {
     match pin {
-        Some(expected) if !expected.eq_ignore_ascii_case(actual) => Err(DataError::HashMismatch {
-            what: what.to_owned(),
-            expected: expected.to_owned(),
-            actual: actual.to_owned(),
-        }),
+        // A pin that is not hex matches nothing, and the mismatch message shows it as written.
+        Some(expected) if expected.parse::<Digest>().ok().as_ref() != Some(actual) => {
+            Err(DataError::HashMismatch {
+                what: what.to_owned(),
+                expected: expected.to_owned(),
+                actual: actual.to_hex(),
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -348,58 +352,13 @@ fn close_names(member: &str, names: &[String]) -> String {
     }
 }
 
-/// The content hash of a file or directory (see the module doc), hex.
-pub fn hash_path(path: &Path) -> Result<String, DataError> {
-    let metadata = fs::metadata(path).map_err(|error| DataError::io(path, error))?;
-    if metadata.is_file() {
-        return hash_file(path);
-    }
-    let mut files = Vec::new();
-    collect_files(path, path, &mut files)?;
-    files.sort();
-    let mut hasher = blake3::Hasher::new();
-    for relative in files {
-        let full = path.join(&relative);
-        let len = fs::metadata(&full)
-            .map_err(|error| DataError::io(&full, error))?
-            .len();
-        hasher.update(relative.as_bytes());
-        hasher.update(b"\0");
-        hasher.update(&len.to_le_bytes());
-        hasher.update(hash_file(&full)?.as_bytes());
-    }
-    Ok(hasher.finalize().to_hex().to_string())
-}
-
-fn hash_file(path: &Path) -> Result<String, DataError> {
-    let mut hasher = blake3::Hasher::new();
-    hasher
-        .update_mmap_rayon(path)
-        .map_err(|error| DataError::io(path, error))?;
-    Ok(hasher.finalize().to_hex().to_string())
-}
-
-/// Relative paths with `/` separators, so the hash is the same on every platform.
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), DataError> {
-    for entry in fs::read_dir(dir).map_err(|error| DataError::io(dir, error))? {
-        let entry = entry.map_err(|error| DataError::io(dir, error))?;
-        let path = entry.path();
-        // `metadata` follows symlinks: HuggingFace snapshots are symlinks into `blobs/`.
-        let metadata = fs::metadata(&path).map_err(|error| DataError::io(&path, error))?;
-        if metadata.is_dir() {
-            collect_files(root, &path, out)?;
-        } else {
-            let relative = path
-                .strip_prefix(root)
-                .expect("read_dir yields children of root")
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("/");
-            out.push(relative);
-        }
-    }
-    Ok(())
+/// The content hash of a file or directory (see the module doc). A fresh [`HashCache`]: sources
+/// are hashed when their stage runs, never on a no-op run, so there is nothing to reuse.
+pub fn hash_path(path: &Path) -> Result<Digest, DataError> {
+    HashCache::default()
+        .content_digest(path)
+        .map(|digest| digest.digest())
+        .map_err(|error| DataError::io(path, error))
 }
 
 /// Opens a file for streaming reads, decompressing `.bz2` and `.gz` on the fly.
@@ -477,7 +436,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(resolved.path, dir.path().join("a.txt"));
-        assert_eq!(resolved.blake3, blake3::hash(b"abc").to_hex().to_string());
+        assert_eq!(resolved.blake3, Digest::from(blake3::hash(b"abc")));
         let missing = resolver.resolve(&Source::Path {
             path: "nope.csv".into(),
         });
@@ -497,6 +456,38 @@ mod tests {
         assert_eq!(before, hash_path(&b.path().join("m")).unwrap());
         fs::write(a.path().join("m/sub/y"), b"3").unwrap();
         assert_ne!(before, hash_path(&a.path().join("m")).unwrap());
+    }
+
+    /// One scheme: a directory pin is the `dir:` digest a stage key records for the same tree.
+    #[test]
+    fn directory_hash_is_the_manifest_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("model/tok")).unwrap();
+        fs::write(dir.path().join("model/config.json"), b"{}").unwrap();
+        fs::write(dir.path().join("model/tok/t.json"), b"t").unwrap();
+        let manifest = HashCache::default()
+            .content_digest(&dir.path().join("model"))
+            .unwrap();
+        assert_eq!(
+            manifest,
+            crate::fingerprint::ContentDigest::Directory(hash_path(&dir.path().join("model")).unwrap())
+        );
+    }
+
+    /// A FIFO in a source directory used to be opened for hashing, which blocks until a writer
+    /// comes: the resolve hung forever. It holds no content and is skipped.
+    #[test]
+    fn a_fifo_in_a_source_directory_does_not_hang_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("model")).unwrap();
+        fs::write(dir.path().join("model/config.json"), b"{}").unwrap();
+        let before = hash_path(&dir.path().join("model")).unwrap();
+        let status = Command::new("mkfifo")
+            .arg(dir.path().join("model/pipe"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(hash_path(&dir.path().join("model")).unwrap(), before);
     }
 
     #[test]
@@ -580,7 +571,7 @@ mod tests {
             blake3: Some(expected.clone()),
         };
         let resolved = resolver.resolve(&source).unwrap();
-        assert_eq!(resolved.blake3, expected);
+        assert_eq!(resolved.blake3.to_hex(), expected);
         assert!(resolved
             .path
             .starts_with(dir.path().join("store/downloads-v1")));

@@ -502,8 +502,10 @@ impl StageKind {
     /// inputs), so every cached result of that kind becomes stale. Part of the stage key.
     pub fn implementation_version(self) -> u32 {
         match self {
-            StageKind::SelectModel
-            | StageKind::PrepareData
+            // 2: `model.json`'s `source_blake3` of a directory source became its manifest
+            // digest (one content-digest scheme); the same key must not name two outputs.
+            StageKind::SelectModel => 2,
+            StageKind::PrepareData
             | StageKind::Configure
             | StageKind::Train
             | StageKind::Evaluate

@@ -15,6 +15,7 @@ use crate::data::sources::{hash_path, SourceResolver};
 use crate::data::tokenize::load_tokenizer;
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
+use crate::fingerprint::Digest;
 use crate::model::StageSettings;
 use crate::stages::ml_common::{link_or_copy, write_json, wrong_runner, StagesError};
 
@@ -24,7 +25,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
 /// What `model.json` records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {
-    pub source_blake3: String,
+    pub source_blake3: Digest,
     pub model_type: String,
     pub hidden_size: u64,
     pub layers: u64,
@@ -36,7 +37,7 @@ pub struct ModelRecord {
     pub tensors: usize,
     pub weights: String,
     /// File name → blake3.
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, Digest>,
 }
 
 pub struct SelectModelRunner;
@@ -70,7 +71,7 @@ impl StageRunner for SelectModelRunner {
 /// Checks the model directory `dir` and writes the artifact into `out_dir`.
 pub fn select(
     dir: &Path,
-    source_blake3: &str,
+    source_blake3: &Digest,
     allow_pickle: bool,
     out_dir: &Path,
 ) -> Result<ModelRecord, StagesError> {
@@ -198,7 +199,7 @@ pub fn select(
         link_or_copy(path, &out_dir.join(&name))?;
     }
     let record = ModelRecord {
-        source_blake3: source_blake3.to_owned(),
+        source_blake3: *source_blake3,
         model_type,
         hidden_size,
         layers: config_field("num_hidden_layers")?,
@@ -329,7 +330,7 @@ pub(crate) mod tests {
         tiny_model_dir(&model);
         let out = dir.path().join("out");
         fs::create_dir_all(&out).unwrap();
-        let record = select(&model, "abc", false, &out).unwrap();
+        let record = select(&model, &Digest::of_bytes(b"abc"), false, &out).unwrap();
         assert_eq!(record.parameters, 8 * 4 + 4);
         assert_eq!(record.tensors, 2);
         assert_eq!(record.layers, 1);
@@ -351,7 +352,7 @@ pub(crate) mod tests {
         fs::create_dir_all(&out).unwrap();
         tiny_model_dir(&model);
         fs::remove_file(model.join("tokenizer.json")).unwrap();
-        let error = select(&model, "", false, &out).unwrap_err();
+        let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(
             matches!(&error, StagesError::Data(DataError::IncompleteModel { file, .. }) if file == "tokenizer.json"),
             "{error:?}"
@@ -360,7 +361,7 @@ pub(crate) mod tests {
         tiny_model_dir(&model);
         fs::remove_file(model.join("model.safetensors")).unwrap();
         fs::write(model.join("pytorch_model.bin"), b"pickle").unwrap();
-        let error = select(&model, "", false, &out).unwrap_err();
+        let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(matches!(
             error,
             StagesError::Data(DataError::PickleRefused { .. })
@@ -371,7 +372,7 @@ pub(crate) mod tests {
             &model.join("model.safetensors"),
             &[("embeddings.word_embeddings.weight", &[9, 4])],
         );
-        let error = select(&model, "", false, &out).unwrap_err();
+        let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(
             matches!(error, StagesError::InconsistentModel { .. }),
             "{error:?}"
@@ -382,7 +383,7 @@ pub(crate) mod tests {
             r#"{"model_type": "gpt2", "hidden_size": 4}"#,
         )
         .unwrap();
-        let error = select(&model, "", false, &out).unwrap_err();
+        let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(matches!(error, StagesError::UnsupportedArchitecture { .. }));
     }
 
@@ -393,7 +394,7 @@ pub(crate) mod tests {
             return;
         };
         let out = tempfile::tempdir().unwrap();
-        let record = select(Path::new(&dir), "", false, out.path()).unwrap();
+        let record = select(Path::new(&dir), &Digest::of_bytes(b""), false, out.path()).unwrap();
         assert_eq!(record.layers, 6);
         assert_eq!(record.hidden_size, 384);
         assert_eq!(record.parameters, 22_713_216);

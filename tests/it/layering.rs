@@ -1,7 +1,8 @@
 //! The dependency direction of `src/lib.rs` as a test (after buck2's `BANNED_DEP_PATHS`):
-//! spec → model → graph → fingerprint/cache → exec → stages → cli, with `data` and `ml` as
-//! libraries beside `graph` that know only the model (stages call them; they call nothing above
-//! the model). A module may use only modules on its level or before it, and only `ml` may use
+//! spec → model → graph → fingerprint/cache → exec → stages → cli, with `ml` a library beside
+//! `graph` that knows only the model, and `data` one beside `fingerprint` that knows the model
+//! and hashes sources with fingerprint's content digests (one scheme for pins and keys); stages
+//! call them, they call nothing above. A module may use only modules on its level or before it, and only `ml` may use
 //! candle.
 
 use std::path::Path;
@@ -10,9 +11,9 @@ const LEVELS: &[(&str, u8)] = &[
     ("spec", 0),
     ("model", 1),
     ("graph", 2),
-    ("data", 2),
     ("ml", 2),
     ("fingerprint", 3),
+    ("data", 3),
     ("cache", 3),
     ("exec", 4),
     ("stages", 5),
