@@ -528,6 +528,7 @@ fn two_concurrent_runs() {
 /// so this runs only when `TAPER_TEST_FULL_DIR` names a directory on a filesystem with less than
 /// 64 MiB free; otherwise it says so and passes without checking anything.
 #[test]
+#[allow(clippy::print_stderr)] // a skipped check must say so in the test output
 fn a_full_disk_fails_cleanly() {
     let Some(full) = std::env::var_os("TAPER_TEST_FULL_DIR") else {
         eprintln!("skipped: set TAPER_TEST_FULL_DIR to a directory on a nearly full filesystem");

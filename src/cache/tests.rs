@@ -161,7 +161,7 @@ fn listing(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn a_restore_checks_the_bytes_it_copies_and_quarantines_a_damaged_blob() {
-    for damage in [&b"HELLO"[..], b"hel", b""] {
+    for damage in [&b"HELLO"[..], &b"hel"[..], &b""[..]] {
         let temp = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&temp.path().join("store")).expect("open");
         let record = sample_record(&store, "hello");

@@ -37,7 +37,7 @@ pub(crate) fn load_with_store(
 ) -> Result<(crate::model::Pipeline, Store), ExitStatus> {
     let pipeline = crate::model::load_file(&selection.file, &selection.overrides)
         .map_err(|error| report_load_error(error, printer))?;
-    let store = open_store(store, Some(&selection.file), printer)?;
+    let store = open_store(store, Some(selection.file.as_path()), printer)?;
     Ok((pipeline, store))
 }
 
