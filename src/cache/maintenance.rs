@@ -1,4 +1,8 @@
 //! `taper cache verify | gc | ls | du`.
+//!
+//! None of them follows a symlink found inside the store: a link planted in a bucket (by a
+//! tool, a user, an attacker) could otherwise make `gc` delete, or `verify` read, whatever it
+//! points at. Such links are reported or removed as links, never traversed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -7,8 +11,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::lockfile::LockFile;
-use super::{io_error, ActionRecord, CacheError, ObjectStore, RootRecord, RunRecord, Store};
-use crate::fingerprint::manifest::hash_file_uncached;
+use super::{
+    io_error, open_blob, ActionRecord, CacheError, ObjectStore, RootRecord, RunRecord, Store,
+};
 use crate::fingerprint::Digest;
 
 /// What `verify` found.
@@ -17,8 +22,9 @@ pub struct VerifyReport {
     pub blobs: usize,
     pub manifests: usize,
     pub actions: usize,
-    /// Objects whose content does not match their name, and where they were moved.
-    pub quarantined: Vec<(String, PathBuf)>,
+    /// Objects whose content does not match their name, and where they were moved (`None`
+    /// on a read-only store, which is only checked).
+    pub quarantined: Vec<(String, Option<PathBuf>)>,
     /// Action records whose outputs are no longer all present (their stages will rerun).
     pub incomplete_actions: Vec<Digest>,
 }
@@ -48,18 +54,17 @@ pub struct ActionListing {
 }
 
 impl Store {
-    /// Files of a sharded bucket with their names parsed as digests (after stripping
-    /// `suffix`); foreign files are skipped.
+    /// Entries of a sharded bucket with their names parsed as digests (after stripping
+    /// `suffix`); foreign names and symlinked shards are skipped. A symlink with a digest name
+    /// is listed: readers refuse it (`open_blob`, `get_manifest`), so `verify` moves it away
+    /// and `gc` removes it, as a link.
     fn objects(&self, bucket: &str, suffix: &str) -> Vec<(Digest, PathBuf)> {
         let mut found = Vec::new();
-        let Ok(shards) = fs::read_dir(self.root.join(bucket)) else {
-            return found;
-        };
-        for shard in shards.flatten() {
-            let Ok(files) = fs::read_dir(shard.path()) else {
+        for shard in real_dir_entries(&self.root.join(bucket)) {
+            if !shard.file_type().is_ok_and(|kind| kind.is_dir()) {
                 continue;
-            };
-            for file in files.flatten() {
+            }
+            for file in real_dir_entries(&shard.path()) {
                 let name = file.file_name().to_string_lossy().into_owned();
                 if let Some(digest) = name
                     .strip_suffix(suffix)
@@ -73,21 +78,9 @@ impl Store {
         found
     }
 
-    fn quarantine(&self, path: &Path, label: &str) -> Result<PathBuf, CacheError> {
-        let name = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let destination = self
-            .root
-            .join("quarantine-v1")
-            .join(format!("{label}-{name}"));
-        fs::rename(path, &destination).map_err(io_error("quarantine", path))?;
-        Ok(destination)
-    }
-
     /// Rehashes every blob and manifest and rereads every action record; moves corrupt objects
-    /// to `quarantine-v1/` so that no run uses them again.
+    /// to `quarantine-v1/` so that no run uses them again (on a read-only store it only
+    /// reports them).
     pub fn verify(&self) -> Result<VerifyReport, CacheError> {
         let mut report = VerifyReport::default();
         let blobs = self.objects("blobs-v1", "");
@@ -95,7 +88,11 @@ impl Store {
         let bad_blobs: Vec<&(Digest, PathBuf)> = blobs
             .par_iter()
             .filter(|(digest, path)| {
-                hash_file_uncached(path).map_or(true, |actual| actual != *digest)
+                let Ok(mut file) = open_blob(path) else {
+                    return true;
+                };
+                super::copy_hashing(&mut file, &mut std::io::sink())
+                    .map_or(true, |actual| actual != *digest)
             })
             .collect();
         for (digest, path) in bad_blobs {
@@ -134,8 +131,9 @@ impl Store {
     /// most recent runs reaches, and leftovers of interrupted runs. Waits for running
     /// `taper run`s to finish first (they hold `gc.lock` shared).
     pub fn gc(&self, keep_runs: usize) -> Result<GcReport, CacheError> {
+        self.writable("collect garbage")?;
         let guard_path = self.root.join("gc.lock");
-        let guard = fs::File::create(&guard_path).map_err(io_error("create", &guard_path))?;
+        let guard = super::open_lock_file(&guard_path)?;
         guard.lock().map_err(io_error("lock", &guard_path))?;
 
         let mut keys: BTreeSet<Digest> = BTreeSet::new();
@@ -182,10 +180,7 @@ impl Store {
         // No run holds the store now, so temp files and scratch space of unreachable keys are
         // leftovers of killed runs.
         for bucket in ["tmp", "scratch-v1", "locks-v1"] {
-            let Ok(entries) = fs::read_dir(self.root.join(bucket)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
+            for entry in real_dir_entries(&self.root.join(bucket)) {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let key = name
                     .strip_suffix(".lock")
@@ -244,11 +239,20 @@ impl Store {
     }
 }
 
+/// The entries of `dir` when it is a real directory; nothing when it is a symlink (to a user's
+/// directory, say), missing or unreadable.
+fn real_dir_entries(dir: &Path) -> Vec<fs::DirEntry> {
+    if !fs::symlink_metadata(dir).is_ok_and(|metadata| metadata.is_dir()) {
+        return Vec::new();
+    }
+    fs::read_dir(dir)
+        .map(|entries| entries.flatten().collect())
+        .unwrap_or_default()
+}
+
 fn add_usage(path: &Path, usage: &mut BucketUsage) {
-    let Ok(entries) = fs::read_dir(path) else {
-        return;
-    };
-    for entry in entries.flatten() {
+    for entry in real_dir_entries(path) {
+        // `DirEntry::metadata` does not follow symlinks: a link counts as a small file.
         match entry.metadata() {
             Ok(metadata) if metadata.is_dir() => add_usage(&entry.path(), usage),
             Ok(metadata) => {
@@ -262,8 +266,8 @@ fn add_usage(path: &Path, usage: &mut BucketUsage) {
 
 fn read_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<(PathBuf, T)> {
     let mut found: BTreeMap<PathBuf, T> = BTreeMap::new();
-    if let Ok(entries) = fs::read_dir(dir) {
-        for entry in entries.flatten() {
+    for entry in real_dir_entries(dir) {
+        if entry.file_type().is_ok_and(|kind| kind.is_file()) {
             let path = entry.path();
             if let Some(value) = fs::read(&path)
                 .ok()
@@ -282,13 +286,14 @@ fn remove_counted(path: &Path, report: &mut GcReport) {
         files: 0,
         bytes: 0,
     };
-    let result = if path.is_dir() {
+    // `symlink_metadata`: a link to a directory is removed as a link, its target untouched
+    // (`remove_dir_all` does not follow links inside the tree either).
+    let metadata = fs::symlink_metadata(path);
+    let result = if metadata.as_ref().is_ok_and(fs::Metadata::is_dir) {
         add_usage(path, &mut usage);
         fs::remove_dir_all(path)
     } else {
-        usage.bytes = fs::metadata(path)
-            .map(|metadata| metadata.len())
-            .unwrap_or(0);
+        usage.bytes = metadata.map(|metadata| metadata.len()).unwrap_or(0);
         usage.files = 1;
         fs::remove_file(path)
     };

@@ -37,13 +37,17 @@ pub enum Command {
     Metrics(MetricsArgs),
 }
 
-/// Where the store lives: `--store`, else `TAPER_STORE`, else `cache/` in the current
-/// directory.
+/// Where the store lives: `--store`, else `TAPER_STORE`, else `cache/` in the project root
+/// (see `cache::locate`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
-    /// The content-addressed store directory.
-    #[arg(long, env = "TAPER_STORE", default_value = "cache", value_name = "DIR")]
-    pub store: PathBuf,
+    /// The content-addressed store directory [default: `cache/` in the project root: the
+    /// nearest directory above the pipeline file with `.taper/`, a store in `cache/`, or `.git`]
+    #[arg(long, env = "TAPER_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Never write to the store: restore cached results, fail stages that are not cached.
+    #[arg(long)]
+    pub read_only_store: bool,
 }
 
 /// Which stages `plan` and `run` consider, and setting overrides.

@@ -151,6 +151,14 @@ pub struct Engine<'a> {
 /// O(stages²) serialization.
 const LOCK_WRITE_INTERVAL: Duration = Duration::from_millis(200);
 
+/// What a cache lookup in `process` decided.
+enum Cached {
+    /// Done without running: restored, or failed while restoring.
+    Done(Finished),
+    /// Not usable; with the reason when a stored object turned out damaged.
+    Miss(Option<DirtyReason>),
+}
+
 /// A stage's result as the worker hands it back.
 struct Finished {
     status: StageStatus,
@@ -226,6 +234,19 @@ impl<'a> Engine<'a> {
     fn lookup(&self, key: &Digest) -> Option<Manifest> {
         let record = self.store.get_action(key)?;
         self.store.outputs_present(&record)
+    }
+
+    /// `plan`'s view of a cached stage: restoring `restore` (non-empty) from `manifest` would
+    /// hit a damaged blob, so the run will recompute the stage instead. Only checked when
+    /// something is to be restored, because only a restore reads blobs.
+    fn restore_fault(&self, manifest: &Manifest, restore: &[String]) -> Option<DirtyReason> {
+        if restore.is_empty() {
+            return None;
+        }
+        let error = self.store.check_blobs(manifest).err()?;
+        Some(DirtyReason::StoreFault {
+            problem: error.to_string(),
+        })
     }
 
     fn locked(&self, index: usize) -> Option<LockedStage> {
@@ -309,8 +330,13 @@ impl<'a> Engine<'a> {
                 Some(manifest) => {
                     let restore =
                         stale_mounts(self.pipeline, stage, &manifest, &self.hash_cache);
-                    outputs.insert(index, manifest);
-                    Decision::Cached { restore }
+                    match self.restore_fault(&manifest, &restore) {
+                        Some(fault) => Decision::WillRun(vec![fault]),
+                        None => {
+                            outputs.insert(index, manifest);
+                            Decision::Cached { restore }
+                        }
+                    }
                 }
                 None => Decision::WillRun(self.reasons(index, &hashable, is_forced)),
             };
@@ -541,12 +567,17 @@ impl<'a> Engine<'a> {
             Err(error) => return fail(error, None),
         };
         let key = hashable.key();
+        let mut fault = None;
         if !forced {
-            if let Some(finished) = self.try_cached(index, &hashable, &key, observe) {
-                return finished;
+            match self.try_cached(index, &hashable, &key, observe) {
+                Cached::Done(finished) => return finished,
+                Cached::Miss(found) => fault = found,
             }
         }
-        let reasons = self.reasons(index, &hashable, forced);
+        let reasons = match fault {
+            Some(fault) => vec![fault],
+            None => self.reasons(index, &hashable, forced),
+        };
         let lock = match self.store.try_lock_key(&key) {
             Ok(Some(lock)) => lock,
             Ok(None) => {
@@ -560,7 +591,7 @@ impl<'a> Engine<'a> {
         };
         // Another run may have computed this key while we waited for its lock.
         if !forced {
-            if let Some(finished) = self.try_cached(index, &hashable, &key, observe) {
+            if let Cached::Done(finished) = self.try_cached(index, &hashable, &key, observe) {
                 return finished;
             }
         }
@@ -596,15 +627,23 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Restores the cached outputs of `key` into the workspace. Every restored byte is checked
+    /// against its blake3 on the way (`fetch_blob`), so a damaged store object becomes a miss
+    /// with its reason (and is quarantined), never a stage "cached" with wrong bytes that its
+    /// dependents would then read under a key claiming the right ones.
     fn try_cached(
         &self,
         index: usize,
         hashable: &StageHashable,
         key: &Digest,
         observe: &(dyn Fn(&Event<'_>) + Sync),
-    ) -> Option<Finished> {
-        let record = self.store.get_action(key)?;
-        let manifest = self.store.outputs_present(&record)?;
+    ) -> Cached {
+        let Some(record) = self.store.get_action(key) else {
+            return Cached::Miss(None);
+        };
+        let Some(manifest) = self.store.outputs_present(&record) else {
+            return Cached::Miss(None);
+        };
         let stage = &self.pipeline.stages[index];
         let previous = self.locked(index);
         let overwrite = Overwrite::Saved {
@@ -612,12 +651,18 @@ impl<'a> Engine<'a> {
         };
         let restored = match materialize(&self.outputs(), stage, &manifest, overwrite) {
             Ok(restored) => restored,
+            Err(ExecError::Cache(fault)) if fault.is_fault() => {
+                tracing::debug!("stage `{}`: {fault}", stage.id);
+                return Cached::Miss(Some(DirtyReason::StoreFault {
+                    problem: fault.to_string(),
+                }));
+            }
             Err(error) => {
                 observe(&Event::Failed {
                     stage: &stage.id,
                     error: &error,
                 });
-                return Some(Finished {
+                return Cached::Done(Finished {
                     status: StageStatus::Failed(error),
                     key: Some(*key),
                     manifest: None,
@@ -630,7 +675,7 @@ impl<'a> Engine<'a> {
             restored: &restored,
         });
         let locked = self.locked_stage(index, hashable, key, &manifest, &record.metrics);
-        Some(Finished {
+        Cached::Done(Finished {
             status: StageStatus::Cached { restored },
             key: Some(*key),
             manifest: Some(manifest),

@@ -194,6 +194,11 @@ pub enum DirtyReason {
     },
     /// The key differs but no recorded field explains why (the previous record is unreadable).
     KeyChanged,
+    /// The key is cached, but a stored output is damaged or gone (`problem` names the object);
+    /// it was quarantined and the stage recomputes it.
+    StoreFault {
+        problem: String,
+    },
 }
 
 impl std::fmt::Display for DirtyReason {
@@ -221,6 +226,7 @@ impl std::fmt::Display for DirtyReason {
                 write!(f, "environment `{name}` changed ({old} → {new})")
             }
             DirtyReason::KeyChanged => f.write_str("stage key changed"),
+            DirtyReason::StoreFault { problem } => write!(f, "cached output unusable: {problem}"),
         }
     }
 }

@@ -24,12 +24,9 @@ fn human(bytes: u64) -> String {
 }
 
 pub fn run(args: &CacheArgs, printer: &Printer) -> ExitStatus {
-    let store = match Store::open(&args.store.store) {
+    let store = match super::open_store(&args.store, None, printer) {
         Ok(store) => store,
-        Err(error) => {
-            printer.diagnostic(error);
-            return ExitStatus::Error;
-        }
+        Err(status) => return status,
     };
     match execute(&store, &args.command, printer) {
         Ok(status) => status,
@@ -53,10 +50,10 @@ fn execute(
                 report.blobs, report.manifests, report.actions
             ));
             for (object, moved) in &report.quarantined {
-                printer.status(&format!(
-                    "corrupt  {object}: moved to `{}`",
-                    moved.display()
-                ));
+                printer.status(&match moved {
+                    Some(moved) => format!("corrupt  {object}: moved to `{}`", moved.display()),
+                    None => format!("corrupt  {object}: left in place (read-only store)"),
+                });
             }
             for key in &report.incomplete_actions {
                 printer.status(&format!(

@@ -8,8 +8,13 @@ pub mod run;
 pub mod schema;
 pub mod validate;
 
+use std::path::Path;
+
+use super::args::StoreArgs;
 use super::printer::Printer;
 use super::ExitStatus;
+use crate::cache::locate::default_store_dir;
+use crate::cache::Store;
 use crate::model::LoadError;
 
 /// Reports a load error; a file that cannot be read is a usage error, an invalid one a failure.
@@ -27,14 +32,33 @@ pub(crate) fn report_load_error(error: LoadError, printer: &Printer) -> ExitStat
 /// Loads the pipeline and opens the store, reporting failures; `Err` carries the exit status.
 pub(crate) fn load_with_store(
     selection: &super::args::SelectionArgs,
-    store: &std::path::Path,
+    store: &StoreArgs,
     printer: &Printer,
-) -> Result<(crate::model::Pipeline, crate::cache::Store), ExitStatus> {
+) -> Result<(crate::model::Pipeline, Store), ExitStatus> {
     let pipeline = crate::model::load_file(&selection.file, &selection.overrides)
         .map_err(|error| report_load_error(error, printer))?;
-    let store = crate::cache::Store::open(store).map_err(|error| {
+    let store = open_store(store, Some(selection.file.as_path()), printer)?;
+    Ok((pipeline, store))
+}
+
+/// Opens the store `args` names, or the project's (found from `pipeline_file`, else from the
+/// current directory); a store that cannot be opened is a usage error (exit 2).
+pub(crate) fn open_store(
+    args: &StoreArgs,
+    pipeline_file: Option<&Path>,
+    printer: &Printer,
+) -> Result<Store, ExitStatus> {
+    let dir = args
+        .store
+        .clone()
+        .unwrap_or_else(|| default_store_dir(pipeline_file));
+    let opened = if args.read_only_store {
+        Store::open_read_only(&dir)
+    } else {
+        Store::open(&dir)
+    };
+    opened.map_err(|error| {
         printer.diagnostic(error);
         ExitStatus::Error
-    })?;
-    Ok((pipeline, store))
+    })
 }

@@ -6,11 +6,10 @@ use crate::cli::ExitStatus;
 use crate::exec::{report, Decision, Engine, LocalExecutor, RunOptions};
 
 pub fn run(args: &PlanArgs, printer: &Printer) -> ExitStatus {
-    let (pipeline, store) =
-        match super::load_with_store(&args.selection, &args.store.store, printer) {
-            Ok(loaded) => loaded,
-            Err(status) => return status,
-        };
+    let (pipeline, store) = match super::load_with_store(&args.selection, &args.store, printer) {
+        Ok(loaded) => loaded,
+        Err(status) => return status,
+    };
     let executor = LocalExecutor::new(crate::stages::runner_for);
     let options = RunOptions {
         targets: args.selection.stages.clone(),

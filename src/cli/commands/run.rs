@@ -9,11 +9,10 @@ use crate::cli::ExitStatus;
 use crate::exec::{report, Engine, LocalExecutor, RunOptions, StageStatus};
 
 pub fn run(args: &RunArgs, printer: &Printer) -> ExitStatus {
-    let (pipeline, store) =
-        match super::load_with_store(&args.selection, &args.store.store, printer) {
-            Ok(loaded) => loaded,
-            Err(status) => return status,
-        };
+    let (pipeline, store) = match super::load_with_store(&args.selection, &args.store, printer) {
+        Ok(loaded) => loaded,
+        Err(status) => return status,
+    };
     let executor = LocalExecutor::new(crate::stages::runner_for);
     let engine = match Engine::new(&pipeline, &store, &executor) {
         Ok(engine) => engine,
