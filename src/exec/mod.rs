@@ -24,6 +24,7 @@
 mod engine;
 mod executor;
 mod inputs;
+pub mod interrupt;
 pub mod report;
 pub mod runner;
 mod workspace;
@@ -34,7 +35,7 @@ pub use engine::{Decision, Engine, Event, RunOptions, RunSummary, StagePlan, Sta
 pub use executor::{Executor, LocalExecutor, RunnerRegistry, StageJob};
 pub use inputs::Dag;
 
-use crate::cache::CacheError;
+use crate::cache::{CacheError, LockFileError};
 use crate::fingerprint::DirtyReason;
 use crate::model::StageId;
 
@@ -117,6 +118,10 @@ pub enum ExecError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Cache(#[from] CacheError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    LockFile(#[from] LockFileError),
 }
 
 /// Short text of the reasons, for one line of `plan` output.
