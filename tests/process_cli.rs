@@ -54,7 +54,9 @@ impl Project {
                 line.split(' ')
                     .map(|word| {
                         let number = word.trim_end_matches(['s', ')', ',']);
-                        if word.ends_with('s') && number.contains('.') && number.parse::<f64>().is_ok()
+                        if word.ends_with('s')
+                            && number.contains('.')
+                            && number.parse::<f64>().is_ok()
                         {
                             "[TIME]"
                         } else {
@@ -121,13 +123,20 @@ fn pass_env_values_reach_the_command_and_nothing_else() {
         .output()
         .expect("taper runs");
     assert!(run.status.success(), "{}", project.show(&run));
-    assert!(!project.show(&run).contains(SECRET), "{}", project.show(&run));
+    assert!(
+        !project.show(&run).contains(SECRET),
+        "{}",
+        project.show(&run)
+    );
     assert_eq!(
         fs::read_to_string(project.path("runs.txt")).expect("ran"),
         "fetched\n"
     );
     let lock = fs::read_to_string(project.path("p.lock")).expect("lock file");
-    assert!(lock.contains("pass_env") && lock.contains("HF_TOKEN"), "{lock}");
+    assert!(
+        lock.contains("pass_env") && lock.contains("HF_TOKEN"),
+        "{lock}"
+    );
     for place in ["p.lock", "cache", "out"] {
         let leaked = files_containing(&project.path(place), SECRET);
         assert!(leaked.is_empty(), "the value leaked into {leaked:?}");
@@ -185,7 +194,9 @@ stages:
     assert!(project.taper(&["run", "p.yaml"]).status.success());
     fs::write(
         project.path("p.yaml"),
-        pipeline.replace("hunter2-first", "hunter2-second").replace("fast", "slow"),
+        pipeline
+            .replace("hunter2-first", "hunter2-second")
+            .replace("fast", "slow"),
     )
     .expect("edit");
     let plan = project.taper(&["plan", "p.yaml"]);
@@ -193,7 +204,10 @@ stages:
     let run = project.taper(&["run", "-v", "p.yaml"]);
     let shown = project.show(&run);
     assert!(run.status.success(), "{shown}");
-    assert!(shown.contains("`env.API_TOKEN` changed (*** → ***)"), "{shown}");
+    assert!(
+        shown.contains("`env.API_TOKEN` changed (*** → ***)"),
+        "{shown}"
+    );
     assert!(!shown.contains("hunter2"), "{shown}");
 }
 
@@ -296,9 +310,15 @@ fn signals_stop_the_whole_stage_and_exit_128_plus_signal() {
         let output = child.wait_with_output().expect("taper exits");
         let shown = project.show(&output);
         assert_eq!(output.status.code(), Some(128 + number), "{shown}");
-        assert!(wait_gone(&group), "SIG{signal}: the stage's processes survived");
+        assert!(
+            wait_gone(&group),
+            "SIG{signal}: the stage's processes survived"
+        );
         assert!(!project.path("late.txt").exists(), "SIG{signal}");
-        assert!(!project.path("other.txt").exists(), "SIG{signal}: a new stage started");
+        assert!(
+            !project.path("other.txt").exists(),
+            "SIG{signal}: a new stage started"
+        );
         let lock = fs::read_to_string(project.path("p.lock")).unwrap_or_default();
         assert!(!lock.contains("slow:"), "SIG{signal}: {lock}");
         if signal == "TERM" {
@@ -314,7 +334,10 @@ fn kill_9_of_taper_leaves_no_stage_process() {
     let (mut child, group) = start_slow(&project);
     child.kill().expect("kill -9");
     child.wait().expect("reap");
-    assert!(wait_gone(&group), "the stage's processes survived `kill -9`");
+    assert!(
+        wait_gone(&group),
+        "the stage's processes survived `kill -9`"
+    );
     assert!(!project.path("late.txt").exists());
 }
 
@@ -394,9 +417,7 @@ stages:
     insta::assert_snapshot!(project.show(&plan), @"");
     let run = project.taper(&["run", "p.yaml"]);
     assert!(
-        project
-            .show(&run)
-            .contains("cached   second"),
+        project.show(&run).contains("cached   second"),
         "{}",
         project.show(&run)
     );

@@ -95,11 +95,9 @@ impl LockFile {
 
     /// Writes atomically (temp file beside it, fsync, rename).
     pub fn save(&self, path: &Path, store_root: &Path) -> Result<(), LockFileError> {
-        write_atomic(store_root, path, self.to_yaml().as_bytes()).map_err(|source| {
-            LockFileError {
-                path: path.to_path_buf(),
-                source,
-            }
+        write_atomic(store_root, path, self.to_yaml().as_bytes()).map_err(|source| LockFileError {
+            path: path.to_path_buf(),
+            source,
         })
     }
 }

@@ -290,8 +290,14 @@ mod tests {
     /// Whether process `pid` ends within 10 s (a zombie counts as gone: it runs nothing).
     fn gone(pid: &str) -> bool {
         let alive = || {
-            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-                .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim().starts_with('Z'))
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .starts_with('Z')
+            })
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while alive() {

@@ -183,14 +183,16 @@ fn cut_line(line: String) -> String {
     // terminal showing the report.
     let line: String = line
         .chars()
-        .map(|c| if c.is_control() && c != '\t' { '\u{fffd}' } else { c })
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
         .collect();
     match line.char_indices().nth(LOG_LINE_CHARS) {
-        Some((end, _)) => format!(
-            "{}… ({} more bytes)",
-            &line[..end],
-            line.len() - end
-        ),
+        Some((end, _)) => format!("{}… ({} more bytes)", &line[..end], line.len() - end),
         None => line,
     }
 }

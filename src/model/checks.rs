@@ -208,9 +208,7 @@ pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
             }
             issues.extend(pass_env_issues(command));
         }
-        StageSettings::Evaluate(_)
-        | StageSettings::Train(_)
-        | StageSettings::Deploy(_) => {}
+        StageSettings::Evaluate(_) | StageSettings::Train(_) | StageSettings::Deploy(_) => {}
     }
     issues
 }

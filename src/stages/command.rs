@@ -184,10 +184,7 @@ fn run_command(ctx: &StageContext<'_>, command: &Command) -> Result<(), CommandE
 /// The values of `pass_env`, read from taper's environment now, before anything is touched. A
 /// missing variable is an error rather than an empty value: an empty token usually fails much
 /// later, with an authentication error that does not name the variable.
-fn passed_env(
-    stage: &StageId,
-    command: &Command,
-) -> Result<Vec<(String, OsString)>, CommandError> {
+fn passed_env(stage: &StageId, command: &Command) -> Result<Vec<(String, OsString)>, CommandError> {
     command
         .pass_env
         .iter()

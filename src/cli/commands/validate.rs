@@ -33,4 +33,3 @@ pub fn run(args: &ValidateArgs, printer: &Printer) -> ExitStatus {
     }
     status
 }
-
