@@ -59,6 +59,7 @@ fn command(id: &str, run: String, deps: Vec<PathBuf>, outs: Vec<PathBuf>) -> Sta
             deps,
             outs,
             env: BTreeMap::new(),
+            pass_env: Vec::new(),
         }),
         inputs: BTreeMap::new(),
     }

@@ -174,9 +174,9 @@ fn set_override_reruns_and_reverting_is_cached() {
     insta::assert_snapshot!(project.show(&plan), @r"
     exit: 0
     --- stdout
-    plan for `demo`: 3 stages, 1 cached, 2 will run
+    plan for `demo`: 3 stages, 1 cached, 1 will run, 1 may run
     first   will run  setting `run` changed (echo first >> runs.txt && cut -c1-3 in.txt > first.txt → echo first >> runs.txt && cut -c1-2 in.txt > first.txt)
-    second  will run  upstream `first` will run
+    second  may run   upstream `first` will run (runs only if its outputs change)
     other   cached
     --- stderr
     ");

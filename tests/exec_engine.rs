@@ -65,6 +65,7 @@ fn command(id: &str, run: &str, deps: &[&str], outs: &[&str]) -> Stage {
             deps: deps.iter().map(PathBuf::from).collect(),
             outs: outs.iter().map(PathBuf::from).collect(),
             env: BTreeMap::new(),
+            pass_env: Vec::new(),
         }),
         inputs: BTreeMap::new(),
     }
@@ -145,9 +146,9 @@ fn reruns_exactly_what_changed() {
     let engine = Engine::new(&pipeline, &store, &executor).expect("valid");
     let plan = engine.plan(&options()).expect("plan");
     insta::assert_snapshot!(report::render_plan("test", &plan), @r"
-    plan for `test`: 3 stages, 1 cached, 2 will run
+    plan for `test`: 3 stages, 1 cached, 1 will run, 1 may run
     first   will run  input `in.txt` changed
-    second  will run  upstream `first` will run
+    second  may run   upstream `first` will run (runs only if its outputs change)
     other   cached
     ");
     let summary = engine.run(&options(), &|_| {}).expect("run");
@@ -180,9 +181,9 @@ fn reruns_exactly_what_changed() {
     let engine = Engine::new(&changed, &store, &executor).expect("valid");
     fs::remove_file(root.join("other.txt")).expect("remove");
     insta::assert_snapshot!(report::render_plan("test", &engine.plan(&options()).expect("plan")), @r"
-    plan for `test`: 3 stages, 1 cached, 2 will run
+    plan for `test`: 3 stages, 1 cached, 1 will run, 1 may run
     first   will run  setting `run` changed (cut -c1-3 in.txt > first.txt → cut -c1-2 in.txt > first.txt)
-    second  will run  upstream `first` will run
+    second  may run   upstream `first` will run (runs only if its outputs change)
     other   cached    restore `other.txt`
     ");
     let summary = run(&changed, &store, &options());

@@ -99,7 +99,24 @@ impl LockFile {
     }
 
     /// Writes atomically (temp file beside it, fsync, rename).
-    pub fn save(&self, path: &Path, store_root: &Path) -> Result<(), CacheError> {
-        write_atomic(store_root, path, self.to_yaml().as_bytes())
+    pub fn save(&self, path: &Path, store_root: &Path) -> Result<(), LockFileError> {
+        write_atomic(store_root, path, self.to_yaml().as_bytes()).map_err(|source| LockFileError {
+            path: path.to_path_buf(),
+            source,
+        })
     }
+}
+
+/// The lock file could not be written (it is a directory, the disk is full…). A run reports it
+/// as a failure: exiting 0 would let CI commit a lock file that does not match the outputs.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("cannot write the lock file `{}`", path.display())]
+#[diagnostic(
+    code(taper::cache::lock_file),
+    help("the stages' outputs are in the store, so the next run restores them without rerunning: make `{}` a writable file (not a directory) on a disk with free space, then run again", path.display())
+)]
+pub struct LockFileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: CacheError,
 }

@@ -21,6 +21,7 @@ fn sample_record(store: &Store, content: &str) -> ActionRecord {
             deps: Vec::new(),
             outs: Vec::new(),
             env: BTreeMap::new(),
+            pass_env: Vec::new(),
         }),
         inputs: BTreeMap::new(),
     };

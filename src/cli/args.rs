@@ -15,6 +15,19 @@ use crate::model::Override;
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// How much taper says; the log level can also be set with `RUST_LOG` (which wins).
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct OutputArgs {
+    /// Say more: taper's debug messages and, for `run`, every stage's log lines.
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
+    /// Say less: errors only (no warnings; `run` prints no status lines).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,15 +97,12 @@ pub struct RunArgs {
     pub selection: SelectionArgs,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Stages run at the same time (default: the number of CPU cores).
-    #[arg(short = 'j', long, value_name = "N")]
-    pub jobs: Option<usize>,
+    /// Stages run at the same time, at least 1 (default: the number of CPU cores).
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
     /// Print the plan and run nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Mirror stage logs to the terminal.
-    #[arg(short, long)]
-    pub verbose: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]

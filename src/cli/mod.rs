@@ -1,18 +1,21 @@
 //! The command line: argument parsing, dispatch to subcommands, printing.
 //!
-//! Exit codes: 0 success, 1 an invalid pipeline (or, later, a failed run), 2 a usage error
-//! (bad arguments, a missing file) or an internal error.
+//! Exit codes: 0 success, 1 an invalid pipeline or a failed run, 2 a usage error (bad
+//! arguments, a missing file) or an internal error, 128 + signal when `run` was stopped by
+//! SIGINT (130), SIGTERM (143) or SIGHUP (129).
 
 pub mod args;
 mod commands;
 pub mod printer;
 mod progress;
+mod signals;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use args::{Args, Command};
+use args::{Args, Command, OutputArgs};
 use printer::Printer;
 
 /// How a command ended.
@@ -23,6 +26,8 @@ pub enum ExitStatus {
     Failure,
     /// Usage or internal error.
     Error,
+    /// Stopped by this signal (SIGINT, SIGTERM, SIGHUP): exit 128 + signal, as shells do.
+    Interrupted(i32),
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -31,6 +36,9 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::Success => ExitCode::SUCCESS,
             ExitStatus::Failure => ExitCode::from(1),
             ExitStatus::Error => ExitCode::from(2),
+            ExitStatus::Interrupted(signal) => {
+                ExitCode::from(u8::try_from(128 + signal).unwrap_or(u8::MAX))
+            }
         }
     }
 }
@@ -59,7 +67,32 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    install_log_subscriber(args.output, color);
     run(args, &printer).into()
+}
+
+/// Sends `tracing` events (warnings such as an unreadable lock file being ignored) to stderr,
+/// one compact line each. Without a subscriber they were silently dropped. Warnings show by
+/// default, `-v` adds taper's debug messages, `-q` keeps only errors; `RUST_LOG` overrides.
+fn install_log_subscriber(output: OutputArgs, color: bool) {
+    let default = if output.quiet {
+        "error"
+    } else if output.verbose {
+        "warn,taper=debug"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // `try_init` fails only when a subscriber is already installed, which then stays.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_ansi(color && std::io::stderr().is_terminal())
+        .compact()
+        .try_init();
 }
 
 /// Runs one parsed command.
@@ -69,7 +102,7 @@ pub fn run(args: Args, printer: &Printer) -> ExitStatus {
         Command::Dag(args) => commands::dag::run(&args, printer),
         Command::Schema => commands::schema::run(printer),
         Command::Plan(args) => commands::plan::run(&args, printer),
-        Command::Run(args) => commands::run::run(&args, printer),
+        Command::Run(run_args) => commands::run::run(&run_args, args.output, printer),
         Command::Cache(args) => commands::cache::run(&args, printer),
         Command::Metrics(args) => commands::metrics::run(&args, printer),
     }

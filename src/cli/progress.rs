@@ -3,7 +3,8 @@
 //! samples/s). Status lines (`running`, `done`, `cached`) print above the spinners.
 //!
 //! Off a terminal (CI, pipes, `2> log`) or with `-v`, nothing animates: every status line is
-//! printed as it comes, and with `-v` every log line too, so logs stay greppable.
+//! printed as it comes, and with `-v` every log line too, so logs stay greppable. With `-q`
+//! nothing is shown; failures are still reported when the run ends.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::cli::args::OutputArgs;
 use crate::cli::printer::Printer;
 use crate::exec::{report, Event};
 use crate::model::StageId;
@@ -19,7 +21,7 @@ use crate::model::StageId;
 /// Shows engine events to a person.
 pub struct RunDisplay<'a> {
     printer: &'a Printer,
-    verbose: bool,
+    output: OutputArgs,
     /// `None` when not animating.
     live: Option<Live>,
 }
@@ -30,23 +32,26 @@ struct Live {
 }
 
 impl<'a> RunDisplay<'a> {
-    pub fn new(printer: &'a Printer, verbose: bool) -> RunDisplay<'a> {
-        let animate = !verbose && std::io::stderr().is_terminal();
+    pub fn new(printer: &'a Printer, output: OutputArgs) -> RunDisplay<'a> {
+        let animate = !output.verbose && !output.quiet && std::io::stderr().is_terminal();
         let live = animate.then(|| Live {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             spinners: Mutex::new(BTreeMap::new()),
         });
         RunDisplay {
             printer,
-            verbose,
+            output,
             live,
         }
     }
 
     /// Called by the engine, possibly from several stage threads at once.
     pub fn event(&self, event: &Event<'_>) {
+        if self.output.quiet {
+            return;
+        }
         let Some(live) = &self.live else {
-            if let Some(line) = report::render_event(event, self.verbose) {
+            if let Some(line) = report::render_event(event, self.output.verbose) {
                 self.printer.status(&line);
             }
             return;
@@ -79,7 +84,7 @@ impl<'a> RunDisplay<'a> {
             }
             Event::Cached { .. } | Event::Waiting { .. } | Event::Skipped { .. } => {}
         }
-        if let Some(line) = report::render_event(event, self.verbose) {
+        if let Some(line) = report::render_event(event, self.output.verbose) {
             // Printing above the spinners keeps both readable; if the terminal went away,
             // fall back to a plain line.
             if live.multi.println(&line).is_err() {

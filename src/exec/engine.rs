@@ -9,13 +9,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::executor::{Executor, StageJob};
 use super::inputs::{output_dir_of, Dag};
+use super::interrupt::STAGE_PROCESSES;
 use super::runner::{StageError, StageOutcome};
 use super::workspace::{
     expect_regular_file, materialize, mounts, stale_mounts, unsaved, Fence, Outputs, Overwrite,
     Role,
 };
 use super::ExecError;
-use crate::cache::{ActionRecord, LockFile, LockedStage, ObjectStore, Store};
+use crate::cache::{ActionRecord, LockFile, LockFileError, LockedStage, ObjectStore, Store};
 use crate::fingerprint::{
     compare, settings_digest, Digest, DirtyReason, HashCache, Manifest, StageHashable,
 };
@@ -111,13 +112,17 @@ pub enum Event<'a> {
 #[derive(Debug, Default)]
 pub struct RunSummary {
     pub stages: Vec<(StageId, StageStatus)>,
+    /// The lock file could not be written at the end of the run (the outputs are stored).
+    pub lock_error: Option<ExecError>,
 }
 
 impl RunSummary {
     pub fn failed(&self) -> bool {
-        self.stages
-            .iter()
-            .any(|(_, status)| matches!(status, StageStatus::Failed(_)))
+        self.lock_error.is_some()
+            || self
+                .stages
+                .iter()
+                .any(|(_, status)| matches!(status, StageStatus::Failed(_)))
     }
 
     /// Stages that actually executed.
@@ -377,7 +382,9 @@ impl<'a> Engine<'a> {
         std::thread::scope(|scope| {
             let mut running = 0usize;
             loop {
-                while running < jobs {
+                // Once taper is interrupted, stages already running finish (their commands got
+                // the signal); nothing new starts.
+                while running < jobs && STAGE_PROCESSES.interrupted().is_none() {
                     let Some(index) = ready.pop_first() else {
                         break;
                     };
@@ -461,7 +468,7 @@ impl<'a> Engine<'a> {
             }
         });
 
-        self.flush_lock();
+        let lock_error = self.flush_lock().err().map(ExecError::from);
         self.store.save_hash_cache(&self.hash_cache);
         if let Err(error) = self.store.record_run(&keys) {
             tracing::debug!("run record not written: {error}");
@@ -476,7 +483,7 @@ impl<'a> Engine<'a> {
                     .map(|status| (self.dag.id(*index).clone(), status))
             })
             .collect();
-        Ok(RunSummary { stages })
+        Ok(RunSummary { stages, lock_error })
     }
 
     fn update_lock(&self, index: usize, locked: LockedStage) {
@@ -499,27 +506,32 @@ impl<'a> Engine<'a> {
                 .is_none_or(|last| last.elapsed() >= LOCK_WRITE_INTERVAL)
         };
         if due {
-            self.flush_lock();
+            // A failed write keeps the entries pending; the flush at the end of the run
+            // retries it and reports the failure.
+            if let Err(error) = self.flush_lock() {
+                tracing::debug!("{error}; retrying at the end of the run");
+            }
         }
     }
 
-    /// Writes the lock file if entries changed since the last write.
-    fn flush_lock(&self) {
+    /// Writes the lock file if entries changed since the last write. On failure the entries
+    /// stay pending, so the next flush tries again.
+    fn flush_lock(&self) -> Result<(), LockFileError> {
         let mut written = self
             .lock_written
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if !written.1 {
-            return;
+            return Ok(());
         }
         let lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Err(error) = lock.save(&self.lock_path, self.store.root()) {
-            tracing::warn!("lock file not written: {error}");
-        }
-        *written = (Some(Instant::now()), false);
+        let saved = lock.save(&self.lock_path, self.store.root());
+        *written = (Some(Instant::now()), saved.is_err());
+        saved?;
         if let Err(error) = self.store.register_lock_file(&self.lock_path) {
             tracing::debug!("lock file not registered for gc: {error}");
         }
+        Ok(())
     }
 
     fn log_path(&self, index: usize) -> PathBuf {

@@ -29,6 +29,7 @@
 mod engine;
 mod executor;
 mod inputs;
+pub mod interrupt;
 pub mod report;
 pub mod runner;
 mod workspace;
@@ -40,7 +41,7 @@ pub use executor::{Executor, LocalExecutor, RunnerRegistry, StageJob};
 pub use inputs::Dag;
 pub use workspace::{expect_regular_file, special_kind, Fence, Role, WorkspaceError};
 
-use crate::cache::CacheError;
+use crate::cache::{CacheError, LockFileError};
 use crate::fingerprint::DirtyReason;
 use crate::model::StageId;
 
@@ -127,6 +128,10 @@ pub enum ExecError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Workspace(#[from] WorkspaceError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    LockFile(#[from] LockFileError),
 }
 
 /// Short text of the reasons, for one line of `plan` output.

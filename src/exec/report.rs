@@ -2,31 +2,47 @@
 //! exact wording is unit-tested and snapshot-tested next to the engine that produces it.
 
 use std::fmt::Write;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
 use std::time::Duration;
 
 use super::describe_reasons;
 use super::engine::{Decision, Event, RunSummary, StagePlan, StageStatus};
+use crate::fingerprint::DirtyReason;
 
 fn width(names: impl Iterator<Item = usize>) -> usize {
     names.max().unwrap_or(0)
 }
 
-/// `taper plan`: a header, then `<stage>  cached|will run|error  <why>` per stage.
+/// Whether a stage runs only if an upstream stage that will run first changes its outputs:
+/// with early cutoff, identical upstream bytes leave it cached, so `plan` cannot promise it.
+fn may_run(reasons: &[DirtyReason]) -> bool {
+    reasons
+        .iter()
+        .all(|reason| matches!(reason, DirtyReason::UpstreamWillRun { .. }))
+}
+
+/// `taper plan`: a header, then `<stage>  cached|will run|may run|error  <why>` per stage.
 pub fn render_plan(pipeline: &str, plans: &[StagePlan]) -> String {
     let pad = width(plans.iter().map(|plan| plan.stage.as_str().len()));
-    let will_run = plans
-        .iter()
-        .filter(|plan| matches!(plan.decision, Decision::WillRun(_)))
-        .count();
-    let errors = plans
-        .iter()
-        .filter(|plan| matches!(plan.decision, Decision::Error(_)))
-        .count();
-    let cached = plans.len() - will_run - errors;
+    let (mut will_run, mut may, mut errors) = (0, 0, 0);
+    for plan in plans {
+        match &plan.decision {
+            Decision::WillRun(reasons) if may_run(reasons) => may += 1,
+            Decision::WillRun(_) => will_run += 1,
+            Decision::Error(_) => errors += 1,
+            Decision::Cached { .. } => {}
+        }
+    }
+    let cached = plans.len() - will_run - may - errors;
     let mut out = format!(
         "plan for `{pipeline}`: {} stages, {cached} cached, {will_run} will run",
         plans.len()
     );
+    if may > 0 {
+        let _ = write!(out, ", {may} may run");
+    }
     if errors > 0 {
         let _ = write!(out, ", {errors} cannot run");
     }
@@ -40,6 +56,10 @@ pub fn render_plan(pipeline: &str, plans: &[StagePlan]) -> String {
             Decision::Cached { restore } => {
                 format!("{stage:<pad$}  cached    restore {}", quoted_list(restore))
             }
+            Decision::WillRun(reasons) if may_run(reasons) => format!(
+                "{stage:<pad$}  may run   {} (runs only if its outputs change)",
+                describe_reasons(reasons)
+            ),
             Decision::WillRun(reasons) => {
                 format!("{stage:<pad$}  will run  {}", describe_reasons(reasons))
             }
@@ -126,6 +146,65 @@ pub fn render_summary(summary: &RunSummary) -> String {
     }
     if skipped > 0 {
         let _ = write!(out, ", {skipped} skipped");
+    }
+    out
+}
+
+/// How many lines of a failed stage's log its failure report shows.
+pub const LOG_TAIL_LINES: usize = 20;
+/// At most this much of the log's end is read: a multi-gigabyte log costs no more to report.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+/// A longer line (a progress bar redrawn with `\r`, a dumped array) is cut to this many
+/// characters, so one line cannot flood the terminal.
+const LOG_LINE_CHARS: usize = 300;
+
+/// The last [`LOG_TAIL_LINES`] lines of a stage log, each cut to [`LOG_LINE_CHARS`].
+pub fn log_tail(path: &Path) -> io::Result<Vec<String>> {
+    let mut file = File::open(path)?;
+    let length = file.metadata()?.len();
+    let start = length.saturating_sub(LOG_TAIL_BYTES);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    if start > 0 {
+        // The first line read starts mid-line.
+        if let Some(first) = lines.first_mut() {
+            first.insert(0, '…');
+        }
+    }
+    let keep = lines.len().saturating_sub(LOG_TAIL_LINES);
+    Ok(lines.split_off(keep).into_iter().map(cut_line).collect())
+}
+
+fn cut_line(line: String) -> String {
+    // Escape sequences from the command (cursor moves, screen clears) must not act on the
+    // terminal showing the report.
+    let line: String = line
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect();
+    match line.char_indices().nth(LOG_LINE_CHARS) {
+        Some((end, _)) => format!("{}… ({} more bytes)", &line[..end], line.len() - end),
+        None => line,
+    }
+}
+
+/// The end of a failed stage's log, for the failure report.
+pub fn render_log_tail(log: &Path, lines: &[String]) -> String {
+    if lines.is_empty() {
+        return format!("the log `{}` is empty\n", log.display());
+    }
+    let mut out = format!("last lines of `{}`:\n", log.display());
+    for line in lines {
+        let _ = writeln!(out, "  | {line}");
     }
     out
 }

@@ -22,7 +22,7 @@
 //! | key-scheme version | yes | `scheme: 1`, and in the domain prefix |
 //! | stage kind | yes | `kind: "train"` |
 //! | kind implementation version | yes | `implementation_version` ([`StageKind::implementation_version`]) |
-//! | resolved settings (after params, `${…}`, `-S` overrides, defaults) | yes | `settings`: `serde_json::to_value(&stage.settings)`, canonicalized; includes a `command`'s `run`, `deps`, `outs` and `env` |
+//! | resolved settings (after params, `${…}`, `-S` overrides, defaults) | yes | `settings`: `serde_json::to_value(&stage.settings)`, canonicalized; includes a `command`'s `run`, `deps`, `outs`, `env` and `pass_env` names |
 //! | upstream outputs a stage consumes | yes, by content | `upstream`: input slot (`model`, `data`, …) or, for `command` deps produced by another stage, the dep's relative path → `file:<blake3>` / `dir:<manifest digest>` of that content |
 //! | external files and directories (`Stage::external_paths`) | yes, by content | `external`: relative path → `file:<blake3>` or `dir:<manifest digest>` (a Merkle manifest of `relative path → blake3, size, executable bit`, see [`manifest`]) |
 //! | environment that changes the bytes | yes | `environment`: for ML kinds the CPU architecture and OS (float kernels differ); for `command` nothing beyond its `env:` settings |
@@ -31,10 +31,13 @@
 //! | mtimes, inode numbers, owners | no | content is hashed; stat data only feeds the hash cache, never the key |
 //! | thread count (`-j`, `RAYON_NUM_THREADS`), wall clock, taper's own version | no | stages must not let them change their bytes; a kind whose semantics change bumps its implementation version instead |
 //! | the process environment (`PATH`, `HOME`, …) of a `command` | no | as in DVC and make; declare what matters in `env:` |
+//! | `pass_env:` of a `command` | names only | the names are settings; the values (tokens, passwords) are read from taper's environment when the command starts and never hashed, printed or stored, so changing a token reruns nothing |
 //! | upstream stage keys | no | that is what gives early cutoff: only their output content counts |
 //!
 //! The hashed JSON is kept in every action record (and the resolved settings in the lock
-//! file), so [`compare`] can say which field changed, from what to what.
+//! file), so [`compare`] can say which field changed, from what to what. It shows the value of
+//! an `env:` key that looks secret ([`looks_secret`]) as `***`: the value is still hashed (it is
+//! part of the declared command), but `plan` output ends up in CI logs and terminals.
 
 pub mod canonical;
 mod digest;
@@ -45,6 +48,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::model::stages::looks_secret;
 use crate::model::{Stage, StageKind};
 
 pub use digest::{Digest, ParseDigestError};
@@ -319,9 +323,35 @@ pub fn diff_settings(prefix: &str, old: &Value, new: &Value, out: &mut Vec<Dirty
             } else {
                 prefix.to_owned()
             },
-            old: show_value(old),
-            new: show_value(new),
+            old: show_value(&redacted(prefix, old)),
+            new: show_value(&redacted(prefix, new)),
         }),
+    }
+}
+
+/// How `plan` and `run` show the value of an `env:` key that looks secret.
+pub const REDACTED: &str = "***";
+
+/// `value`, found at dotted settings path `path`, with every `env.<NAME>` whose name looks
+/// secret replaced by [`REDACTED`] (also inside a whole `env` map that appeared or vanished).
+fn redacted(path: &str, value: &Value) -> Value {
+    if path.strip_prefix("env.").is_some_and(looks_secret) && !value.is_null() {
+        return Value::String(REDACTED.to_owned());
+    }
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, item)| {
+                    let inner = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    (key.clone(), redacted(&inner, item))
+                })
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 

@@ -24,6 +24,7 @@ fn command_stage(run: &str, env: BTreeMap<String, String>) -> Stage {
             deps: vec![PathBuf::from("in.txt")],
             outs: vec![PathBuf::from("out.txt")],
             env,
+            pass_env: Vec::new(),
         }),
         inputs: BTreeMap::new(),
     }
@@ -122,6 +123,59 @@ fn upstream_and_environment_changes_are_named() {
             }
         ]
     );
+}
+
+/// A secret-looking `env:` value is hashed but shown as `***`, also when the whole `env` map
+/// appears; other values are shown as they are.
+#[test]
+fn secret_env_values_are_redacted_in_reasons() {
+    let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect()
+    };
+    let hashable = |env| {
+        StageHashable::new(
+            &command_stage("echo a", env),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+    };
+    let before = hashable(env(&[("HF_TOKEN", "hf_old"), ("SEED", "1")]));
+    let after = hashable(env(&[("HF_TOKEN", "hf_new"), ("SEED", "2")]));
+    assert_ne!(before.key(), after.key());
+    let shown: Vec<String> = compare(&before, &after)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "setting `env.HF_TOKEN` changed (*** → ***)",
+            "setting `env.SEED` changed (1 → 2)"
+        ]
+    );
+    let appeared = compare(&hashable(BTreeMap::new()), &before)
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert!(!appeared.contains("hf_old"), "{appeared}");
+    assert!(appeared.contains(r#""HF_TOKEN":"***""#), "{appeared}");
+}
+
+/// `pass_env` names are part of the key; their values are read only at run time.
+#[test]
+fn pass_env_names_are_hashed() {
+    let plain = command_stage("echo a", BTreeMap::new());
+    let mut passing = plain.clone();
+    if let StageSettings::Command(command) = &mut passing.settings {
+        command.pass_env = vec!["HF_TOKEN".to_owned()];
+    }
+    assert_ne!(key_of(&plain), key_of(&passing));
+    let text = StageHashable::new(&passing, BTreeMap::new(), BTreeMap::new()).canonical_text();
+    assert!(text.contains(r#""pass_env":["HF_TOKEN"]"#), "{text}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Checks of settings that types cannot express (ranges, combinations). Each issue names the
 //! path of the offending setting under the stage's settings, so validation can place it.
 
-use super::stages::{Method, Source};
+use super::stages::{is_env_name, Command, Method, Source};
 use super::StageSettings;
 
 pub(crate) struct Issue {
@@ -197,18 +197,50 @@ pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
                 ));
             }
         }
-        StageSettings::Command(command) if command.run.trim().is_empty() => {
+        StageSettings::Command(command) => {
+            if command.run.trim().is_empty() {
+                issues.push(issue(
+                    &["run"],
+                    "must not be empty",
+                    "empty command",
+                    "write the shell command to run, e.g. `run: python3 report.py`",
+                ));
+            }
+            issues.extend(pass_env_issues(command));
+        }
+        StageSettings::Evaluate(_) | StageSettings::Train(_) | StageSettings::Deploy(_) => {}
+    }
+    issues
+}
+
+/// `pass_env` names must be variable names, listed once, and not also set under `env:` (which
+/// of the two would win is exactly the ambiguity that leaks a secret into the lock file).
+fn pass_env_issues(command: &Command) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    for (index, name) in command.pass_env.iter().enumerate() {
+        let at = ["pass_env", &index.to_string()];
+        if !is_env_name(name) {
             issues.push(issue(
-                &["run"],
-                "must not be empty",
-                "empty command",
-                "write the shell command to run, e.g. `run: python3 report.py`",
+                &at,
+                &format!("`{name}` is not an environment variable name"),
+                "not a variable name",
+                "use letters, digits and `_`, not starting with a digit, e.g. `HF_TOKEN`",
+            ));
+        } else if command.env.contains_key(name) {
+            issues.push(issue(
+                &at,
+                &format!("`{name}` is also set under `env`"),
+                "also in `env`",
+                &format!("keep `{name}` in one place: `pass_env` to take it from taper's environment, or `env` to commit its value"),
+            ));
+        } else if command.pass_env[..index].contains(name) {
+            issues.push(issue(
+                &at,
+                &format!("`{name}` is listed twice"),
+                "duplicate",
+                "list each variable once",
             ));
         }
-        StageSettings::Evaluate(_)
-        | StageSettings::Command(_)
-        | StageSettings::Train(_)
-        | StageSettings::Deploy(_) => {}
     }
     issues
 }

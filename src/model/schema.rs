@@ -218,6 +218,7 @@ fn stage(kind: StageKind) -> Value {
         properties["deps"] = json!({ "type": "array", "items": { "type": "string" }, "description": "Files and directories it reads; a dep under another stage's output is an edge." });
         properties["outs"] = json!({ "type": "array", "items": { "type": "string" }, "description": "Files and directories it writes (cached)." });
         properties["env"] = json!({ "type": "object", "additionalProperties": { "type": "string" }, "description": "Extra environment variables." });
+        properties["pass_env"] = json!({ "type": "array", "items": { "type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" }, "description": "Variables passed from taper's environment at run time: names are part of the stage key, values are never hashed, printed or stored." });
         required.push("run");
     } else {
         if !slots.is_empty() {

@@ -22,9 +22,9 @@ use crate::spec::{
     Value,
 };
 
-/// The keys a stage may have. `run`, `deps`, `outs` and `env` belong to `command` stages and
-/// sit at stage level (as in DVC); the other kinds take their settings under `with:`.
-pub const STAGE_KEYS: [&str; 8] = [
+/// The keys a stage may have. `run`, `deps`, `outs`, `env` and `pass_env` belong to `command`
+/// stages and sit at stage level (as in DVC); the other kinds take their settings under `with:`.
+pub const STAGE_KEYS: [&str; 9] = [
     "kind",
     "description",
     "inputs",
@@ -33,8 +33,9 @@ pub const STAGE_KEYS: [&str; 8] = [
     "deps",
     "outs",
     "env",
+    "pass_env",
 ];
-const COMMAND_KEYS: [&str; 4] = ["run", "deps", "outs", "env"];
+const COMMAND_KEYS: [&str; 5] = ["run", "deps", "outs", "env", "pass_env"];
 
 /// A stage after its own checks, before the edges are checked.
 struct Checked<'a> {
@@ -512,7 +513,7 @@ fn check_stage<'a>(
                 "list the files it reads under `deps`; a dep under another stage's `outs` (or `out/<stage>/`) is an edge".to_owned(),
             )),
             (StageKind::Command, _) => None,
-            (_, "run" | "deps" | "outs" | "env") => Some((
+            (_, "run" | "deps" | "outs" | "env" | "pass_env") => Some((
                 format!("`{name}` applies only to `command` stages"),
                 format!("`{kind}` stages take their settings under `with:`; for a shell step, add a `kind: command` stage"),
             )),

@@ -12,12 +12,19 @@
 //! store and the path itself are checked again, as defence in depth): never through a
 //! symlinked directory, never the store, never a FIFO. The copy refuses FIFOs, sockets and
 //! devices, naming them: `fs::copy` of a FIFO waits for a writer that never comes.
+//!
+//! The command runs in a process group of its own (`exec::interrupt`): taper forwards SIGTERM,
+//! SIGINT and SIGHUP to it, and whatever it leaves running is killed when it exits or taper
+//! dies. Its environment is taper's, plus `env:`, plus the `pass_env:` variables, whose values
+//! are read at spawn time and never written anywhere.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
+use crate::exec::interrupt::{signal_name, STAGE_PROCESSES};
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::exec::{special_kind, Fence, Role, WorkspaceError};
 use crate::model::{Command, StageId, StageSettings};
@@ -82,6 +89,18 @@ pub enum CommandError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Workspace(#[from] WorkspaceError),
+    #[error("stage `{stage}` passes `{name}` from the environment, but `{name}` is not set")]
+    #[diagnostic(
+        code(taper::stages::command::missing_pass_env),
+        help("export `{name}` before `taper run` (its value is passed to the command, never stored), or remove it from `pass_env`")
+    )]
+    MissingPassEnv { stage: StageId, name: String },
+    #[error("stage `{stage}` was interrupted by {signal}")]
+    #[diagnostic(
+        code(taper::stages::command::interrupted),
+        help("nothing of this run of the stage was recorded; run again to run it")
+    )]
+    Interrupted { stage: StageId, signal: String },
     #[error("stage `{stage}` is not a `command` stage")]
     #[diagnostic(
         code(taper::stages::command::wrong_kind),
@@ -104,6 +123,7 @@ impl StageRunner for CommandRunner {
 
 fn run_command(ctx: &StageContext<'_>, command: &Command) -> Result<(), CommandError> {
     let stage = &ctx.stage.id;
+    let passed = passed_env(stage, command)?;
     let io_error = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| CommandError::Io {
@@ -122,21 +142,31 @@ fn run_command(ctx: &StageContext<'_>, command: &Command) -> Result<(), CommandE
         }
     }
     (ctx.log)(&format!("$ {}", command.run));
-    let mut child = Process::new("sh")
-        .arg("-c")
-        .arg(&command.run)
-        .current_dir(ctx.pipeline_root)
-        .envs(&command.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| CommandError::Spawn {
-            stage: stage.clone(),
-            source,
+    let interrupted = |signal| CommandError::Interrupted {
+        stage: stage.clone(),
+        signal: signal_name(signal),
+    };
+    let mut running = STAGE_PROCESSES
+        .spawn(
+            Process::new("sh")
+                .arg("-c")
+                .arg(&command.run)
+                .current_dir(ctx.pipeline_root)
+                .envs(&command.env)
+                .envs(passed)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .map_err(|source| match STAGE_PROCESSES.interrupted() {
+            Some(signal) => interrupted(signal),
+            None => CommandError::Spawn {
+                stage: stage.clone(),
+                source,
+            },
         })?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+    let stdout = running.child.stdout.take();
+    let stderr = running.child.stderr.take();
     std::thread::scope(|scope| {
         if let Some(stdout) = stdout {
             scope.spawn(|| forward_lines(stdout, ctx.log));
@@ -145,9 +175,14 @@ fn run_command(ctx: &StageContext<'_>, command: &Command) -> Result<(), CommandE
             scope.spawn(|| forward_lines(stderr, ctx.log));
         }
     });
-    let status = child
+    let status = running
         .wait()
         .map_err(io_error("wait for the command in", ctx.pipeline_root))?;
+    // Many programs exit 0 on SIGTERM with their work cut short: an interrupted command's
+    // outputs are never recorded, whatever its status.
+    if let Some(signal) = STAGE_PROCESSES.interrupted() {
+        return Err(interrupted(signal));
+    }
     if !status.success() {
         return Err(CommandError::Failed {
             stage: stage.clone(),
@@ -178,6 +213,24 @@ fn run_command(ctx: &StageContext<'_>, command: &Command) -> Result<(), CommandE
         }
     }
     Ok(())
+}
+
+/// The values of `pass_env`, read from taper's environment now, before anything is touched. A
+/// missing variable is an error rather than an empty value: an empty token usually fails much
+/// later, with an authentication error that does not name the variable.
+fn passed_env(stage: &StageId, command: &Command) -> Result<Vec<(String, OsString)>, CommandError> {
+    command
+        .pass_env
+        .iter()
+        .map(|name| {
+            std::env::var_os(name)
+                .map(|value| (name.clone(), value))
+                .ok_or_else(|| CommandError::MissingPassEnv {
+                    stage: stage.clone(),
+                    name: name.clone(),
+                })
+        })
+        .collect()
 }
 
 fn forward_lines(stream: impl Read, log: &(dyn Fn(&str) + Sync)) {

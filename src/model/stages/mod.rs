@@ -13,7 +13,7 @@ mod select_model;
 mod source;
 mod train;
 
-pub use command::Command;
+pub use command::{committed_secrets, is_env_name, looks_secret, Command, CommittedSecret};
 pub use configure::{Configure, EarlyStopping, Method, Pooling, Schedule};
 pub use deploy::Deploy;
 pub use evaluate::Evaluate;
