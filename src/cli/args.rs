@@ -42,7 +42,7 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
     /// The content-addressed store directory.
-    #[arg(long, env = "TAPER_STORE", default_value = "cache", value_name = "DIR")]
+    #[arg(long, env = "TAPER_STORE", default_value = crate::model::DEFAULT_STORE_DIR, value_name = "DIR")]
     pub store: PathBuf,
 }
 
