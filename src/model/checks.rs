@@ -174,13 +174,15 @@ pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
                         "unknown metric",
                         &suggestion_help(metric, &names, "metric"),
                     )),
-                    // NaN fails both comparisons, so it lands here too.
-                    Some((_, low, high)) if !(threshold >= low && threshold <= high && threshold.is_finite()) => {
+                    // NaN lies in no range, so `.nan` lands here too.
+                    Some((_, low, high))
+                        if !((*low..=*high).contains(threshold) && threshold.is_finite()) =>
+                    {
                         issues.push(issue(
                             &path,
                             &format!("the minimum for `{metric}` must be a number from {low} to {high}, not {threshold}"),
                             "out of range",
-                            &format!("`{metric}` always lies in [{low}, {high}], so this gate could never pass or always would"),
+                            &format!("`{metric}` lies in [{low}, {high}]: a minimum outside it could never pass or always would"),
                         ));
                     }
                     Some(_) => {}

@@ -92,7 +92,7 @@ impl de::Error for DeError {
     }
 
     fn invalid_value(unexpected: Unexpected<'_>, expected: &dyn Expected) -> DeError {
-        Self::invalid_type(unexpected, expected)
+        <DeError as de::Error>::invalid_type(unexpected, expected)
     }
 
     fn missing_field(field: &'static str) -> DeError {
