@@ -20,9 +20,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::MARKER;
+// One owner of the name: validation refuses outs over it (`model::validate`).
+use crate::model::DEFAULT_STORE_DIR as DEFAULT_STORE;
 
-/// The store directory name under the project root.
-pub const DEFAULT_STORE: &str = "cache";
 
 /// The default store for a pipeline file (or, with `None`, for the current directory).
 pub fn default_store_dir(pipeline_file: Option<&Path>) -> PathBuf {

@@ -73,9 +73,10 @@ impl LockFile {
         }
     }
 
-    /// `x.yaml` → `x.lock`, beside it.
+    /// `x.yaml` → `x.lock`, beside it ([`crate::model::lock_path_for`], which validation also
+    /// uses to keep outs off the lock file).
     pub fn path_for(pipeline_file: &Path) -> PathBuf {
-        pipeline_file.with_extension("lock")
+        crate::model::lock_path_for(pipeline_file)
     }
 
     /// Reads a lock file; a missing or unreadable one is `None` (every stage is then new: a

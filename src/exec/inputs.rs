@@ -35,18 +35,20 @@ pub struct Dag {
     order: Vec<usize>,
 }
 
-/// A relative path as a `/`-separated string without `.` components (`./data/` → `data`).
+/// The [`normalize`](crate::model::paths::normalize)d form of `path` as a `/`-separated
+/// string (`./data/` → `data`, `a/../../x` → `../x`): the engine's key for deps and outs. The
+/// meaning comes from the model's one normaliser; here it is only spelled as text.
 pub fn normalize(path: &Path) -> String {
-    let parts: Vec<String> = path
+    let normalized = crate::model::paths::normalize(path);
+    let parts: Vec<String> = normalized
         .components()
-        .filter(|component| !matches!(component, Component::CurDir))
         .map(|component| match component {
             Component::RootDir => String::new(),
             other => other.as_os_str().to_string_lossy().into_owned(),
         })
         .collect();
     let joined = parts.join("/");
-    if path.is_absolute() && !joined.starts_with('/') {
+    if normalized.is_absolute() && !joined.starts_with('/') {
         format!("/{joined}")
     } else {
         joined

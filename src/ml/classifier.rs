@@ -690,6 +690,19 @@ mod tests {
         assert_eq!(batch.mask, vec![1, 1, 1, 1, 0, 0]);
     }
 
+    /// Validation accepts adapter targets from `model`'s list of module names; every module
+    /// the encoders really have must be on it, under its full name and its last component.
+    #[test]
+    fn validation_knows_every_linear_module() {
+        for config in [EncoderConfig::tiny_bert(), EncoderConfig::tiny_distilbert()] {
+            for module in crate::ml::encoder::linear_module_names(&config) {
+                let last = module.rsplit('.').next().unwrap_or_default();
+                assert!(crate::model::stages::is_adapter_target(&module), "{module}");
+                assert!(crate::model::stages::is_adapter_target(last), "{last}");
+            }
+        }
+    }
+
     #[test]
     fn batch_rejects_bad_input() {
         assert!(Batch::new(&[], &[], 0).is_err());

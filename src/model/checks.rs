@@ -1,7 +1,8 @@
 //! Checks of settings that types cannot express (ranges, combinations). Each issue names the
 //! path of the offending setting under the stage's settings, so validation can place it.
 
-use super::stages::{is_env_name, Command, Method, Source};
+use super::stages::{is_env_name, Command, Source, GATE_METRICS};
+use crate::spec::suggestion_help;
 use super::StageSettings;
 
 pub(crate) struct Issue {
@@ -23,72 +24,14 @@ fn issue(path: &[&str], message: &str, label: &str, help: &str) -> Issue {
 pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
     let mut issues = Vec::new();
     match settings {
+        // `Configure::problems` owns these rules; the `configure` runner enforces the same list.
         StageSettings::Configure(configure) => {
-            if !(configure.learning_rate > 0.0 && configure.learning_rate.is_finite()) {
-                issues.push(issue(
-                    &["learning_rate"],
-                    "must be a positive number",
-                    "not positive",
-                    "typical values are 1e-5 to 5e-4",
-                ));
-            }
-            for (name, value) in [
-                ("epochs", configure.epochs),
-                ("batch_size", configure.batch_size),
-                ("gradient_accumulation", configure.gradient_accumulation),
-                ("checkpoint_every", configure.checkpoint_every),
-            ] {
-                if value == 0 {
-                    issues.push(issue(
-                        &[name],
-                        "must be at least 1",
-                        "zero",
-                        "use 1 or more",
-                    ));
-                }
-            }
-            for (name, value) in [
-                ("warmup_ratio", configure.warmup_ratio),
-                ("dropout", configure.dropout),
-            ] {
-                if !(0.0..1.0).contains(&value) {
-                    issues.push(issue(
-                        &[name],
-                        "must be in [0, 1)",
-                        "out of range",
-                        "a fraction such as 0.1",
-                    ));
-                }
-            }
-            if configure.weight_decay < 0.0 {
-                issues.push(issue(
-                    &["weight_decay"],
-                    "must not be negative",
-                    "negative",
-                    "typical values are 0 to 0.1",
-                ));
-            }
-            if let Method::Lora { r: 0, .. } = configure.method {
-                issues.push(issue(
-                    &["method", "r"],
-                    "the LoRA rank must be at least 1",
-                    "zero rank",
-                    "typical ranks are 4 to 16",
-                ));
-            }
-            // The remaining rules (combinations such as early stopping with one epoch) live in
-            // `Configure::problems`, which the `configure` runner also enforces.
-            for (field, message) in configure.problems() {
-                let path: Vec<&str> = field.split('.').collect();
-                if !issues.iter().any(|known| known.path == path) {
-                    issues.push(issue(
-                        &path,
-                        message.as_str(),
-                        "invalid",
-                        "see `taper schema` for the allowed values",
-                    ));
-                }
-            }
+            issues.extend(configure.problems().into_iter().map(|problem| Issue {
+                path: problem.field.split('.').map(str::to_owned).collect(),
+                message: problem.message,
+                label: problem.label.to_owned(),
+                help: problem.help,
+            }));
         }
         StageSettings::PrepareData(prepare) => {
             let split = &prepare.split;
@@ -124,6 +67,21 @@ pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
                         ));
                     }
                 }
+            }
+            // Fractions are shares of the same rows: past 1 in total, the later splits would
+            // take rows the earlier ones already have (or fail at run time, after the read).
+            let fractions: f64 = sizes
+                .iter()
+                .filter_map(|(_, size)| *size)
+                .filter(|size| *size > 0.0 && *size < 1.0)
+                .sum();
+            if fractions > 1.0 {
+                issues.push(issue(
+                    &["split"],
+                    &format!("the split fractions add up to {fractions}, more than all the rows"),
+                    "fractions over 1",
+                    "make the fractions add up to at most 1, e.g. `train: 0.8, test: 0.2`",
+                ));
             }
             if !(2..=512).contains(&prepare.max_length) {
                 issues.push(issue(
@@ -208,7 +166,33 @@ pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
             }
             issues.extend(pass_env_issues(command));
         }
-        StageSettings::Evaluate(_) | StageSettings::Train(_) | StageSettings::Deploy(_) => {}
+        StageSettings::Deploy(deploy) => {
+            let names: Vec<&str> = GATE_METRICS.iter().map(|(name, _, _)| *name).collect();
+            for (metric, threshold) in &deploy.require {
+                let path = ["require", metric.as_str()];
+                match GATE_METRICS.iter().find(|(name, _, _)| name == metric) {
+                    None => issues.push(issue(
+                        &path,
+                        &format!("`{metric}` is not a metric that `evaluate` reports"),
+                        "unknown metric",
+                        &suggestion_help(metric, &names, "metric"),
+                    )),
+                    // NaN lies in no range, so `.nan` lands here too.
+                    Some((_, low, high))
+                        if !((*low..=*high).contains(threshold) && threshold.is_finite()) =>
+                    {
+                        issues.push(issue(
+                            &path,
+                            &format!("the minimum for `{metric}` must be a number from {low} to {high}, not {threshold}"),
+                            "out of range",
+                            &format!("`{metric}` lies in [{low}, {high}]: a minimum outside it could never pass or always would"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        StageSettings::Evaluate(_) | StageSettings::Train(_) => {}
     }
     issues
 }

@@ -7,12 +7,20 @@
 //!   (with the struct's field list, for did-you-mean) and skipped, so one pass reports all of
 //!   them;
 //! - an error raised without a span (serde's own, a `try_from` conversion) gets the span of the
-//!   innermost node being deserialized when it surfaced.
+//!   innermost node being deserialized when it surfaced;
+//! - a wrong value does not hide the ones after it: serde stops at the first error, so
+//!   [`from_node`] records it, skips the entry that holds it (as if it were not written) and
+//!   deserializes again, until the rest is clean. Errors that only follow from a skipped entry
+//!   (the "missing setting" of a required one, a conversion over a block that lost an entry)
+//!   are not reported again.
+//!
+//! Messages are in the user's words, not serde's: "expected a whole number ≥ 0, found -1",
+//! never "invalid value: integer `-1`, expected usize".
 
 use std::cell::RefCell;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::de::{self, DeserializeSeed, Expected, IntoDeserializer, Unexpected, Visitor};
 
 use crate::spec::{resolve_plain, suggestion_help, Key, Node, Resolved, ScalarStyle, Span, Value};
 
@@ -32,6 +40,9 @@ pub(crate) struct DeError {
     pub span: Option<Span>,
     /// The param definition the offending value was substituted from.
     pub from_param: Option<Span>,
+    /// For "missing setting": the setting, so a required entry that recovery skipped is not
+    /// reported missing as well.
+    missing: Option<&'static str>,
 }
 
 impl DeError {
@@ -41,6 +52,7 @@ impl DeError {
             help: None,
             span: None,
             from_param: None,
+            missing: None,
         }
     }
 
@@ -71,8 +83,21 @@ impl de::Error for DeError {
         DeError::new(message.to_string())
     }
 
+    fn invalid_type(unexpected: Unexpected<'_>, expected: &dyn Expected) -> DeError {
+        DeError::new(format!(
+            "expected {}, found {}",
+            expected_in_words(expected),
+            unexpected_in_words(&unexpected)
+        ))
+    }
+
+    fn invalid_value(unexpected: Unexpected<'_>, expected: &dyn Expected) -> DeError {
+        <DeError as de::Error>::invalid_type(unexpected, expected)
+    }
+
     fn missing_field(field: &'static str) -> DeError {
         let mut error = DeError::new(format!("missing setting `{field}`"));
+        error.missing = Some(field);
         error.help = Some(format!(
             "add `{field}: …`; see docs/spec.md for what it takes"
         ));
@@ -92,11 +117,42 @@ impl de::Error for DeError {
     }
 }
 
-/// Deserializes one node. `unknown` collects the unknown keys of every struct below it.
+/// What serde's primitive visitors expect (`usize`, `f64`…), in the words of the pipeline file.
+fn expected_in_words(expected: &dyn Expected) -> String {
+    let expected = expected.to_string();
+    match expected.as_str() {
+        "usize" | "u64" => "a whole number ≥ 0".to_owned(),
+        "u32" => format!("a whole number from 0 to {}", u32::MAX),
+        "u16" => format!("a whole number from 0 to {}", u16::MAX),
+        "u8" => format!("a whole number from 0 to {}", u8::MAX),
+        "isize" | "i64" | "i32" | "i16" | "i8" => "a whole number".to_owned(),
+        "f64" | "f32" => "a number".to_owned(),
+        _ => expected,
+    }
+}
+
+/// What was found instead, as the pipeline file spells it.
+fn unexpected_in_words(unexpected: &Unexpected<'_>) -> String {
+    match unexpected {
+        Unexpected::Signed(value) => value.to_string(),
+        Unexpected::Unsigned(value) => value.to_string(),
+        Unexpected::Float(value) => value.to_string(),
+        Unexpected::Bool(value) => format!("`{value}`"),
+        Unexpected::Str(text) => format!("the string `{}`", crate::spec::abbreviate(text)),
+        Unexpected::Unit => "nothing (null)".to_owned(),
+        Unexpected::Seq => "a list".to_owned(),
+        Unexpected::Map => "a mapping".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Deserializes one node. `unknown` collects the unknown keys of every struct below it;
+/// entries whose key span is in `skipped` are passed over, as if not written.
 pub(crate) struct NodeDeserializer<'a> {
     pub node: &'a Node,
     pub key_span: Option<Span>,
     pub unknown: &'a RefCell<Vec<UnknownField>>,
+    pub skipped: &'a [Span],
 }
 
 impl<'a> NodeDeserializer<'a> {
@@ -135,16 +191,17 @@ impl<'a> NodeDeserializer<'a> {
             node,
             key_span,
             unknown: self.unknown,
+            skipped: self.skipped,
         }
     }
 }
 
 macro_rules! integer {
-    ($($method:ident)*) => {$(
+    ($($method:ident => $type:literal),*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
             match self.resolved() {
                 Some(Resolved::Int(value)) => visitor.visit_i64(value).map_err(|error: DeError| error.placed(self.node, self.key_span)),
-                _ => Err(self.mismatch("an integer")),
+                _ => Err(self.mismatch(&expected_in_words(&$type))),
             }
         }
     )*};
@@ -176,7 +233,16 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
         result.map_err(|error: DeError| error.placed(self.node, self.key_span))
     }
 
-    integer!(deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64 deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64);
+    integer!(
+        deserialize_i8 => "i8",
+        deserialize_i16 => "i16",
+        deserialize_i32 => "i32",
+        deserialize_i64 => "i64",
+        deserialize_u8 => "u8",
+        deserialize_u16 => "u16",
+        deserialize_u32 => "u32",
+        deserialize_u64 => "u64"
+    );
 
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         self.deserialize_f64(visitor)
@@ -320,6 +386,7 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
                     entries
                         .iter()
                         .filter(|(key, _)| !fields.contains(&key.value.as_str()))
+                        .filter(|(key, _)| !self.skipped.contains(&key.span))
                         .map(|(key, _)| UnknownField {
                             key: key.value.clone(),
                             span: key.span,
@@ -408,6 +475,7 @@ impl<'de> de::MapAccess<'de> for MapAccess<'_, '_> {
             if self
                 .fields
                 .is_some_and(|fields| !fields.contains(&key.value.as_str()))
+                || self.parent.skipped.contains(&key.span)
             {
                 continue;
             }
@@ -418,6 +486,7 @@ impl<'de> de::MapAccess<'de> for MapAccess<'_, '_> {
                     node: &key_node,
                     key_span: None,
                     unknown: self.parent.unknown,
+                    skipped: self.parent.skipped,
                 })
                 .map(Some)
                 .map_err(|mut error| {
@@ -492,19 +561,117 @@ impl<'de> de::VariantAccess<'de> for NodeDeserializer<'_> {
     }
 }
 
-/// Fills `T` from `node`; `key_span` is the key the node sits under.
+/// Recovery passes per block at most: each pass skips one more entry, so a block of thousands
+/// of wrong values would otherwise cost thousands of passes over it; the first ones are enough
+/// to fix.
+const MAX_PASSES: usize = 64;
+
+/// What [`from_node`] found: every error (placed), the unknown keys, and the value read with
+/// the entries in `skipped` left out (so their defaults), when that much could be read. The
+/// node is valid exactly when `errors` is empty; with errors, `value` serves only to check
+/// the entries that were fine.
+pub(crate) struct Outcome<T> {
+    pub value: Option<T>,
+    pub errors: Vec<DeError>,
+    pub unknown: Vec<UnknownField>,
+    /// Key spans of the entries left out because they hold an error.
+    pub skipped: Vec<Span>,
+}
+
+/// Fills `T` from `node`; `key_span` is the key the node sits under. Every wrong value is
+/// reported, not only the first (see the module doc).
 pub(crate) fn from_node<T: de::DeserializeOwned>(
     node: &Node,
     key_span: Option<Span>,
-) -> (Result<T, DeError>, Vec<UnknownField>) {
-    let unknown = RefCell::new(Vec::new());
-    let result = T::deserialize(NodeDeserializer {
-        node,
-        key_span,
-        unknown: &unknown,
-    })
-    .map_err(|error: DeError| error.placed(node, key_span));
-    (result, unknown.into_inner())
+) -> Outcome<T> {
+    let mut outcome = Outcome {
+        value: None,
+        errors: Vec::new(),
+        unknown: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for _ in 0..MAX_PASSES {
+        let skipped = &mut outcome.skipped;
+        let unknown = RefCell::new(Vec::new());
+        let result = T::deserialize(NodeDeserializer {
+            node,
+            key_span,
+            unknown: &unknown,
+            skipped: skipped.as_slice(),
+        })
+        .map_err(|error: DeError| error.placed(node, key_span));
+        for field in unknown.into_inner() {
+            if !outcome.unknown.contains(&field) {
+                outcome.unknown.push(field);
+            }
+        }
+        let error = match result {
+            Ok(value) => {
+                outcome.value = Some(value);
+                return outcome;
+            }
+            Err(error) => error,
+        };
+        let chain = error
+            .span
+            .and_then(|span| entries_to(node, key_span, span))
+            .unwrap_or_default();
+        let at = chain.last().map_or(node, |(_, value)| *value);
+        if !follows_from_skipped(&error, at, skipped) && !outcome.errors.contains(&error) {
+            outcome.errors.push(error);
+        }
+        match chain
+            .iter()
+            .rev()
+            .find(|(key, _)| !skipped.contains(&key.span))
+        {
+            Some((key, _)) => skipped.push(key.span),
+            None => return outcome,
+        }
+    }
+    outcome
+}
+
+/// Whether `error`, found at `node`, is only a consequence of entries that recovery skipped:
+/// the required setting it says is missing was skipped, or (any other error of a block) an
+/// entry inside the block was.
+fn follows_from_skipped(error: &DeError, node: &Node, skipped: &[Span]) -> bool {
+    match (error.missing, &node.value) {
+        (Some(field), Value::Map(entries)) => entries
+            .iter()
+            .any(|(key, _)| key.value == field && skipped.contains(&key.span)),
+        (Some(_), _) => false,
+        (None, _) => contains_skipped(node, skipped),
+    }
+}
+
+fn contains_skipped(node: &Node, skipped: &[Span]) -> bool {
+    match &node.value {
+        Value::Scalar(_) => false,
+        Value::Seq(items) => items.iter().any(|item| contains_skipped(item, skipped)),
+        Value::Map(entries) => entries.iter().any(|(key, value)| {
+            skipped.contains(&key.span) || contains_skipped(value, skipped)
+        }),
+    }
+}
+
+/// The map entries from `root` down to the node (or key) at `span`, outermost first; empty
+/// when `span` is `root` itself (or the key it sits under), `None` when it is not below it.
+fn entries_to(root: &Node, key_span: Option<Span>, span: Span) -> Option<Vec<(&Key, &Node)>> {
+    if root.span == span || key_span == Some(span) {
+        return Some(Vec::new());
+    }
+    match &root.value {
+        Value::Scalar(_) => None,
+        Value::Seq(items) => items
+            .iter()
+            .find_map(|item| entries_to(item, None, span)),
+        Value::Map(entries) => entries.iter().find_map(|(key, value)| {
+            let mut chain = entries_to(value, Some(key.span), span)?;
+            chain.insert(0, (key, value));
+            Some(chain)
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -514,9 +681,87 @@ mod tests {
     use crate::spec::parse_yaml;
 
     fn configure(text: &str) -> (Result<Configure, DeError>, Vec<UnknownField>) {
+        let outcome = parse(text);
+        let result = match (outcome.value, outcome.errors.first()) {
+            (Some(value), None) => Ok(value),
+            (_, Some(error)) => Err(error.clone()),
+            (None, None) => unreachable!("no value without an error"),
+        };
+        (result, outcome.unknown)
+    }
+
+    fn parse(text: &str) -> Outcome<Configure> {
         let (root, errors) = parse_yaml(text);
         assert!(errors.is_empty());
         from_node(&root.expect("document"), None)
+    }
+
+    fn messages(text: &str) -> Vec<(String, String)> {
+        parse(text)
+            .errors
+            .iter()
+            .map(|error| {
+                let span = error.span.expect("placed");
+                (text[span.start..span.end].to_owned(), error.message.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_wrong_value_of_a_block_is_reported() {
+        let text = "epochs: -1\nbatch_size: x\nlearning_rate: 1e-4\nseed: -3\nschedule: cosin\n";
+        assert_eq!(
+            messages(text),
+            [
+                ("-1".to_owned(), "expected a whole number ≥ 0, found -1".to_owned()),
+                (
+                    "x".to_owned(),
+                    "expected a whole number ≥ 0, found the string `x`".to_owned()
+                ),
+                ("-3".to_owned(), "expected a whole number ≥ 0, found -3".to_owned()),
+                ("cosin".to_owned(), "unknown value `cosin`".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_values_in_nested_blocks_and_lists_are_all_reported() {
+        let text = "early_stopping: { patience: -2, min_delta: x }\nmethod: { name: lora, r: 4 }\nepochs: 1.5\n";
+        let found = messages(text);
+        assert_eq!(
+            found,
+            [
+                ("-2".to_owned(), "expected a whole number ≥ 0, found -2".to_owned()),
+                (
+                    "x".to_owned(),
+                    "expected a number, found the string `x`".to_owned()
+                ),
+                (
+                    "1.5".to_owned(),
+                    "expected a whole number ≥ 0, found the number `1.5`".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_skipped_required_setting_is_not_also_reported_missing() {
+        let (root, errors) = parse_yaml("patience: x\n");
+        assert!(errors.is_empty());
+        let outcome: Outcome<crate::model::stages::EarlyStopping> =
+            from_node(&root.expect("document"), None);
+        let found: Vec<&str> = outcome.errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(found, ["expected a whole number ≥ 0, found the string `x`"]);
+        assert!(outcome.value.is_none());
+    }
+
+    #[test]
+    fn the_value_without_the_wrong_entries_is_kept_for_further_checks() {
+        let outcome = parse("epochs: x\nwarmup_ratio: 1.5\n");
+        assert_eq!(outcome.errors.len(), 1);
+        let value = outcome.value.expect("readable without `epochs`");
+        assert_eq!((value.epochs, value.warmup_ratio), (1, 1.5));
+        assert_eq!(outcome.skipped.len(), 1);
     }
 
     #[test]
@@ -534,7 +779,10 @@ mod tests {
         let error = result.expect_err("`two` is not an integer");
         let span = error.span.expect("placed");
         assert_eq!(&text[span.start..span.end], "two");
-        assert_eq!(error.message, "expected an integer, found the string `two`");
+        assert_eq!(
+            error.message,
+            "expected a whole number ≥ 0, found the string `two`"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 mod checks;
 mod de;
 mod error;
-mod paths;
+pub mod paths;
 pub mod schema;
 pub mod stages;
 mod validate;
@@ -164,6 +164,23 @@ pub fn stage_output_dir(pipeline_file: &Path, id: &StageId) -> PathBuf {
 pub fn stage_log_path(pipeline_file: &Path, id: &StageId) -> PathBuf {
     output_root(pipeline_file).join(format!("{id}.log"))
 }
+
+/// The log file of stage `id` (every kind writes one), relative to the pipeline root: beside
+/// [`stage_output_dir`], as `out/<stage>.log`.
+pub fn stage_log_path(id: &StageId) -> PathBuf {
+    let mut path = stage_output_dir(id).into_os_string();
+    path.push(".log");
+    PathBuf::from(path)
+}
+
+/// The lock file of a pipeline file: `x.yaml` → `x.lock`, beside it.
+pub fn lock_path_for(pipeline_file: &Path) -> PathBuf {
+    pipeline_file.with_extension("lock")
+}
+
+/// The store directory when neither `--store` nor `TAPER_STORE` names one (relative to the
+/// working directory).
+pub const DEFAULT_STORE_DIR: &str = "cache";
 
 /// A validated pipeline, stages in file order.
 #[derive(Debug, Clone, PartialEq, Serialize)]

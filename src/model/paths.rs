@@ -1,5 +1,19 @@
-//! An index of paths by component, for the "does this dep read that out" questions asked by
-//! validation, [`Pipeline::dependencies`](super::Pipeline::dependencies) and the engine.
+//! Paths as a pipeline writes them: the one lexical normaliser ([`normalize`]) that validation
+//! and the engine share, and an index of paths by component, for the "does this dep read that
+//! out" questions asked by validation, [`Pipeline::dependencies`](super::Pipeline::dependencies)
+//! and the engine.
+//!
+//! Normalisation contract: `.` components and trailing slashes go, and `name/..` pairs cancel;
+//! a `..` that climbs above where the path starts is kept (`a/../../x` → `../x`), never dropped.
+//! Dropping it made `../../secret.txt` into `secret.txt`: validation accepted a dep outside the
+//! pipeline directory and the key hashed a different file from the one the command reads. The
+//! result names the same file as the OS resolves whenever no component is a symlink (a
+//! property test checks this against a real directory tree); through a symlinked directory
+//! `link/..` is lexically its container, not the link target's parent, as in DVC and Bazel.
+//! Where paths may point: deps may leave the pipeline directory (`../shared/vocab.txt`): they
+//! are only read, hashed from the file they name, and kept as `../…` in the lock file. Outs
+//! never may: they are deleted before a run and restored from the store (see
+//! `validate::check_outs`).
 //!
 //! Contract: two paths *overlap* when one contains the other, component by component (exactly
 //! `a.starts_with(b) || b.starts_with(a)` for [`Path`]: `data` contains `data/clean.csv`, not
@@ -11,7 +25,38 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
+
+/// Lexically normalises a path (`./a/../b/` → `b`, `a/../../x` → `../x`, `/..` → `/`), so
+/// `deps` and `outs` compare by meaning and hash alike however they were spelled. The empty
+/// path stands for the directory the path is relative to (`.` and `a/..` normalise to it).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut normalized = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => match normalized.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    normalized.pop();
+                }
+                // The root is its own parent.
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                // Nothing left to cancel (empty, or already climbing): keep climbing.
+                Some(Component::ParentDir | Component::CurDir) | None => normalized.push(".."),
+            },
+            other => normalized.push(other),
+        }
+    }
+    normalized
+}
+
+/// Whether a [`normalize`]d path names something strictly inside the directory it is relative
+/// to: relative, not climbing out with `..`, and not that directory itself.
+pub fn is_strictly_inside(normalized: &Path) -> bool {
+    !normalized.is_absolute()
+        && !normalized.as_os_str().is_empty()
+        && !normalized.starts_with(Component::ParentDir)
+}
 
 /// Values filed under paths; several values may share one path (kept in insertion order).
 #[derive(Debug, Clone)]
@@ -123,6 +168,80 @@ mod tests {
         assert_eq!(above, [&[3][..], &[1, 2], &[0]]);
         let below: Vec<&[usize]> = index.below(Path::new("a/b")).collect();
         assert_eq!(below, [&[3][..]]);
+    }
+
+    #[test]
+    fn normalize_cancels_names_but_keeps_leading_parents() {
+        for (raw, expected) in [
+            ("./data/../raw.csv", "raw.csv"),
+            ("out.d/", "out.d"),
+            ("../../secret.txt", "../../secret.txt"),
+            ("a/../../x", "../x"),
+            ("a/b/../../..", ".."),
+            ("../a/../b", "../b"),
+            (".", ""),
+            ("a/..", ""),
+            ("/../etc", "/etc"),
+            ("/a/./b/", "/a/b"),
+            ("données/./é.csv", "données/é.csv"),
+        ] {
+            assert_eq!(normalize(Path::new(raw)), Path::new(expected), "{raw}");
+        }
+    }
+
+    #[test]
+    fn strictly_inside_means_relative_below_the_start() {
+        for (path, inside) in [
+            ("a", true),
+            ("a/b", true),
+            ("", false),
+            ("..", false),
+            ("../a", false),
+            ("/a", false),
+            ("..a", true),
+        ] {
+            assert_eq!(is_strictly_inside(Path::new(path)), inside, "{path}");
+        }
+    }
+
+    /// A directory tree for resolving paths through the OS: a chain `a/a/…/a` 12 deep, with a
+    /// directory `b` holding a file `f` beside every `a`. Paths start 6 deep, so at most 6
+    /// components never climb out of the tree or below its bottom.
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let mut level = directory.path().join("t");
+        let mut start = None;
+        for depth in 0..12 {
+            std::fs::create_dir_all(level.join("b")).expect("create b");
+            std::fs::write(level.join("b").join("f"), "f").expect("write f");
+            if depth == 6 {
+                start = Some(level.clone());
+            }
+            level.push("a");
+        }
+        std::fs::create_dir_all(&level).expect("create bottom");
+        (directory, start.expect("the chain is deeper than 6"))
+    }
+
+    fn relative_path() -> impl Strategy<Value = PathBuf> {
+        prop::collection::vec(
+            prop::sample::select(vec![".", "..", "a", "b", "f"]),
+            0..=6,
+        )
+        .prop_map(|parts| parts.iter().collect())
+    }
+
+    proptest! {
+        /// Lexical normalisation agrees with the OS: whenever the OS resolves a path (no
+        /// symlinks in the tree), the normalised path resolves to the same file.
+        #[test]
+        fn normalize_names_the_file_the_os_resolves(raw in relative_path()) {
+            let (_directory, start) = tree();
+            if let Ok(resolved) = std::fs::canonicalize(start.join(&raw)) {
+                let normalized = std::fs::canonicalize(start.join(normalize(&raw)));
+                prop_assert_eq!(normalized.ok(), Some(resolved));
+            }
+        }
     }
 
     fn path() -> impl Strategy<Value = PathBuf> {

@@ -13,9 +13,10 @@ use std::path::{Component, Path, PathBuf};
 use miette::LabeledSpan;
 use serde::de::DeserializeOwned;
 
+use super::checks::Issue;
 use super::de::{from_node, DeError, UnknownField};
 use super::error::ModelError;
-use super::paths::PathIndex;
+use super::paths::{is_strictly_inside, normalize, PathIndex};
 use super::{ArtifactKind, Command, InputSlot, Pipeline, Stage, StageId, StageKind, StageSettings};
 use crate::spec::{
     abbreviate, did_you_mean, suggestion_help, Key, Node, RawPipeline, Resolved, ScalarStyle, Span,
@@ -46,6 +47,10 @@ struct Checked<'a> {
     /// `(slot key, referenced stage)` as written.
     inputs: Vec<(&'a Key, &'a Node)>,
     inputs_span: Option<Span>,
+    /// The settings as written (after substitution), to place errors found after typing, and
+    /// the key they sit under.
+    settings_node: Node,
+    settings_key_span: Span,
     /// Normalized `deps` and `outs` of a command stage, with spans.
     deps: Vec<(PathBuf, Span)>,
     outs: Vec<(PathBuf, Span)>,
@@ -270,6 +275,8 @@ pub(crate) fn validate(
             out_count += 1;
         }
     }
+    check_outs(&checked, path, errors);
+    check_across_stages(&checked, &resolved_inputs, errors);
     for (index, stage) in checked.iter().enumerate() {
         for (dep, span) in &stage.deps {
             // A stage reading its own output is a self-edge, reported as a cycle: its key
@@ -333,22 +340,62 @@ pub(crate) fn ml_output_owner(
     }
 }
 
-/// Lexically normalizes a relative path (`./a/../b/` → `b`), so `deps` and `outs` compare
-/// by meaning and hash alike however they were spelled.
-pub(crate) fn normalize(path: &Path) -> PathBuf {
-    let mut normalized = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !normalized.pop() {
-                    normalized.push("..");
-                }
-            }
-            other => normalized.push(other),
+/// Outs are deleted before their stage runs and replaced from the store, so an out over a path
+/// taper itself owns destroys it: `outs: [cache]` wiped the whole default store on the first
+/// run, and an out over the pipeline file, its lock file, or an ML stage's `out/<stage>/` or a
+/// stage log lost them. (Outs outside the pipeline directory are reported where they are
+/// normalized.) The store is checked at its default place, `cache` beside the pipeline; one
+/// moved with `--store` is not known here, and the engine refuses it at run time.
+fn check_outs(checked: &[Checked<'_>], pipeline_file: &Path, errors: &mut Vec<ModelError>) {
+    let mut reserved: PathIndex<String> = PathIndex::new();
+    reserved.insert(
+        Path::new(super::DEFAULT_STORE_DIR),
+        format!("the default store `{}`", super::DEFAULT_STORE_DIR),
+    );
+    if let Some(file) = pipeline_file.file_name() {
+        reserved.insert(
+            Path::new(file),
+            format!("the pipeline file `{}`", Path::new(file).display()),
+        );
+        let lock = super::lock_path_for(Path::new(file));
+        reserved.insert(&lock, format!("the lock file `{}`", lock.display()));
+    }
+    for stage in checked {
+        let id = StageId(stage.id.value.clone());
+        let log = super::stage_log_path(&id);
+        reserved.insert(
+            &log,
+            format!("the log of stage `{id}` (`{}`)", log.display()),
+        );
+        if stage.kind.is_some_and(|kind| kind != StageKind::Command) {
+            let dir = super::stage_output_dir(&id);
+            reserved.insert(
+                &dir,
+                format!(
+                    "the artifacts of stage `{id}` (`{}`)",
+                    dir.display()
+                ),
+            );
         }
     }
-    normalized
+    for stage in checked {
+        for (out, span) in stage.outs.iter().filter(|(out, _)| is_strictly_inside(out)) {
+            let Some(what) = reserved.overlapping(out).next() else {
+                continue;
+            };
+            errors.push(ModelError::InvalidValue {
+                message: format!(
+                    "output `{}` of stage `{}` overlaps {what}",
+                    out.display(),
+                    stage.id.value
+                ),
+                span: (*span).into(),
+                label: "a path taper writes itself".to_owned(),
+                param: None,
+                help: "outs are deleted before their stage runs and restored from the store; write the output under a path of your own, e.g. `build/`".to_owned(),
+            });
+        }
+    }
 }
 
 struct Param {
@@ -426,6 +473,8 @@ fn check_stage<'a>(
         settings: None,
         inputs: Vec::new(),
         inputs_span: None,
+        settings_node: Node::empty_map(id.span),
+        settings_key_span: id.span,
         deps: Vec::new(),
         outs: Vec::new(),
     };
@@ -587,7 +636,7 @@ fn check_stage<'a>(
         .iter()
         .find(|(key, _)| key.value == "with")
         .map_or(id.span, |(key, _)| key.span);
-    let settings = match kind {
+    let typed = match kind {
         StageKind::SelectModel => {
             typed(&settings_node, key_span, id, kind, errors).map(StageSettings::SelectModel)
         }
@@ -616,30 +665,143 @@ fn check_stage<'a>(
             })
         }
     };
-    if let Some(settings) = &settings {
+    checked.settings_node = settings_node;
+    checked.settings_key_span = key_span;
+    // Range checks run on what could be read even when a value was wrong (that entry then has
+    // its default), so a block with a wrong type and an out-of-range value reports both; an
+    // issue about a left-out entry would only repeat its error.
+    if let Some(settings) = &typed.value {
         for issue in super::checks::check(settings) {
-            let node = settings_node.lookup(&issue.path).unwrap_or(&settings_node);
-            let span = if std::ptr::eq(node, &settings_node) {
-                key_span
-            } else {
-                node.span
-            };
-            errors.push(ModelError::InvalidValue {
-                message: format!(
-                    "invalid `{}` in stage `{}`: {}",
-                    issue.path.join("."),
-                    id.value,
-                    issue.message
-                ),
-                span: span.into(),
-                label: issue.label,
-                param: node.from_param.map(Into::into),
-                help: issue.help,
-            });
+            if !typed.skips(&checked.settings_node, &issue.path) {
+                errors.push(checked.issue_error(issue));
+            }
         }
     }
-    checked.settings = settings;
+    checked.settings = typed.value.filter(|_| typed.valid);
     checked
+}
+
+/// Settings read from a node: valid, or with errors (already reported) and the value read
+/// without the entries that hold them.
+struct Typed<T> {
+    value: Option<T>,
+    valid: bool,
+    skipped: Vec<Span>,
+}
+
+impl<T> Typed<T> {
+    fn map<U>(self, convert: impl FnOnce(T) -> U) -> Typed<U> {
+        Typed {
+            value: self.value.map(convert),
+            valid: self.valid,
+            skipped: self.skipped,
+        }
+    }
+
+    /// Whether the setting at `path` under `node` is, or is inside, a left-out entry.
+    fn skips(&self, node: &Node, path: &[String]) -> bool {
+        let mut node = node;
+        for step in path {
+            let next = match &node.value {
+                Value::Map(entries) => entries.iter().find(|(key, _)| &key.value == step),
+                Value::Seq(_) | Value::Scalar(_) => None,
+            };
+            match next {
+                Some((key, _)) if self.skipped.contains(&key.span) => return true,
+                Some((_, value)) => node = value,
+                None => match node.lookup(std::slice::from_ref(step)) {
+                    Some(item) => node = item,
+                    None => return false,
+                },
+            }
+        }
+        false
+    }
+}
+
+impl Checked<'_> {
+    /// The error for a settings issue, labelled at the setting it names (at the `with` key when
+    /// the setting was left to its default).
+    fn issue_error(&self, issue: Issue) -> ModelError {
+        let node = self
+            .settings_node
+            .lookup(&issue.path)
+            .unwrap_or(&self.settings_node);
+        let span = if std::ptr::eq(node, &self.settings_node) {
+            self.settings_key_span
+        } else {
+            node.span
+        };
+        ModelError::InvalidValue {
+            message: format!(
+                "invalid `{}` in stage `{}`: {}",
+                issue.path.join("."),
+                self.id.value,
+                issue.message
+            ),
+            span: span.into(),
+            label: issue.label,
+            param: node.from_param.map(Into::into),
+            help: issue.help,
+        }
+    }
+}
+
+/// Settings that are wrong only given the stage they read from: an `evaluate` or `explain` of
+/// a split its dataset never makes (it failed only after training, minutes in), and a `deploy`
+/// gate with no metrics to check it against.
+fn check_across_stages(
+    checked: &[Checked<'_>],
+    inputs: &[BTreeMap<InputSlot, StageId>],
+    errors: &mut Vec<ModelError>,
+) {
+    let settings_of = |id: &StageId| {
+        checked
+            .iter()
+            .find(|stage| stage.id.value == id.as_str())
+            .and_then(|stage| stage.settings.as_ref())
+    };
+    for (stage, inputs) in checked.iter().zip(inputs) {
+        let split = match &stage.settings {
+            Some(StageSettings::Evaluate(evaluate)) => evaluate.split,
+            Some(StageSettings::Explain(explain)) => explain.split,
+            Some(StageSettings::Deploy(deploy)) => {
+                if !deploy.require.is_empty() && !inputs.contains_key(&InputSlot::Metrics) {
+                    errors.push(stage.issue_error(Issue {
+                        path: vec!["require".to_owned()],
+                        message: "gates need metrics, but the stage has no `metrics` input".to_owned(),
+                        label: "nothing to check these against".to_owned(),
+                        help: "add `metrics: <evaluate stage>` under `inputs`, or remove `require`".to_owned(),
+                    }));
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        let Some(data) = inputs.get(&InputSlot::Data) else {
+            continue;
+        };
+        let Some(StageSettings::PrepareData(prepare)) = settings_of(data) else {
+            continue;
+        };
+        let made = prepare.split.made();
+        if !made.contains(&split) {
+            let names: Vec<String> = made.iter().map(|name| format!("`{}`", name.as_str())).collect();
+            errors.push(stage.issue_error(Issue {
+                path: vec!["split".to_owned()],
+                message: format!(
+                    "stage `{data}` makes no `{}` split",
+                    split.as_str()
+                ),
+                label: "a split the data stage does not make".to_owned(),
+                help: format!(
+                    "`{data}` makes {}; use one of those, or add `{}` to the `split` of `{data}`",
+                    names.join(", "),
+                    split.as_str()
+                ),
+            }));
+        }
+    }
 }
 
 fn normalize_command_paths(
@@ -654,8 +816,7 @@ fn normalize_command_paths(
                 .lookup(&[field.to_owned(), index.to_string()])
                 .map_or(checked.id.span, |item| item.span);
             let normalized = normalize(path);
-            let escapes = normalized.is_absolute() || normalized.starts_with("..");
-            if field == "outs" && (escapes || normalized.as_os_str().is_empty()) {
+            if field == "outs" && !is_strictly_inside(&normalized) {
                 errors.push(ModelError::InvalidValue {
                     message: format!("output `{}` of stage `{}` is outside the pipeline directory", path.display(), checked.id.value),
                     span: span.into(),
@@ -680,8 +841,8 @@ fn typed<T: DeserializeOwned>(
     id: &Key,
     kind: StageKind,
     errors: &mut Vec<ModelError>,
-) -> Option<T> {
-    let (result, unknown) = from_node::<T>(node, Some(key_span));
+) -> Typed<T> {
+    let outcome = from_node::<T>(node, Some(key_span));
     let place = if kind == StageKind::Command {
         format!("`command` stage `{}`", id.value)
     } else {
@@ -691,7 +852,7 @@ fn typed<T: DeserializeOwned>(
         key,
         span,
         expected,
-    } in unknown
+    } in outcome.unknown
     {
         errors.push(ModelError::UnknownKey {
             help: suggestion_help(&key, expected, "setting"),
@@ -701,20 +862,22 @@ fn typed<T: DeserializeOwned>(
             label: "not a setting of this stage kind".to_owned(),
         });
     }
-    match result {
-        Ok(value) => Some(value),
-        Err(error) => {
-            let at_unresolved = error
-                .span
-                .and_then(|span| path_to(node, span))
-                .and_then(|path| node.lookup(&path))
-                .and_then(Node::as_scalar)
-                .is_some_and(|scalar| scalar.text == UNRESOLVED);
-            if !at_unresolved {
-                errors.push(setting_error(error, node, id, kind));
-            }
-            None
+    let valid = outcome.errors.is_empty();
+    for error in outcome.errors {
+        let at_unresolved = error
+            .span
+            .and_then(|span| path_to(node, span))
+            .and_then(|path| node.lookup(&path))
+            .and_then(Node::as_scalar)
+            .is_some_and(|scalar| scalar.text == UNRESOLVED);
+        if !at_unresolved {
+            errors.push(setting_error(error, node, id, kind));
         }
+    }
+    Typed {
+        value: outcome.value,
+        valid,
+        skipped: outcome.skipped,
     }
 }
 
@@ -724,6 +887,7 @@ fn setting_error(error: DeError, root: &Node, id: &Key, kind: StageKind) -> Mode
         help,
         span,
         from_param,
+        ..
     } = error;
     let span = span.unwrap_or(id.span);
     let location = path_to(root, span)
@@ -1345,6 +1509,164 @@ mod tests {
                 "taper::model::missing_input",
                 "taper::model::unknown_stage",
             ]
+        );
+    }
+
+    /// Each error's message and the text its first label covers.
+    fn located(text: &str) -> Vec<(String, String)> {
+        errors(text)
+            .iter()
+            .map(|error| {
+                let label = miette::Diagnostic::labels(error)
+                    .and_then(|mut labels| labels.next())
+                    .expect("every error is labelled");
+                let at = &text[label.offset()..label.offset() + label.len()];
+                (error.to_string(), at.to_owned())
+            })
+            .collect()
+    }
+
+    fn command_paths(text: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let pipeline = load(text).expect("valid");
+        let StageSettings::Command(command) = &pipeline.stages[0].settings else {
+            panic!("command")
+        };
+        (command.deps.clone(), command.outs.clone())
+    }
+
+    #[test]
+    fn a_dep_above_the_pipeline_directory_keeps_its_parents() {
+        let (deps, _) = command_paths(&format!(
+            "{HEAD}  a: {{ kind: command, run: x, deps: [../../secret.txt, a/../../up.txt, /abs/f] }}\n"
+        ));
+        assert_eq!(
+            deps,
+            [
+                PathBuf::from("../../secret.txt"),
+                PathBuf::from("../up.txt"),
+                PathBuf::from("/abs/f")
+            ]
+        );
+    }
+
+    #[test]
+    fn outs_leaving_the_pipeline_directory_are_refused() {
+        let found = located(&format!(
+            "{HEAD}  a: {{ kind: command, run: x, outs: [../../secret.txt, /tmp/x, ., a/.., ok.txt] }}\n"
+        ));
+        let at: Vec<&str> = found.iter().map(|(_, at)| at.as_str()).collect();
+        assert_eq!(at, ["../../secret.txt", "/tmp/x", ".", "a/.."]);
+    }
+
+    #[test]
+    fn outs_over_paths_taper_writes_are_refused_at_the_item() {
+        for (out, normalized, what) in [
+            ("cache", "cache", "the default store `cache`"),
+            ("./cache/objects/", "cache/objects", "the default store `cache`"),
+            ("p.yaml", "p.yaml", "the pipeline file `p.yaml`"),
+            ("p.lock", "p.lock", "the lock file `p.lock`"),
+            (
+                "out/m/config.json",
+                "out/m/config.json",
+                "the artifacts of stage `m` (`out/m`)",
+            ),
+            ("out/m", "out/m", "the artifacts of stage `m` (`out/m`)"),
+            ("out/a.log", "out/a.log", "the log of stage `a` (`out/a.log`)"),
+            ("out", "out", "the log of stage `a` (`out/a.log`)"),
+        ] {
+            let found = located(&format!(
+                "{HEAD}  m: {{ kind: configure }}\n  a: {{ kind: command, run: x, outs: [\"{out}\"] }}\n"
+            ));
+            assert_eq!(
+                found,
+                [(
+                    format!("output `{normalized}` of stage `a` overlaps {what}"),
+                    format!("\"{out}\"")
+                )]
+            );
+        }
+        for fine in ["cach", "caches/x", "out/report.txt", "out/mm", "p.yaml.bak"] {
+            assert!(
+                load(&format!(
+                    "{HEAD}  m: {{ kind: configure }}\n  a: {{ kind: command, run: x, outs: [{fine}] }}\n"
+                ))
+                .is_ok(),
+                "{fine}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_wrong_value_of_a_with_block_is_reported_in_words() {
+        let found = located(&format!(
+            "{HEAD}  c: {{ kind: configure, with: {{ epochs: -1, batch_size: x, seed: -2, warmup_ratio: 1.5, weight_decay: .inf }} }}\n"
+        ));
+        let at: Vec<&str> = found.iter().map(|(_, at)| at.as_str()).collect();
+        assert_eq!(at, ["-1", "x", "-2", "1.5", ".inf"]);
+        assert_eq!(
+            found[0].0,
+            "in stage `c`, `epochs`: expected a whole number ≥ 0, found -1"
+        );
+    }
+
+    const TRAINED: &str = "  base: { kind: select-model, with: { source: { path: m } } }\n  data:\n    kind: prepare-data\n    inputs: { model: base }\n    with: { source: { path: d.csv }, split: { train: 0.8, test: 0.2 } }\n  conf: { kind: configure }\n  tuned: { kind: train, inputs: { model: base, data: data, config: conf } }\n  eval: { kind: evaluate, inputs: { model: tuned, data: data } }\n";
+
+    #[test]
+    fn deploy_gates_name_known_metrics_in_range_and_need_metrics() {
+        assert!(load(&format!(
+            "{HEAD}{TRAINED}  ship: {{ kind: deploy, inputs: {{ model: tuned, metrics: eval }}, with: {{ require: {{ accuracy: 0.8, log_loss: 2 }} }} }}\n"
+        ))
+        .is_ok());
+        let found = located(&format!(
+            "{HEAD}{TRAINED}  ship: {{ kind: deploy, inputs: {{ model: tuned, metrics: eval }}, with: {{ require: {{ accuracy: .nan, macro_f1: 1.5, acuracy: 0.8 }} }} }}\n  blind: {{ kind: deploy, inputs: {{ model: tuned }}, with: {{ require: {{ accuracy: 0.8 }} }} }}\n"
+        ));
+        let summary: Vec<(&str, &str)> = found
+            .iter()
+            .map(|(message, at)| (message.as_str(), at.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("invalid `require.accuracy` in stage `ship`: the minimum for `accuracy` must be a number from 0 to 1, not NaN", ".nan"),
+                ("invalid `require.macro_f1` in stage `ship`: the minimum for `macro_f1` must be a number from 0 to 1, not 1.5", "1.5"),
+                ("invalid `require.acuracy` in stage `ship`: `acuracy` is not a metric that `evaluate` reports", "0.8"),
+                ("invalid `require` in stage `blind`: gates need metrics, but the stage has no `metrics` input", "{ accuracy: 0.8 }"),
+            ]
+        );
+        let acuracy = &errors(&format!(
+            "{HEAD}{TRAINED}  ship: {{ kind: deploy, inputs: {{ model: tuned, metrics: eval }}, with: {{ require: {{ acuracy: 0.8 }} }} }}\n"
+        ))[0];
+        assert_eq!(
+            miette::Diagnostic::help(acuracy).map(|help| help.to_string()),
+            Some("did you mean `accuracy`?".to_owned())
+        );
+    }
+
+    #[test]
+    fn split_fractions_over_one_are_refused() {
+        let found = located(&format!(
+            "{HEAD}  base: {{ kind: select-model, with: {{ source: {{ path: m }} }} }}\n  data:\n    kind: prepare-data\n    inputs: {{ model: base }}\n    with: {{ source: {{ path: d.csv }}, split: {{ train: 0.7, validation: 100, test: 0.5 }} }}\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].0,
+            "invalid `split` in stage `data`: the split fractions add up to 1.2, more than all the rows"
+        );
+    }
+
+    #[test]
+    fn evaluating_a_split_the_data_never_makes_is_refused() {
+        let pipeline = TRAINED.replace(
+            "  eval: { kind: evaluate, inputs: { model: tuned, data: data } }\n",
+            "  eval: { kind: evaluate, inputs: { model: tuned, data: data }, with: { split: validation } }\n  why: { kind: explain, inputs: { model: tuned, data: data } }\n",
+        );
+        let found = located(&format!("{HEAD}{pipeline}"));
+        assert_eq!(
+            found,
+            [(
+                "invalid `split` in stage `eval`: stage `data` makes no `validation` split".to_owned(),
+                "validation".to_owned()
+            )]
         );
     }
 

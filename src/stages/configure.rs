@@ -55,7 +55,7 @@ pub fn resolve(stage: &str, settings: &Configure) -> Result<ResolvedConfig, Stag
             stage: stage.to_owned(),
             problems: problems
                 .iter()
-                .map(|(field, message)| format!("`{field}` {message}"))
+                .map(|problem| format!("`{}` {}", problem.field, problem.message))
                 .collect::<Vec<_>>()
                 .join("; "),
         });

@@ -133,3 +133,22 @@ pub fn evaluate(
     ));
     Ok(metrics)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deploy gates are validated against `model`'s list of metrics: it must hold every
+    /// headline metric (roc_auc appears for two classes only).
+    #[test]
+    fn gate_metrics_are_the_headline_metrics() {
+        let metrics = Metrics::compute(&[0, 1, 1], &[vec![0.8, 0.2], vec![0.3, 0.7], vec![0.6, 0.4]], &["a".into(), "b".into()])
+            .expect("consistent lengths");
+        let headline: Vec<String> = headline(&metrics).into_keys().collect();
+        let gates: Vec<&str> = crate::model::stages::GATE_METRICS
+            .iter()
+            .map(|(name, _, _)| *name)
+            .collect();
+        assert_eq!(headline, gates);
+    }
+}

@@ -56,6 +56,8 @@ fn invalid_file_exits_1() {
 fn usage_errors_exit_2() {
     for args in [
         &["validate", "does/not/exist.yaml"][..],
+        &["metrics", "does/not/exist.json"][..],
+        &["metrics", "does/not/exist.yaml"][..],
         &["validate"][..],
         &["validate", "-S", "epochs", "pipelines/quickstart.yaml"][..],
         &["dag", "pipelines/quickstart.yaml", "--format", "png"][..],

@@ -68,9 +68,13 @@ pub fn run(args: &MetricsArgs, printer: &Printer) -> ExitStatus {
             ExitStatus::Success
         }
         Err(error) => {
+            // As for every command, a file that cannot be read is a usage error (2); one that
+            // reads but holds no metrics is a failure (1).
             let status = match error {
-                MetricsError::Usage => ExitStatus::Error,
-                _ => ExitStatus::Failure,
+                MetricsError::Usage | MetricsError::Read { .. } => ExitStatus::Error,
+                MetricsError::Unrecognized { .. } | MetricsError::NoBaseline { .. } => {
+                    ExitStatus::Failure
+                }
             };
             printer.diagnostic(error);
             status

@@ -143,96 +143,220 @@ pub struct EarlyStopping {
     pub min_delta: f64,
 }
 
+/// One invalid value or combination of a [`Configure`]: the setting's path under `with:`
+/// (`method.targets.1`), what is wrong, a short label for the value and how to fix it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+    pub label: &'static str,
+    pub help: String,
+}
+
+/// The per-layer linear modules of the encoders taper loads, below `<prefix>.layer.<n>`: what a
+/// LoRA or IA3 `targets` entry may name (a suffix of a full module name, as PEFT matches).
+/// `ml::encoder` builds the same names; its tests check that every one is accepted here.
+const ADAPTER_MODULES: [(&str, [&str; 6]); 2] = [
+    (
+        "encoder",
+        [
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        ],
+    ),
+    (
+        "transformer",
+        [
+            "attention.q_lin",
+            "attention.k_lin",
+            "attention.v_lin",
+            "attention.out_lin",
+            "ffn.lin1",
+            "ffn.lin2",
+        ],
+    ),
+];
+
+/// Whether `target` names a linear module of some supported encoder: it equals the end of a
+/// full module name (`query`, `self.query`, `encoder.layer.0.attention.self.query`), whole
+/// components only, any layer number.
+pub fn is_adapter_target(target: &str) -> bool {
+    let wanted: Vec<&str> = target.split('.').collect();
+    ADAPTER_MODULES.iter().any(|(prefix, modules)| {
+        modules.iter().any(|module| {
+            let full: Vec<&str> = [*prefix, "layer", "#"]
+                .into_iter()
+                .chain(module.split('.'))
+                .collect();
+            full.len() >= wanted.len()
+                && full[full.len() - wanted.len()..]
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(part, given)| {
+                        part == given
+                            || (*part == "#"
+                                && !given.is_empty()
+                                && given.bytes().all(|byte| byte.is_ascii_digit()))
+                    })
+        })
+    })
+}
+
+/// Short names for did-you-mean: the last component of every adapter module, and the last two.
+fn adapter_target_names() -> Vec<String> {
+    let mut names: Vec<String> = ADAPTER_MODULES
+        .iter()
+        .flat_map(|(_, modules)| modules.iter())
+        .flat_map(|module| {
+            let parts: Vec<&str> = module.split('.').collect();
+            [
+                parts[parts.len() - 1].to_owned(),
+                parts[parts.len() - 2..].join("."),
+            ]
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 impl Configure {
-    /// Invalid values and combinations, as `(field, message)` pairs; empty when valid. Called
-    /// at validate time, so a bad setting fails before any stage runs.
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    /// Invalid values and combinations; empty when valid. The one owner of these rules:
+    /// validation reports each at its setting (so a bad setting fails before any stage runs),
+    /// and the `configure` runner refuses settings that did not go through validation.
+    pub fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let mut check = |ok: bool, field: &'static str, message: &str| {
+        let mut check = |ok: bool, field: &str, message: &str, label: &'static str, help: &str| {
             if !ok {
-                problems.push((field, message.to_owned()));
+                problems.push(Problem {
+                    field: field.to_owned(),
+                    message: message.to_owned(),
+                    label,
+                    help: help.to_owned(),
+                });
             }
         };
+        // Written so that NaN fails every check: `!(x >= 0.0)` and not `x < 0.0`.
+        let fraction = |value: f64| (0.0..1.0).contains(&value);
         check(
             self.learning_rate > 0.0 && self.learning_rate < 1.0,
             "learning_rate",
             "must be in (0, 1)",
+            "out of range",
+            "typical values are 1e-5 to 5e-4",
         );
-        check(self.epochs > 0, "epochs", "must be at least 1");
-        check(self.batch_size > 0, "batch_size", "must be at least 1");
+        for (field, value) in [
+            ("epochs", self.epochs),
+            ("batch_size", self.batch_size),
+            ("gradient_accumulation", self.gradient_accumulation),
+            ("checkpoint_every", self.checkpoint_every),
+        ] {
+            check(value > 0, field, "must be at least 1", "zero", "use 1 or more");
+        }
+        for (field, value) in [
+            ("warmup_ratio", self.warmup_ratio),
+            ("dropout", self.dropout),
+        ] {
+            check(
+                fraction(value),
+                field,
+                "must be in [0, 1)",
+                "out of range",
+                "a fraction such as 0.1",
+            );
+        }
         check(
-            self.gradient_accumulation > 0,
-            "gradient_accumulation",
-            "must be at least 1",
-        );
-        check(
-            (0.0..1.0).contains(&self.warmup_ratio),
-            "warmup_ratio",
-            "must be in [0, 1)",
-        );
-        check(
-            self.weight_decay >= 0.0,
+            self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
             "weight_decay",
-            "must not be negative",
+            "must be a finite number ≥ 0",
+            "out of range",
+            "typical values are 0 to 0.1",
         );
         check(
-            self.max_grad_norm.is_none_or(|norm| norm > 0.0),
+            self.max_grad_norm
+                .is_none_or(|norm| norm > 0.0 && norm.is_finite()),
             "max_grad_norm",
-            "must be positive",
-        );
-        check(
-            (0.0..1.0).contains(&self.dropout),
-            "dropout",
-            "must be in [0, 1)",
-        );
-        check(
-            self.checkpoint_every > 0,
-            "checkpoint_every",
-            "must be at least 1",
+            "must be a finite positive number",
+            "out of range",
+            "1.0 is typical; leave it out for no clipping",
         );
         if let Some(early) = &self.early_stopping {
             check(
                 early.patience > 0,
                 "early_stopping.patience",
                 "must be at least 1",
+                "zero",
+                "the epochs without improvement to wait, e.g. 2",
             );
             check(
-                early.min_delta >= 0.0,
+                early.min_delta >= 0.0 && early.min_delta.is_finite(),
                 "early_stopping.min_delta",
-                "must not be negative",
+                "must be a finite number ≥ 0",
+                "out of range",
+                "the smallest loss improvement that counts, e.g. 0.001",
             );
             check(
                 self.epochs > 1,
                 "early_stopping",
                 "needs `epochs` above 1: it acts between epochs",
+                "needs several epochs",
+                "raise `epochs`, or remove `early_stopping`",
             );
         }
-        match &self.method {
-            Method::Full | Method::Frozen { .. } => {}
+        let targets = match &self.method {
+            Method::Full | Method::Frozen { .. } => None,
             Method::Lora {
                 r,
                 alpha,
                 dropout,
                 targets,
             } => {
-                check(*r > 0, "method.r", "must be at least 1");
-                check(*alpha > 0.0, "method.alpha", "must be positive");
                 check(
-                    (0.0..1.0).contains(dropout),
+                    *r > 0,
+                    "method.r",
+                    "the LoRA rank must be at least 1",
+                    "zero rank",
+                    "typical ranks are 4 to 16",
+                );
+                check(
+                    *alpha > 0.0 && alpha.is_finite(),
+                    "method.alpha",
+                    "must be a finite positive number",
+                    "out of range",
+                    "PEFT's default is 2 × `r`, e.g. 16",
+                );
+                check(
+                    fraction(*dropout),
                     "method.dropout",
                     "must be in [0, 1)",
+                    "out of range",
+                    "a fraction such as 0.05",
                 );
-                check(
-                    !targets.is_empty(),
-                    "method.targets",
-                    "must name at least one layer",
-                );
+                Some(targets)
             }
-            Method::Ia3 { targets } => {
+            Method::Ia3 { targets } => Some(targets),
+        };
+        if let Some(targets) = targets {
+            check(
+                !targets.is_empty(),
+                "method.targets",
+                "must name at least one layer",
+                "no targets",
+                "e.g. `targets: [query, value]`",
+            );
+            let names = adapter_target_names();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            for (index, target) in targets.iter().enumerate() {
                 check(
-                    !targets.is_empty(),
-                    "method.targets",
-                    "must name at least one layer",
+                    is_adapter_target(target),
+                    &format!("method.targets.{index}"),
+                    &format!("`{target}` is not a linear module of a supported encoder"),
+                    "unknown module",
+                    &crate::spec::suggestion_help(target, &names, "module"),
                 );
             }
         }
@@ -243,6 +367,40 @@ impl Configure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adapter_targets_match_whole_trailing_components() {
+        for known in [
+            "query",
+            "value",
+            "self.query",
+            "dense",
+            "output.dense",
+            "attention.output.dense",
+            "encoder.layer.3.attention.self.key",
+            "layer.11.output.dense",
+            "q_lin",
+            "ffn.lin2",
+        ] {
+            assert!(is_adapter_target(known), "{known}");
+        }
+        for unknown in ["quer", "uery", "", "layer", "self", "query.self", "layer.x.output.dense", "ffn.lin3"] {
+            assert!(!is_adapter_target(unknown), "{unknown}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_target_suggests_the_closest() {
+        let mut config = valid();
+        config.method = Method::Lora {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: vec!["quer".into()],
+        };
+        let problems = config.problems();
+        assert_eq!(problems[0].help, "did you mean `query`?");
+    }
 
     fn valid() -> Configure {
         serde_json::from_str("{}").expect("all fields have defaults")
@@ -263,6 +421,10 @@ mod tests {
             (|c| c.gradient_accumulation = 0, "gradient_accumulation"),
             (|c| c.warmup_ratio = 1.0, "warmup_ratio"),
             (|c| c.weight_decay = -0.1, "weight_decay"),
+            (|c| c.weight_decay = f64::INFINITY, "weight_decay"),
+            (|c| c.weight_decay = f64::NAN, "weight_decay"),
+            (|c| c.learning_rate = f64::NAN, "learning_rate"),
+            (|c| c.max_grad_norm = Some(f64::INFINITY), "max_grad_norm"),
             (|c| c.max_grad_norm = Some(0.0), "max_grad_norm"),
             (|c| c.dropout = 1.0, "dropout"),
             (|c| c.checkpoint_every = 0, "checkpoint_every"),
@@ -291,11 +453,34 @@ mod tests {
                 |c| c.method = Method::Ia3 { targets: vec![] },
                 "method.targets",
             ),
+            (
+                |c| {
+                    c.method = Method::Lora {
+                        r: 8,
+                        alpha: f64::INFINITY,
+                        dropout: 0.0,
+                        targets: vec!["query".into()],
+                    }
+                },
+                "method.alpha",
+            ),
+            (
+                |c| {
+                    c.method = Method::Lora {
+                        r: 8,
+                        alpha: 16.0,
+                        dropout: 0.0,
+                        targets: vec!["query".into(), "quer".into()],
+                    }
+                },
+                "method.targets.1",
+            ),
         ];
         for (mutate, field) in cases {
             let mut config = valid();
             mutate(&mut config);
-            let fields: Vec<&str> = config.problems().iter().map(|(f, _)| *f).collect();
+            let problems = config.problems();
+            let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
             assert_eq!(fields, [field]);
         }
     }

@@ -10,3 +10,14 @@ pub struct Deploy {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub require: BTreeMap<String, f64>,
 }
+
+/// The metrics a gate may name, each with the range its values lie in: the headline metrics an
+/// `evaluate` stage reports (`stages::evaluate::headline`, whose tests check this list).
+pub const GATE_METRICS: [(&str, f64, f64); 6] = [
+    ("accuracy", 0.0, 1.0),
+    ("expected_calibration_error", 0.0, 1.0),
+    ("log_loss", 0.0, f64::INFINITY),
+    ("macro_f1", 0.0, 1.0),
+    ("micro_f1", 0.0, 1.0),
+    ("roc_auc", 0.0, 1.0),
+];

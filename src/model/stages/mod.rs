@@ -14,8 +14,10 @@ mod source;
 mod train;
 
 pub use command::{committed_secrets, is_env_name, looks_secret, Command, CommittedSecret};
-pub use configure::{Configure, EarlyStopping, Method, Pooling, Schedule};
-pub use deploy::Deploy;
+pub use configure::{
+    is_adapter_target, Configure, EarlyStopping, Method, Pooling, Problem, Schedule,
+};
+pub use deploy::{Deploy, GATE_METRICS};
 pub use evaluate::Evaluate;
 pub use explain::{Explain, ExplainMethod};
 pub use prepare_data::{Clean, DataFormat, PrepareData, RowFilter, Split, SplitName};

@@ -109,6 +109,23 @@ pub struct Split {
     pub files: Option<std::collections::BTreeMap<SplitName, PathBuf>>,
 }
 
+impl Split {
+    /// The splits this produces: those with a file, or else `train` and those given a size.
+    pub fn made(&self) -> Vec<SplitName> {
+        match &self.files {
+            Some(files) => files.keys().copied().collect(),
+            None => [
+                (SplitName::Train, true),
+                (SplitName::Validation, self.validation.is_some()),
+                (SplitName::Test, self.test.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, made)| made.then_some(name))
+            .collect(),
+        }
+    }
+}
+
 fn default_seed() -> u64 {
     42
 }
