@@ -165,14 +165,6 @@ pub fn stage_log_path(pipeline_file: &Path, id: &StageId) -> PathBuf {
     output_root(pipeline_file).join(format!("{id}.log"))
 }
 
-/// The log file of stage `id` (every kind writes one), relative to the pipeline root: beside
-/// [`stage_output_dir`], as `out/<stage>.log`.
-pub fn stage_log_path(id: &StageId) -> PathBuf {
-    let mut path = stage_output_dir(id).into_os_string();
-    path.push(".log");
-    PathBuf::from(path)
-}
-
 /// The lock file of a pipeline file: `x.yaml` → `x.lock`, beside it.
 pub fn lock_path_for(pipeline_file: &Path) -> PathBuf {
     pipeline_file.with_extension("lock")

@@ -342,8 +342,8 @@ pub(crate) fn ml_output_owner(
 
 /// Outs are deleted before their stage runs and replaced from the store, so an out over a path
 /// taper itself owns destroys it: `outs: [cache]` wiped the whole default store on the first
-/// run, and an out over the pipeline file, its lock file, or an ML stage's `out/<stage>/` or a
-/// stage log lost them. (Outs outside the pipeline directory are reported where they are
+/// run, and an out over the pipeline file, its lock file, or an ML stage's
+/// `out/<file stem>/<stage>/` or a stage log lost them. (Outs outside the pipeline directory are reported where they are
 /// normalized.) The store is checked at its default place, `cache` beside the pipeline; one
 /// moved with `--store` is not known here, and the engine refuses it at run time.
 fn check_outs(checked: &[Checked<'_>], pipeline_file: &Path, errors: &mut Vec<ModelError>) {
@@ -362,13 +362,13 @@ fn check_outs(checked: &[Checked<'_>], pipeline_file: &Path, errors: &mut Vec<Mo
     }
     for stage in checked {
         let id = StageId(stage.id.value.clone());
-        let log = super::stage_log_path(&id);
+        let log = super::stage_log_path(pipeline_file, &id);
         reserved.insert(
             &log,
             format!("the log of stage `{id}` (`{}`)", log.display()),
         );
         if stage.kind.is_some_and(|kind| kind != StageKind::Command) {
-            let dir = super::stage_output_dir(&id);
+            let dir = super::stage_output_dir(pipeline_file, &id);
             reserved.insert(
                 &dir,
                 format!(
