@@ -152,7 +152,10 @@ stages:
     let output = project.taper(&["run", "p.yaml"]);
     refused(&output, &["`./shared`", "symbolic link"]);
     assert!(
-        fs::read_dir(project.elsewhere("")).expect("list").next().is_none(),
+        fs::read_dir(project.elsewhere(""))
+            .expect("list")
+            .next()
+            .is_none(),
         "a restore wrote into elsewhere/"
     );
 }
@@ -173,7 +176,10 @@ stages:
     let output = project.taper(&["run", "p.yaml"]);
     refused(&output, &["`./out`", "symbolic link"]);
     assert!(
-        fs::read_dir(project.elsewhere("")).expect("list").next().is_none(),
+        fs::read_dir(project.elsewhere(""))
+            .expect("list")
+            .next()
+            .is_none(),
         "taper wrote into elsewhere/"
     );
 }
@@ -321,7 +327,10 @@ stages:
     let project = Project::new(&[("p.yaml", first)]);
     succeeded(&project.taper(&["run", "p.yaml"]));
     let before = listing(&project.path("cache"));
-    assert!(before.iter().any(|file| file.starts_with("blobs-v1")), "{before:?}");
+    assert!(
+        before.iter().any(|file| file.starts_with("blobs-v1")),
+        "{before:?}"
+    );
     project.write(
         "p.yaml",
         &format!("{first}  wipe:\n    kind: command\n    run: echo x > x\n    outs: [cache]\n"),
@@ -344,8 +353,14 @@ stages:
 #[test]
 fn two_pipelines_in_one_folder_keep_their_own_outputs() {
     let project = Project::new(&[
-        ("a.yaml", &HPARAMS.replace("NAME", "a").replace("LR", "0.001")),
-        ("b.yaml", &HPARAMS.replace("NAME", "b").replace("LR", "0.002")),
+        (
+            "a.yaml",
+            &HPARAMS.replace("NAME", "a").replace("LR", "0.001"),
+        ),
+        (
+            "b.yaml",
+            &HPARAMS.replace("NAME", "b").replace("LR", "0.002"),
+        ),
     ]);
     succeeded(&project.taper(&["run", "a.yaml"]));
     succeeded(&project.taper(&["run", "b.yaml"]));
@@ -377,6 +392,12 @@ stages:
 ",
     )]);
     project.mkfifo("in.txt");
-    refused(&project.taper(&["run", "p.yaml"]), &["`./in.txt` is a FIFO"]);
-    refused(&project.taper(&["plan", "p.yaml"]), &["`./in.txt` is a FIFO"]);
+    refused(
+        &project.taper(&["run", "p.yaml"]),
+        &["`./in.txt` is a FIFO"],
+    );
+    refused(
+        &project.taper(&["plan", "p.yaml"]),
+        &["`./in.txt` is a FIFO"],
+    );
 }

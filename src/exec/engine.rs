@@ -307,8 +307,7 @@ impl<'a> Engine<'a> {
             let is_forced = forced.contains(&index);
             let decision = match self.lookup(&key).filter(|_| !is_forced) {
                 Some(manifest) => {
-                    let restore =
-                        stale_mounts(self.pipeline, stage, &manifest, &self.hash_cache);
+                    let restore = stale_mounts(self.pipeline, stage, &manifest, &self.hash_cache);
                     outputs.insert(index, manifest);
                     Decision::Cached { restore }
                 }
