@@ -401,3 +401,14 @@ stages:
         &["`./in.txt` is a FIFO"],
     );
 }
+
+#[test]
+fn a_failed_command_leaves_no_partial_out_and_the_fixed_rerun_runs() {
+    let broken = ONE_OUT.replace("> a.txt", "> a.txt && exit 3");
+    let project = Project::new(&[("p.yaml", &broken)]);
+    refused(&project.taper(&["run", "p.yaml"]), &["exit_status"]);
+    assert!(!project.path("a.txt").exists(), "the partial out was kept");
+    project.write("p.yaml", ONE_OUT);
+    succeeded(&project.taper(&["run", "p.yaml"]));
+    assert_eq!(project.read("a.txt"), "one\n");
+}
