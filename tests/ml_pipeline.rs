@@ -138,7 +138,10 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
         "summary.json",
         "model/model.safetensors",
     ] {
-        assert!(project.path("out/p/finetune").join(file).is_file(), "{file}");
+        assert!(
+            project.path("out/p/finetune").join(file).is_file(),
+            "{file}"
+        );
     }
 
     let shown = project.taper(&["metrics", "out/p/test/metrics.json"]);

@@ -71,7 +71,9 @@ stages:
     assert_eq!(edges.len(), 5);
     assert_eq!(
         edges.last().map(|edge| &edge.via),
-        Some(&DependencyVia::Path(PathBuf::from("out/p/fit/metrics.json")))
+        Some(&DependencyVia::Path(PathBuf::from(
+            "out/p/fit/metrics.json"
+        )))
     );
 }
 

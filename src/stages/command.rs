@@ -3,7 +3,8 @@
 //! Contract: every dep must exist before the command starts (the scheduler hashes them into
 //! the key, and reports a missing one as `taper::exec::missing_dependency`); the declared outs
 //! are removed first, so an out the command forgot to write is reported as missing instead of a
-//! stale file from an earlier run being recorded; after a zero exit, each declared out is
+//! stale file from an earlier run being recorded, and removed again when the stage fails, so a
+//! partial out is never mistaken for the user's work; after a zero exit, each declared out is
 //! copied into `ctx.out_dir` at its relative path, which the scheduler then hashes into the
 //! store. stdout and stderr go, line by line, to the stage log.
 //!
@@ -178,41 +179,55 @@ fn run_command(ctx: &StageContext<'_>, command: &Command) -> Result<(), CommandE
     let status = running
         .wait()
         .map_err(io_error("wait for the command in", ctx.pipeline_root))?;
-    // Many programs exit 0 on SIGTERM with their work cut short: an interrupted command's
-    // outputs are never recorded, whatever its status.
-    if let Some(signal) = STAGE_PROCESSES.interrupted() {
-        return Err(interrupted(signal));
-    }
-    if !status.success() {
-        return Err(CommandError::Failed {
-            stage: stage.clone(),
-            run: command.run.clone(),
-            status: status.to_string(),
-        });
-    }
-    for out in &command.outs {
-        let source = ctx.pipeline_root.join(out);
-        if !source.exists() {
-            return Err(CommandError::MissingOut {
+    let copy_outs = || {
+        // Many programs exit 0 on SIGTERM with their work cut short: an interrupted command's
+        // outputs are never recorded, whatever its status.
+        if let Some(signal) = STAGE_PROCESSES.interrupted() {
+            return Err(interrupted(signal));
+        }
+        if !status.success() {
+            return Err(CommandError::Failed {
                 stage: stage.clone(),
-                path: out.clone(),
+                run: command.run.clone(),
+                status: status.to_string(),
             });
         }
-        let destination = ctx.out_dir.join(out);
-        match copy_tree(&source, &destination) {
-            Ok(None) => {}
-            Ok(Some((path, kind))) => {
-                return Err(CommandError::SpecialFile {
+        for out in &command.outs {
+            let source = ctx.pipeline_root.join(out);
+            if !source.exists() {
+                return Err(CommandError::MissingOut {
                     stage: stage.clone(),
-                    out: out.clone(),
-                    path,
-                    kind,
-                })
+                    path: out.clone(),
+                });
             }
-            Err(error) => return Err(io_error("copy out", &source)(error)),
+            let destination = ctx.out_dir.join(out);
+            match copy_tree(&source, &destination) {
+                Ok(None) => {}
+                Ok(Some((path, kind))) => {
+                    return Err(CommandError::SpecialFile {
+                        stage: stage.clone(),
+                        out: out.clone(),
+                        path,
+                        kind,
+                    })
+                }
+                Err(error) => return Err(io_error("copy out", &source)(error)),
+            }
+        }
+        Ok(())
+    };
+    let copied = copy_outs();
+    if copied.is_err() {
+        // The outs were removed before the command started, so what lies there now is this
+        // failed attempt's partial output (or a FIFO it made). Left in place, it would be
+        // refused as user content on the next run (`taper::exec::workspace::modified_output`).
+        for out in &command.outs {
+            if let Err(error) = fence.remove(stage, out, Role::Output) {
+                (ctx.log)(&format!("partial out not removed: {error}"));
+            }
         }
     }
-    Ok(())
+    copied
 }
 
 /// The values of `pass_env`, read from taper's environment now, before anything is touched. A
