@@ -77,7 +77,8 @@ pub const MAX_RENDERED_ERRORS: usize = 50;
 #[derive(Debug)]
 pub struct ErrorList {
     errors: Vec<ModelError>,
-    more: Option<MoreErrors>,
+    /// Boxed: `LoadError` is returned by value, and clippy keeps error types small.
+    more: Option<Box<MoreErrors>>,
 }
 
 impl ErrorList {
@@ -87,7 +88,7 @@ impl ErrorList {
             .iter()
             .take(MAX_RENDERED_ERRORS)
             .map(|error| error as &dyn Diagnostic)
-            .chain(self.more.iter().map(|more| more as &dyn Diagnostic))
+            .chain(self.more.iter().map(|more| &**more as &dyn Diagnostic))
     }
 }
 
@@ -96,20 +97,30 @@ impl From<Vec<ModelError>> for ErrorList {
         let hidden = errors.len().saturating_sub(MAX_RENDERED_ERRORS);
         ErrorList {
             errors,
-            more: (hidden > 0).then_some(MoreErrors { hidden }),
+            more: (hidden > 0).then(|| {
+                Box::new(MoreErrors {
+                    hidden,
+                    noun: if hidden == 1 { "error" } else { "errors" },
+                    shown: MAX_RENDERED_ERRORS,
+                })
+            }),
         }
     }
 }
 
 /// The last line of a capped report.
 #[derive(Debug, Error, Diagnostic)]
-#[error("…and {hidden} more errors")]
+#[error("…and {hidden} more {noun}")]
 #[diagnostic(
     code(taper::model::more_errors),
-    help("fix the errors above and validate again to see the rest (`taper::model::load_file` returns all of them)")
+    help(
+        "only the first {shown} are shown, in file order; fix those and run `taper validate` again"
+    )
 )]
 pub struct MoreErrors {
     hidden: usize,
+    noun: &'static str,
+    shown: usize,
 }
 
 /// One problem of a pipeline, placed at the YAML node it is about.

@@ -1073,13 +1073,21 @@ fn cost(node: &Node) -> usize {
 /// False when a reference could not be resolved: its error is recorded, and the value is
 /// marked so the type check that follows does not report it again as "found the string `${…}`".
 fn substitute(node: &mut Node, params: &Substitution<'_>, errors: &mut Vec<ModelError>) -> bool {
+    // Every item is substituted even after one fails, so each bad reference is reported.
+    let mut resolved = true;
     match &mut node.value {
-        Value::Seq(items) => items
-            .iter_mut()
-            .fold(true, |ok, item| substitute(item, params, errors) && ok),
-        Value::Map(entries) => entries.iter_mut().fold(true, |ok, (_, value)| {
-            substitute(value, params, errors) && ok
-        }),
+        Value::Seq(items) => {
+            for item in items {
+                resolved &= substitute(item, params, errors);
+            }
+            resolved
+        }
+        Value::Map(entries) => {
+            for (_, value) in entries {
+                resolved &= substitute(value, params, errors);
+            }
+            resolved
+        }
         Value::Scalar(scalar) => {
             if !scalar.text.contains("${") {
                 return true;

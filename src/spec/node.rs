@@ -468,7 +468,8 @@ fn push_value(
                 if let Some(first) = seen.get(&key.value) {
                     // Keep parsing so every duplicate in the file is reported in one pass.
                     errors.push(SpecError::DuplicateKey {
-                        key: key.value.clone(),
+                        // A generated key can be megabytes long; the label shows where it is.
+                        key: abbreviate(&key.value),
                         first: Some((*first).into()),
                         note: String::new(),
                         second: key.span.into(),

@@ -67,7 +67,7 @@ impl RawPipeline {
                 "stages" => &mut raw.stages,
                 other => {
                     errors.push(SpecError::UnknownKey {
-                        key: other.to_owned(),
+                        key: super::abbreviate(other),
                         place: "the pipeline".to_owned(),
                         span: key.span.into(),
                         help: suggestion_help(other, &TOP_LEVEL_KEYS, "top-level key"),

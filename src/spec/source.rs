@@ -59,12 +59,18 @@ const WINDOW: usize = 1024;
 /// The pipeline file's text plus the override segments; implements [`SourceCode`].
 #[derive(Debug, Clone)]
 pub struct Source {
-    text: Arc<str>,
-    segments: Arc<[Segment]>,
+    /// One pointer: a `Source` travels inside every `LoadError`.
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    text: String,
+    segments: Vec<Segment>,
     /// Byte offset where each line starts (after `\n`, `\r\n` or a lone `\r`, as miette and
     /// YAML count lines). Built once: finding the line of an offset by scanning from the start
     /// of the text made rendering 20,000 errors take a minute (one scan per label).
-    line_starts: Arc<[usize]>,
+    line_starts: Vec<usize>,
 }
 
 impl Source {
@@ -91,30 +97,35 @@ impl Source {
             });
         }
         Source {
-            line_starts: Arc::from(line_starts(&text)),
-            text: Arc::from(text),
-            segments: Arc::from(segments),
+            inner: Arc::new(Inner {
+                line_starts: line_starts(&text),
+                text,
+                segments,
+            }),
         }
     }
 
     /// The pipeline file's name as given.
     pub fn name(&self) -> &str {
-        &self.segments[0].name
+        &self.inner.segments[0].name
     }
 
     /// The pipeline file's text (without override segments).
     pub fn file_text(&self) -> &str {
-        &self.text[..self.segments[0].end]
+        &self.inner.text[..self.inner.segments[0].end]
     }
 
     /// Where extra segment `index` (0-based, in the order given to [`Source::new`]) starts.
     pub fn segment_start(&self, index: usize) -> Option<usize> {
-        self.segments.get(index + 1).map(|segment| segment.start)
+        self.inner
+            .segments
+            .get(index + 1)
+            .map(|segment| segment.start)
     }
 
     /// The text of a span (empty when out of range).
     pub fn slice(&self, span: Span) -> &str {
-        self.text.get(span.start..span.end).unwrap_or("")
+        self.inner.text.get(span.start..span.end).unwrap_or("")
     }
 
     /// 1-based line of a byte offset within its segment: a binary search, for sorting and
@@ -128,32 +139,39 @@ impl Source {
     /// 1-based line and column (in characters) of a byte offset, for messages and tests.
     pub fn line_column(&self, offset: usize) -> (usize, usize) {
         let segment = self.segment_of(offset);
-        let offset = floor_char_boundary(&self.text, offset.clamp(segment.start, segment.end));
+        let offset =
+            floor_char_boundary(&self.inner.text, offset.clamp(segment.start, segment.end));
         let line = self.line_index(offset);
-        let column = self.text[self.line_starts[line]..offset].chars().count() + 1;
+        let column = self.inner.text[self.inner.line_starts[line]..offset]
+            .chars()
+            .count()
+            + 1;
         (line - self.line_index(segment.start) + 1, column)
     }
 
     /// 0-based index (over the whole buffer) of the line holding byte `offset`.
     fn line_index(&self, offset: usize) -> usize {
-        self.line_starts
+        self.inner
+            .line_starts
             .partition_point(|start| *start <= offset)
             .saturating_sub(1)
     }
 
     /// Where line `index` starts, or `limit` when it starts at or after it.
     fn line_start(&self, index: usize, limit: usize) -> usize {
-        self.line_starts
+        self.inner
+            .line_starts
             .get(index)
             .map_or(limit, |start| (*start).min(limit))
     }
 
     fn segment_of(&self, offset: usize) -> &Segment {
-        self.segments
+        self.inner
+            .segments
             .iter()
             .rev()
             .find(|segment| segment.start <= offset)
-            .unwrap_or(&self.segments[0])
+            .unwrap_or(&self.inner.segments[0])
     }
 
     /// A window of the long line holding `start`: from a little before it (from `start`
@@ -169,14 +187,14 @@ impl Source {
         context_lines_before: usize,
     ) -> MietteSpanContents<'a> {
         let line = self.line_index(start);
-        let line_start = self.line_starts[line];
+        let line_start = self.inner.line_starts[line];
         let next_line = self.line_start(line + 1, segment.end);
-        let line_end = trim_line_break(&self.text, line_start, next_line);
+        let line_end = trim_line_break(&self.inner.text, line_start, next_line);
         let from = if context_lines_before == 0 {
             start
         } else {
             floor_char_boundary(
-                &self.text,
+                &self.inner.text,
                 start.saturating_sub(WINDOW_BEFORE).max(line_start),
             )
         };
@@ -189,15 +207,15 @@ impl Source {
         let to = if wanted >= line_end {
             next_line
         } else {
-            floor_char_boundary(&self.text, wanted).max(from)
+            floor_char_boundary(&self.inner.text, wanted).max(from)
         };
         let base_line = self.line_index(segment.start);
         MietteSpanContents::new_named(
             segment.name.clone(),
-            self.text[from..to].as_bytes(),
+            &self.inner.text.as_bytes()[from..to],
             SourceSpan::new(from.into(), to - from),
             line - base_line,
-            self.text[line_start..from].chars().count(),
+            self.inner.text[line_start..from].chars().count(),
             line - base_line,
         )
     }
@@ -278,13 +296,14 @@ impl SourceCode for Source {
         // One line more than miette reads, so it stops on its own, as in the whole text.
         let slice_start = self.line_start(first, segment.end);
         let slice_end = self.line_start(last.saturating_add(2), segment.end);
-        let slice = &self.text[slice_start..slice_end];
+        let slice = &self.inner.text[slice_start..slice_end];
         let local = SourceSpan::new((start - slice_start).into(), end - start);
         let contents = slice.read_span(&local, context_lines_before, context_lines_after)?;
         let data_start = contents.span().offset() + slice_start;
         let line = first - base_line + contents.line();
         // Columns in characters, as editors count them (miette counts bytes).
-        let column = self.text[self.line_starts[self.line_index(data_start)]..data_start]
+        let column = self.inner.text
+            [self.inner.line_starts[self.line_index(data_start)]..data_start]
             .chars()
             .count();
         Ok(Box::new(MietteSpanContents::new_named(
@@ -335,7 +354,7 @@ mod tests {
     #[error("bad value")]
     struct Labelled {
         #[source_code]
-        source: Source,
+        code: Source,
         #[label("here")]
         span: SourceSpan,
     }
@@ -347,7 +366,7 @@ mod tests {
             .render_report(
                 &mut out,
                 &Labelled {
-                    source: source.clone(),
+                    code: source.clone(),
                     span: span.into(),
                 },
             )

@@ -86,3 +86,20 @@ fn did_you_mean_finds_close_names_only() {
     assert_eq!(did_you_mean("stags", TOP_LEVEL_KEYS), Some("stages"));
     assert_eq!(did_you_mean("zzz", TOP_LEVEL_KEYS), None);
 }
+
+#[test]
+fn a_megabyte_key_is_abbreviated_in_messages() {
+    let key = "k".repeat(1_000_000);
+    // In block style YAML limits keys to 1,024 characters; flow style has no limit.
+    let (_, errors) = parse_yaml(&format!("{{ {key}: 1, {key}: 2 }}\n"));
+    let [SpecError::DuplicateKey { key: shown, .. }] = &errors[..] else {
+        panic!("{} errors", errors.len())
+    };
+    assert_eq!(shown.chars().count(), 41, "40 characters and `…`");
+    let source = Source::new("p.yaml", &format!("{{ {key}: 1, version: 1 }}\n"), &[]);
+    let (_, errors) = parse(&source);
+    assert!(
+        matches!(&errors[..], [SpecError::UnknownKey { key, .. }] if key.len() < 50),
+        "{errors:?}"
+    );
+}
