@@ -2,7 +2,9 @@
 //! - first hash of a 1 GiB file with taper's hasher vs the blake3 crate's reference
 //!   multi-threaded hasher (what `b3sum` runs) and its single-threaded one;
 //! - a no-op `run` of a pipeline that reads that file, hash cache warm;
-//! - `plan` of a 1,000-stage pipeline whose stages are all cached.
+//! - `plan` of a 1,000-stage pipeline whose stages are all cached;
+//! - a no-op `run` of a `command` stage whose dep is a directory of 10,000 small files (the
+//!   side-by-side with `dvc repro` through the real binary is `benches/dir_deps/run.sh`).
 //!
 //! Run: `cargo bench --profile dev --bench exec` (dependencies are built at opt-level 3 in the
 //! dev profile, so blake3 runs at full speed; taper's own code is unoptimized there, which
@@ -183,5 +185,46 @@ fn plan_thousand_stages(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hashing_and_noop_run, plan_thousand_stages);
+fn noop_run_ten_thousand_file_dep(c: &mut Criterion) {
+    let dir = tempfile::tempdir_in(bench_dir()).expect("bench dir");
+    let root = dir.path();
+    fs::create_dir(root.join("data")).expect("mkdir");
+    for index in 0..10_000 {
+        fs::write(
+            root.join(format!("data/f{index:05}.txt")),
+            format!("row {index}\n"),
+        )
+        .expect("write");
+    }
+    let stage = command(
+        "count",
+        "ls data | wc -l > count.txt".to_owned(),
+        vec![PathBuf::from("data")],
+        vec![PathBuf::from("count.txt")],
+    );
+    let pipeline = pipeline(root, vec![stage]);
+    let store = Store::open(&root.join("store")).expect("store");
+    let executor = LocalExecutor::new(taper::stages::runner_for);
+    let options = first_run(&pipeline, &store, &executor);
+    // Past the racy window, one more run records every file and the directory summary.
+    std::thread::sleep(Duration::from_secs(3));
+    Engine::new(&pipeline, &store, &executor)
+        .expect("valid")
+        .run(&options, &|_| {})
+        .expect("recording run");
+    c.bench_function("noop_run_10000_file_dep_dir", |b| {
+        b.iter(|| {
+            let engine = Engine::new(&pipeline, &store, &executor).expect("valid");
+            let summary = engine.run(&options, &|_| {}).expect("run");
+            assert!(summary.executed().is_empty());
+        });
+    });
+}
+
+criterion_group!(
+    benches,
+    hashing_and_noop_run,
+    plan_thousand_stages,
+    noop_run_ten_thousand_file_dep
+);
 criterion_main!(benches);

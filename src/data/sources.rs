@@ -470,7 +470,9 @@ mod tests {
             .unwrap();
         assert_eq!(
             manifest,
-            crate::fingerprint::ContentDigest::Directory(hash_path(&dir.path().join("model")).unwrap())
+            crate::fingerprint::ContentDigest::Directory(
+                hash_path(&dir.path().join("model")).unwrap()
+            )
         );
     }
 

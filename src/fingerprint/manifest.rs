@@ -235,7 +235,7 @@ fn not_content(path: &Path, metadata: &fs::Metadata) -> io::Error {
     } else if file_type.is_block_device() || file_type.is_char_device() {
         "a device"
     } else {
-        "not a regular file"
+        "of an unknown type"
     };
     io::Error::new(
         io::ErrorKind::InvalidInput,
@@ -281,7 +281,10 @@ impl Stat {
             return false;
         };
         let newest = self.mtime_ns.max(self.ctime_ns);
-        match (i128::try_from(now.as_nanos()), i128::try_from(window.as_nanos())) {
+        match (
+            i128::try_from(now.as_nanos()),
+            i128::try_from(window.as_nanos()),
+        ) {
             (Ok(now), Ok(window)) => now - newest >= window,
             _ => false,
         }
@@ -927,16 +930,28 @@ mod tests {
 
         let looped = temp.path().join("looped");
         fs::create_dir(&looped).expect("mkdir");
-        std::os::unix::fs::symlink("..", looped.join("up")).expect("symlink");
+        std::os::unix::fs::symlink("../looped", looped.join("up")).expect("symlink");
         let error = cache.content_digest(&looped).expect_err("directory loop");
-        assert!(error.to_string().contains("looped/up` leads back"), "{error}");
+        assert!(
+            error.to_string().contains("looped/up` leads back"),
+            "{error}"
+        );
 
         let dangling = temp.path().join("dangling");
         fs::create_dir(&dangling).expect("mkdir");
         std::os::unix::fs::symlink("nowhere", dangling.join("gone")).expect("symlink");
         let error = cache.content_digest(&dangling).expect_err("dangling link");
-        assert_ne!(error.kind(), io::ErrorKind::NotFound, "read as a missing dep");
-        assert!(error.to_string().contains("`nowhere`, which does not exist"), "{error}");
+        assert_ne!(
+            error.kind(),
+            io::ErrorKind::NotFound,
+            "read as a missing dep"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("`nowhere`, which does not exist"),
+            "{error}"
+        );
     }
 
     fn arbitrary_manifest() -> impl Strategy<Value = Manifest> {
