@@ -103,7 +103,7 @@ pub enum CacheError {
     #[error("the store at `{path}` is read-only: cannot {action}")]
     #[diagnostic(
         code(taper::cache::read_only),
-        help("results already in the store are restored, but new ones cannot be stored: run with a writable store (`--store DIR`), or make `{path}` writable")
+        help("results already in the store are restored, but new ones cannot be stored: run with a writable store (`--store DIR`), or make `{}` writable", path.display())
     )]
     ReadOnly { path: PathBuf, action: &'static str },
     /// A cache fault, not a failure: the engine turns it into a rerun of the stage.
