@@ -824,6 +824,10 @@ fn normalize_command_paths(
                     param: None,
                     help: "outputs are cached and restored, so they must be relative paths inside the pipeline's directory".to_owned(),
                 });
+                // Reported once: kept out of the overlap checks, where `.` (the empty path)
+                // would also "overlap" every other out of the stage.
+                *path = normalized;
+                continue;
             }
             *path = normalized.clone();
             if field == "deps" {
@@ -1137,6 +1141,8 @@ fn substitute_text(
     let mut output = String::with_capacity(text.len());
     let mut rest = text;
     let mut from_param = None;
+    // A bad reference does not stop the scan: every bad reference of the text is reported.
+    let mut failed = false;
     while let Some(position) = rest.find('$') {
         output.push_str(&rest[..position]);
         let after = &rest[position..];
@@ -1168,7 +1174,9 @@ fn substitute_text(
                 label: "only `${params.<name>}` can be referenced".to_owned(),
                 help: "define the value under `params:` and write `${params.<name>}`; write `$${` for a literal `${`".to_owned(),
             });
-            return None;
+            failed = true;
+            rest = &reference[end + 1..];
+            continue;
         };
         let Some(param) = params.params.get(name) else {
             errors.push(unresolved_param(
@@ -1177,10 +1185,18 @@ fn substitute_text(
                 use_span,
                 params.params,
             ));
-            return None;
+            failed = true;
+            rest = &reference[end + 1..];
+            continue;
         };
-        params.resolve(name, use_span, errors)?;
-        let value = params.value(name)?;
+        let Some(value) = params
+            .resolve(name, use_span, errors)
+            .and_then(|_| params.value(name))
+        else {
+            failed = true;
+            rest = &reference[end + 1..];
+            continue;
+        };
         let Some(scalar) = value.as_scalar() else {
             errors.push(ModelError::UnresolvedReference {
                 reference: format!("${{{inner}}}"),
@@ -1192,12 +1208,17 @@ fn substitute_text(
                 help: "use a list or mapping param only as a whole value: `key: ${params.<name>}`"
                     .to_owned(),
             });
-            return None;
+            failed = true;
+            rest = &reference[end + 1..];
+            continue;
         };
         params.spend(name, scalar.text.len(), use_span, errors)?;
         output.push_str(&scalar.text);
         from_param = Some(param.key_span);
         rest = &reference[end + 1..];
+    }
+    if failed {
+        return None;
     }
     output.push_str(rest);
     Some(Node {
@@ -1574,13 +1595,17 @@ mod tests {
             ("p.yaml", "p.yaml", "the pipeline file `p.yaml`"),
             ("p.lock", "p.lock", "the lock file `p.lock`"),
             (
-                "out/m/config.json",
-                "out/m/config.json",
-                "the artifacts of stage `m` (`out/m`)",
+                "out/p/m/config.json",
+                "out/p/m/config.json",
+                "the artifacts of stage `m` (`out/p/m`)",
             ),
-            ("out/m", "out/m", "the artifacts of stage `m` (`out/m`)"),
-            ("out/a.log", "out/a.log", "the log of stage `a` (`out/a.log`)"),
-            ("out", "out", "the log of stage `a` (`out/a.log`)"),
+            ("out/p/m", "out/p/m", "the artifacts of stage `m` (`out/p/m`)"),
+            (
+                "out/p/a.log",
+                "out/p/a.log",
+                "the log of stage `a` (`out/p/a.log`)",
+            ),
+            ("out", "out", "the log of stage `a` (`out/p/a.log`)"),
         ] {
             let found = located(&format!(
                 "{HEAD}  m: {{ kind: configure }}\n  a: {{ kind: command, run: x, outs: [\"{out}\"] }}\n"
@@ -1593,7 +1618,7 @@ mod tests {
                 )]
             );
         }
-        for fine in ["cach", "caches/x", "out/report.txt", "out/mm", "p.yaml.bak"] {
+        for fine in ["cach", "caches/x", "out/p/report.txt", "out/p/mm", "out/m", "p.yaml.bak"] {
             assert!(
                 load(&format!(
                     "{HEAD}  m: {{ kind: configure }}\n  a: {{ kind: command, run: x, outs: [{fine}] }}\n"
@@ -1638,7 +1663,7 @@ mod tests {
                 ("invalid `require.accuracy` in stage `ship`: the minimum for `accuracy` must be a number from 0 to 1, not NaN", ".nan"),
                 ("invalid `require.macro_f1` in stage `ship`: the minimum for `macro_f1` must be a number from 0 to 1, not 1.5", "1.5"),
                 ("invalid `require.acuracy` in stage `ship`: `acuracy` is not a metric that `evaluate` reports", "0.8"),
-                ("invalid `require` in stage `blind`: gates need metrics, but the stage has no `metrics` input", "{ accuracy: 0.8 }"),
+                ("invalid `require` in stage `blind`: gates need metrics, but the stage has no `metrics` input", "{ accuracy: 0.8"), // a flow mapping's span ends at its last value (the parser's end mark)
             ]
         );
         let acuracy = &errors(&format!(
