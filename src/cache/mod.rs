@@ -248,6 +248,15 @@ impl Store {
             // A symlink loop, a dangling link, a directory we may not search.
             Err(error) => return Err(io_error("open the store", root)(error)),
         }
+        // Two runs creating one store at once: the second waits on the directory's lock, then
+        // finds the marker, instead of taking the first one's half-made buckets for user files.
+        let _creating = if read_only || is_regular_file(&root.join(MARKER)) {
+            None
+        } else {
+            let dir = fs::File::open(root).map_err(io_error("open", root))?;
+            dir.lock().map_err(io_error("lock", root))?;
+            Some(dir)
+        };
         let marked = is_regular_file(&root.join(MARKER));
         if !marked {
             check_adoptable(root)?;
