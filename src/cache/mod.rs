@@ -103,7 +103,7 @@ pub enum CacheError {
     #[error("the store at `{path}` is read-only: cannot {action}")]
     #[diagnostic(
         code(taper::cache::read_only),
-        help("results already in the store are restored, but new ones cannot be stored: run with a writable store (`--store DIR`), or make `{}` writable", path.display())
+        help("results already in the store are restored, but new ones cannot be stored: run with a writable store (`--store DIR`), or make the store writable")
     )]
     ReadOnly { path: PathBuf, action: &'static str },
     /// A cache fault, not a failure: the engine turns it into a rerun of the stage.
@@ -248,6 +248,15 @@ impl Store {
             // A symlink loop, a dangling link, a directory we may not search.
             Err(error) => return Err(io_error("open the store", root)(error)),
         }
+        // Two runs creating one store at once: the second waits on the directory's lock, then
+        // finds the marker, instead of taking the first one's half-made buckets for user files.
+        let _creating = if read_only || is_regular_file(&root.join(MARKER)) {
+            None
+        } else {
+            let dir = fs::File::open(root).map_err(io_error("open", root))?;
+            dir.lock().map_err(io_error("lock", root))?;
+            Some(dir)
+        };
         let marked = is_regular_file(&root.join(MARKER));
         if !marked {
             check_adoptable(root)?;
@@ -632,8 +641,9 @@ fn open_blob(path: &Path) -> Result<fs::File, &'static str> {
     }
 }
 
+/// Which side of a copy failed: reading the blob (its fault) or writing the copy.
 enum CopyError {
-    Read(io::Error),
+    Read,
     Write(io::Error),
 }
 
@@ -647,7 +657,7 @@ fn copy_hashing(input: &mut impl io::Read, output: &mut impl Write) -> Result<Di
             Ok(0) => break,
             Ok(read) => read,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(CopyError::Read(error)),
+            Err(_) => return Err(CopyError::Read),
         };
         hasher.update(&buffer[..read]);
         output
@@ -749,7 +759,7 @@ impl ObjectStore for Store {
         // A read error is the blob's fault (a rerun fixes it); a write error is the workspace's
         // (a full disk, permissions), which a rerun would not fix.
         let actual = copy_hashing(&mut input, temp.as_file_mut()).map_err(|error| match error {
-            CopyError::Read(_) => fault("cannot be read"),
+            CopyError::Read => fault("cannot be read"),
             CopyError::Write(source) => CacheError::Io {
                 action: "write",
                 path: destination.to_path_buf(),
