@@ -172,7 +172,7 @@ fn pass_env_values_reach_the_command_and_nothing_else() {
         .env_remove("HF_TOKEN")
         .output()
         .expect("taper runs");
-    insta::assert_snapshot!(project.show(&unset), @"");
+    insta::assert_snapshot!(project.show(&unset));
 }
 
 /// A secret-looking `env:` value is shown as `***` by `plan` and `run -v`, other values as
@@ -190,7 +190,7 @@ stages:
 "#;
     let project = Project::new(pipeline);
     let validate = project.taper(&["validate", "p.yaml"]);
-    insta::assert_snapshot!(project.show(&validate), @"");
+    insta::assert_snapshot!(project.show(&validate));
     assert!(project.taper(&["run", "p.yaml"]).status.success());
     fs::write(
         project.path("p.yaml"),
@@ -200,7 +200,7 @@ stages:
     )
     .expect("edit");
     let plan = project.taper(&["plan", "p.yaml"]);
-    insta::assert_snapshot!(project.show(&plan), @"");
+    insta::assert_snapshot!(project.show(&plan));
     let run = project.taper(&["run", "-v", "p.yaml"]);
     let shown = project.show(&run);
     assert!(run.status.success(), "{shown}");
@@ -227,7 +227,7 @@ stages:
 "#,
     );
     let validate = project.taper(&["validate", "p.yaml"]);
-    insta::assert_snapshot!(project.show(&validate), @"");
+    insta::assert_snapshot!(project.show(&validate));
 }
 
 const SLOW: &str = r#"version: 1
@@ -322,7 +322,7 @@ fn signals_stop_the_whole_stage_and_exit_128_plus_signal() {
         let lock = fs::read_to_string(project.path("p.lock")).unwrap_or_default();
         assert!(!lock.contains("slow:"), "SIG{signal}: {lock}");
         if signal == "TERM" {
-            insta::assert_snapshot!(shown, @"");
+            insta::assert_snapshot!(shown);
         }
     }
 }
@@ -348,11 +348,11 @@ fn an_unwritable_lock_file_fails_the_run_and_loses_nothing() {
     let project = Project::new(SLOW.replace("sleep 30; ", "").as_str());
     fs::create_dir(project.path("p.lock")).expect("mkdir p.lock");
     let run = project.taper(&["run", "p.yaml"]);
-    insta::assert_snapshot!(project.show(&run), @"");
+    insta::assert_snapshot!(project.show(&run));
     fs::remove_dir(project.path("p.lock")).expect("rmdir");
     fs::remove_file(project.path("late.txt")).expect("rm");
     let fixed = project.taper(&["run", "p.yaml"]);
-    insta::assert_snapshot!(project.show(&fixed), @"");
+    insta::assert_snapshot!(project.show(&fixed));
     assert!(project.path("p.lock").is_file());
 }
 
@@ -388,7 +388,7 @@ stages:
 "#,
     );
     let run = project.taper(&["run", "p.yaml"]);
-    insta::assert_snapshot!(project.show(&run), @"");
+    insta::assert_snapshot!(project.show(&run));
 }
 
 /// A stage whose key waits for an upstream stage that will run "may run": early cutoff skips
@@ -414,7 +414,7 @@ stages:
     assert!(project.taper(&["run", "p.yaml"]).status.success());
     fs::write(project.path("in.txt"), "help\n").expect("edit input");
     let plan = project.taper(&["plan", "p.yaml"]);
-    insta::assert_snapshot!(project.show(&plan), @"");
+    insta::assert_snapshot!(project.show(&plan));
     let run = project.taper(&["run", "p.yaml"]);
     assert!(
         project.show(&run).contains("cached   second"),
@@ -428,6 +428,6 @@ stages:
 fn zero_jobs_is_a_usage_error() {
     let project = Project::new(SLOW);
     let run = project.taper(&["run", "p.yaml", "-j", "0"]);
-    insta::assert_snapshot!(project.show(&run), @"");
+    insta::assert_snapshot!(project.show(&run));
     assert!(!project.path("group.txt").exists());
 }
