@@ -2,8 +2,8 @@
 //! path of the offending setting under the stage's settings, so validation can place it.
 
 use super::stages::{is_env_name, Command, Source, GATE_METRICS};
-use crate::spec::suggestion_help;
 use super::StageSettings;
+use crate::spec::suggestion_help;
 
 pub(crate) struct Issue {
     pub path: Vec<String>,

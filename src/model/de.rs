@@ -649,9 +649,9 @@ fn contains_skipped(node: &Node, skipped: &[Span]) -> bool {
     match &node.value {
         Value::Scalar(_) => false,
         Value::Seq(items) => items.iter().any(|item| contains_skipped(item, skipped)),
-        Value::Map(entries) => entries.iter().any(|(key, value)| {
-            skipped.contains(&key.span) || contains_skipped(value, skipped)
-        }),
+        Value::Map(entries) => entries
+            .iter()
+            .any(|(key, value)| skipped.contains(&key.span) || contains_skipped(value, skipped)),
     }
 }
 
@@ -663,9 +663,7 @@ fn entries_to(root: &Node, key_span: Option<Span>, span: Span) -> Option<Vec<(&K
     }
     match &root.value {
         Value::Scalar(_) => None,
-        Value::Seq(items) => items
-            .iter()
-            .find_map(|item| entries_to(item, None, span)),
+        Value::Seq(items) => items.iter().find_map(|item| entries_to(item, None, span)),
         Value::Map(entries) => entries.iter().find_map(|(key, value)| {
             let mut chain = entries_to(value, Some(key.span), span)?;
             chain.insert(0, (key, value));
@@ -713,12 +711,18 @@ mod tests {
         assert_eq!(
             messages(text),
             [
-                ("-1".to_owned(), "expected a whole number ≥ 0, found -1".to_owned()),
+                (
+                    "-1".to_owned(),
+                    "expected a whole number ≥ 0, found -1".to_owned()
+                ),
                 (
                     "x".to_owned(),
                     "expected a whole number ≥ 0, found the string `x`".to_owned()
                 ),
-                ("-3".to_owned(), "expected a whole number ≥ 0, found -3".to_owned()),
+                (
+                    "-3".to_owned(),
+                    "expected a whole number ≥ 0, found -3".to_owned()
+                ),
                 ("cosin".to_owned(), "unknown value `cosin`".to_owned()),
             ]
         );
@@ -731,7 +735,10 @@ mod tests {
         assert_eq!(
             found,
             [
-                ("-2".to_owned(), "expected a whole number ≥ 0, found -2".to_owned()),
+                (
+                    "-2".to_owned(),
+                    "expected a whole number ≥ 0, found -2".to_owned()
+                ),
                 (
                     "x".to_owned(),
                     "expected a number, found the string `x`".to_owned()

@@ -224,11 +224,8 @@ mod tests {
     }
 
     fn relative_path() -> impl Strategy<Value = PathBuf> {
-        prop::collection::vec(
-            prop::sample::select(vec![".", "..", "a", "b", "f"]),
-            0..=6,
-        )
-        .prop_map(|parts| parts.iter().collect())
+        prop::collection::vec(prop::sample::select(vec![".", "..", "a", "b", "f"]), 0..=6)
+            .prop_map(|parts| parts.iter().collect())
     }
 
     proptest! {

@@ -371,10 +371,7 @@ fn check_outs(checked: &[Checked<'_>], pipeline_file: &Path, errors: &mut Vec<Mo
             let dir = super::stage_output_dir(pipeline_file, &id);
             reserved.insert(
                 &dir,
-                format!(
-                    "the artifacts of stage `{id}` (`{}`)",
-                    dir.display()
-                ),
+                format!("the artifacts of stage `{id}` (`{}`)", dir.display()),
             );
         }
     }
@@ -786,13 +783,13 @@ fn check_across_stages(
         };
         let made = prepare.split.made();
         if !made.contains(&split) {
-            let names: Vec<String> = made.iter().map(|name| format!("`{}`", name.as_str())).collect();
+            let names: Vec<String> = made
+                .iter()
+                .map(|name| format!("`{}`", name.as_str()))
+                .collect();
             errors.push(stage.issue_error(Issue {
                 path: vec!["split".to_owned()],
-                message: format!(
-                    "stage `{data}` makes no `{}` split",
-                    split.as_str()
-                ),
+                message: format!("stage `{data}` makes no `{}` split", split.as_str()),
                 label: "a split the data stage does not make".to_owned(),
                 help: format!(
                     "`{data}` makes {}; use one of those, or add `{}` to the `split` of `{data}`",
@@ -1591,7 +1588,11 @@ mod tests {
     fn outs_over_paths_taper_writes_are_refused_at_the_item() {
         for (out, normalized, what) in [
             ("cache", "cache", "the default store `cache`"),
-            ("./cache/objects/", "cache/objects", "the default store `cache`"),
+            (
+                "./cache/objects/",
+                "cache/objects",
+                "the default store `cache`",
+            ),
             ("p.yaml", "p.yaml", "the pipeline file `p.yaml`"),
             ("p.lock", "p.lock", "the lock file `p.lock`"),
             (
@@ -1697,7 +1698,8 @@ mod tests {
         assert_eq!(
             found,
             [(
-                "invalid `split` in stage `eval`: stage `data` makes no `validation` split".to_owned(),
+                "invalid `split` in stage `eval`: stage `data` makes no `validation` split"
+                    .to_owned(),
                 "validation".to_owned()
             )]
         );

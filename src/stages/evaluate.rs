@@ -142,8 +142,12 @@ mod tests {
     /// headline metric (roc_auc appears for two classes only).
     #[test]
     fn gate_metrics_are_the_headline_metrics() {
-        let metrics = Metrics::compute(&[0, 1, 1], &[vec![0.8, 0.2], vec![0.3, 0.7], vec![0.6, 0.4]], &["a".into(), "b".into()])
-            .expect("consistent lengths");
+        let metrics = Metrics::compute(
+            &[0, 1, 1],
+            &[vec![0.8, 0.2], vec![0.3, 0.7], vec![0.6, 0.4]],
+            &["a".into(), "b".into()],
+        )
+        .expect("consistent lengths");
         let headline: Vec<String> = headline(&metrics).into_keys().collect();
         let gates: Vec<&str> = crate::model::stages::GATE_METRICS
             .iter()

@@ -255,7 +255,13 @@ impl Configure {
             ("gradient_accumulation", self.gradient_accumulation),
             ("checkpoint_every", self.checkpoint_every),
         ] {
-            check(value > 0, field, "must be at least 1", "zero", "use 1 or more");
+            check(
+                value > 0,
+                field,
+                "must be at least 1",
+                "zero",
+                "use 1 or more",
+            );
         }
         for (field, value) in [
             ("warmup_ratio", self.warmup_ratio),
@@ -384,7 +390,16 @@ mod tests {
         ] {
             assert!(is_adapter_target(known), "{known}");
         }
-        for unknown in ["quer", "uery", "", "layer", "self", "query.self", "layer.x.output.dense", "ffn.lin3"] {
+        for unknown in [
+            "quer",
+            "uery",
+            "",
+            "layer",
+            "self",
+            "query.self",
+            "layer.x.output.dense",
+            "ffn.lin3",
+        ] {
             assert!(!is_adapter_target(unknown), "{unknown}");
         }
     }
