@@ -118,3 +118,29 @@ fn external_paths_leave_out_files_other_stages_produce() {
     let clean = StageId("clean".into());
     assert_eq!(pipeline.external_paths(&clean), [PathBuf::from("raw.csv")]);
 }
+
+/// The text layout scanned every edge for every stage (26 s for this chain); it must list
+/// each stage once, on its own level, with its one input.
+#[test]
+fn a_50_000_stage_chain_renders_every_stage_with_its_input() {
+    let count = 50_000;
+    let mut text = String::from(
+        "version: 1\nname: chain\nstages:\n  s0: { kind: command, run: x, outs: [d0] }\n",
+    );
+    for index in 1..count {
+        let previous = index - 1;
+        text.push_str(&format!(
+            "  s{index}: {{ kind: command, run: x, deps: [d{previous}], outs: [d{index}] }}\n"
+        ));
+    }
+    let pipeline = pipeline(&text);
+    let graph = PipelineGraph::new(&pipeline).expect("acyclic");
+    let out = render(&pipeline, &graph, DagFormat::Text);
+    assert!(
+        out.starts_with("chain: 50000 stages in 50000 levels"),
+        "{}",
+        &out[..80]
+    );
+    assert!(out.ends_with("level 50000\n  s49999 [command] <- s49998 (d49998)\n"));
+    assert_eq!(out.matches(" <- ").count(), count - 1);
+}

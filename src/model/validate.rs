@@ -1778,7 +1778,7 @@ mod tests {
     #[test]
     fn params_in_a_loop_are_one_error_naming_the_loop() {
         let found = errors(
-            "version: 1\nname: t\nparams: { a: \"${params.b}\", b: \"x ${params.a}\", c: \"${params.c}\" }\nstages:\n  s: { kind: command, run: \"${params.a} ${params.c}\", deps: [\"${params.a}\"] }\n",
+            "version: 1\nname: t\nparams: { a: \"${params.b}\", b: \"x ${params.a}\", c: \"${params.c}\" }\nstages:\n  s: { kind: command, run: \"${params.a} ${params.c}\", deps: [\"${params.a}\", \"${params.c}\"] }\n",
         );
         let paths: Vec<&str> = found
             .iter()
