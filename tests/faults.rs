@@ -138,6 +138,7 @@ impl Project {
                         || relative == "p.lock"
                         || (relative.starts_with("out/") && relative.ends_with(".log"))
                         || relative == "out"
+                        || relative == "out/p"
                         || OUTS.contains(&relative))
                 }
                 None => !path.to_string_lossy().starts_with("signal-"),

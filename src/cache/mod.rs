@@ -360,6 +360,12 @@ impl Store {
         Ok(path)
     }
 
+    /// Whether an earlier attempt at `key` left its checkpoint space: that attempt was
+    /// interrupted (it is removed when the key is recorded).
+    pub fn has_scratch_dir(&self, key: &Digest) -> bool {
+        self.root.join("scratch-v1").join(key.to_hex()).is_dir()
+    }
+
     pub fn remove_scratch_dir(&self, key: &Digest) {
         let path = self.root.join("scratch-v1").join(key.to_hex());
         if let Err(error) = fs::remove_dir_all(&path) {

@@ -748,7 +748,12 @@ impl<'a> Engine<'a> {
         for (path, _) in &stage_mounts {
             self.fence.check(&stage.id, Path::new(path), Role::Output)?;
         }
-        if !forced {
+        // An interrupted attempt at this very key leaves its scratch space behind, and its
+        // outs are that attempt's partial output, not the user's work. Without this: 1. taper
+        // is killed (`kill -9`, power cut) after the command wrote `first.txt`; 2. nothing was
+        // recorded, so the rerun finds `first.txt` in no lock entry and no manifest; 3. it
+        // refuses to overwrite it as "added outside taper", and only `--force` gets out.
+        if !forced && !self.store.has_scratch_dir(key) {
             let previous = self.locked(index);
             unsaved(
                 &self.outputs(),
