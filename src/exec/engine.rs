@@ -159,7 +159,7 @@ const LOCK_WRITE_INTERVAL: Duration = Duration::from_millis(200);
 /// What a cache lookup in `process` decided.
 enum Cached {
     /// Done without running: restored, or failed while restoring.
-    Done(Finished),
+    Done(Box<Finished>),
     /// Not usable; with the reason when a stored object turned out damaged.
     Miss(Option<DirtyReason>),
 }
@@ -582,7 +582,7 @@ impl<'a> Engine<'a> {
         let mut fault = None;
         if !forced {
             match self.try_cached(index, &hashable, &key, observe) {
-                Cached::Done(finished) => return finished,
+                Cached::Done(finished) => return *finished,
                 Cached::Miss(found) => fault = found,
             }
         }
@@ -604,7 +604,7 @@ impl<'a> Engine<'a> {
         // Another run may have computed this key while we waited for its lock.
         if !forced {
             if let Cached::Done(finished) = self.try_cached(index, &hashable, &key, observe) {
-                return finished;
+                return *finished;
             }
         }
         observe(&Event::Started {
@@ -674,12 +674,12 @@ impl<'a> Engine<'a> {
                     stage: &stage.id,
                     error: &error,
                 });
-                return Cached::Done(Finished {
+                return Cached::Done(Box::new(Finished {
                     status: StageStatus::Failed(error),
                     key: Some(*key),
                     manifest: None,
                     locked: None,
-                });
+                }));
             }
         };
         observe(&Event::Cached {
@@ -687,12 +687,12 @@ impl<'a> Engine<'a> {
             restored: &restored,
         });
         let locked = self.locked_stage(index, hashable, key, &manifest, &record.metrics);
-        Cached::Done(Finished {
+        Cached::Done(Box::new(Finished {
             status: StageStatus::Cached { restored },
             key: Some(*key),
             manifest: Some(manifest),
             locked: Some(locked),
-        })
+        }))
     }
 
     fn locked_stage(
