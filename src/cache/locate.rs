@@ -23,7 +23,6 @@ use super::MARKER;
 // One owner of the name: validation refuses outs over it (`model::validate`).
 use crate::model::DEFAULT_STORE_DIR as DEFAULT_STORE;
 
-
 /// The default store for a pipeline file (or, with `None`, for the current directory).
 pub fn default_store_dir(pipeline_file: Option<&Path>) -> PathBuf {
     let start = match pipeline_file {

@@ -333,8 +333,7 @@ impl<'a> Engine<'a> {
             let is_forced = forced.contains(&index);
             let decision = match self.lookup(&key).filter(|_| !is_forced) {
                 Some(manifest) => {
-                    let restore =
-                        stale_mounts(self.pipeline, stage, &manifest, &self.hash_cache);
+                    let restore = stale_mounts(self.pipeline, stage, &manifest, &self.hash_cache);
                     match self.restore_fault(&manifest, &restore) {
                         Some(fault) => Decision::WillRun(vec![fault]),
                         None => {

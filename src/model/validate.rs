@@ -1600,7 +1600,11 @@ mod tests {
                 "out/p/m/config.json",
                 "the artifacts of stage `m` (`out/p/m`)",
             ),
-            ("out/p/m", "out/p/m", "the artifacts of stage `m` (`out/p/m`)"),
+            (
+                "out/p/m",
+                "out/p/m",
+                "the artifacts of stage `m` (`out/p/m`)",
+            ),
             (
                 "out/p/a.log",
                 "out/p/a.log",
@@ -1619,7 +1623,14 @@ mod tests {
                 )]
             );
         }
-        for fine in ["cach", "caches/x", "out/p/report.txt", "out/p/mm", "out/m", "p.yaml.bak"] {
+        for fine in [
+            "cach",
+            "caches/x",
+            "out/p/report.txt",
+            "out/p/mm",
+            "out/m",
+            "p.yaml.bak",
+        ] {
             assert!(
                 load(&format!(
                     "{HEAD}  m: {{ kind: configure }}\n  a: {{ kind: command, run: x, outs: [{fine}] }}\n"
