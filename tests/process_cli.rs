@@ -353,11 +353,11 @@ fn kill_9_of_taper_leaves_no_stage_process() {
 fn an_unwritable_lock_file_fails_the_run_and_loses_nothing() {
     let project = Project::new(SLOW.replace("sleep 30; ", "").as_str());
     fs::create_dir(project.path("p.lock")).expect("mkdir p.lock");
-    let run = project.taper(&["run", "p.yaml"]);
+    let run = project.taper(&["run", "p.yaml", "-j", "1"]);
     insta::assert_snapshot!(project.show(&run));
     assert!(!project.path("late.txt").exists(), "a stage ran");
     fs::remove_dir(project.path("p.lock")).expect("rmdir");
-    let fixed = project.taper(&["run", "p.yaml"]);
+    let fixed = project.taper(&["run", "p.yaml", "-j", "1"]);
     insta::assert_snapshot!(project.show(&fixed));
     assert!(project.path("p.lock").is_file());
 }

@@ -98,7 +98,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Stages run at the same time, at least 1 (default: the number of CPU cores).
-    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(short = 'j', long, env = "TAPER_JOBS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
     /// Print the plan and run nothing.
     #[arg(long)]

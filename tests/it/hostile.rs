@@ -6,7 +6,7 @@
 //! For each case the harness copies the project (without `case.yaml`) to `<tmp>/project/`, puts
 //! `<tmp>/outside/secret.txt` beside it, runs the optional `setup:` shell script in the project,
 //! then runs every step of `steps:` (the real `taper` binary, cwd = the project, `NO_COLOR=1`,
-//! no `TAPER_STORE`), and asserts:
+//! `TAPER_JOBS=1`, no `TAPER_STORE`), and asserts:
 //! - no step outlives its timeout (a hang is a failure: the step's process group is killed);
 //! - no step panics (exit 101 or "panicked at" on stderr);
 //! - every exit code is the declared one;
@@ -219,6 +219,9 @@ fn run_case(name: &str, dir: &Path) -> Result<String, Vec<String>> {
             .env("NO_COLOR", "1")
             .env("HOME", root.join("home"))
             .env("COLUMNS", "100")
+            // One stage at a time: independent stages finishing in either order would make
+            // the progress lines, and so the snapshot, differ from run to run.
+            .env("TAPER_JOBS", "1")
             .env_remove("TAPER_STORE")
             .env_remove("RUST_LOG")
             .env_remove("RUST_BACKTRACE")
