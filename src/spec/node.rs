@@ -227,7 +227,9 @@ impl<'a> Offsets<'a> {
     /// The end of a scalar token starting at `start` (yaml-rust2 reports only starts).
     fn scalar_end(&self, start: usize, value: &str, style: TScalarStyle) -> usize {
         let rest = &self.text[start..];
-        let line_end = start + rest.find('\n').unwrap_or(rest.len());
+        // Searched only when needed: computed for every scalar, the search for the end of the
+        // line made a one-line flow list of n items O(n²) (4 million items: minutes).
+        let line_end = || start + rest.find('\n').unwrap_or(rest.len());
         match style {
             TScalarStyle::Plain if rest.starts_with(value) => start + value.len(),
             TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted => {
@@ -248,9 +250,9 @@ impl<'a> Offsets<'a> {
                         }
                     }
                 }
-                line_end
+                line_end()
             }
-            _ => start + rest[..line_end - start].trim_end().len(),
+            _ => start + rest[..line_end() - start].trim_end().len(),
         }
     }
 
