@@ -3,8 +3,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Project;
 
 const PIPELINE: &str = r#"version: 1
 name: demo
@@ -27,77 +30,13 @@ stages:
     outs: [other.txt]
 "#;
 
-struct Project {
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    fn new(pipeline: &str) -> Project {
-        let dir = tempfile::tempdir().expect("temp dir");
-        fs::write(dir.path().join("p.yaml"), pipeline).expect("write pipeline");
-        fs::write(dir.path().join("in.txt"), "hello\n").expect("write input");
-        Project { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_taper"));
-        command
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .env_remove("TAPER_STORE");
-        command
-    }
-
-    fn taper(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("taper runs")
-    }
-
-    /// Stages the commands ran since the last call (they append to `runs.txt`).
-    fn runs(&self) -> Vec<String> {
-        let text = fs::read_to_string(self.path("runs.txt")).unwrap_or_default();
-        let _ = fs::remove_file(self.path("runs.txt"));
-        let mut runs: Vec<String> = text.lines().map(str::to_owned).collect();
-        runs.sort();
-        runs
-    }
-
-    /// stdout, then stderr, with durations and digests masked.
-    fn show(&self, output: &Output) -> String {
-        let text = format!(
-            "exit: {}\n--- stdout\n{}--- stderr\n{}",
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let root = self.dir.path().display().to_string();
-        let masked = text.replace(&root, "[ROOT]");
-        mask(&masked)
-    }
-}
-
-fn mask(text: &str) -> String {
-    let mut out = String::new();
-    for line in text.lines() {
-        let words: Vec<String> = line
-            .split(' ')
-            .map(|word| {
-                let trimmed = word.trim_end_matches(['s', ')', ',']);
-                if trimmed.parse::<f64>().is_ok() && word.contains('.') && word.contains('s') {
-                    "[TIME]".to_owned()
-                } else {
-                    word.to_owned()
-                }
-            })
-            .collect();
-        out.push_str(&words.join(" "));
-        out.push('\n');
-    }
-    out
+/// Stages the commands ran since the last call (they append to `runs.txt`).
+fn runs(project: &Project) -> Vec<String> {
+    let text = fs::read_to_string(project.path("runs.txt")).unwrap_or_default();
+    let _ = fs::remove_file(project.path("runs.txt"));
+    let mut runs: Vec<String> = text.lines().map(str::to_owned).collect();
+    runs.sort();
+    runs
 }
 
 fn succeeded(output: &Output) -> bool {
@@ -110,7 +49,7 @@ fn second_run_executes_nothing() {
     let project = Project::new(PIPELINE);
     let first = project.taper(&["run", "p.yaml", "-j", "2"]);
     assert!(succeeded(&first), "{}", project.show(&first));
-    assert_eq!(project.runs(), ["first", "other", "second"]);
+    assert_eq!(runs(&project), ["first", "other", "second"]);
     assert_eq!(
         fs::read_to_string(project.path("second.txt")).expect("out"),
         "HEL\n"
@@ -123,7 +62,7 @@ fn second_run_executes_nothing() {
 
     let second = project.taper(&["run", "p.yaml", "-j", "1"]);
     assert!(succeeded(&second));
-    assert_eq!(project.runs(), Vec::<String>::new());
+    assert_eq!(runs(&project), Vec::<String>::new());
     insta::assert_snapshot!(project.show(&second), @r"
     exit: 0
     --- stdout
@@ -146,7 +85,7 @@ fn second_run_executes_nothing() {
 fn one_changed_setting_reruns_that_stage_and_its_dependents() {
     let project = Project::new(PIPELINE);
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
-    project.runs();
+    runs(&project);
     let edited = PIPELINE.replace("tr a-z A-Z", "tr a-y A-Y");
     fs::write(project.path("p.yaml"), edited).expect("edit");
     let plan = project.taper(&["plan", "p.yaml"]);
@@ -160,7 +99,7 @@ fn one_changed_setting_reruns_that_stage_and_its_dependents() {
     --- stderr
     ");
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
-    assert_eq!(project.runs(), ["second"]);
+    assert_eq!(runs(&project), ["second"]);
 }
 
 /// `-S` overrides a setting for one run: the stage and its dependents rerun, and going back
@@ -169,7 +108,7 @@ fn one_changed_setting_reruns_that_stage_and_its_dependents() {
 fn set_override_reruns_and_reverting_is_cached() {
     let project = Project::new(PIPELINE);
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
-    project.runs();
+    runs(&project);
     let plan = project.taper(&["plan", "p.yaml", "-S", "params.width=2"]);
     insta::assert_snapshot!(project.show(&plan), @r"
     exit: 0
@@ -186,7 +125,7 @@ fn set_override_reruns_and_reverting_is_cached() {
         "-S",
         "params.width=2"
     ])));
-    assert_eq!(project.runs(), ["first", "second"]);
+    assert_eq!(runs(&project), ["first", "second"]);
     assert_eq!(
         fs::read_to_string(project.path("second.txt")).expect("out"),
         "HE\n"
@@ -194,7 +133,7 @@ fn set_override_reruns_and_reverting_is_cached() {
     let back = project.taper(&["run", "p.yaml"]);
     assert!(succeeded(&back));
     assert_eq!(
-        project.runs(),
+        runs(&project),
         Vec::<String>::new(),
         "{}",
         project.show(&back)
@@ -210,12 +149,12 @@ fn set_override_reruns_and_reverting_is_cached() {
 fn early_cutoff_keeps_dependents_cached() {
     let project = Project::new(PIPELINE);
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
-    project.runs();
+    runs(&project);
     // Same first three characters: `first` reruns, its output is unchanged.
     fs::write(project.path("in.txt"), "help\n").expect("edit input");
     let run = project.taper(&["run", "p.yaml", "-j", "1"]);
     assert!(succeeded(&run));
-    assert_eq!(project.runs(), ["first"]);
+    assert_eq!(runs(&project), ["first"]);
     insta::assert_snapshot!(project.show(&run), @r"
     exit: 0
     --- stdout
@@ -236,7 +175,7 @@ fn a_failure_stops_dependents_and_a_rerun_resumes() {
         Project::new(&PIPELINE.replace("cut -c1-", "echo broken >&2 && exit 4 && cut -c1-"));
     let run = project.taper(&["run", "p.yaml", "-j", "1"]);
     assert_eq!(run.status.code(), Some(1));
-    assert_eq!(project.runs(), ["first", "other"]);
+    assert_eq!(runs(&project), ["first", "other"]);
     let shown = project.show(&run);
     assert!(
         shown.contains("skipped  second: upstream `first` failed"),
@@ -252,7 +191,7 @@ fn a_failure_stops_dependents_and_a_rerun_resumes() {
 
     fs::write(project.path("p.yaml"), PIPELINE).expect("fix");
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
-    assert_eq!(project.runs(), ["first", "second"]);
+    assert_eq!(runs(&project), ["first", "second"]);
 }
 
 /// A missing dep is reported before anything runs, naming the stage and the path.
@@ -275,7 +214,7 @@ fn a_missing_dep_is_a_clear_error() {
 fn verify_detects_a_corrupted_blob() {
     let project = Project::new(PIPELINE);
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
-    project.runs();
+    runs(&project);
     let blob = blob_with_content(&project.path("cache/blobs-v1"), "HEL\n").expect("blob");
     let mut permissions = fs::metadata(&blob).expect("blob").permissions();
     #[allow(clippy::permissions_set_readonly_false)]
@@ -297,7 +236,7 @@ fn verify_detects_a_corrupted_blob() {
         project.show(&plan)
     );
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
-    assert_eq!(project.runs(), ["second"]);
+    assert_eq!(runs(&project), ["second"]);
     assert!(succeeded(&project.taper(&["cache", "verify"])));
 }
 
@@ -334,14 +273,14 @@ fn concurrent_runs_run_each_key_once() {
     for output in &outputs {
         assert!(succeeded(output), "{}", project.show(output));
     }
-    assert_eq!(project.runs(), ["first", "other", "second"]);
+    assert_eq!(runs(&project), ["first", "other", "second"]);
     let waited = outputs
         .iter()
         .any(|output| String::from_utf8_lossy(&output.stderr).contains("waiting  first"));
     assert!(waited, "neither run reported waiting for the other");
     assert!(succeeded(&project.taper(&["cache", "verify"])));
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
-    assert_eq!(project.runs(), Vec::<String>::new());
+    assert_eq!(runs(&project), Vec::<String>::new());
 }
 
 /// `kill -9` during a stage leaves no action record, lock entry or blob for it; the next run
@@ -375,11 +314,11 @@ fn a_killed_run_leaves_no_partial_entry() {
     assert!(succeeded(&project.taper(&["cache", "verify"])));
 
     fs::write(project.path("p.yaml"), PIPELINE).expect("make it quick");
-    project.runs();
+    runs(&project);
     let rerun = project.taper(&["run", "p.yaml"]);
     assert!(succeeded(&rerun), "{}", project.show(&rerun));
     // `other` had not started yet (`-j 1`); `first` finished before the kill and stays cached.
-    assert_eq!(project.runs(), ["other", "second"]);
+    assert_eq!(runs(&project), ["other", "second"]);
 }
 
 /// `cache gc` keeps what the lock file reaches and removes results nothing refers to.
@@ -401,14 +340,14 @@ fn gc_keeps_locked_results() {
         "{}",
         project.show(&gc)
     );
-    project.runs();
+    runs(&project);
     assert!(succeeded(&project.taper(&["run", "p.yaml"])));
-    assert_eq!(project.runs(), Vec::<String>::new());
+    assert_eq!(runs(&project), Vec::<String>::new());
     assert!(succeeded(&project.taper(&[
         "run",
         "p.yaml",
         "-S",
         "params.width=2"
     ])));
-    assert_eq!(project.runs(), ["first", "second"]);
+    assert_eq!(runs(&project), ["first", "second"]);
 }

@@ -6,70 +6,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Project {
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    fn new(pipeline: &str) -> Project {
-        let dir = tempfile::tempdir().expect("temp dir");
-        fs::write(dir.path().join("p.yaml"), pipeline).expect("write pipeline");
-        fs::write(dir.path().join("in.txt"), "hello\n").expect("write input");
-        Project { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_taper"));
-        command
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .env_remove("TAPER_STORE")
-            .env_remove("RUST_LOG");
-        command
-    }
-
-    fn taper(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("taper runs")
-    }
-
-    /// Exit code, stdout and stderr, with the temp dir and durations masked.
-    fn show(&self, output: &Output) -> String {
-        let text = format!(
-            "exit: {}\n--- stdout\n{}--- stderr\n{}",
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let text = text.replace(&self.dir.path().display().to_string(), "[ROOT]");
-        text.lines()
-            .map(|line| {
-                line.split(' ')
-                    .map(|word| {
-                        let number = word.trim_end_matches(['s', ')', ',']);
-                        if word.ends_with('s')
-                            && number.contains('.')
-                            && number.parse::<f64>().is_ok()
-                        {
-                            "[TIME]"
-                        } else {
-                            word
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
+mod common;
+use common::Project;
 
 /// Every file under `dir` whose bytes contain `needle`.
 fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
