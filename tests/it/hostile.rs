@@ -154,9 +154,14 @@ fn run_bounded(mut command: Command, timeout: Duration) -> Outcome {
         }
         if Instant::now() >= deadline {
             timed_out = true;
-            let _ = Command::new("kill")
+            // The whole group (`kill -KILL -PGID`); without a `kill` program, taper alone.
+            let group_killed = Command::new("kill")
                 .args(["-KILL", "--", &format!("-{}", child.id())])
-                .status();
+                .status()
+                .is_ok_and(|status| status.success());
+            if !group_killed {
+                let _ = child.kill();
+            }
             break child.wait().expect("wait for the killed taper");
         }
         std::thread::sleep(Duration::from_millis(5));
