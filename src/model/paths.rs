@@ -10,7 +10,7 @@
 //! result names the same file as the OS resolves whenever no component is a symlink (a
 //! property test checks this against a real directory tree); through a symlinked directory
 //! `link/..` is lexically its container, not the link target's parent, as in DVC and Bazel.
-//! Where paths may point: deps may leave the pipeline directory (`../shared/vocab.txt`): they
+//! Where paths may point: deps may leave the pipeline directory (`../vocab/words.txt`): they
 //! are only read, hashed from the file they name, and kept as `../…` in the lock file. Outs
 //! never may: they are deleted before a run and restored from the store (see
 //! `validate::check_outs`).
