@@ -584,7 +584,7 @@ fn remove_path(path: &Path) -> Result<(), WorkspaceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fingerprint::FileEntry;
+    use crate::fingerprint::{Digest, FileEntry};
 
     const PIPELINE: &str = "version: 1
 name: demo
@@ -712,6 +712,20 @@ stages:
         assert!(expect_regular_file(&setup.root().join("absent.lock")).is_ok());
     }
 
+    /// A manifest of one file, `a.txt`.
+    fn only_a_txt(digest: Digest, size: u64) -> Manifest {
+        Manifest {
+            entries: BTreeMap::from([(
+                "a.txt".to_owned(),
+                FileEntry {
+                    digest,
+                    size,
+                    executable: false,
+                },
+            )]),
+        }
+    }
+
     #[test]
     fn only_content_saved_elsewhere_may_be_overwritten() {
         let setup = Setup::new();
@@ -740,16 +754,7 @@ stages:
             error.to_string().contains("a.txt` was added outside taper"),
             "{error}"
         );
-        let restoring = Manifest {
-            entries: BTreeMap::from([(
-                "a.txt".to_owned(),
-                FileEntry {
-                    digest: stored,
-                    size: 7,
-                    executable: false,
-                },
-            )]),
-        };
+        let restoring = only_a_txt(stored, 7);
         let error = unsaved(&outputs, stage, &all, &restoring, None).expect_err("unsaved");
         assert!(
             error
@@ -758,16 +763,7 @@ stages:
             "{error}"
         );
         let (mine, _) = hash_cache.hash_file(&path).expect("hash");
-        let same = Manifest {
-            entries: BTreeMap::from([(
-                "a.txt".to_owned(),
-                FileEntry {
-                    digest: mine,
-                    size: 5,
-                    executable: false,
-                },
-            )]),
-        };
+        let same = only_a_txt(mine, 5);
         assert!(unsaved(&outputs, stage, &all, &same, None).is_ok());
     }
 }
