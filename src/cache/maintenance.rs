@@ -142,7 +142,12 @@ impl Store {
                 keys.extend(lock.stages.values().map(|stage| stage.key));
             }
         }
-        let runs = read_json_dir::<RunRecord>(&self.root.join("runs-v1"));
+        let mut runs = read_json_dir::<RunRecord>(&self.root.join("runs-v1"));
+        // Oldest first by last use (see `Store::record_run`); the name breaks ties.
+        runs.sort_by_cached_key(|(path, _)| {
+            let used = fs::symlink_metadata(path).and_then(|metadata| metadata.modified());
+            (used.ok(), path.clone())
+        });
         let expired = runs.len().saturating_sub(keep_runs);
         let mut report = GcReport::default();
         for (index, (path, record)) in runs.into_iter().enumerate() {

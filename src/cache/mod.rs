@@ -31,7 +31,8 @@
 //!                                 and the hashed fingerprint (for "why did it rerun")
 //! locks-v1/<stage key>.lock       held while a run computes that key (one run per key)
 //! scratch-v1/<stage key>/         checkpoints of an interrupted attempt of that key
-//! runs-v1/<time>-<pid>.json       the keys each recent run used (gc roots)
+//! runs-v1/<digest>.json           the keys recent runs used, by digest of the key set; the
+//!                                 mtime says when last used (gc keeps the newest as roots)
 //! roots-v1/<digest>.json          lock files that used this store (gc roots)
 //! downloads-v1/                   reserved for source fetchers
 //! quarantine-v1/                  objects `taper cache verify` found corrupt
@@ -433,20 +434,42 @@ impl Store {
     }
 
     /// Records the keys a run used, so `gc` keeps them for a while.
+    ///
+    /// The record is named by the digest of its key set and its mtime says when it was last
+    /// used: a run that repeats an earlier one (every no-op run) only sets that mtime, with no
+    /// new file and no `fsync`. A time-named file per run would grow `runs-v1/` by one file per
+    /// no-op launch until the next `gc`, and cost two `fsync`s on the path that must be fastest.
+    /// The mtime is set explicitly (nanoseconds, not the filesystem's coarse clock), so two runs
+    /// in one clock tick still order; losing an mtime update in a crash only ages a gc root.
     pub fn record_run(&self, keys: &[Digest]) -> Result<(), CacheError> {
         if self.read_only {
             return Ok(());
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let name = format!("{:020}-{}.json", now.as_nanos(), std::process::id());
-        let path = self.root.join("runs-v1").join(name);
-        let bytes = serde_json::to_vec(&RunRecord {
-            keys: keys.to_vec(),
-        })
-        .expect("a run record always serializes");
-        write_atomic(&self.root, &path, &bytes)
+        let mut sorted = keys.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let bytes = serde_json::to_vec(&RunRecord { keys: sorted })
+            .expect("a run record always serializes");
+        let path = self
+            .root
+            .join("runs-v1")
+            .join(format!("{}.json", Digest::of_bytes(&bytes).to_hex()));
+        let now = std::time::SystemTime::now();
+        let touched = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|file| file.set_modified(now));
+        if touched.is_err() {
+            write_atomic(&self.root, &path, &bytes)?;
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_error("open", &path))?;
+            file.set_modified(now)
+                .map_err(io_error("set the time of", &path))?;
+        }
+        Ok(())
     }
 
     /// Remembers a lock file as a gc root.

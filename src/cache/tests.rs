@@ -121,6 +121,32 @@ fn gc_keeps_what_lock_files_and_recent_runs_reach() {
     assert_eq!(LockFile::load(&lock_path), Some(lock));
 }
 
+/// A no-op run repeats the previous run's keys: it must neither add a record (one file per
+/// launch until the next gc) nor lose its place as the newest run.
+#[test]
+fn a_repeated_run_reuses_its_record_and_becomes_the_newest() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&temp.path().join("cache")).expect("open");
+    let first = sample_record(&store, "first");
+    let second = sample_record(&store, "second");
+    for record in [&first, &second] {
+        store.put_action(record).expect("put action");
+    }
+    store.record_run(&[first.key]).expect("record run");
+    store.record_run(&[second.key]).expect("record run");
+    store.record_run(&[first.key]).expect("record run");
+    let records = fs::read_dir(store.root().join("runs-v1"))
+        .expect("runs")
+        .count();
+    assert_eq!(records, 2, "a repeated run added a record");
+    store.gc(1).expect("gc");
+    assert!(
+        store.get_action(&first.key).is_some(),
+        "the newest run lost its outputs"
+    );
+    assert!(store.get_action(&second.key).is_none());
+}
+
 #[test]
 fn a_key_lock_excludes_a_second_holder_until_dropped() {
     let temp = tempfile::tempdir().expect("temp dir");

@@ -27,6 +27,7 @@ mod classifier;
 mod config;
 mod encoder;
 mod error;
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod kernels;
 mod optim;

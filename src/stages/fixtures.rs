@@ -1,6 +1,7 @@
 //! Fixtures for tests and examples of the ML stages: a tiny random BERT whose tokenizer knows a
 //! small sentiment vocabulary, so a test can build a labelled table the model can learn.
-//! Public because the end-to-end tests in `tests/` use it as well as the unit tests here.
+//! Built for the unit tests and, through the `fixtures` feature, for the end-to-end tests in
+//! `tests/`; not part of a release build.
 
 use std::fs;
 use std::path::Path;

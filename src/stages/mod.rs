@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod command;
 pub mod configure;
 pub mod evaluate;
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod ml_common;
 pub mod prepare_data;

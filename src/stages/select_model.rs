@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
+use safetensors::tensor::{Dtype, Metadata};
 use serde::{Deserialize, Serialize};
 
 use crate::data::sources::{hash_path, SourceResolver};
@@ -154,13 +155,14 @@ pub fn select(
 
     let (parameters, tensors) = if weights.extension().is_some_and(|e| e == "safetensors") {
         let header = read_safetensors_header(&weights)?;
-        if let Some(shape) = header
+        let tensors = header.tensors();
+        if let Some(shape) = tensors
             .iter()
             .find(|(name, _)| name.ends_with("embeddings.word_embeddings.weight"))
             .map(|(_, info)| &info.shape)
         {
-            if shape.first().copied() != Some(vocab_size)
-                || shape.get(1).copied() != Some(hidden_size)
+            if shape.first().map(|&rows| rows as u64) != Some(vocab_size)
+                || shape.get(1).map(|&columns| columns as u64) != Some(hidden_size)
             {
                 return Err(StagesError::InconsistentModel {
                     path: weights,
@@ -170,12 +172,17 @@ pub fn select(
                 });
             }
         }
-        let parameters = header
+        let parameters = tensors
             .values()
-            .filter(|info| matches!(info.dtype.as_str(), "F32" | "F16" | "BF16" | "F64"))
-            .map(|info| info.shape.iter().product::<u64>())
+            .filter(|info| {
+                matches!(
+                    info.dtype,
+                    Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64
+                )
+            })
+            .map(|info| info.shape.iter().product::<usize>() as u64)
             .sum();
-        (parameters, header.len())
+        (parameters, tensors.len())
     } else {
         (0, 0)
     };
@@ -236,15 +243,12 @@ fn malformed(path: &Path, message: String) -> StagesError {
     .into()
 }
 
-#[derive(Debug, Deserialize)]
-pub struct TensorInfo {
-    pub dtype: String,
-    pub shape: Vec<u64>,
-}
-
-/// Tensor name → dtype and shape, from the JSON header of a safetensors file (an 8-byte LE
-/// length, then that many bytes of JSON), reading only the header.
-pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, StagesError> {
+/// The tensors of a safetensors file, name → dtype and shape, from its header alone.
+///
+/// The header is parsed and checked by the `safetensors` crate (offsets contiguous and in
+/// bounds, shapes matching sizes), and the file's length must be exactly header plus data:
+/// a truncated download is refused here rather than when training first reads a tensor.
+pub fn read_safetensors_header(path: &Path) -> Result<Metadata, StagesError> {
     use std::io::Read;
     let mut file = fs::File::open(path).map_err(|error| DataError::io(path, error))?;
     let file_len = file
@@ -265,16 +269,16 @@ pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInf
     let mut header = vec![0u8; length as usize];
     file.read_exact(&mut header)
         .map_err(|error| DataError::io(path, error))?;
-    let mut map: BTreeMap<String, serde_json::Value> =
+    let metadata: Metadata =
         serde_json::from_slice(&header).map_err(|error| malformed(path, error.to_string()))?;
-    map.remove("__metadata__");
-    map.into_iter()
-        .map(|(name, value)| {
-            serde_json::from_value(value)
-                .map(|info| (name.clone(), info))
-                .map_err(|error| malformed(path, format!("tensor `{name}`: {error}")))
-        })
-        .collect()
+    let expected = 8 + length + metadata.data_len() as u64;
+    if expected != file_len {
+        return Err(malformed(
+            path,
+            format!("the header describes {expected} bytes but the file has {file_len}: it is truncated or damaged"),
+        ));
+    }
+    Ok(metadata)
 }
 
 #[cfg(test)]
@@ -375,6 +379,17 @@ pub(crate) mod tests {
         let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(
             matches!(error, StagesError::InconsistentModel { .. }),
+            "{error:?}"
+        );
+
+        // A download cut short: the header promises more bytes than the file has.
+        tiny_model_dir(&model);
+        let weights = model.join("model.safetensors");
+        let bytes = fs::read(&weights).unwrap();
+        fs::write(&weights, &bytes[..bytes.len() - 4]).unwrap();
+        let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
+        assert!(
+            matches!(&error, StagesError::Data(DataError::Malformed { message, .. }) if message.contains("truncated")),
             "{error:?}"
         );
 
