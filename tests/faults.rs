@@ -10,10 +10,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use taper::cache::LockFile;
+
+mod common;
+use common::{finish, wait_bounded, Project, WAIT};
 use taper::fingerprint::Digest;
 
 /// `SLOW_<stage>` set in the environment makes that stage signal (touch the file it names) and
@@ -55,63 +58,33 @@ fn reference() -> BTreeMap<String, Vec<u8>> {
     expected
 }
 
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Project {
-    temp: tempfile::TempDir,
+/// `<temp>/project/` holding [`PIPELINE`] and its input, beside `<temp>/outside/`.
+fn new_project() -> Project {
+    let project = Project::beside_outside();
+    project.write("p.yaml", PIPELINE);
+    project.write("in.txt", "hello world\n");
+    project
 }
 
-impl Project {
-    /// `<temp>/project/` with the pipeline and its input; `<temp>/outside/` must never change.
-    fn new() -> Project {
-        let temp = tempfile::tempdir().expect("temp dir");
-        let project = temp.path().join("project");
-        fs::create_dir_all(&project).expect("mkdir");
-        fs::write(project.join("p.yaml"), PIPELINE).expect("write pipeline");
-        fs::write(project.join("in.txt"), "hello world\n").expect("write input");
-        fs::create_dir_all(temp.path().join("outside")).expect("mkdir");
-        fs::write(temp.path().join("outside/secret.txt"), "secret\n").expect("write");
-        Project { temp }
-    }
+/// What the fault tests need of a project beyond the shared helpers.
+trait Faults {
+    fn store(&self) -> PathBuf;
+    fn signal(&self, name: &str) -> PathBuf;
+    fn spawn_slow(&self, slow: &str) -> Child;
+    fn untouchable(&self) -> BTreeMap<PathBuf, Vec<u8>>;
+    fn outputs(&self) -> BTreeMap<String, Vec<u8>>;
+    fn remove_outputs(&self);
+    fn assert_recovers(&self, before: &BTreeMap<PathBuf, Vec<u8>>, context: &str);
+}
 
-    fn dir(&self) -> PathBuf {
-        self.temp.path().join("project")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir().join(name)
-    }
-
+impl Faults for Project {
     fn store(&self) -> PathBuf {
         self.path("cache")
     }
 
     /// A signal file outside the project (a stage touching it must not count as a change).
     fn signal(&self, name: &str) -> PathBuf {
-        self.temp.path().join(format!("signal-{name}"))
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_taper"));
-        command
-            .args(args)
-            .current_dir(self.dir())
-            .env("NO_COLOR", "1")
-            .env_remove("TAPER_STORE")
-            .env_remove("SLOW_first")
-            .env_remove("SLOW_second");
-        command
-    }
-
-    /// Runs taper to completion, killing it if it outlives [`WAIT`].
-    fn taper(&self, args: &[&str]) -> Output {
-        let child = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn taper");
-        finish(child)
+        self.temp().join(format!("signal-{name}"))
     }
 
     /// Starts a run whose stage `slow` hangs after touching its signal file.
@@ -128,7 +101,7 @@ impl Project {
     /// outs, with its bytes; and `outside/`.
     fn untouchable(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let mut found = BTreeMap::new();
-        collect(self.temp.path(), self.temp.path(), &mut found);
+        collect(self.temp(), self.temp(), &mut found);
         found.retain(|path, _| {
             let inside = path.strip_prefix("project").ok();
             match inside.and_then(Path::to_str) {
@@ -224,26 +197,6 @@ fn collect(root: &Path, dir: &Path, found: &mut BTreeMap<PathBuf, Vec<u8>>) {
 }
 
 /// Waits for `child` (bounded), collecting its output.
-fn finish(mut child: Child) -> Output {
-    wait_bounded(&mut child);
-    child.wait_with_output().expect("collect output")
-}
-
-fn wait_bounded(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().expect("poll taper") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("taper did not finish within {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Polls until `path` exists; kills `child` and fails the test at the deadline.
 fn wait_for(path: &Path, child: &mut Child) {
     let deadline = Instant::now() + WAIT;
@@ -277,7 +230,7 @@ fn signal(child: &Child, name: &str) {
 #[test]
 fn kill_9_during_a_slow_stage() {
     for slow in ["first", "second"] {
-        let project = Project::new();
+        let project = new_project();
         let before = project.untouchable();
         let mut child = project.spawn_slow(slow);
         wait_for(&project.signal(slow), &mut child);
@@ -290,7 +243,7 @@ fn kill_9_during_a_slow_stage() {
 #[test]
 fn kill_9_right_after_a_stage_finished() {
     for finished in ["first.txt", "second.txt"] {
-        let project = Project::new();
+        let project = new_project();
         let before = project.untouchable();
         // Nothing hangs: the kill lands wherever the run is once the output appeared.
         let mut child = project.spawn_slow("none");
@@ -303,7 +256,7 @@ fn kill_9_right_after_a_stage_finished() {
 
 #[test]
 fn sigterm_during_a_slow_stage() {
-    let project = Project::new();
+    let project = new_project();
     let before = project.untouchable();
     let mut child = project.spawn_slow("second");
     wait_for(&project.signal("second"), &mut child);
@@ -361,7 +314,7 @@ const DAMAGES: [Damage; 4] = [
 #[test]
 fn a_damaged_blob_is_recomputed_not_restored() {
     for how in DAMAGES {
-        let project = Project::new();
+        let project = new_project();
         assert!(project.taper(&["run", "p.yaml"]).status.success());
         let before = project.untouchable();
         let first = &reference()["first.txt"];
@@ -385,7 +338,7 @@ fn a_damaged_blob_is_recomputed_not_restored() {
 /// `plan` does not promise a restore the run would refuse.
 #[test]
 fn plan_reports_a_damaged_blob_it_would_restore() {
-    let project = Project::new();
+    let project = new_project();
     assert!(project.taper(&["run", "p.yaml"]).status.success());
     let hex = Digest::of_bytes(&reference()["first.txt"]).to_hex();
     damage(
@@ -409,7 +362,7 @@ fn plan_reports_a_damaged_blob_it_would_restore() {
 fn damaged_manifests_and_action_records_are_recomputed() {
     for bucket in ["manifests-v1", "actions-v1"] {
         for how in DAMAGES {
-            let project = Project::new();
+            let project = new_project();
             assert!(project.taper(&["run", "p.yaml"]).status.success());
             let before = project.untouchable();
             for object in files_in(&project.store().join(bucket)) {
@@ -458,7 +411,7 @@ fn set_tree_writable(dir: &Path, writable: bool) {
 #[test]
 fn a_read_only_store_serves_cached_results() {
     for chmod in [false, true] {
-        let project = Project::new();
+        let project = new_project();
         assert!(project.taper(&["run", "p.yaml"]).status.success());
         let before = project.untouchable();
         project.remove_outputs();
@@ -505,7 +458,7 @@ fn a_read_only_store_serves_cached_results() {
 /// Two runs of one pipeline at once share the store without damage.
 #[test]
 fn two_concurrent_runs() {
-    let project = Project::new();
+    let project = new_project();
     let before = project.untouchable();
     let children: Vec<Child> = (0..2)
         .map(|_| {
@@ -535,7 +488,7 @@ fn a_full_disk_fails_cleanly() {
         eprintln!("skipped: set TAPER_TEST_FULL_DIR to a directory on a nearly full filesystem");
         return;
     };
-    let project = Project::new();
+    let project = new_project();
     assert!(project.taper(&["run", "p.yaml"]).status.success());
     let store = PathBuf::from(full).join(format!("taper-faults-{}", std::process::id()));
     let big = PIPELINE.replace(
@@ -556,7 +509,7 @@ fn a_full_disk_fails_cleanly() {
 /// plan p.yaml` finds the results of `taper run pipelines/p.yaml` made from the project root.
 #[test]
 fn the_store_is_found_from_any_directory() {
-    let project = Project::new();
+    let project = new_project();
     fs::create_dir_all(project.path(".git")).expect("mkdir");
     fs::create_dir_all(project.path("pipelines")).expect("mkdir");
     fs::rename(project.path("p.yaml"), project.path("pipelines/p.yaml")).expect("move");

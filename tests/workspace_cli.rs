@@ -1,85 +1,47 @@
 //! End-to-end tests of what `taper run` may write and delete (issue 9): nothing outside the
 //! project, nothing through a symlink, no FIFO opened, no edited output clobbered without
 //! `--force`, one output root per pipeline file. Each test builds `<tmp>/project/` with an
-//! `<tmp>/elsewhere/` beside it and runs the real binary there.
+//! `<tmp>/outside/` beside it and runs the real binary there.
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
 
-struct Project {
-    dir: tempfile::TempDir,
+mod common;
+use common::Project;
+
+/// `<tmp>/project/` holding `files`, beside `<tmp>/outside/` (which holds `secret.txt`).
+fn new_project(files: &[(&str, &str)]) -> Project {
+    let project = Project::beside_outside();
+    for (name, text) in files {
+        project.write(name, text);
+    }
+    project
 }
 
-impl Project {
-    fn new(files: &[(&str, &str)]) -> Project {
-        let dir = tempfile::tempdir().expect("temp dir");
-        fs::create_dir_all(dir.path().join("project")).expect("project dir");
-        fs::create_dir_all(dir.path().join("elsewhere")).expect("elsewhere dir");
-        let project = Project { dir };
-        for (name, text) in files {
-            project.write(name, text);
-        }
-        project
-    }
+fn mkfifo(project: &Project, name: &str) {
+    let status = Command::new("mkfifo")
+        .arg(project.path(name))
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success(), "mkfifo {name}");
+}
 
-    /// A path under the project.
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join("project").join(name)
-    }
-
-    /// A path under `elsewhere/`, the sibling that must stay untouched.
-    fn elsewhere(&self, name: &str) -> PathBuf {
-        self.dir.path().join("elsewhere").join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        let path = self.path(name);
-        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        fs::write(path, text).expect("write");
-    }
-
-    fn read(&self, name: &str) -> String {
-        fs::read_to_string(self.path(name)).unwrap_or_else(|error| panic!("read {name}: {error}"))
-    }
-
-    fn mkfifo(&self, name: &str) {
-        let status = Command::new("mkfifo")
-            .arg(self.path(name))
-            .status()
-            .expect("mkfifo runs");
-        assert!(status.success(), "mkfifo {name}");
-    }
-
-    /// Runs taper, killing it if it has not exited after a minute (a hang on a FIFO must fail
-    /// the test, not the whole suite).
-    fn taper(&self, args: &[&str]) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_taper"))
-            .args(args)
-            .current_dir(self.path(""))
-            .env("NO_COLOR", "1")
-            .env_remove("TAPER_STORE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("taper starts");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().expect("wait").is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let output = child.wait_with_output().expect("output");
-                panic!(
-                    "taper {args:?} hung; stderr:\n{}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child.wait_with_output().expect("output")
-    }
+/// The names in `outside/`: only `secret.txt` unless a run wrote there.
+fn outside_names(project: &Project) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(project.outside(""))
+        .expect("list outside/")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 fn stderr(output: &Output) -> String {
@@ -114,7 +76,7 @@ stages:
 
 #[test]
 fn an_out_behind_a_symlinked_directory_is_neither_deleted_nor_written() {
-    let project = Project::new(&[(
+    let project = new_project(&[(
         "p.yaml",
         "version: 1
 name: demo
@@ -125,19 +87,19 @@ stages:
     outs: [shared/x.txt]
 ",
     )]);
-    fs::write(project.elsewhere("x.txt"), "keep\n").expect("write");
-    symlink("../elsewhere", project.path("shared")).expect("symlink");
+    fs::write(project.outside("x.txt"), "keep\n").expect("write");
+    symlink("../outside", project.path("shared")).expect("symlink");
     let output = project.taper(&["run", "p.yaml"]);
     refused(&output, &["`./shared`", "symbolic link", "symlink_in_path"]);
     assert_eq!(
-        fs::read_to_string(project.elsewhere("x.txt")).expect("x"),
+        fs::read_to_string(project.outside("x.txt")).expect("x"),
         "keep\n"
     );
 }
 
 #[test]
 fn a_restore_never_writes_through_a_symlinked_directory() {
-    let project = Project::new(&[(
+    let project = new_project(&[(
         "p.yaml",
         "version: 1
 name: demo
@@ -150,21 +112,18 @@ stages:
     )]);
     succeeded(&project.taper(&["run", "p.yaml"]));
     fs::remove_dir_all(project.path("shared")).expect("remove");
-    symlink("../elsewhere", project.path("shared")).expect("symlink");
+    symlink("../outside", project.path("shared")).expect("symlink");
     let output = project.taper(&["run", "p.yaml"]);
     refused(&output, &["`./shared`", "symbolic link"]);
     assert!(
-        fs::read_dir(project.elsewhere(""))
-            .expect("list")
-            .next()
-            .is_none(),
-        "a restore wrote into elsewhere/"
+        outside_names(&project) == ["secret.txt"],
+        "a restore wrote into outside/"
     );
 }
 
 #[test]
 fn an_output_directory_behind_a_symlinked_out_is_refused() {
-    let project = Project::new(&[(
+    let project = new_project(&[(
         "p.yaml",
         "version: 1
 name: demo
@@ -174,23 +133,19 @@ stages:
     with: { learning_rate: 0.001, epochs: 1, batch_size: 4, method: { name: full } }
 ",
     )]);
-    symlink("../elsewhere", project.path("out")).expect("symlink");
+    symlink("../outside", project.path("out")).expect("symlink");
     let output = project.taper(&["run", "p.yaml"]);
     refused(&output, &["`./out`", "symbolic link"]);
     assert!(
-        fs::read_dir(project.elsewhere(""))
-            .expect("list")
-            .next()
-            .is_none(),
-        "taper wrote into elsewhere/"
+        outside_names(&project) == ["secret.txt"],
+        "taper wrote into outside/"
     );
 }
 
 #[test]
 fn an_out_that_is_a_symlink_is_removed_as_a_link_only_when_forced() {
-    let project = Project::new(&[("p.yaml", ONE_OUT)]);
-    fs::write(project.elsewhere("secret.txt"), "secret\n").expect("write");
-    symlink("../elsewhere/secret.txt", project.path("a.txt")).expect("symlink");
+    let project = new_project(&[("p.yaml", ONE_OUT)]);
+    symlink("../outside/secret.txt", project.path("a.txt")).expect("symlink");
     let output = project.taper(&["run", "p.yaml"]);
     refused(&output, &["`./a.txt`", "symbolic link", "--force make"]);
     succeeded(&project.taper(&["run", "p.yaml", "--force", "make"]));
@@ -198,14 +153,14 @@ fn an_out_that_is_a_symlink_is_removed_as_a_link_only_when_forced() {
     let link = fs::symlink_metadata(project.path("a.txt")).expect("a.txt");
     assert!(link.is_file(), "a.txt is a regular file now");
     assert_eq!(
-        fs::read_to_string(project.elsewhere("secret.txt")).expect("secret"),
+        fs::read_to_string(project.outside("secret.txt")).expect("secret"),
         "secret\n"
     );
 }
 
 #[test]
 fn an_out_the_command_makes_a_fifo_is_refused_without_hanging() {
-    let project = Project::new(&[(
+    let project = new_project(&[(
         "p.yaml",
         "version: 1
 name: demo
@@ -222,16 +177,16 @@ stages:
 
 #[test]
 fn an_existing_fifo_out_is_refused_before_the_command_runs() {
-    let project = Project::new(&[("p.yaml", ONE_OUT)]);
-    project.mkfifo("a.txt");
+    let project = new_project(&[("p.yaml", ONE_OUT)]);
+    mkfifo(&project, "a.txt");
     let output = project.taper(&["run", "p.yaml"]);
     refused(&output, &["`./a.txt`", "FIFO"]);
 }
 
 #[test]
 fn a_fifo_lock_file_is_refused_without_hanging() {
-    let project = Project::new(&[("p.yaml", ONE_OUT)]);
-    project.mkfifo("p.lock");
+    let project = new_project(&[("p.yaml", ONE_OUT)]);
+    mkfifo(&project, "p.lock");
     refused(&project.taper(&["run", "p.yaml"]), &["p.lock", "FIFO"]);
     refused(&project.taper(&["plan", "p.yaml"]), &["p.lock", "FIFO"]);
     let kept = fs::symlink_metadata(project.path("p.lock")).expect("p.lock");
@@ -240,7 +195,7 @@ fn a_fifo_lock_file_is_refused_without_hanging() {
 
 #[test]
 fn an_edited_output_is_refused_until_forced_and_an_unedited_one_is_restored() {
-    let project = Project::new(&[("p.yaml", ONE_OUT)]);
+    let project = new_project(&[("p.yaml", ONE_OUT)]);
     succeeded(&project.taper(&["run", "p.yaml"]));
     // A normal switch back and forth: the workspace holds the last run's output.
     succeeded(&project.taper(&["run", "p.yaml", "-S", "params.word=two"]));
@@ -268,7 +223,7 @@ fn an_edited_output_is_refused_until_forced_and_an_unedited_one_is_restored() {
 
 #[test]
 fn an_untracked_file_in_an_output_directory_is_kept() {
-    let project = Project::new(&[(
+    let project = new_project(&[(
         "p.yaml",
         "version: 1
 name: demo
@@ -326,7 +281,7 @@ stages:
     run: echo a > a.txt
     outs: [a.txt]
 ";
-    let project = Project::new(&[("p.yaml", first)]);
+    let project = new_project(&[("p.yaml", first)]);
     succeeded(&project.taper(&["run", "p.yaml"]));
     let before = listing(&project.path("cache"));
     assert!(
@@ -354,7 +309,7 @@ stages:
 
 #[test]
 fn two_pipelines_in_one_folder_keep_their_own_outputs() {
-    let project = Project::new(&[
+    let project = new_project(&[
         (
             "a.yaml",
             &HPARAMS.replace("NAME", "a").replace("LR", "0.001"),
@@ -381,7 +336,7 @@ fn two_pipelines_in_one_folder_keep_their_own_outputs() {
 
 #[test]
 fn a_dep_that_is_a_fifo_does_not_hang() {
-    let project = Project::new(&[(
+    let project = new_project(&[(
         "p.yaml",
         "version: 1
 name: demo
@@ -393,7 +348,7 @@ stages:
     outs: [a.txt]
 ",
     )]);
-    project.mkfifo("in.txt");
+    mkfifo(&project, "in.txt");
     refused(
         &project.taper(&["run", "p.yaml"]),
         &["`./in.txt` is a FIFO"],
@@ -407,7 +362,7 @@ stages:
 #[test]
 fn a_failed_command_leaves_no_partial_out_and_the_fixed_rerun_runs() {
     let broken = ONE_OUT.replace("> a.txt", "> a.txt && exit 3");
-    let project = Project::new(&[("p.yaml", &broken)]);
+    let project = new_project(&[("p.yaml", &broken)]);
     refused(&project.taper(&["run", "p.yaml"]), &["exit_status"]);
     assert!(!project.path("a.txt").exists(), "the partial out was kept");
     project.write("p.yaml", ONE_OUT);
