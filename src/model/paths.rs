@@ -1,7 +1,6 @@
 //! Paths as a pipeline writes them: the one lexical normaliser ([`normalize`]) that validation
 //! and the engine share, and an index of paths by component, for the "does this dep read that
-//! out" questions asked by validation, [`Pipeline::dependencies`](super::Pipeline::dependencies)
-//! and the engine.
+//! out" questions asked by the edge rule (`model/edges.rs`) and by validation's output checks.
 //!
 //! Normalisation contract: `.` components and trailing slashes go, and `name/..` pairs cancel;
 //! a `..` that climbs above where the path starts is kept (`a/../../x` → `../x`), never dropped.

@@ -8,13 +8,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use miette::LabeledSpan;
 use serde::de::DeserializeOwned;
 
 use super::checks::Issue;
 use super::de::{from_node, DeError, UnknownField};
+use super::edges::{self, Edge, StageEnds};
 use super::error::ModelError;
 use super::paths::{is_strictly_inside, normalize, PathIndex};
 use super::{ArtifactKind, Command, InputSlot, Pipeline, Stage, StageId, StageKind, StageSettings};
@@ -149,13 +150,13 @@ pub(crate) fn validate(
         .map(|stage| stage.id.value.as_str())
         .collect();
 
-    // Edges: (upstream index, downstream index, span of the reference).
     let index_of: HashMap<&str, usize> = stage_names
         .iter()
         .enumerate()
         .map(|(index, name)| (*name, index))
         .collect();
-    let mut edges: Vec<(usize, usize, Span)> = Vec::new();
+    // Per stage: typed inputs as (slot, upstream position, span of the reference).
+    let mut input_edges: Vec<Vec<(InputSlot, usize, Span)>> = vec![Vec::new(); checked.len()];
     let mut resolved_inputs: Vec<BTreeMap<InputSlot, StageId>> =
         vec![BTreeMap::new(); checked.len()];
 
@@ -206,7 +207,7 @@ pub(crate) fn validate(
                 });
                 continue;
             };
-            edges.push((index_of[reference_name], index, reference.span));
+            input_edges[index].push((*slot, index_of[reference_name], reference.span));
             resolved_inputs[index].insert(*slot, StageId(reference_name.to_owned()));
             let Some(upstream_kind) = upstream.kind else {
                 continue;
@@ -247,14 +248,14 @@ pub(crate) fn validate(
         }
     }
 
-    // Outputs: one producer per path. Then implied edges: a dep at or under an out of another
-    // stage, or under `out/<stage>/` where ML stages materialize their artifacts.
-    // Indexed by path, so each dep and out is compared with the few outs on its own path
-    // instead of with all of them (O(n²) made validation half of a 1,000-stage `plan`).
-    // Values: (position in file order, owning stage, span); the position keeps the first
-    // clash reported and the edges in file order, as a scan of all outs would.
+    // Outputs: one producer per path. Indexed by path, so each out is compared with the few
+    // outs on its own path instead of with all of them (O(n²) made validation half of a
+    // 1,000-stage `plan`). Values: (position in file order, owning stage, span); the position
+    // keeps the first clash reported, as a scan of all outs would. A clashing out is left out
+    // of the edges: it is reported once, as a clash, not again as the cycles it would close.
     let mut out_owner: PathIndex<(usize, usize, Span)> = PathIndex::new();
     let mut out_count = 0;
+    let mut owned_outs: Vec<Vec<&Path>> = vec![Vec::new(); checked.len()];
     for (index, stage) in checked.iter().enumerate() {
         for (out, span) in &stage.outs {
             if let Some((_, first, first_span)) = out_owner
@@ -272,44 +273,49 @@ pub(crate) fn validate(
                 continue;
             }
             out_owner.insert(out, (out_count, index, *span));
+            owned_outs[index].push(out);
             out_count += 1;
         }
     }
     check_outs(&checked, path, errors);
     check_across_stages(&checked, &resolved_inputs, errors);
-    for (index, stage) in checked.iter().enumerate() {
-        for (dep, span) in &stage.deps {
-            // A stage reading its own output is a self-edge, reported as a cycle: its key
-            // would depend on the output it is about to produce.
-            let mut owners: Vec<&(usize, usize, Span)> = out_owner.overlapping(dep).collect();
-            owners.sort_unstable_by_key(|(position, _, _)| *position);
-            edges.extend(
-                owners
-                    .into_iter()
-                    .map(|(_, owner, _)| (*owner, index, *span)),
-            );
-            if let Some(owner) = ml_output_owner(dep, path, &index_of) {
-                edges.push((owner, index, *span));
-            }
-        }
-    }
 
+    let ends: Vec<StageEnds<'_, Span>> = checked
+        .iter()
+        .zip(input_edges)
+        .zip(owned_outs)
+        .map(|((stage, inputs), outs)| StageEnds {
+            id: &stage.id.value,
+            materialized: stage.kind.is_some_and(|kind| kind != StageKind::Command),
+            outs,
+            inputs,
+            deps: stage
+                .deps
+                .iter()
+                .map(|(dep, span)| (dep.as_path(), *span))
+                .collect(),
+        })
+        .collect();
+    let edges = edges::edges(&ends, path);
     report_cycles(&checked, &edges, errors);
 
     if !errors.is_empty() {
         return None;
     }
-    let stages = checked
+    // No errors means every stage was typed; a stage without settings would shift the
+    // positions the edges refer to, so it fails the whole pipeline rather than being dropped.
+    let stages: Vec<Stage> = checked
         .into_iter()
         .zip(resolved_inputs)
-        .filter_map(|(stage, inputs)| {
+        .map(|(stage, inputs)| {
             Some(Stage {
                 id: StageId(stage.id.value.clone()),
                 settings: stage.settings?,
                 inputs,
             })
         })
-        .collect();
+        .collect::<Option<_>>()?;
+    let dependencies = edges::dependencies(&edges, &stages);
     Some(Pipeline {
         name: name?,
         description,
@@ -320,24 +326,8 @@ pub(crate) fn validate(
             .map(|(name, param)| (name.clone(), to_json(&param.node)))
             .collect(),
         stages,
+        dependencies,
     })
-}
-
-/// The stage that owns `out/<file stem>/<stage>/…`, the directory where ML stages' artifacts
-/// appear ([`super::stage_output_dir`]).
-pub(crate) fn ml_output_owner(
-    dep: &Path,
-    pipeline_file: &Path,
-    index_of: &HashMap<&str, usize>,
-) -> Option<usize> {
-    let mut components = dep
-        .strip_prefix(super::output_root(pipeline_file))
-        .ok()?
-        .components();
-    match components.next() {
-        Some(Component::Normal(stage)) => index_of.get(stage.to_str()?).copied(),
-        _ => None,
-    }
 }
 
 /// Outs are deleted before their stage runs and replaced from the store, so an out over a path
@@ -1255,87 +1245,29 @@ fn unresolved_param(
 const CYCLE_NAMES_SHOWN: usize = 12;
 const CYCLE_LABELS_SHOWN: usize = 8;
 
-/// Reports each cycle (one per strongly connected component) with its path, labelling the
-/// first edges on it at the references that created them. Linear in stages and edges: the
-/// components come from Kosaraju's algorithm (petgraph's Tarjan recurses once per stage of a
-/// chain and overflows the stack), and membership of a component is one array lookup.
-fn report_cycles(
-    checked: &[Checked<'_>],
-    edges: &[(usize, usize, Span)],
-    errors: &mut Vec<ModelError>,
-) {
-    let mut graph = petgraph::graph::DiGraph::<usize, Span>::new();
-    let nodes: Vec<_> = (0..checked.len())
-        .map(|index| graph.add_node(index))
-        .collect();
-    for (from, to, span) in edges {
-        graph.add_edge(nodes[*from], nodes[*to], *span);
-    }
-    let mut components = petgraph::algo::kosaraju_scc(&graph);
-    for component in &mut components {
-        component.sort_unstable();
-    }
-    components.sort_by_key(|component| component[0]);
-    let mut component_of = vec![usize::MAX; checked.len()];
-    for (number, component) in components.iter().enumerate() {
-        for node in component {
-            component_of[node.index()] = number;
-        }
-    }
-    let mut parent: Vec<Option<(petgraph::graph::NodeIndex, Span)>> = vec![None; checked.len()];
-    for (number, component) in components.iter().enumerate() {
-        let first = component[0];
-        let is_cycle = component.len() > 1 || graph.find_edge(first, first).is_some();
-        if !is_cycle {
-            continue;
-        }
-        // The shortest way back to the component's first stage (in file order): a breadth-
-        // first search inside the component, so the reported path is a real, minimal cycle.
-        let mut queue = std::collections::VecDeque::from([first]);
-        let mut closing = None;
-        'search: while let Some(current) = queue.pop_front() {
-            let mut outgoing: Vec<_> = graph
-                .edges(current)
-                .map(|edge| (edge_target(&edge), *edge.weight()))
-                .filter(|(target, _)| component_of[target.index()] == number)
-                .collect();
-            outgoing.sort_by_key(|(target, span)| (target.index(), span.start));
-            for (target, span) in outgoing {
-                if target == first {
-                    closing = Some((current, span));
-                    break 'search;
-                }
-                if parent[target.index()].is_none() {
-                    parent[target.index()] = Some((current, span));
-                    queue.push_back(target);
-                }
-            }
-        }
-        let Some((mut current, closing_span)) = closing else {
-            continue;
-        };
-        let mut path = vec![first, current];
-        let mut spans = vec![(current, first, closing_span)];
-        while current != first {
-            let Some((previous, span)) = parent[current.index()] else {
-                break;
-            };
-            spans.push((previous, current, span));
-            path.push(previous);
-            current = previous;
-        }
-        path.reverse();
-        spans.reverse();
-        let name =
-            |node: &petgraph::graph::NodeIndex| format!("`{}`", checked[node.index()].id.value);
-        let labels: Vec<LabeledSpan> = spans
+/// Reports each cycle ([`edges::cycles`]: one per strongly connected component, linear in
+/// stages and edges) with its path, labelling the first edges on it at the references that
+/// created them.
+fn report_cycles(checked: &[Checked<'_>], edges: &[Edge<Span>], errors: &mut Vec<ModelError>) {
+    for cycle in edges::cycles(checked.len(), edges) {
+        let name = |index: usize| format!("`{}`", checked[index].id.value);
+        let labels: Vec<LabeledSpan> = cycle
+            .edges
             .iter()
             .take(CYCLE_LABELS_SHOWN)
-            .map(|(from, to, span)| {
-                LabeledSpan::new_with_span(Some(format!("{} uses {}", name(to), name(from))), *span)
+            .map(|position| {
+                let edge = &edges[*position];
+                LabeledSpan::new_with_span(
+                    Some(format!(
+                        "{} uses {}",
+                        name(edge.downstream),
+                        name(edge.upstream)
+                    )),
+                    edge.at,
+                )
             })
             .collect();
-        let mut names: Vec<String> = path.iter().map(name).collect();
+        let mut names: Vec<String> = cycle.stages.iter().map(|index| name(*index)).collect();
         if names.len() > CYCLE_NAMES_SHOWN {
             let hidden = names.len() - CYCLE_NAMES_SHOWN;
             names.splice(
@@ -1348,11 +1280,6 @@ fn report_cycles(
             edges: labels,
         });
     }
-}
-
-fn edge_target(edge: &petgraph::graph::EdgeReference<'_, Span>) -> petgraph::graph::NodeIndex {
-    use petgraph::visit::EdgeRef;
-    edge.target()
 }
 
 fn mismatch_help(slot: InputSlot, expected: ArtifactKind, stages: &[Checked<'_>]) -> String {
