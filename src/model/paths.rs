@@ -12,7 +12,7 @@
 //! Where paths may point: deps may leave the pipeline directory (`../vocab/words.txt`): they
 //! are only read, hashed from the file they name, and kept as `../…` in the lock file. Outs
 //! never may: they are deleted before a run and restored from the store (see
-//! `validate::check_outs`).
+//! `model/validate/outs.rs`).
 //!
 //! Contract: two paths *overlap* when one contains the other, component by component (exactly
 //! `a.starts_with(b) || b.starts_with(a)` for [`Path`]: `data` contains `data/clean.csv`, not
