@@ -87,7 +87,7 @@ pub fn load_str(
         .iter()
         .map(|item| ("command-line override".to_owned(), item.text.clone()))
         .collect();
-    let source = spec::Source::new(&name, text, &segments);
+    let source = spec::SourceText::new(&name, text, &segments);
     let (raw, spec_errors) = spec::parse(&source);
     let mut errors: Vec<ModelError> = spec_errors.into_iter().map(ModelError::from).collect();
     let mut pipeline = None;

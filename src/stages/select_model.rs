@@ -17,7 +17,7 @@ use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::fingerprint::Digest;
 use crate::model::StageSettings;
-use crate::stages::ml_common::{link_or_copy, write_json, wrong_runner, StagesError};
+use crate::stages::ml_common::{link_or_copy, write_json, wrong_runner, MlStageError};
 
 /// Encoders whose `config.json` the model core reads.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
@@ -50,7 +50,7 @@ impl StageRunner for SelectModelRunner {
         let resolver = SourceResolver::new(ctx.pipeline_root, ctx.store_root);
         let resolved = resolver
             .resolve(&settings.source)
-            .map_err(StagesError::from)?;
+            .map_err(MlStageError::from)?;
         (ctx.log)(&format!("model source: {}", resolved.path.display()));
         let record = select(
             &resolved.path,
@@ -74,13 +74,13 @@ pub fn select(
     source_blake3: &Digest,
     allow_pickle: bool,
     out_dir: &Path,
-) -> Result<ModelRecord, StagesError> {
+) -> Result<ModelRecord, MlStageError> {
     if !dir.is_dir() {
-        return Err(StagesError::ModelNotDirectory {
+        return Err(MlStageError::ModelNotDirectory {
             path: dir.to_path_buf(),
         });
     }
-    let require = |file: &str| -> Result<std::path::PathBuf, StagesError> {
+    let require = |file: &str| -> Result<std::path::PathBuf, MlStageError> {
         let path = dir.join(file);
         if path.is_file() {
             Ok(path)
@@ -112,11 +112,11 @@ pub fn select(
     };
 
     let config = read_config(&config_path)?;
-    let config_field = |name: &str| -> Result<u64, StagesError> {
+    let config_field = |name: &str| -> Result<u64, MlStageError> {
         config
             .get(name)
             .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| StagesError::InconsistentModel {
+            .ok_or_else(|| MlStageError::InconsistentModel {
                 path: config_path.clone(),
                 message: format!("`{name}` is missing or not a whole number"),
             })
@@ -127,7 +127,7 @@ pub fn select(
         .unwrap_or_default()
         .to_owned();
     if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
-        return Err(StagesError::UnsupportedArchitecture {
+        return Err(MlStageError::UnsupportedArchitecture {
             path: config_path,
             model_type,
             supported: SUPPORTED_MODEL_TYPES
@@ -144,7 +144,7 @@ pub fn select(
     let tokenizer = load_tokenizer(&tokenizer_path, 8)?;
     let tokenizer_vocab = tokenizer.get_vocab_size(true) as u64;
     if tokenizer_vocab > vocab_size {
-        return Err(StagesError::InconsistentModel {
+        return Err(MlStageError::InconsistentModel {
             path: tokenizer_path,
             message: format!(
                 "the tokenizer has {tokenizer_vocab} tokens but the model embeds only {vocab_size}"
@@ -162,7 +162,7 @@ pub fn select(
             if shape.first().copied() != Some(vocab_size)
                 || shape.get(1).copied() != Some(hidden_size)
             {
-                return Err(StagesError::InconsistentModel {
+                return Err(MlStageError::InconsistentModel {
                     path: weights,
                     message: format!(
                         "word embeddings have shape {shape:?}, but `config.json` says [{vocab_size}, {hidden_size}]"
@@ -219,7 +219,7 @@ pub fn select(
     Ok(record)
 }
 
-fn read_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, StagesError> {
+fn read_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, MlStageError> {
     let text = fs::read_to_string(path).map_err(|error| DataError::io(path, error))?;
     match serde_json::from_str(&text) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
@@ -228,7 +228,7 @@ fn read_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>
     }
 }
 
-fn malformed(path: &Path, message: String) -> StagesError {
+fn malformed(path: &Path, message: String) -> MlStageError {
     DataError::Malformed {
         path: path.to_path_buf(),
         message,
@@ -244,7 +244,7 @@ pub struct TensorInfo {
 
 /// Tensor name → dtype and shape, from the JSON header of a safetensors file (an 8-byte LE
 /// length, then that many bytes of JSON), reading only the header.
-pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, StagesError> {
+pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, MlStageError> {
     use std::io::Read;
     let mut file = fs::File::open(path).map_err(|error| DataError::io(path, error))?;
     let file_len = file
@@ -354,7 +354,7 @@ pub(crate) mod tests {
         fs::remove_file(model.join("tokenizer.json")).unwrap();
         let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(
-            matches!(&error, StagesError::Data(DataError::IncompleteModel { file, .. }) if file == "tokenizer.json"),
+            matches!(&error, MlStageError::Data(DataError::IncompleteModel { file, .. }) if file == "tokenizer.json"),
             "{error:?}"
         );
 
@@ -364,7 +364,7 @@ pub(crate) mod tests {
         let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(matches!(
             error,
-            StagesError::Data(DataError::PickleRefused { .. })
+            MlStageError::Data(DataError::PickleRefused { .. })
         ));
 
         tiny_model_dir(&model);
@@ -374,7 +374,7 @@ pub(crate) mod tests {
         );
         let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(
-            matches!(error, StagesError::InconsistentModel { .. }),
+            matches!(error, MlStageError::InconsistentModel { .. }),
             "{error:?}"
         );
 
@@ -384,7 +384,10 @@ pub(crate) mod tests {
         )
         .unwrap();
         let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
-        assert!(matches!(error, StagesError::UnsupportedArchitecture { .. }));
+        assert!(matches!(
+            error,
+            MlStageError::UnsupportedArchitecture { .. }
+        ));
     }
 
     /// The real model, when the lead's CI provides it.

@@ -13,7 +13,7 @@ use super::{invalid, Checked};
 use crate::model::edges::{self, Edge, StageEnds};
 use crate::model::error::ModelError;
 use crate::model::{ArtifactKind, InputSlot, StageId, StageKind};
-use crate::spec::{suggestion_help, Resolved, Span};
+use crate::spec::{suggestion_help, ScalarValue, Span};
 
 /// The typed inputs of every stage, resolved to the stages they name.
 pub(super) struct Inputs {
@@ -69,7 +69,7 @@ pub(super) fn resolve_inputs(checked: &[Checked<'_>], errors: &mut Vec<ModelErro
             };
             let Some(reference_name) = reference
                 .as_scalar()
-                .filter(|scalar| !matches!(scalar.resolve(), Resolved::Null))
+                .filter(|scalar| !matches!(scalar.resolve(), ScalarValue::Null))
                 .map(|scalar| scalar.text.as_str())
             else {
                 errors.push(invalid(

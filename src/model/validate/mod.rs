@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use super::checks::Issue;
 use super::error::ModelError;
 use super::{Pipeline, Stage, StageId, StageKind, StageSettings};
-use crate::spec::{Key, Node, RawPipeline, Resolved, Span, Value};
+use crate::spec::{Key, Node, RawPipeline, ScalarValue, Span, Value};
 use edges::{check_edges, resolve_inputs};
 use outs::{check_output_clashes, check_outs};
 use params::{check_params, Substitution};
@@ -87,7 +87,7 @@ pub(crate) fn validate(
     match &raw.version {
         None => errors.push(missing_top_level("version", "version: 1", document_start)),
         Some((_, node)) => {
-            if node.as_scalar().map(|scalar| scalar.resolve()) != Some(Resolved::Int(1)) {
+            if node.as_scalar().map(|scalar| scalar.resolve()) != Some(ScalarValue::Int(1)) {
                 errors.push(invalid(
                     format!("unsupported pipeline `version`: {}", node.describe()),
                     node,
@@ -235,7 +235,7 @@ fn invalid(message: String, node: &Node, label: &str, help: String) -> ModelErro
 
 fn string_value(node: &Node, what: &str, errors: &mut Vec<ModelError>) -> Option<String> {
     match node.as_scalar() {
-        Some(scalar) if scalar.resolve() != Resolved::Null => Some(scalar.text.clone()),
+        Some(scalar) if scalar.resolve() != ScalarValue::Null => Some(scalar.text.clone()),
         _ => {
             errors.push(invalid(
                 format!("{what} must be text, not {}", node.describe()),
@@ -251,14 +251,14 @@ fn string_value(node: &Node, what: &str, errors: &mut Vec<ModelError>) -> Option
 fn to_json(node: &Node) -> serde_json::Value {
     match &node.value {
         Value::Scalar(scalar) => match scalar.resolve() {
-            Resolved::Null => serde_json::Value::Null,
-            Resolved::Bool(value) => serde_json::Value::Bool(value),
-            Resolved::Int(value) => serde_json::Value::from(value),
-            Resolved::Float(value) => serde_json::Number::from_f64(value).map_or_else(
+            ScalarValue::Null => serde_json::Value::Null,
+            ScalarValue::Bool(value) => serde_json::Value::Bool(value),
+            ScalarValue::Int(value) => serde_json::Value::from(value),
+            ScalarValue::Float(value) => serde_json::Number::from_f64(value).map_or_else(
                 || serde_json::Value::String(scalar.text.clone()),
                 serde_json::Value::Number,
             ),
-            Resolved::Str(text) => serde_json::Value::String(text.to_owned()),
+            ScalarValue::Str(text) => serde_json::Value::String(text.to_owned()),
         },
         Value::Seq(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
         Value::Map(entries) => serde_json::Value::Object(

@@ -14,7 +14,9 @@ use crate::model::de::{from_node, DeError, UnknownField};
 use crate::model::error::ModelError;
 use crate::model::paths::{is_strictly_inside, normalize};
 use crate::model::{Command, StageKind, StageSettings};
-use crate::spec::{did_you_mean, suggestion_help, Key, Node, Resolved, ScalarStyle, Span, Value};
+use crate::spec::{
+    did_you_mean, suggestion_help, Key, Node, ScalarStyle, ScalarValue, Span, Value,
+};
 
 const COMMAND_KEYS: [&str; 5] = ["run", "deps", "outs", "env", "pass_env"];
 
@@ -192,7 +194,7 @@ pub(super) fn check_stage<'a>(
         let mut with = body
             .get("with")
             .filter(|node| {
-                node.as_scalar().map(crate::spec::Scalar::resolve) != Some(Resolved::Null)
+                node.as_scalar().map(crate::spec::Scalar::resolve) != Some(ScalarValue::Null)
             })
             .cloned()
             .unwrap_or_else(|| Node::empty_map(id.span));
