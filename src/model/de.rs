@@ -754,6 +754,70 @@ mod tests {
         );
     }
 
+    /// `method:` is a tagged block; each of its wrong values is reported at the value, like
+    /// those of the `with:` block around it, and settings of another method are refused.
+    #[test]
+    fn every_wrong_value_inside_method_is_reported_at_the_value() {
+        let text = "method: { name: lora, r: -1, alpha: x, dropout: [1] }\nepochs: 1.5\n";
+        assert_eq!(
+            messages(text),
+            [
+                (
+                    "-1".to_owned(),
+                    "expected a whole number ≥ 0, found -1".to_owned()
+                ),
+                (
+                    "x".to_owned(),
+                    "expected a number, found the string `x`".to_owned()
+                ),
+                // A list is labelled at its key, as everywhere (see `DeError::placed`).
+                (
+                    "dropout".to_owned(),
+                    "expected a number, found a list".to_owned()
+                ),
+                (
+                    "1.5".to_owned(),
+                    "expected a whole number ≥ 0, found the number `1.5`".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(
+            messages("method: { name: lorra }\n"),
+            [("lorra".to_owned(), "unknown value `lorra`".to_owned())]
+        );
+        assert_eq!(
+            messages("method: { name: full, r: 4, targets: [query] }\n"),
+            [(
+                "method".to_owned(),
+                "`r`, `targets` are not settings of method `full` (it takes no other settings)"
+                    .to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_method_block_reads_as_before_and_round_trips() {
+        let outcome = parse("method: { name: lora, alpha: 32 }\n");
+        assert!(outcome.errors.is_empty());
+        let method = outcome.value.expect("valid").method;
+        assert_eq!(
+            method,
+            crate::model::stages::Method::Lora {
+                r: 8,
+                alpha: 32.0,
+                dropout: 0.0,
+                targets: vec!["query".to_owned(), "value".to_owned()],
+            }
+        );
+        let json = serde_json::to_value(&method).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({ "name": "lora", "r": 8, "alpha": 32.0, "dropout": 0.0, "targets": ["query", "value"] })
+        );
+        let back: crate::model::stages::Method = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back, method);
+    }
+
     #[test]
     fn a_skipped_required_setting_is_not_also_reported_missing() {
         let (root, errors) = parse_yaml("patience: x\n");
