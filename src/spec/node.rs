@@ -390,14 +390,21 @@ fn parse_into(text: &str, errors: &mut Vec<SpecError>) -> Result<Option<Node>, S
                 let frame = stack
                     .pop()
                     .expect("the parser balances collection start and end events");
+                // A flow collection ends at its `}` or `]`, which belongs to it: a label over
+                // `{ name: lora, r: 4 }` that stopped before the brace looked cut off. A block
+                // collection ends at the next token; step back over blanks and comments.
+                let end = |start: usize| match text.as_bytes().get(at) {
+                    Some(b'}' | b']') => at + 1,
+                    _ => offsets.trim_back(start, at),
+                };
                 let node = match frame {
                     Frame::Seq { start, items } => Node {
-                        span: Span::new(start, offsets.trim_back(start, at)),
+                        span: Span::new(start, end(start)),
                         value: Value::Seq(items),
                         from_param: None,
                     },
                     Frame::Map { start, entries, .. } => Node {
-                        span: Span::new(start, offsets.trim_back(start, at)),
+                        span: Span::new(start, end(start)),
                         value: Value::Map(entries),
                         from_param: None,
                     },

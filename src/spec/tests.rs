@@ -103,3 +103,17 @@ fn a_megabyte_key_is_abbreviated_in_messages() {
         "{errors:?}"
     );
 }
+
+/// A flow collection's span covers its closing bracket (it ended before it).
+#[test]
+fn flow_collections_end_at_their_closing_bracket() {
+    let text = "a: { b: 1, c: [x, y] }\nf: 2\n";
+    let root = parse_ok(text);
+    let span_of = |path: &[&str]| {
+        let path: Vec<String> = path.iter().map(|step| (*step).to_owned()).collect();
+        let node = root.lookup(&path).expect("present");
+        &text[node.span.start..node.span.end]
+    };
+    assert_eq!(span_of(&["a"]), "{ b: 1, c: [x, y] }");
+    assert_eq!(span_of(&["a", "c"]), "[x, y]");
+}
