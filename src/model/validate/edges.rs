@@ -108,7 +108,7 @@ pub(super) fn resolve_inputs(checked: &[Checked<'_>], errors: &mut Vec<ModelErro
                     span: reference.span.into(),
                     upstream_span: Some(upstream.kind_span.into()),
                     note: String::new(),
-                    help: mismatch_help(*slot, *expected, &checked),
+                    help: mismatch_help(*slot, *expected, checked),
                 });
             }
         }
