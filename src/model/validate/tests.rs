@@ -217,7 +217,7 @@ fn deploy_gates_name_known_metrics_in_range_and_need_metrics() {
             ("invalid `require.accuracy` in stage `ship`: the minimum for `accuracy` must be a number from 0 to 1, not NaN", ".nan"),
             ("invalid `require.macro_f1` in stage `ship`: the minimum for `macro_f1` must be a number from 0 to 1, not 1.5", "1.5"),
             ("invalid `require.acuracy` in stage `ship`: `acuracy` is not a metric that `evaluate` reports", "0.8"),
-            ("invalid `require` in stage `blind`: gates need metrics, but the stage has no `metrics` input", "{ accuracy: 0.8"), // a flow mapping's span ends at its last value (the parser's end mark)
+            ("invalid `require` in stage `blind`: gates need metrics, but the stage has no `metrics` input", "{ accuracy: 0.8 }"),
         ]
     );
     let acuracy = &errors(&format!(
