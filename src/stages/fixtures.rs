@@ -10,7 +10,7 @@ use crate::data::tokenize::wordpiece_tokenizer_json;
 use crate::ml::fixtures::{write_random_model, NameStyle};
 use crate::ml::EncoderConfig;
 
-use super::ml_common::StagesError;
+use super::ml_common::MlStageError;
 
 /// Words that make a row positive.
 pub const POSITIVE: &[&str] = &["good", "great", "fine", "superb", "lovely", "fun"];
@@ -43,7 +43,7 @@ pub fn sentiment_row(i: usize, gap: &str) -> (&'static str, String) {
 /// Writes `EncoderConfig::tiny_bert()` with random weights (seed 7) and a WordPiece
 /// `tokenizer.json` over [`POSITIVE`], [`NEGATIVE`] and [`FILLER`] into `dir`: a model
 /// directory that `select-model` accepts.
-pub fn write_tiny_sentiment_model(dir: &Path) -> Result<(), StagesError> {
+pub fn write_tiny_sentiment_model(dir: &Path) -> Result<(), MlStageError> {
     write_random_model(dir, &EncoderConfig::tiny_bert(), 7, NameStyle::Plain)?;
     let words: Vec<&str> = POSITIVE
         .iter()
@@ -52,7 +52,7 @@ pub fn write_tiny_sentiment_model(dir: &Path) -> Result<(), StagesError> {
         .copied()
         .collect();
     let path = dir.join("tokenizer.json");
-    fs::write(&path, wordpiece_tokenizer_json(&words)).map_err(|source| StagesError::Write {
+    fs::write(&path, wordpiece_tokenizer_json(&words)).map_err(|source| MlStageError::Write {
         path: path.clone(),
         source,
     })
