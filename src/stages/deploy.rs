@@ -69,7 +69,7 @@ impl StageRunner for DeployRunner {
             stage_key: &ctx.key.to_hex(),
             out_dir: ctx.out_dir,
         })?;
-        (ctx.log)(&format!("bundle written to {}", ctx.out_dir.display()));
+        (ctx.log)("bundle written: HF checkpoint, tokenizer files, model card, manifest");
         Ok(StageOutcome::default())
     }
 }
