@@ -40,7 +40,7 @@ pub use classifier::{softmax, Batch, Classifier, DeviceChoice};
 pub use config::{Activation, Architecture, EncoderConfig};
 pub use encoder::{Ctx, Encoder};
 pub use error::MlError;
-pub use hf::{hf_class_name, hf_labels, hf_tensor_name};
+pub use hf::hf_class_name;
 pub use runtime::tune_runtime;
 pub use trainer::{StepStats, Trainer};
 pub use weights::LoadReport;

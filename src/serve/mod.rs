@@ -298,6 +298,9 @@ async fn answer(
     truncate: bool,
     raw_scores: bool,
 ) -> Result<Vec<Vec<crate::stages::bundle::Prediction>>, ServeError> {
+    // Tokenized here rather than in the batcher: a round is sized by tokens, and a text that
+    // is empty or too long must be refused (422) before it queues. It takes microseconds per
+    // sentence, so the async worker thread is not held up.
     let sequences = state
         .bundle
         .encode(texts, truncate)
