@@ -1,5 +1,12 @@
 //! The figures `GET /metrics` exposes, in Prometheus' text format (version 0.0.4), kept by
 //! hand: a dozen series do not justify a metrics crate and its global registry.
+//!
+//! Drift: the server counts predicted labels and input lengths. When the bundle carries the
+//! class shares of the split it was evaluated on (`manifest.json` `label_shares`), the
+//! population stability index of the served predictions against them is a gauge
+//! (`taper_predicted_label_psi`; by the usual rule of thumb, above 0.1 is a shift worth a look,
+//! above 0.25 a large one). Input lengths have no reference in the bundle, so only their
+//! histogram is kept.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,6 +19,10 @@ const LATENCY_BUCKETS: [f64; 12] = [
 ];
 /// Upper bounds of the batch-size buckets (sequences per model call).
 const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Upper bounds of the input-length buckets, in tokens.
+const LENGTH_BUCKETS: [f64; 9] = [8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0];
+/// Shares below this count as this in the PSI, whose logarithm is infinite at zero.
+const PSI_FLOOR: f64 = 1e-4;
 
 /// A cumulative histogram.
 #[derive(Debug, Clone)]
@@ -58,30 +69,77 @@ struct Series {
     requests: BTreeMap<(String, u16), u64>,
     latency: Histogram,
     batch_size: Histogram,
+    input_tokens: Histogram,
+    /// Predictions per class, in label order.
+    predicted: Vec<u64>,
 }
 
 /// The server's counters; shared by the request middleware and the batcher.
 #[derive(Debug)]
 pub struct Metrics {
     series: Mutex<Series>,
+    labels: Vec<String>,
+    /// The reference class shares (empty: no drift gauge).
+    reference: Vec<f64>,
     /// Requests admitted and not yet answered.
     pub(crate) in_flight: AtomicUsize,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+/// Drift figures, for `GET /info`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Drift {
+    pub predictions: u64,
+    pub predicted_label_shares: Vec<f64>,
+    pub reference_label_shares: Vec<f64>,
+    /// Absent without a reference or before the first prediction.
+    pub predicted_label_psi: Option<f64>,
+}
+
+impl Metrics {
+    /// Counters for a model with `labels`, and the reference shares of its classes (empty when
+    /// the bundle has none).
+    pub fn new(labels: &[String], reference: Vec<f64>) -> Self {
         Self {
             series: Mutex::new(Series {
                 requests: BTreeMap::new(),
                 latency: Histogram::new(&LATENCY_BUCKETS),
                 batch_size: Histogram::new(&BATCH_BUCKETS),
+                input_tokens: Histogram::new(&LENGTH_BUCKETS),
+                predicted: vec![0; labels.len()],
             }),
+            labels: labels.to_vec(),
+            reference,
             in_flight: AtomicUsize::new(0),
         }
     }
-}
 
-impl Metrics {
+    /// Counts one served input: its length in tokens and its predicted class.
+    pub fn record_prediction(&self, tokens: usize, class: usize) {
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        series.input_tokens.observe(tokens as f64);
+        if let Some(count) = series.predicted.get_mut(class) {
+            *count += 1;
+        }
+    }
+
+    pub fn drift(&self) -> Drift {
+        let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let predictions: u64 = series.predicted.iter().sum();
+        let shares: Vec<f64> = series
+            .predicted
+            .iter()
+            .map(|&count| count as f64 / predictions.max(1) as f64)
+            .collect();
+        let psi = (predictions > 0 && self.reference.len() == shares.len())
+            .then(|| population_stability_index(&self.reference, &shares));
+        Drift {
+            predictions,
+            predicted_label_shares: shares,
+            reference_label_shares: self.reference.clone(),
+            predicted_label_psi: psi,
+        }
+    }
+
     pub fn record_request(&self, route: &str, status: u16, seconds: f64) {
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         *series
@@ -118,6 +176,27 @@ impl Metrics {
             "taper_batch_size",
             "Sequences per model call of the dynamic batcher.",
         );
+        series.input_tokens.render(
+            &mut out,
+            "taper_input_tokens",
+            "Tokens per served input, [CLS] and [SEP] included.",
+        );
+        out.push_str(
+            "# HELP taper_predictions_total Served inputs by predicted class.\n\
+             # TYPE taper_predictions_total counter\n",
+        );
+        for (label, count) in self.labels.iter().zip(&series.predicted) {
+            let _ = writeln!(out, "taper_predictions_total{{label=\"{label}\"}} {count}");
+        }
+        drop(series);
+        if let Some(psi) = self.drift().predicted_label_psi {
+            let _ = writeln!(
+                out,
+                "# HELP taper_predicted_label_psi Population stability index of the predicted \
+                 classes against the evaluated split's class shares.\n\
+                 # TYPE taper_predicted_label_psi gauge\ntaper_predicted_label_psi {psi}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP taper_requests_in_flight Requests admitted and not yet answered.\n\
@@ -128,13 +207,67 @@ impl Metrics {
     }
 }
 
+/// PSI = Σ (actual − expected) · ln(actual / expected), shares floored at [`PSI_FLOOR`].
+pub fn population_stability_index(expected: &[f64], actual: &[f64]) -> f64 {
+    expected
+        .iter()
+        .zip(actual)
+        .map(|(&e, &a)| {
+            let (e, a) = (e.max(PSI_FLOOR), a.max(PSI_FLOOR));
+            (a - e) * (a / e).ln()
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn psi_is_zero_for_equal_shares_and_grows_with_the_shift() {
+        assert!(population_stability_index(&[0.4, 0.6], &[0.4, 0.6]).abs() < 1e-12);
+        // (0.5 − 0.4)·ln(0.5/0.4) + (0.5 − 0.6)·ln(0.5/0.6) = 0.0405…
+        let small = population_stability_index(&[0.4, 0.6], &[0.5, 0.5]);
+        assert!((small - 0.040_5).abs() < 1e-4, "{small}");
+        let large = population_stability_index(&[0.4, 0.6], &[1.0, 0.0]);
+        assert!(large > 1.0 && large.is_finite(), "{large}");
+    }
+
+    #[test]
+    fn drift_compares_predicted_shares_with_the_reference() {
+        let labels = ["neg".to_owned(), "pos".to_owned()];
+        let metrics = Metrics::new(&labels, vec![0.4, 0.6]);
+        assert_eq!(metrics.drift().predicted_label_psi, None);
+        for (tokens, class) in [(5, 0), (9, 1), (12, 1), (40, 1)] {
+            metrics.record_prediction(tokens, class);
+        }
+        let drift = metrics.drift();
+        assert_eq!(drift.predictions, 4);
+        assert_eq!(drift.predicted_label_shares, [0.25, 0.75]);
+        let psi = drift.predicted_label_psi.unwrap_or_default();
+        assert!(psi > 0.0, "{psi}");
+        let text = metrics.render();
+        assert!(
+            text.contains("taper_predictions_total{label=\"pos\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("taper_input_tokens_bucket{le=\"16\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("taper_predicted_label_psi {psi}")),
+            "{text}"
+        );
+        // Without a reference: counts, no gauge.
+        let bare = Metrics::new(&labels, Vec::new());
+        bare.record_prediction(5, 0);
+        assert!(!bare.render().contains("taper_predicted_label_psi"));
+    }
+
+    #[test]
     fn renders_counters_and_cumulative_buckets() {
-        let metrics = Metrics::default();
+        let metrics = Metrics::new(&[], Vec::new());
         metrics.record_request("/predict", 200, 0.003);
         metrics.record_request("/predict", 200, 0.3);
         metrics.record_request("/predict", 422, 0.001);

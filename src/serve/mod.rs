@@ -3,7 +3,8 @@
 //!
 //! Routes: `POST /predict` (`{"inputs": "text" | ["text", ...], "raw_scores": false,
 //! "truncate": false}` → `[{"label", "score"}]`, or one such list per input for a list),
-//! `GET /health`, `GET /info`, `GET /metrics` (Prometheus), `GET /openapi.json`.
+//! `GET /health`, `GET /info`, `GET /metrics` (Prometheus, with drift figures: [`metrics`]),
+//! `GET /openapi.json`.
 //!
 //! Contract: every failure is a [`ServeError`], whose status comes from one table
 //! ([`ServeError::status`]) and whose body is TEI's `{"error", "error_type"}`. A request is
@@ -34,6 +35,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
+use crate::data::metrics::argmax;
 use crate::stages::bundle::Bundle;
 
 pub use batcher::{BatchConfig, Batcher};
@@ -84,7 +86,10 @@ impl AppState {
     /// Starts the batcher on the current tokio runtime.
     pub fn new(bundle: Bundle, config: ServeConfig) -> Arc<Self> {
         let bundle = Arc::new(bundle);
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(
+            bundle.labels(),
+            bundle.manifest().label_shares.clone(),
+        ));
         let batcher = Batcher::start(Arc::clone(&bundle), config.batch, Arc::clone(&metrics));
         Arc::new(Self {
             bundle,
@@ -306,11 +311,15 @@ async fn answer(
         .encode(texts, truncate)
         .map_err(ServeError::Input)?;
     let timeout = state.config.request_timeout;
+    let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
     let logits = tokio::time::timeout(timeout, state.batcher.submit(sequences))
         .await
         .map_err(|_| ServeError::Timeout {
             seconds: timeout.as_secs_f64(),
         })??;
+    for (tokens, row) in lengths.into_iter().zip(&logits) {
+        state.metrics.record_prediction(tokens, argmax(row));
+    }
     Ok(logits
         .iter()
         .map(|row| state.bundle.predictions(row, raw_scores))
@@ -335,6 +344,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "max_batch_tokens": state.config.batch.max_batch_tokens,
         "max_concurrent_requests": state.config.max_concurrent,
         "max_client_batch_size": state.config.max_inputs,
+        "drift": state.metrics.drift(),
     }))
 }
 

@@ -291,6 +291,8 @@ async fn info_health_metrics_openapi_and_404() {
         "taper_request_duration_seconds_bucket",
         "taper_batch_size_count 1",
         "taper_requests_in_flight 0",
+        "taper_input_tokens_count 1",
+        r#"taper_predictions_total{label="LABEL_0"}"#,
     ] {
         assert!(
             metrics.contains(needle),

@@ -47,6 +47,11 @@ pub struct BundleManifest {
     pub max_length: usize,
     /// The headline metrics of the `metrics` input (empty without one).
     pub metrics: BTreeMap<String, f64>,
+    /// Each class's share of the evaluated split (stratified like the training split), in
+    /// label order: the reference `taper serve` compares served predictions with (empty
+    /// without a `metrics` input).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub label_shares: Vec<f64>,
     /// Every other file of the bundle, by relative path.
     pub files: BTreeMap<String, FileRecord>,
 }

@@ -11,7 +11,8 @@
 //!   tokenizer files (`tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`,
 //!   `vocab.txt`; copied from the trained model, the last three derived from `tokenizer.json`
 //!   when the base model had none), a `README.md` model card and `manifest.json` (blake3 and
-//!   size of every other file, the stage key, labels and metrics; [`crate::stages::bundle`]).
+//!   size of every other file, the stage key, labels, metrics and the evaluated split's class
+//!   shares, the reference of `taper serve`'s drift gauge; [`crate::stages::bundle`]).
 //! - Labels are the metrics input's class names; without one, HF's `LABEL_i`.
 //! - The lock file gets no metrics from this stage: they are `evaluate`'s, recorded there.
 //!
@@ -170,6 +171,17 @@ pub fn write_bundle(source: &BundleSource<'_>) -> Result<(), StagesError> {
             metrics: source
                 .metrics
                 .map(|file| headline(&file.metrics))
+                .unwrap_or_default(),
+            label_shares: source
+                .metrics
+                .map(|file| {
+                    let examples = file.metrics.examples.max(1) as f64;
+                    file.metrics
+                        .per_class
+                        .iter()
+                        .map(|class| class.support as f64 / examples)
+                        .collect()
+                })
                 .unwrap_or_default(),
             files,
         },

@@ -169,6 +169,8 @@ fn deploy_writes_a_hf_bundle_that_reloads_with_the_trained_logits() {
         crate::fingerprint::Digest::of_bytes(b"deploy").to_hex()
     );
     assert!(manifest.metrics["accuracy"] >= 0.5);
+    // 16 of the 40 test rows are `neg` (stratified split): the drift reference.
+    assert_eq!(manifest.label_shares, [0.4, 0.6]);
 
     // The model card: metrics with the per-class table, intended use, serving.
     let card = fs::read_to_string(bundle_dir.join("README.md")).unwrap();
