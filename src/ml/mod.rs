@@ -1,6 +1,7 @@
 //! The ML core: a trainable BERT-family encoder on candle, classification heads, fine-tuning
 //! methods (full, frozen layers, LoRA, IA3), AdamW with parameter groups, schedules, clipping,
-//! gradient accumulation, checkpoints that resume bit for bit, and export for inference.
+//! gradient accumulation, checkpoints that resume bit for bit, and export for inference (taper's
+//! own layout, or a standard HuggingFace sequence-classification checkpoint: `hf.rs`).
 //!
 //! Typical use by the train/evaluate runners (no candle types needed):
 //!
