@@ -260,14 +260,17 @@ pub fn verify(dir: &Path) -> Result<(BundleManifest, Digest), BundleError> {
     Ok((manifest, Digest::of_bytes(&bytes)))
 }
 
-/// The files under `dir`, as `/`-separated relative paths, sorted.
+/// The files under `dir`, as `/`-separated relative paths, sorted. Symbolic links are listed,
+/// not followed (a link to a directory would otherwise let a bundle reach outside itself, or
+/// loop).
 pub fn relative_files(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut out = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(current) = pending.pop() {
         for entry in std::fs::read_dir(&current)? {
-            let path = entry?.path();
-            if path.is_dir() {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
                 pending.push(path);
             } else if let Ok(relative) = path.strip_prefix(dir) {
                 let parts: Vec<String> = relative

@@ -266,6 +266,10 @@ fn a_tampered_bundle_is_refused_naming_the_file() {
     );
     fs::remove_file(copy.join("pytorch_model.bin")).unwrap();
 
+    std::os::unix::fs::symlink(&copy, copy.join("loop")).unwrap();
+    assert_eq!(refused(&copy), "loop: it is not in the manifest");
+    fs::remove_file(copy.join("loop")).unwrap();
+
     fs::remove_file(copy.join("vocab.txt")).unwrap();
     assert!(refused(&copy).starts_with("vocab.txt: cannot read it"));
 }
