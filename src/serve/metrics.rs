@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// Upper bounds of the request-latency buckets, in seconds.
@@ -81,8 +80,6 @@ pub struct Metrics {
     labels: Vec<String>,
     /// The reference class shares (empty: no drift gauge).
     reference: Vec<f64>,
-    /// Requests admitted and not yet answered.
-    pub(crate) in_flight: AtomicUsize,
 }
 
 /// Drift figures, for `GET /info`.
@@ -109,7 +106,6 @@ impl Metrics {
             }),
             labels: labels.to_vec(),
             reference,
-            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -154,7 +150,9 @@ impl Metrics {
         series.batch_size.observe(sequences as f64);
     }
 
-    pub fn render(&self) -> String {
+    /// The text of `GET /metrics`; `in_flight` is the number of requests admitted and not yet
+    /// answered.
+    pub fn render(&self, in_flight: usize) -> String {
         let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = String::from(
             "# HELP taper_requests_total HTTP requests by route and status.\n\
@@ -200,8 +198,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP taper_requests_in_flight Requests admitted and not yet answered.\n\
-             # TYPE taper_requests_in_flight gauge\ntaper_requests_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed)
+             # TYPE taper_requests_in_flight gauge\ntaper_requests_in_flight {in_flight}"
         );
         out
     }
@@ -246,7 +243,7 @@ mod tests {
         assert_eq!(drift.predicted_label_shares, [0.25, 0.75]);
         let psi = drift.predicted_label_psi.unwrap_or_default();
         assert!(psi > 0.0, "{psi}");
-        let text = metrics.render();
+        let text = metrics.render(0);
         assert!(
             text.contains("taper_predictions_total{label=\"pos\"} 3"),
             "{text}"
@@ -262,7 +259,7 @@ mod tests {
         // Without a reference: counts, no gauge.
         let bare = Metrics::new(&labels, Vec::new());
         bare.record_prediction(5, 0);
-        assert!(!bare.render().contains("taper_predicted_label_psi"));
+        assert!(!bare.render(0).contains("taper_predicted_label_psi"));
     }
 
     #[test]
@@ -272,7 +269,7 @@ mod tests {
         metrics.record_request("/predict", 200, 0.3);
         metrics.record_request("/predict", 422, 0.001);
         metrics.record_batch(3);
-        let text = metrics.render();
+        let text = metrics.render(0);
         assert!(text.contains("taper_requests_total{route=\"/predict\",status=\"200\"} 2"));
         assert!(text.contains("taper_requests_total{route=\"/predict\",status=\"422\"} 1"));
         assert!(text.contains("taper_request_duration_seconds_bucket{le=\"0.005\"} 2"));

@@ -20,7 +20,6 @@ pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -285,10 +284,7 @@ async fn predict(
         .map_err(|_| ServeError::Overloaded {
             max: state.config.max_concurrent,
         })?;
-    state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-    let answer = answer(&state, &texts, request.truncate, request.raw_scores).await;
-    state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let predictions = answer?;
+    let predictions = answer(&state, &texts, request.truncate, request.raw_scores).await?;
     Ok(if single {
         Json(predictions.into_iter().next().unwrap_or_default()).into_response()
     } else {
@@ -351,7 +347,11 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        // Held admission permits are the requests in flight; counted here rather than
+        // incremented and decremented, which a client hanging up mid-request would unbalance.
+        state
+            .metrics
+            .render(state.config.max_concurrent - state.admission.available_permits()),
     )
 }
 

@@ -199,6 +199,8 @@ async fn a_full_server_answers_429() {
         .unwrap();
     let (status, error) = predict(&fixture.state, r#"{"inputs": "good"}"#).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{error}");
+    let (_, metrics) = call(&fixture.state, "GET", "/metrics", "", None).await;
+    assert!(metrics.contains("taper_requests_in_flight 1"), "{metrics}");
     drop(held);
     let (status, _) = predict(&fixture.state, r#"{"inputs": "good"}"#).await;
     assert_eq!(status, StatusCode::OK);
