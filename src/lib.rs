@@ -4,7 +4,7 @@
 //!
 //! `spec` (YAML → spanned raw AST) → `model` (validated, typed pipeline) → `graph` (petgraph DAG)
 //! → `fingerprint` / `cache` (stage keys, content-addressed store) → `exec` (scheduler) →
-//! `stages` (one runner per stage kind) → `cli`.
+//! `stages` (one runner per stage kind, and the deploy bundle) → `serve` (HTTP) → `cli`.
 //!
 //! `data` (sources, tables, splits, tokenization, metrics) and `ml` (candle encoder, PEFT,
 //! optimizer) are libraries that know only `model`; the stage runners call them.
@@ -20,5 +20,6 @@ pub mod fingerprint;
 pub mod graph;
 pub mod ml;
 pub mod model;
+pub mod serve;
 pub mod spec;
 pub mod stages;

@@ -586,3 +586,69 @@ fn minilm_matches_candle_transformers() {
         );
     }
 }
+
+/// The HF checkpoint that `Classifier::export_hf` writes, read the way `transformers` reads
+/// it: candle-transformers' `BertModel` finds the encoder under `bert.` (as `from_pretrained`
+/// does), and `BertForSequenceClassification`'s head (`[CLS]` → `bert.pooler.dense` + tanh →
+/// `classifier`) is applied here with the tensors under their HF names. Its logits must be
+/// those of the LoRA-trained model (adapters merged in) and of taper's own reload.
+#[test]
+fn hf_export_runs_by_hf_names_in_the_reference_bert() {
+    let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
+    let settings = configure(
+        r#"{"method":{"name":"lora","r":4,"alpha":8},"learning_rate":0.01,"dropout":0.0}"#,
+    );
+    let classifier = Classifier::new(dir.path(), 3, &settings, DeviceChoice::Cpu).expect("load");
+    let (sequences, labels) = toy_data(16);
+    let mut trainer = Trainer::new(classifier, &settings, 4).expect("trainer");
+    for batch in batches(&sequences, &labels, 8) {
+        trainer.step(&batch).expect("step");
+    }
+    let out = tempfile::tempdir().expect("temp dir");
+    let labels: Vec<String> = ["a", "b", "c"].map(str::to_owned).to_vec();
+    trainer
+        .classifier()
+        .export_hf(out.path(), &labels)
+        .expect("export");
+
+    let inputs: [&[u32]; 2] = [&[1, 5, 9, 33, 7, 2], &[1, 44, 2]];
+    let batch = Batch::new(&inputs, &[], 0).expect("batch");
+    let live = trainer.eval_logits(&batch).expect("live logits");
+    let hidden = Tensor::from_vec(
+        reference_hidden(out.path(), &inputs),
+        (2, 6, 32),
+        &Device::Cpu,
+    )
+    .expect("hidden");
+    let tensors =
+        candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu)
+            .expect("weights");
+    let linear = |x: &Tensor, name: &str| {
+        x.matmul(&tensors[&format!("{name}.weight")].t().expect("t"))
+            .and_then(|y| y.broadcast_add(&tensors[&format!("{name}.bias")]))
+            .expect("linear")
+    };
+    let cls = hidden
+        .narrow(1, 0, 1)
+        .and_then(|c| c.squeeze(1))
+        .expect("cls");
+    let pooled = linear(&cls, "bert.pooler.dense").tanh().expect("tanh");
+    let reference = values(&linear(&pooled, "classifier"));
+    let diff = max_abs_diff(&live.concat(), &reference);
+    assert!(
+        diff < 1e-4,
+        "HF-style logits differ from the trained model's by {diff}"
+    );
+
+    let (reloaded, read_labels) =
+        Classifier::load_hf(out.path(), DeviceChoice::Cpu).expect("reload");
+    assert_eq!(read_labels, labels);
+    let diff = max_abs_diff(
+        &reloaded.logits(&batch).expect("logits").concat(),
+        &reference,
+    );
+    assert!(
+        diff < 1e-4,
+        "taper's reload differs from the HF-style logits by {diff}"
+    );
+}

@@ -48,6 +48,12 @@ pub enum Command {
     /// Print metrics (`taper metrics out/test/metrics.json`, or a lock file or pipeline for
     /// every stage's headline metrics), or compare two of them (`taper metrics diff`).
     Metrics(MetricsArgs),
+    /// Score texts with a deploy bundle, offline: one JSON line per input, each class with its
+    /// score, best first.
+    Predict(PredictArgs),
+    /// Serve a deploy bundle over HTTP (TEI-style `POST /predict`, `/health`, `/info`,
+    /// `/metrics`, `/openapi.json`) until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
 }
 
 /// Where the store lives: `--store`, else `TAPER_STORE`, else `cache/` in the project root
@@ -184,4 +190,74 @@ pub enum MetricsCommand {
         #[arg(value_name = "OLD")]
         old: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PredictArgs {
+    /// A bundle directory written by a `deploy` stage (e.g. `out/quickstart/ship`).
+    #[arg(value_name = "BUNDLE")]
+    pub bundle: PathBuf,
+    /// Texts to score (or use `--input`).
+    #[arg(
+        value_name = "TEXT",
+        required_unless_present = "input",
+        conflicts_with = "input"
+    )]
+    pub texts: Vec<String>,
+    /// A JSON-lines file: one `{"text": "..."}` object or JSON string per line.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Print logits instead of probabilities.
+    #[arg(long)]
+    pub raw_scores: bool,
+    /// Cut inputs longer than the model's maximum length instead of refusing them.
+    #[arg(long)]
+    pub truncate: bool,
+    /// Padded tokens per model call: inputs are sorted by length and packed under this budget.
+    #[arg(long, env = "TAPER_MAX_BATCH_TOKENS", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_tokens: u32,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// A bundle directory written by a `deploy` stage (e.g. `out/quickstart/ship`).
+    #[arg(value_name = "BUNDLE")]
+    pub bundle: PathBuf,
+    /// The address to listen on.
+    #[arg(long, env = "TAPER_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// The port to listen on (0: any free port, printed at start).
+    #[arg(long, env = "TAPER_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Padded tokens per model call, and what a batching round collects before it runs.
+    #[arg(long, env = "TAPER_MAX_BATCH_TOKENS", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_tokens: u32,
+    /// Requests admitted at once (queued or being scored); more are answered 429.
+    #[arg(long, env = "TAPER_MAX_CONCURRENT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent: u32,
+    /// Inputs in one request; more are answered 422.
+    #[arg(long, env = "TAPER_MAX_CLIENT_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_client_batch_size: u32,
+    /// How long a batching round waits for more requests, in milliseconds.
+    #[arg(long, env = "TAPER_MAX_WAIT_MS", default_value_t = 2)]
+    pub max_wait_ms: u64,
+    /// Seconds a request may take from admission to answer; longer are answered 504.
+    #[arg(long, env = "TAPER_REQUEST_TIMEOUT", value_name = "SECONDS", default_value = "30", value_parser = seconds)]
+    pub request_timeout: std::time::Duration,
+    /// Require `Authorization: Bearer <KEY>` on every route but `/health`.
+    #[arg(
+        long,
+        env = "TAPER_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+}
+
+/// A non-negative number of seconds (`0.5`, `30`).
+fn seconds(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|value| std::time::Duration::try_from_secs_f64(value).ok())
+        .ok_or_else(|| format!("`{text}` is not a non-negative number of seconds"))
 }

@@ -57,6 +57,7 @@ impl Executor for LocalExecutor {
         })?;
         let context = StageContext {
             stage: job.stage,
+            key: job.key,
             pipeline_root: job.pipeline_root,
             inputs: job.inputs.clone(),
             out_dir: job.out_dir,

@@ -10,11 +10,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::fingerprint::Digest;
 use crate::model::{InputSlot, Stage};
 
 /// Everything one stage run may read.
 pub struct StageContext<'a> {
     pub stage: &'a Stage,
+    /// The stage key: equal keys give equal outputs, so a runner may record it (a deploy
+    /// bundle names the key it came from); names of the stage or pipeline are not in the key,
+    /// so they must not reach the outputs.
+    pub key: Digest,
     /// The directory of the pipeline file; relative paths in settings resolve against it.
     pub pipeline_root: &'a Path,
     /// Materialized upstream artifacts, one read-only directory per input slot.

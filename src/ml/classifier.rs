@@ -308,6 +308,18 @@ impl Classifier {
                 reason: format!("format {} (this taper reads {EXPORT_FORMAT})", info.format),
             });
         }
+        Self::load_frozen(dir, info.num_labels, info.pooling, device)
+    }
+
+    /// A frozen, inference-only classifier from `dir`'s `config.json` and `model.safetensors`
+    /// (tensor names normalised, so both taper's export and a HF checkpoint load): the one
+    /// loading path of [`Self::load_trained`] and [`Self::load_hf`].
+    pub(crate) fn load_frozen(
+        dir: &Path,
+        num_labels: usize,
+        pooling: Pooling,
+        device: DeviceChoice,
+    ) -> Result<Self> {
         let config = EncoderConfig::from_file(&dir.join("config.json"))?;
         let device = device.device();
         let source = WeightSource::load(&dir.join("model.safetensors"), &device)?;
@@ -318,18 +330,23 @@ impl Classifier {
         };
         let mut builder = ParamBuilder::new(source, 0, &device);
         let encoder = Encoder::new(&config, &mut builder, &plan)?;
-        let head = build_head(&config, &mut builder, info.pooling, info.num_labels, None)?;
+        let head = build_head(&config, &mut builder, pooling, num_labels, None)?;
         let (params, report) = builder.finish()?;
         Ok(Self {
             encoder,
             head,
             params,
             report,
-            num_labels: info.num_labels,
+            num_labels,
             device,
             dropout: 0.0,
             source_dir: dir.to_path_buf(),
         })
+    }
+
+    /// How the head pools the encoder's states.
+    pub fn pooling(&self) -> Pooling {
+        self.head.pooling
     }
 
     pub fn num_labels(&self) -> usize {

@@ -86,6 +86,13 @@ pub enum MlError {
     )]
     BadExport { path: PathBuf, reason: String },
 
+    #[error("cannot write a HuggingFace checkpoint: {reason}")]
+    #[diagnostic(
+        code(taper::ml::not_exportable),
+        help("a HF sequence-classification checkpoint needs the pooler head and one label name per class")
+    )]
+    NotExportable { reason: String },
+
     #[error("tensor computation failed: {0}")]
     #[diagnostic(
         code(taper::ml::tensor),

@@ -1,6 +1,7 @@
 //! The ML core: a trainable BERT-family encoder on candle, classification heads, fine-tuning
 //! methods (full, frozen layers, LoRA, IA3), AdamW with parameter groups, schedules, clipping,
-//! gradient accumulation, checkpoints that resume bit for bit, and export for inference.
+//! gradient accumulation, checkpoints that resume bit for bit, and export for inference (taper's
+//! own layout, or a standard HuggingFace sequence-classification checkpoint: `hf.rs`).
 //!
 //! Typical use by the train/evaluate runners (no candle types needed):
 //!
@@ -29,6 +30,7 @@ mod encoder;
 mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+mod hf;
 mod kernels;
 mod optim;
 mod rng;
@@ -36,10 +38,11 @@ mod runtime;
 mod trainer;
 mod weights;
 
-pub use classifier::{Batch, Classifier, DeviceChoice};
+pub use classifier::{softmax, Batch, Classifier, DeviceChoice};
 pub use config::{Activation, Architecture, EncoderConfig};
 pub use encoder::{Ctx, Encoder};
 pub use error::MlError;
+pub use hf::hf_class_name;
 pub use runtime::tune_runtime;
 pub use trainer::{StepStats, Trainer};
 pub use weights::LoadReport;

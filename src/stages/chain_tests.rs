@@ -20,13 +20,13 @@ use crate::stages::select_model::SelectModelRunner;
 use crate::stages::train::TrainRunner;
 use crate::stages::train_log::LogRecord;
 
-struct Chain {
+pub(super) struct Chain {
     dir: tempfile::TempDir,
-    outputs: BTreeMap<&'static str, PathBuf>,
+    pub(super) outputs: BTreeMap<&'static str, PathBuf>,
 }
 
 impl Chain {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         write_tiny_sentiment_model(&dir.path().join("tiny-model")).unwrap();
         // A deterministic table: each row is filler words plus one or two sentiment words.
@@ -42,12 +42,12 @@ impl Chain {
         }
     }
 
-    fn root(&self) -> &Path {
+    pub(super) fn root(&self) -> &Path {
         self.dir.path()
     }
 
     /// Runs one stage into `out/<name>`, with `scratch/<name>` as its scratch directory.
-    fn run(
+    pub(super) fn run(
         &mut self,
         name: &'static str,
         settings: StageSettings,
@@ -70,6 +70,7 @@ impl Chain {
         };
         let ctx = StageContext {
             stage: &stage,
+            key: crate::fingerprint::Digest::of_bytes(name.as_bytes()),
             pipeline_root: self.root(),
             inputs: inputs
                 .iter()
@@ -85,7 +86,7 @@ impl Chain {
         Ok(outcome)
     }
 
-    fn prepare(&mut self) {
+    pub(super) fn prepare(&mut self) {
         let quiet = |_: &str| {};
         self.run(
             "model",
@@ -129,7 +130,7 @@ impl Chain {
         .unwrap();
     }
 
-    fn configure(&mut self, configure: Configure) {
+    pub(super) fn configure(&mut self, configure: Configure) {
         self.run(
             "config",
             StageSettings::Configure(configure),
@@ -140,7 +141,7 @@ impl Chain {
         .unwrap();
     }
 
-    fn train(
+    pub(super) fn train(
         &mut self,
         log: &(dyn Fn(&str) + Sync),
     ) -> Result<StageOutcome, crate::exec::runner::StageError> {
@@ -158,7 +159,7 @@ impl Chain {
     }
 }
 
-fn settings() -> Configure {
+pub(super) fn settings() -> Configure {
     serde_json::from_value(serde_json::json!({
         "learning_rate": 2e-3, "epochs": 4, "batch_size": 8, "warmup_ratio": 0.1,
         "weight_decay": 0.0, "seed": 11, "checkpoint_every": 3, "dropout": 0.0,

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::Dataset;
 use crate::data::metrics::{argmax, Metrics};
@@ -24,7 +24,8 @@ use crate::stages::ml_common::{
 /// Where `train` puts the exported model inside its artifact.
 pub const TRAINED_MODEL_DIR: &str = "model";
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `metrics.json`; `deploy` reads it back for its gates and model card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsFile {
     pub split: SplitName,
     pub labels: Vec<String>,

@@ -57,3 +57,30 @@ pub fn write_tiny_sentiment_model(dir: &Path) -> Result<(), MlStageError> {
         source,
     })
 }
+
+/// Writes a deploy bundle of the (untrained) tiny sentiment model into `dir`, with labels
+/// `LABEL_0`/`LABEL_1` and stage key `key`: what `taper predict`/`serve` tests load. Its
+/// scratch files go to `work`.
+pub fn write_tiny_bundle(work: &Path, dir: &Path, key: &str) -> Result<(), MlStageError> {
+    let base = work.join("tiny-model");
+    write_tiny_sentiment_model(&base)?;
+    let trained = work.join("trained");
+    let settings: crate::model::Configure =
+        serde_json::from_str("{}").map_err(|error| MlStageError::InvalidConfig {
+            stage: "fixture".to_owned(),
+            problems: error.to_string(),
+        })?;
+    crate::ml::Classifier::new(&base, 2, &settings, crate::ml::DeviceChoice::Cpu)?
+        .export(&trained.join(crate::stages::evaluate::TRAINED_MODEL_DIR))?;
+    fs::create_dir_all(dir).map_err(|source| MlStageError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    crate::stages::deploy::write_bundle(&crate::stages::deploy::BundleSource {
+        trained: &trained,
+        metrics: None,
+        require: &std::collections::BTreeMap::new(),
+        stage_key: key,
+        out_dir: dir,
+    })
+}

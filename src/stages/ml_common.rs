@@ -1,5 +1,5 @@
 //! What the ML stage runners (`select-model`, `prepare-data`, `configure`, `train`,
-//! `evaluate`) share: their error type, batched prediction and small file helpers.
+//! `evaluate`, `deploy`) share: their error type, batched prediction and small file helpers.
 
 use std::path::{Path, PathBuf};
 
@@ -88,6 +88,28 @@ pub enum MlStageError {
     )]
     WrongRunner { stage: String, runner: &'static str },
 
+    #[error(
+        "deploy gate failed: {metric} is {value:.4}, the gate requires {direction} {threshold}"
+    )]
+    #[diagnostic(
+        code(taper::stages::gate_failed),
+        help("nothing was published; improve the model or change `require` of the deploy stage")
+    )]
+    GateFailed {
+        metric: String,
+        value: f64,
+        threshold: f64,
+        /// `≥`, or `≤` for metrics where lower is better.
+        direction: &'static str,
+    },
+
+    #[error("deploy gate on `{metric}`: the metrics input does not report it")]
+    #[diagnostic(
+        code(taper::stages::gate_metric_missing),
+        help("`roc_auc` exists for two classes only; gate on another metric")
+    )]
+    GateMetricMissing { metric: String },
+
     #[error("the dataset has no `{split}` split")]
     #[diagnostic(
         code(taper::stages::missing_split),
@@ -111,6 +133,17 @@ pub fn input_dir(ctx: &StageContext<'_>, slot: InputSlot) -> Result<PathBuf, MlS
             stage: ctx.stage.id.to_string(),
             slot: slot.as_str().to_owned(),
         })
+}
+
+/// Reads a JSON file an upstream stage wrote, as `T`.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, MlStageError> {
+    let text = std::fs::read_to_string(path).map_err(|error| DataError::io(path, error))?;
+    serde_json::from_str(&text).map_err(|error| {
+        MlStageError::from(DataError::Malformed {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })
+    })
 }
 
 /// Writes `value` as pretty JSON with a trailing newline (stable bytes: struct field order

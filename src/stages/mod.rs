@@ -1,8 +1,10 @@
 //! One [`StageRunner`] per stage kind, found through [`runner_for`].
 
+pub mod bundle;
 pub mod checkpoint;
 pub mod command;
 pub mod configure;
+pub mod deploy;
 pub mod evaluate;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
@@ -14,6 +16,8 @@ pub mod train_log;
 
 #[cfg(test)]
 mod chain_tests;
+#[cfg(test)]
+mod deploy_tests;
 
 use crate::exec::runner::StageRunner;
 use crate::model::StageKind;
@@ -29,7 +33,8 @@ pub fn runner_for(kind: StageKind) -> Option<&'static dyn StageRunner> {
         StageKind::Configure => Some(&configure::ConfigureRunner),
         StageKind::Train => Some(&train::TrainRunner),
         StageKind::Evaluate => Some(&evaluate::EvaluateRunner),
+        StageKind::Deploy => Some(&deploy::DeployRunner),
         // Listed, not `_`, so that a new kind fails to compile here until it is classified.
-        StageKind::Explain | StageKind::Deploy => None,
+        StageKind::Explain => None,
     }
 }

@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::batching::{fill_rate, lengths, train_batches};
 use crate::data::dataset::Dataset;
@@ -32,12 +32,12 @@ use crate::stages::checkpoint::{Checkpoints, Progress, Verdict};
 use crate::stages::configure::ResolvedConfig;
 use crate::stages::evaluate::TRAINED_MODEL_DIR;
 use crate::stages::ml_common::{
-    input_dir, predict, write_bytes, write_json, wrong_runner, MlStageError,
+    input_dir, predict, read_json, write_bytes, write_json, wrong_runner, MlStageError,
 };
 use crate::stages::train_log::{render_svg, to_jsonl, LogRecord};
 
-/// `summary.json`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `summary.json` (`deploy` reads it back for the model card).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSummary {
     pub trainable_parameters: usize,
     pub total_parameters: usize,
@@ -59,14 +59,7 @@ impl StageRunner for TrainRunner {
             return Err(wrong_runner(ctx, "train").into());
         };
         let config_path = input_dir(ctx, InputSlot::Config)?.join("config.json");
-        let text = fs::read_to_string(&config_path)
-            .map_err(|error| MlStageError::from(DataError::io(&config_path, error)))?;
-        let resolved: ResolvedConfig = serde_json::from_str(&text).map_err(|error| {
-            MlStageError::from(DataError::Malformed {
-                path: config_path.clone(),
-                message: error.to_string(),
-            })
-        })?;
+        let resolved: ResolvedConfig = read_json(&config_path)?;
         let dataset =
             Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(MlStageError::from)?;
         let run = TrainRun {

@@ -1,5 +1,5 @@
 //! The dependency direction of `src/lib.rs` as a test (after buck2's `BANNED_DEP_PATHS`):
-//! spec → model → graph → fingerprint/cache → exec → stages → cli, with `ml` a library beside
+//! spec → model → graph → fingerprint/cache → exec → stages → serve → cli, with `ml` a library beside
 //! `graph` that knows only the model, and `data` one beside `fingerprint` that knows the model
 //! and hashes sources with fingerprint's content digests (one scheme for pins and keys); stages
 //! call them, they call nothing above. A module may use only modules on its level or before it, and only `ml` may use
@@ -17,6 +17,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("cache", 3),
     ("exec", 4),
     ("stages", 5),
+    ("serve", 6),
     ("cli", 7),
 ];
 

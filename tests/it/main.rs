@@ -6,3 +6,4 @@ mod fuzz;
 mod hostile;
 mod layering;
 mod schema;
+mod serve;

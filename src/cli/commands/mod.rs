@@ -4,8 +4,10 @@ pub mod cache;
 pub mod dag;
 pub mod metrics;
 pub mod plan;
+pub mod predict;
 pub mod run;
 pub mod schema;
+pub mod serve;
 pub mod validate;
 
 use std::path::Path;
