@@ -27,6 +27,7 @@ mod classifier;
 mod config;
 mod encoder;
 mod error;
+mod explain;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod kernels;
@@ -40,6 +41,7 @@ pub use classifier::{Batch, Classifier, DeviceChoice};
 pub use config::{Activation, Architecture, EncoderConfig};
 pub use encoder::{Ctx, Encoder};
 pub use error::MlError;
+pub use explain::{edited_probabilities, explain, Attribution, Baseline, Explanation};
 pub use runtime::tune_runtime;
 pub use trainer::{StepStats, Trainer};
 pub use weights::LoadReport;
