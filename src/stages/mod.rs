@@ -4,6 +4,8 @@ pub mod checkpoint;
 pub mod command;
 pub mod configure;
 pub mod evaluate;
+pub mod explain;
+pub mod explain_report;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod ml_common;
@@ -29,7 +31,8 @@ pub fn runner_for(kind: StageKind) -> Option<&'static dyn StageRunner> {
         StageKind::Configure => Some(&configure::ConfigureRunner),
         StageKind::Train => Some(&train::TrainRunner),
         StageKind::Evaluate => Some(&evaluate::EvaluateRunner),
+        StageKind::Explain => Some(&explain::ExplainRunner),
         // Listed, not `_`, so that a new kind fails to compile here until it is classified.
-        StageKind::Explain | StageKind::Deploy => None,
+        StageKind::Deploy => None,
     }
 }
