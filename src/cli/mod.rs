@@ -105,5 +105,6 @@ pub fn run(args: Args, printer: &Printer) -> ExitStatus {
         Command::Run(run_args) => commands::run::run(&run_args, args.output, printer),
         Command::Cache(args) => commands::cache::run(&args, printer),
         Command::Metrics(args) => commands::metrics::run(&args, printer),
+        Command::Explain(args) => commands::explain::run(&args, printer),
     }
 }

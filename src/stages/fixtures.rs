@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::data::tokenize::wordpiece_tokenizer_json;
 use crate::ml::fixtures::{write_random_model, NameStyle};
-use crate::ml::EncoderConfig;
+use crate::ml::{Classifier, DeviceChoice, EncoderConfig};
 
 use super::ml_common::StagesError;
 
@@ -56,4 +56,21 @@ pub fn write_tiny_sentiment_model(dir: &Path) -> Result<(), StagesError> {
         path: path.clone(),
         source,
     })
+}
+
+/// Writes the tiny sentiment model (see [`write_tiny_sentiment_model`]) into `dir/base` and a
+/// two-class classifier built on it, untrained (head seeded by 7), exported as `train` exports
+/// into `dir/model`: a target for `taper explain` without a training run.
+pub fn write_tiny_trained_model(dir: &Path) -> Result<(), StagesError> {
+    let base = dir.join("base");
+    write_tiny_sentiment_model(&base)?;
+    let settings: crate::model::stages::Configure = serde_json::from_value(
+        serde_json::json!({ "seed": 7, "pooling": "mean" }),
+    )
+    .map_err(|error| StagesError::InvalidConfig {
+        stage: "fixture".to_owned(),
+        problems: error.to_string(),
+    })?;
+    Classifier::new(&base, 2, &settings, DeviceChoice::Cpu)?.export(&dir.join("model"))?;
+    Ok(())
 }
