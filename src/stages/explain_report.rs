@@ -71,7 +71,7 @@ fn metrics_table(metrics: &BTreeMap<String, f64>) -> String {
     if let Some(gap) = metrics.get("completeness_gap") {
         let _ = writeln!(
             html,
-            "<tr><td>completeness gap</td><td>{:.1}%</td><td></td><td>how far the scores \
+            "<tr><td>completeness gap</td><td>{:.2}%</td><td></td><td>how far the scores \
              miss p(x) − p(baseline); raise <code>steps</code> if large</td></tr>",
             gap * 100.0
         );
@@ -163,7 +163,7 @@ fn example_block(example: &ExplainedExample) -> String {
         if wrong { " · misclassified" } else { "" },
         explanation
             .completeness_gap
-            .map(|gap| format!(" · completeness gap {:.1}%", gap * 100.0))
+            .map(|gap| format!(" · completeness gap {:.2}%", gap * 100.0))
             .unwrap_or_default(),
     );
     for (word, score) in explanation.words.iter().zip(&explanation.scores) {

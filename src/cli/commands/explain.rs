@@ -56,7 +56,7 @@ fn render(explanation: &TextExplanation, method: &str, color: bool) -> String {
         explanation.prediction, explanation.probability
     );
     if let Some(gap) = explanation.completeness_gap {
-        let _ = write!(out, " · completeness gap {:.1}%", gap * 100.0);
+        let _ = write!(out, " · completeness gap {:.2}%", gap * 100.0);
     }
     out.push('\n');
     let width = explanation
