@@ -427,7 +427,15 @@ mod tests {
         assert!(rows[1][1] < rows[0][1], "removing the key lowers p(pos)");
         let words = single_token_words(&ids);
         assert!(explain(&classifier, &ids, &words, Some(2), Attribution::Occlusion).is_err());
-        assert!(explain(&classifier, &ids, &[0..9], None, Attribution::Occlusion).is_err());
+        let past_the_end = vec![Range { start: 0, end: 9 }];
+        assert!(explain(
+            &classifier,
+            &ids,
+            &past_the_end,
+            None,
+            Attribution::Occlusion
+        )
+        .is_err());
         assert!(explain(&classifier, &[2, 500, 3], &[], None, Attribution::Occlusion).is_err());
     }
 }

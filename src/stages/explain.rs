@@ -452,14 +452,13 @@ fn headline(examples: &[ExplainedExample]) -> BTreeMap<String, f64> {
             .collect(),
     );
     let faithful: Vec<Faithfulness> = examples.iter().filter_map(|e| e.faithfulness).collect();
-    let fields: [(&str, fn(&Faithfulness) -> f64); 4] = [
-        ("comprehensiveness", |f| f.comprehensiveness),
-        ("comprehensiveness_random", |f| f.comprehensiveness_random),
-        ("sufficiency", |f| f.sufficiency),
-        ("sufficiency_random", |f| f.sufficiency_random),
-    ];
-    for (name, field) in fields {
-        mean(name, faithful.iter().map(field).collect());
-    }
+    let field = |read: fn(&Faithfulness) -> f64| faithful.iter().map(read).collect();
+    mean("comprehensiveness", field(|f| f.comprehensiveness));
+    mean(
+        "comprehensiveness_random",
+        field(|f| f.comprehensiveness_random),
+    );
+    mean("sufficiency", field(|f| f.sufficiency));
+    mean("sufficiency_random", field(|f| f.sufficiency_random));
     metrics
 }
