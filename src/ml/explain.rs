@@ -412,6 +412,64 @@ mod tests {
         }
     }
 
+    /// A LoRA model is explained as trained: the exported model (adapters merged) gives the
+    /// attributions of the in-memory one (adapters applied in the forward pass).
+    #[test]
+    fn lora_models_are_explained_as_trained() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let base = dir.path().join("base");
+        write_random_model(&base, &EncoderConfig::tiny_bert(), 4, NameStyle::Plain)
+            .expect("random model");
+        let mut settings = configure();
+        settings.method = crate::model::stages::Method::Lora {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: vec!["query".to_owned(), "value".to_owned()],
+        };
+        let classifier = Classifier::new(&base, 2, &settings, DeviceChoice::Cpu).expect("LoRA");
+        let mut trainer = Trainer::new(classifier, &settings, 10).expect("trainer");
+        let ids: Vec<Vec<u32>> = (0..8)
+            .map(|i| sequence(i, POSITIVE + (i % 2) as u32))
+            .collect();
+        let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        let labels: Vec<u32> = (0..8).map(|i| (i % 2) as u32).collect();
+        for _ in 0..10 {
+            trainer
+                .step(&Batch::new(&refs, &labels, 0).expect("batch"))
+                .expect("step");
+        }
+        // The adapters moved away from their zero start, so merging them matters.
+        let lora_b = trainer
+            .classifier()
+            .trainable_tensors()
+            .expect("tensors")
+            .into_iter()
+            .filter(|(name, _)| name.contains("lora_B"))
+            .map(|(_, tensor)| tensor.abs()?.max_all()?.to_scalar::<f32>())
+            .collect::<candle_core::Result<Vec<f32>>>()
+            .expect("values");
+        assert!(lora_b.iter().any(|m| *m > 1e-3), "{lora_b:?}");
+        trainer.export(&dir.path().join("trained")).expect("export");
+        let exported = Classifier::load_trained(&dir.path().join("trained"), DeviceChoice::Cpu)
+            .expect("trained model");
+        let method = Attribution::IntegratedGradients {
+            steps: 16,
+            baseline: Baseline::Token(0),
+        };
+        let words = single_token_words(&ids[0]);
+        let live = explain(trainer.classifier(), &ids[0], &words, Some(1), method).expect("runs");
+        let merged = explain(&exported, &ids[0], &words, Some(1), method).expect("runs");
+        for (a, b) in live.scores.iter().zip(&merged.scores) {
+            assert!(
+                (a - b).abs() < 1e-4,
+                "{:?} vs {:?}",
+                live.scores,
+                merged.scores
+            );
+        }
+    }
+
     #[test]
     fn edits_delete_tokens_and_bad_input_is_an_error() {
         let classifier = trained();

@@ -304,6 +304,33 @@ fn explain_writes_explanations_report_and_faithfulness_metrics() {
         "{:?}",
         lines.lock().unwrap()
     );
+
+    // Occlusion has no completeness gap: the metric is left out, not reported as 0.
+    let outcome = chain
+        .run(
+            "explain",
+            StageSettings::Explain(Explain {
+                method: ExplainMethod::Occlusion,
+                split: SplitName::Test,
+                examples: 4,
+                steps: 1,
+                baseline: ExplainBaseline::Pad,
+            }),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &ExplainRunner,
+            &|_| {},
+        )
+        .unwrap();
+    let names: Vec<&str> = outcome.metrics.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "comprehensiveness",
+            "comprehensiveness_random",
+            "sufficiency",
+            "sufficiency_random"
+        ]
+    );
 }
 
 /// An interrupted run (killed after step 8; the last checkpoint is at step 6) continues from its
