@@ -68,14 +68,13 @@ fn command(id: &str, run: String, deps: Vec<PathBuf>, outs: Vec<PathBuf>) -> Sta
 }
 
 fn pipeline(root: &Path, stages: Vec<Stage>) -> Pipeline {
-    Pipeline {
-        name: "bench".to_owned(),
-        description: None,
-        path: root.join("bench.yaml"),
-        root: root.to_path_buf(),
-        params: BTreeMap::new(),
+    Pipeline::new(
+        "bench".to_owned(),
+        root.join("bench.yaml"),
+        root.to_path_buf(),
         stages,
-    }
+    )
+    .expect("an acyclic pipeline")
 }
 
 /// Runs every stage once, so that what is benchmarked next is the cached path; returns the

@@ -25,7 +25,7 @@ const DOWNLOADS_BUCKET: &str = "downloads-v1";
 
 /// A resolved source: where it lies and what its content hashes to.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Resolved {
+pub struct ResolvedSource {
     pub path: PathBuf,
     /// [`hash_path`] of `path`.
     pub blake3: Digest,
@@ -63,7 +63,7 @@ impl SourceResolver {
         }
     }
 
-    pub fn resolve(&self, source: &Source) -> Result<Resolved, DataError> {
+    pub fn resolve(&self, source: &Source) -> Result<ResolvedSource, DataError> {
         match source {
             Source::Path { path } => {
                 let full = self.pipeline_root.join(path);
@@ -71,7 +71,7 @@ impl SourceResolver {
                     return Err(DataError::SourceNotFound { path: full });
                 }
                 let blake3 = hash_path(&full)?;
-                Ok(Resolved { path: full, blake3 })
+                Ok(ResolvedSource { path: full, blake3 })
             }
             Source::Pip {
                 pip,
@@ -94,7 +94,7 @@ impl SourceResolver {
         spec: &str,
         member: &str,
         pin: Option<&str>,
-    ) -> Result<Resolved, DataError> {
+    ) -> Result<ResolvedSource, DataError> {
         let member = member.trim_end_matches('/');
         let key = short_key(&["pip", spec, member]);
         let downloads = self.downloads()?;
@@ -154,13 +154,13 @@ impl SourceResolver {
                 return Err(DataError::io(&entry, error));
             }
         }
-        Ok(Resolved {
+        Ok(ResolvedSource {
             path: entry.join(&leaf),
             blake3: actual,
         })
     }
 
-    fn resolve_hf(&self, repo: &str, revision: Option<&str>) -> Result<Resolved, DataError> {
+    fn resolve_hf(&self, repo: &str, revision: Option<&str>) -> Result<ResolvedSource, DataError> {
         let not_cached = || DataError::HfNotCached {
             repo: repo.to_owned(),
             cache: self.hf_cache.clone(),
@@ -180,13 +180,13 @@ impl SourceResolver {
             return Err(not_cached());
         }
         let blake3 = hash_path(&snapshot)?;
-        Ok(Resolved {
+        Ok(ResolvedSource {
             path: snapshot,
             blake3,
         })
     }
 
-    fn resolve_url(&self, url: &str, pin: &str) -> Result<Resolved, DataError> {
+    fn resolve_url(&self, url: &str, pin: &str) -> Result<ResolvedSource, DataError> {
         let name = url
             .split(['?', '#'])
             .next()
@@ -215,7 +215,7 @@ impl SourceResolver {
                 return Err(DataError::io(&entry, error));
             }
         }
-        Ok(Resolved {
+        Ok(ResolvedSource {
             path: entry.join(&name),
             blake3: actual,
         })
@@ -231,10 +231,10 @@ fn short_key(parts: &[&str]) -> String {
     hasher.finalize().to_hex()[..32].to_owned()
 }
 
-fn verified(path: PathBuf, pin: Option<&str>, what: &str) -> Result<Resolved, DataError> {
+fn verified(path: PathBuf, pin: Option<&str>, what: &str) -> Result<ResolvedSource, DataError> {
     let actual = hash_path(&path)?;
     check_pin(pin, &actual, what)?;
-    Ok(Resolved {
+    Ok(ResolvedSource {
         path,
         blake3: actual,
     })

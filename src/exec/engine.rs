@@ -178,7 +178,7 @@ impl<'a> Engine<'a> {
         store: &'a Store,
         executor: &'a dyn Executor,
     ) -> Result<Engine<'a>, ExecError> {
-        let dag = Dag::new(pipeline)?;
+        let dag = Dag::new(pipeline);
         let lock_path = LockFile::path_for(&pipeline.path);
         // A FIFO there would block the read forever; a symlink would be replaced by the write.
         expect_regular_file(&lock_path)?;

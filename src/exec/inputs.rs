@@ -1,14 +1,16 @@
-//! Edges and key inputs: which stage produces what a stage reads, and the content digests
-//! that go into its key.
+//! The engine's view of the edges and a stage's key inputs: for each `command` dep, whether it
+//! reads inside an upstream stage's output, holds outputs, or is an external file (from the
+//! pipeline's edges, `model/edges.rs`), and the content digests that go into the key.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Component, Path};
 
 use super::workspace::{special_kind, WorkspaceError};
 use super::ExecError;
 use crate::fingerprint::{ContentDigest, HashCache, Manifest, StageHashable};
-use crate::model::{stage_output_dir, InputSlot, PathIndex, Pipeline, StageId, StageSettings};
+use crate::graph::PipelineGraph;
+use crate::model::{stage_output_dir, DependencyVia, InputSlot, Pipeline, StageId, StageSettings};
 
 /// Where a `command` dep's content comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,53 +75,78 @@ pub fn output_dir_of(pipeline: &Pipeline, stage: &StageId) -> String {
 }
 
 impl Dag {
-    pub fn new(pipeline: &Pipeline) -> Result<Dag, ExecError> {
+    /// The engine's view of the pipeline's edges ([`Pipeline::dependencies`]) and of the one
+    /// topological order ([`PipelineGraph`]): derived from them, never from the stages.
+    pub fn new(pipeline: &Pipeline) -> Dag {
         let ids: Vec<StageId> = pipeline
             .stages
             .iter()
             .map(|stage| stage.id.clone())
             .collect();
-        let index_of = |id: &StageId| ids.iter().position(|known| known == id);
+        let index_of: HashMap<&StageId, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| (id, index))
+            .collect();
         let mut upstream = vec![BTreeSet::new(); ids.len()];
         let mut slots = vec![Vec::new(); ids.len()];
-        let mut deps = vec![Vec::new(); ids.len()];
-        let mounts = MountIndex::new(pipeline);
-        for (index, stage) in pipeline.stages.iter().enumerate() {
-            for (slot, producer) in &stage.inputs {
-                let producer_index = index_of(producer).ok_or_else(|| ExecError::UnknownStage {
-                    stage: producer.to_string(),
-                    known: known_list(&ids),
-                })?;
-                upstream[index].insert(producer_index);
-                slots[index].push((*slot, producer_index));
-            }
-            if let StageSettings::Command(command) = &stage.settings {
-                for dep in &command.deps {
+        // Per stage and dep: the producer it reads inside, or the producers it holds.
+        let mut reads: Vec<HashMap<&Path, DepSource>> = vec![HashMap::new(); ids.len()];
+        for dependency in pipeline.dependencies() {
+            let (Some(&producer), Some(&consumer)) = (
+                index_of.get(&dependency.upstream),
+                index_of.get(&dependency.downstream),
+            ) else {
+                continue;
+            };
+            upstream[consumer].insert(producer);
+            match &dependency.via {
+                DependencyVia::Input(slot) => slots[consumer].push((*slot, producer)),
+                DependencyVia::Path(dep) => {
                     let path = normalize(dep);
-                    let source = match mounts.producer_of(index, &path) {
-                        Some((producer, inside)) => DepSource::Upstream { producer, inside },
-                        None => {
-                            let producers = mounts.producers_under(index, &path);
-                            if producers.is_empty() {
-                                DepSource::External(path.clone())
-                            } else {
-                                DepSource::Containing { producers }
-                            }
-                        }
+                    let inside = match &pipeline.stages[producer].settings {
+                        // `command` outputs are recorded by root-relative path.
+                        StageSettings::Command(_) => path,
+                        _ => inside(&path, &output_dir_of(pipeline, &ids[producer]))
+                            .unwrap_or_default(),
                     };
-                    match &source {
-                        DepSource::Upstream { producer, .. } => {
-                            upstream[index].insert(*producer);
-                        }
-                        DepSource::Containing { producers } => {
-                            upstream[index].extend(producers.iter().copied());
-                        }
-                        DepSource::External(_) => {}
+                    reads[consumer]
+                        .entry(dep)
+                        .or_insert(DepSource::Upstream { producer, inside });
+                }
+                DependencyVia::Containing(dep) => {
+                    let source =
+                        reads[consumer]
+                            .entry(dep)
+                            .or_insert_with(|| DepSource::Containing {
+                                producers: Vec::new(),
+                            });
+                    if let DepSource::Containing { producers } = source {
+                        producers.push(producer);
                     }
-                    deps[index].push((path, source));
                 }
             }
         }
+        let deps = pipeline
+            .stages
+            .iter()
+            .zip(&reads)
+            .map(|(stage, reads)| match &stage.settings {
+                StageSettings::Command(command) => command
+                    .deps
+                    .iter()
+                    .map(|dep| {
+                        let path = normalize(dep);
+                        let source = reads
+                            .get(dep.as_path())
+                            .cloned()
+                            .unwrap_or_else(|| DepSource::External(path.clone()));
+                        (path, source)
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
         let upstream: Vec<Vec<usize>> = upstream.into_iter().map(Vec::from_iter).collect();
         let mut downstream = vec![Vec::new(); ids.len()];
         for (index, producers) in upstream.iter().enumerate() {
@@ -127,22 +154,14 @@ impl Dag {
                 downstream[*producer].push(index);
             }
         }
-        let order =
-            topological_order(&upstream, &downstream).map_err(|stuck| ExecError::Cycle {
-                stages: stuck
-                    .iter()
-                    .map(|index| format!("`{}`", ids[*index]))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
-        Ok(Dag {
+        Dag {
+            order: PipelineGraph::new(pipeline).topo_indices(),
             ids,
             upstream,
             downstream,
             slots,
             deps,
-            order,
-        })
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -322,98 +341,9 @@ fn hash_path(
         })
 }
 
-/// Every stage's output locations, for finding who produces a dep in O(path depth) instead
-/// of comparing each dep with every out (1,000 stages made that the bulk of `plan`).
-struct MountIndex {
-    /// Per mount path, in stage order: (mount path, stage, whether the manifest is keyed by
-    /// root-relative paths). The first stage filed at a path is its producer.
-    mounts: PathIndex<(String, usize, bool)>,
-}
-
-impl MountIndex {
-    fn new(pipeline: &Pipeline) -> MountIndex {
-        let mut mounts = PathIndex::new();
-        let mut add = |mount: String, stage: usize, root_relative: bool| {
-            mounts.insert(Path::new(&mount), (mount.clone(), stage, root_relative));
-        };
-        for (index, stage) in pipeline.stages.iter().enumerate() {
-            match &stage.settings {
-                StageSettings::Command(command) => {
-                    for out in &command.outs {
-                        add(normalize(out), index, true);
-                    }
-                }
-                _ => add(output_dir_of(pipeline, &stage.id), index, false),
-            }
-        }
-        MountIndex { mounts }
-    }
-
-    /// The stage (other than `consumer`) whose outputs hold `path`, and the path inside its
-    /// manifest (root-relative for `command` outs, relative to the stage's output dir otherwise).
-    fn producer_of(&self, consumer: usize, path: &str) -> Option<(usize, String)> {
-        self.mounts
-            .at_or_above(Path::new(path))
-            .map(|at_mount| &at_mount[0])
-            .find(|(_, stage, _)| *stage != consumer)
-            .map(|(mount, stage, root_relative)| {
-                let rest = inside(path, mount).unwrap_or_default();
-                (
-                    *stage,
-                    if *root_relative {
-                        path.to_owned()
-                    } else {
-                        rest
-                    },
-                )
-            })
-    }
-
-    /// Stages (other than `consumer`) whose outputs lie strictly under the directory `path`.
-    fn producers_under(&self, consumer: usize, path: &str) -> Vec<usize> {
-        let mut producers: Vec<usize> = self
-            .mounts
-            .below(Path::new(path))
-            .map(|at_mount| at_mount[0].1)
-            .filter(|stage| *stage != consumer)
-            .collect();
-        producers.sort_unstable();
-        producers.dedup();
-        producers
-    }
-}
-
 fn known_list(ids: &[StageId]) -> String {
     ids.iter()
         .map(|id| format!("`{id}`"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Kahn's algorithm, smallest index first; `Err` holds the stages left in a cycle.
-fn topological_order(
-    upstream: &[Vec<usize>],
-    downstream: &[Vec<usize>],
-) -> Result<Vec<usize>, Vec<usize>> {
-    let mut remaining: Vec<usize> = upstream.iter().map(Vec::len).collect();
-    let mut ready: BTreeSet<usize> = (0..upstream.len())
-        .filter(|index| remaining[*index] == 0)
-        .collect();
-    let mut order = Vec::with_capacity(upstream.len());
-    while let Some(index) = ready.pop_first() {
-        order.push(index);
-        for next in &downstream[index] {
-            remaining[*next] -= 1;
-            if remaining[*next] == 0 {
-                ready.insert(*next);
-            }
-        }
-    }
-    if order.len() == upstream.len() {
-        Ok(order)
-    } else {
-        Err((0..upstream.len())
-            .filter(|index| remaining[*index] > 0)
-            .collect())
-    }
 }

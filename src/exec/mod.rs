@@ -114,13 +114,6 @@ pub enum ExecError {
     )]
     UnknownStage { stage: String, known: String },
 
-    #[error("stages {stages} depend on each other in a cycle")]
-    #[diagnostic(
-        code(taper::exec::cycle),
-        help("a `command` dep lies under another stage's outs; break the cycle by moving one of them")
-    )]
-    Cycle { stages: String },
-
     #[error(transparent)]
     #[diagnostic(transparent)]
     Cache(#[from] CacheError),

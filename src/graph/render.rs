@@ -48,7 +48,7 @@ impl<'a> Kinds<'a> {
 fn edge_label(via: &DependencyVia) -> String {
     match via {
         DependencyVia::Input(slot) => slot.to_string(),
-        DependencyVia::Path(path) => path.display().to_string(),
+        DependencyVia::Path(path) | DependencyVia::Containing(path) => path.display().to_string(),
     }
 }
 

@@ -22,7 +22,9 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Expected, IntoDeserializer, Unexpected, Visitor};
 
-use crate::spec::{resolve_plain, suggestion_help, Key, Node, Resolved, ScalarStyle, Span, Value};
+use crate::spec::{
+    resolve_plain, suggestion_help, Key, Node, ScalarStyle, ScalarValue, Span, Value,
+};
 
 /// A key that the target struct does not have.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,7 +169,7 @@ impl<'a> NodeDeserializer<'a> {
             if scalar.style == ScalarStyle::Quoted
                 && !matches!(
                     resolve_plain(&scalar.text),
-                    Resolved::Str(_) | Resolved::Null
+                    ScalarValue::Str(_) | ScalarValue::Null
                 )
             {
                 error.help = Some(format!(
@@ -179,7 +181,7 @@ impl<'a> NodeDeserializer<'a> {
         error
     }
 
-    fn resolved(&self) -> Option<Resolved<'a>> {
+    fn resolved(&self) -> Option<ScalarValue<'a>> {
         match &self.node.value {
             Value::Scalar(scalar) => Some(scalar.resolve()),
             Value::Seq(_) | Value::Map(_) => None,
@@ -200,7 +202,7 @@ macro_rules! integer {
     ($($method:ident => $type:literal),*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
             match self.resolved() {
-                Some(Resolved::Int(value)) => visitor.visit_i64(value).map_err(|error: DeError| error.placed(self.node, self.key_span)),
+                Some(ScalarValue::Int(value)) => visitor.visit_i64(value).map_err(|error: DeError| error.placed(self.node, self.key_span)),
                 _ => Err(self.mismatch(&expected_in_words(&$type))),
             }
         }
@@ -213,11 +215,11 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         let result = match &self.node.value {
             Value::Scalar(scalar) => match scalar.resolve() {
-                Resolved::Null => visitor.visit_unit(),
-                Resolved::Bool(value) => visitor.visit_bool(value),
-                Resolved::Int(value) => visitor.visit_i64(value),
-                Resolved::Float(value) => visitor.visit_f64(value),
-                Resolved::Str(text) => visitor.visit_str(text),
+                ScalarValue::Null => visitor.visit_unit(),
+                ScalarValue::Bool(value) => visitor.visit_bool(value),
+                ScalarValue::Int(value) => visitor.visit_i64(value),
+                ScalarValue::Float(value) => visitor.visit_f64(value),
+                ScalarValue::Str(text) => visitor.visit_str(text),
             },
             Value::Seq(items) => visitor.visit_seq(SeqAccess {
                 items: items.iter(),
@@ -250,8 +252,8 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
 
     fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         let result = match self.resolved() {
-            Some(Resolved::Int(value)) => visitor.visit_f64(value as f64),
-            Some(Resolved::Float(value)) => visitor.visit_f64(value),
+            Some(ScalarValue::Int(value)) => visitor.visit_f64(value as f64),
+            Some(ScalarValue::Float(value)) => visitor.visit_f64(value),
             _ => return Err(self.mismatch("a number")),
         };
         result.map_err(|error: DeError| error.placed(self.node, self.key_span))
@@ -259,7 +261,7 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
 
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match self.resolved() {
-            Some(Resolved::Bool(value)) => visitor
+            Some(ScalarValue::Bool(value)) => visitor
                 .visit_bool(value)
                 .map_err(|error: DeError| error.placed(self.node, self.key_span)),
             _ => Err(self.mismatch("`true` or `false`")),
@@ -269,7 +271,8 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.value {
             Value::Scalar(scalar)
-                if !(scalar.style == ScalarStyle::Plain && scalar.resolve() == Resolved::Null) =>
+                if !(scalar.style == ScalarStyle::Plain
+                    && scalar.resolve() == ScalarValue::Null) =>
             {
                 visitor
                     .visit_str(&scalar.text)
@@ -301,14 +304,14 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match self.resolved() {
-            Some(Resolved::Null) => visitor.visit_none(),
+            Some(ScalarValue::Null) => visitor.visit_none(),
             _ => visitor.visit_some(self),
         }
     }
 
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match self.resolved() {
-            Some(Resolved::Null) => visitor.visit_unit(),
+            Some(ScalarValue::Null) => visitor.visit_unit(),
             _ => Err(self.mismatch("nothing (null)")),
         }
     }
@@ -749,6 +752,70 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// `method:` is a tagged block; each of its wrong values is reported at the value, like
+    /// those of the `with:` block around it, and settings of another method are refused.
+    #[test]
+    fn every_wrong_value_inside_method_is_reported_at_the_value() {
+        let text = "method: { name: lora, r: -1, alpha: x, dropout: [1] }\nepochs: 1.5\n";
+        assert_eq!(
+            messages(text),
+            [
+                (
+                    "-1".to_owned(),
+                    "expected a whole number ≥ 0, found -1".to_owned()
+                ),
+                (
+                    "x".to_owned(),
+                    "expected a number, found the string `x`".to_owned()
+                ),
+                // A list is labelled at its key, as everywhere (see `DeError::placed`).
+                (
+                    "dropout".to_owned(),
+                    "expected a number, found a list".to_owned()
+                ),
+                (
+                    "1.5".to_owned(),
+                    "expected a whole number ≥ 0, found the number `1.5`".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(
+            messages("method: { name: lorra }\n"),
+            [("lorra".to_owned(), "unknown value `lorra`".to_owned())]
+        );
+        assert_eq!(
+            messages("method: { name: full, r: 4, targets: [query] }\n"),
+            [(
+                "method".to_owned(),
+                "`r`, `targets` are not settings of method `full` (it takes no other settings)"
+                    .to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_method_block_reads_as_before_and_round_trips() {
+        let outcome = parse("method: { name: lora, alpha: 32 }\n");
+        assert!(outcome.errors.is_empty());
+        let method = outcome.value.expect("valid").method;
+        assert_eq!(
+            method,
+            crate::model::stages::Method::Lora {
+                r: 8,
+                alpha: 32.0,
+                dropout: 0.0,
+                targets: vec!["query".to_owned(), "value".to_owned()],
+            }
+        );
+        let json = serde_json::to_value(&method).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({ "name": "lora", "r": 8, "alpha": 32.0, "dropout": 0.0, "targets": ["query", "value"] })
+        );
+        let back: crate::model::stages::Method = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back, method);
     }
 
     #[test]

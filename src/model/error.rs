@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use miette::{Diagnostic, LabeledSpan, SourceSpan};
 use thiserror::Error;
 
-use crate::spec::{Source, SpecError};
+use crate::spec::{SourceText, SpecError};
 
 /// Everything wrong with one pipeline file, or why it could not be read.
 #[derive(Debug, Error, Diagnostic)]
@@ -52,7 +52,7 @@ pub enum LoadError {
         name: String,
         summary: String,
         #[source_code]
-        source_code: Source,
+        source_code: SourceText,
         #[related]
         errors: ErrorList,
     },
@@ -315,7 +315,7 @@ const NEAR_LINES: usize = 6;
 
 impl ModelError {
     /// Drops far-away secondary labels, naming their line instead (see [`NEAR_LINES`]).
-    pub(crate) fn compact_labels(&mut self, source: &Source) {
+    pub(crate) fn compact_labels(&mut self, source: &SourceText) {
         let line = |span: &SourceSpan| source.line(span.offset());
         let far = |secondary: &SourceSpan, primary: &SourceSpan| {
             line(secondary).abs_diff(line(primary)) > NEAR_LINES

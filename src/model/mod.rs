@@ -8,19 +8,21 @@
 
 mod checks;
 mod de;
+mod edges;
 mod error;
 pub mod paths;
 pub mod schema;
 pub mod stages;
 mod validate;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::spec::Override;
+pub use edges::EdgeError;
 pub use error::{ErrorList, LoadError, ModelError, MoreErrors, MAX_RENDERED_ERRORS};
 pub use paths::PathIndex;
 pub use stages::{
@@ -85,7 +87,7 @@ pub fn load_str(
         .iter()
         .map(|item| ("command-line override".to_owned(), item.text.clone()))
         .collect();
-    let source = spec::Source::new(&name, text, &segments);
+    let source = spec::SourceText::new(&name, text, &segments);
     let (raw, spec_errors) = spec::parse(&source);
     let mut errors: Vec<ModelError> = spec_errors.into_iter().map(ModelError::from).collect();
     let mut pipeline = None;
@@ -130,8 +132,12 @@ pub fn load_str(
 pub enum DependencyVia {
     /// A typed input slot (`inputs: { model: base }`).
     Input(InputSlot),
-    /// A `command` dep at or under an upstream stage's output (`outs`, or `out/<stage>/`).
+    /// A `command` dep at or under an upstream stage's output (`outs`, or
+    /// `out/<file stem>/<stage>/`): it reads inside what that stage produced.
     Path(PathBuf),
+    /// A `command` dep on a directory that holds an upstream stage's output: its content is
+    /// known only once that stage has written there.
+    Containing(PathBuf),
 }
 
 /// An edge of the pipeline: `downstream` reads what `upstream` produces.
@@ -186,6 +192,10 @@ pub struct Pipeline {
     /// Resolved pipeline-level params, for display; stages already have them substituted.
     pub params: BTreeMap<String, serde_json::Value>,
     pub stages: Vec<Stage>,
+    /// The edges, derived once from the stages (see [`Pipeline::dependencies`]); private so
+    /// that a pipeline cannot be built with edges that disagree with its stages.
+    #[serde(skip)]
+    dependencies: Vec<Dependency>,
 }
 
 impl Pipeline {
@@ -194,87 +204,34 @@ impl Pipeline {
     }
 
     /// The local paths stage `id` reads that no other stage produces: its
-    /// [`Stage::external_paths`] minus the `command` deps that are edges (under another
-    /// stage's `outs` or `out/<stage>/`). Those must not be hashed from disk: before the
-    /// upstream stage runs they do not exist, and their content is already covered by the
-    /// upstream stage's key.
+    /// [`Stage::external_paths`] minus the `command` deps that are edges (overlapping another
+    /// stage's outputs). Those must not be hashed from disk before the upstream stage runs:
+    /// they may not exist yet, and their content comes from the upstream stage.
     pub fn external_paths(&self, id: &StageId) -> Vec<PathBuf> {
         let Some(stage) = self.stage(id) else {
             return Vec::new();
         };
-        let produced: Vec<PathBuf> = self
-            .dependencies()
-            .into_iter()
+        let produced: Vec<&PathBuf> = self
+            .dependencies
+            .iter()
             .filter(|dependency| &dependency.downstream == id)
-            .filter_map(|dependency| match dependency.via {
-                DependencyVia::Path(path) => Some(path),
+            .filter_map(|dependency| match &dependency.via {
+                DependencyVia::Path(path) | DependencyVia::Containing(path) => Some(path),
                 DependencyVia::Input(_) => None,
             })
             .collect();
         stage
             .external_paths()
             .into_iter()
-            .filter(|path| !produced.contains(path))
+            .filter(|path| !produced.contains(&path))
             .collect()
     }
 
-    /// Every edge, in file order of the downstream stage: typed inputs, then implied `command`
-    /// edges. Validation guarantees both ends exist and that there is no cycle.
-    pub fn dependencies(&self) -> Vec<Dependency> {
-        let index_of: HashMap<&str, usize> = self
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(index, stage)| (stage.id.as_str(), index))
-            .collect();
-        // DVC's rule: a dep depends on an out when either contains the other (a dep on `data/`
-        // reads the `data/clean.csv` another stage writes, and a dep on `data/clean.csv/part-0`
-        // reads inside an output directory). Indexed by path: comparing every dep with every
-        // out was O(n²) in the number of `command` stages.
-        let mut outs: PathIndex<&StageId> = PathIndex::new();
-        for stage in &self.stages {
-            if let StageSettings::Command(command) = &stage.settings {
-                for out in &command.outs {
-                    outs.insert(out, &stage.id);
-                }
-            }
-        }
-        let mut dependencies = Vec::new();
-        for stage in &self.stages {
-            for (slot, upstream) in &stage.inputs {
-                dependencies.push(Dependency {
-                    upstream: upstream.clone(),
-                    downstream: stage.id.clone(),
-                    via: DependencyVia::Input(*slot),
-                });
-            }
-            let StageSettings::Command(command) = &stage.settings else {
-                continue;
-            };
-            for dep in &command.deps {
-                let mut upstreams: Vec<&StageId> = outs
-                    .overlapping(dep)
-                    .filter(|owner| **owner != &stage.id)
-                    .copied()
-                    .collect();
-                if let Some(owner) = validate::ml_output_owner(dep, &self.path, &index_of) {
-                    upstreams.push(&self.stages[owner].id);
-                }
-                upstreams.sort();
-                upstreams.dedup();
-                for upstream in upstreams
-                    .into_iter()
-                    .filter(|upstream| *upstream != &stage.id)
-                {
-                    dependencies.push(Dependency {
-                        upstream: upstream.clone(),
-                        downstream: stage.id.clone(),
-                        via: DependencyVia::Path(dep.clone()),
-                    });
-                }
-            }
-        }
-        dependencies
+    /// Every edge, in file order of the downstream stage: typed inputs, then `command` deps
+    /// (the rule is in `model/edges.rs`). Built once, when the pipeline was validated or
+    /// made by [`Pipeline::new`]; both ends exist and there is no cycle.
+    pub fn dependencies(&self) -> &[Dependency] {
+        &self.dependencies
     }
 }
 

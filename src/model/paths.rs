@@ -1,7 +1,6 @@
 //! Paths as a pipeline writes them: the one lexical normaliser ([`normalize`]) that validation
 //! and the engine share, and an index of paths by component, for the "does this dep read that
-//! out" questions asked by validation, [`Pipeline::dependencies`](super::Pipeline::dependencies)
-//! and the engine.
+//! out" questions asked by the edge rule (`model/edges.rs`) and by validation's output checks.
 //!
 //! Normalisation contract: `.` components and trailing slashes go, and `name/..` pairs cancel;
 //! a `..` that climbs above where the path starts is kept (`a/../../x` → `../x`), never dropped.
@@ -13,7 +12,7 @@
 //! Where paths may point: deps may leave the pipeline directory (`../vocab/words.txt`): they
 //! are only read, hashed from the file they name, and kept as `../…` in the lock file. Outs
 //! never may: they are deleted before a run and restored from the store (see
-//! `validate::check_outs`).
+//! `model/validate/outs.rs`).
 //!
 //! Contract: two paths *overlap* when one contains the other, component by component (exactly
 //! `a.starts_with(b) || b.starts_with(a)` for [`Path`]: `data` contains `data/clean.csv`, not

@@ -10,19 +10,19 @@
 mod error;
 mod node;
 mod raw;
-mod source;
+mod source_text;
 
 pub use error::SpecError;
 pub use node::{
-    abbreviate, parse_yaml, resolve_plain, Key, Node, Resolved, Scalar, ScalarStyle, Value,
+    abbreviate, parse_yaml, resolve_plain, Key, Node, Scalar, ScalarStyle, ScalarValue, Value,
     MAX_DEPTH,
 };
 pub use raw::{Override, OverrideParseError, RawPipeline, TOP_LEVEL_KEYS};
-pub use source::{Source, Span, Spanned};
+pub use source_text::{SourceText, Span, Spanned};
 
 /// Parses the file part of `source`: the raw pipeline when the YAML could be read (possibly
 /// with errors about parts of it), and every error found.
-pub fn parse(source: &Source) -> (Option<RawPipeline>, Vec<SpecError>) {
+pub fn parse(source: &SourceText) -> (Option<RawPipeline>, Vec<SpecError>) {
     let (root, mut errors) = parse_yaml(source.file_text());
     if root.is_none() && !errors.is_empty() {
         return (None, errors);

@@ -11,7 +11,7 @@ use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use super::error::SpecError;
-use super::source::{Span, Spanned};
+use super::source_text::{Span, Spanned};
 
 /// Deepest nesting of sequences and mappings accepted. Real pipelines stay below 8.
 pub const MAX_DEPTH: usize = 64;
@@ -50,7 +50,7 @@ pub enum ScalarStyle {
 
 /// What a scalar means under the YAML 1.2 core schema.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Resolved<'a> {
+pub enum ScalarValue<'a> {
     Null,
     Bool(bool),
     Int(i64),
@@ -59,9 +59,9 @@ pub enum Resolved<'a> {
 }
 
 impl Scalar {
-    pub fn resolve(&self) -> Resolved<'_> {
+    pub fn resolve(&self) -> ScalarValue<'_> {
         if self.style != ScalarStyle::Plain {
-            return Resolved::Str(&self.text);
+            return ScalarValue::Str(&self.text);
         }
         resolve_plain(&self.text)
     }
@@ -69,32 +69,32 @@ impl Scalar {
 
 /// Types a plain scalar. `2e-5` and `0.00002` both become the same `f64` (Rust's correctly
 /// rounded parser), so two spellings of one learning rate hash alike downstream.
-pub fn resolve_plain(text: &str) -> Resolved<'_> {
+pub fn resolve_plain(text: &str) -> ScalarValue<'_> {
     match text {
-        "" | "~" | "null" | "Null" | "NULL" => return Resolved::Null,
-        "true" | "True" | "TRUE" => return Resolved::Bool(true),
-        "false" | "False" | "FALSE" => return Resolved::Bool(false),
+        "" | "~" | "null" | "Null" | "NULL" => return ScalarValue::Null,
+        "true" | "True" | "TRUE" => return ScalarValue::Bool(true),
+        "false" | "False" | "FALSE" => return ScalarValue::Bool(false),
         ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
-            return Resolved::Float(f64::INFINITY)
+            return ScalarValue::Float(f64::INFINITY)
         }
-        "-.inf" | "-.Inf" | "-.INF" => return Resolved::Float(f64::NEG_INFINITY),
-        ".nan" | ".NaN" | ".NAN" => return Resolved::Float(f64::NAN),
+        "-.inf" | "-.Inf" | "-.INF" => return ScalarValue::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return ScalarValue::Float(f64::NAN),
         _ => {}
     }
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
     if !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit()) {
         if let Ok(int) = text.parse::<i64>() {
-            return Resolved::Int(int);
+            return ScalarValue::Int(int);
         }
     }
     if let Some(hex) = text.strip_prefix("0x") {
         if let Ok(int) = i64::from_str_radix(hex, 16) {
-            return Resolved::Int(int);
+            return ScalarValue::Int(int);
         }
     }
     if let Some(octal) = text.strip_prefix("0o") {
         if let Ok(int) = i64::from_str_radix(octal, 8) {
-            return Resolved::Int(int);
+            return ScalarValue::Int(int);
         }
     }
     // YAML 1.2 float: [-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?
@@ -105,10 +105,10 @@ pub fn resolve_plain(text: &str) -> Resolved<'_> {
         && !digits.starts_with(['e', 'E']);
     if looks_numeric {
         if let Ok(float) = text.parse::<f64>() {
-            return Resolved::Float(float);
+            return ScalarValue::Float(float);
         }
     }
-    Resolved::Str(text)
+    ScalarValue::Str(text)
 }
 
 impl Node {
@@ -172,11 +172,11 @@ impl Node {
             Value::Map(_) => "a mapping".to_owned(),
             Value::Seq(_) => "a list".to_owned(),
             Value::Scalar(scalar) => match scalar.resolve() {
-                Resolved::Null => "nothing (null)".to_owned(),
-                Resolved::Bool(value) => format!("the boolean `{value}`"),
-                Resolved::Int(value) => format!("the integer `{value}`"),
-                Resolved::Float(_) => format!("the number `{}`", scalar.text),
-                Resolved::Str(text) => format!("the string `{}`", abbreviate(text)),
+                ScalarValue::Null => "nothing (null)".to_owned(),
+                ScalarValue::Bool(value) => format!("the boolean `{value}`"),
+                ScalarValue::Int(value) => format!("the integer `{value}`"),
+                ScalarValue::Float(_) => format!("the number `{}`", scalar.text),
+                ScalarValue::Str(text) => format!("the string `{}`", abbreviate(text)),
             },
         }
     }
@@ -390,14 +390,21 @@ fn parse_into(text: &str, errors: &mut Vec<SpecError>) -> Result<Option<Node>, S
                 let frame = stack
                     .pop()
                     .expect("the parser balances collection start and end events");
+                // A flow collection ends at its `}` or `]`, which belongs to it: a label over
+                // `{ name: lora, r: 4 }` that stopped before the brace looked cut off. A block
+                // collection ends at the next token; step back over blanks and comments.
+                let end = |start: usize| match text.as_bytes().get(at) {
+                    Some(b'}' | b']') => at + 1,
+                    _ => offsets.trim_back(start, at),
+                };
                 let node = match frame {
                     Frame::Seq { start, items } => Node {
-                        span: Span::new(start, offsets.trim_back(start, at)),
+                        span: Span::new(start, end(start)),
                         value: Value::Seq(items),
                         from_param: None,
                     },
                     Frame::Map { start, entries, .. } => Node {
-                        span: Span::new(start, offsets.trim_back(start, at)),
+                        span: Span::new(start, end(start)),
                         value: Value::Map(entries),
                         from_param: None,
                     },

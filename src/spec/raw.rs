@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use super::error::SpecError;
 use super::node::{Key, Node, ScalarStyle, Value};
-use super::source::{Span, Spanned};
+use super::source_text::{Span, Spanned};
 use super::suggestion_help;
 
 /// The keys a pipeline file may have at its top level.

@@ -22,12 +22,12 @@ fn scalar_spans_are_byte_ranges_with_non_ascii_text() {
 #[test]
 fn plain_scalars_resolve_like_yaml_1_2() {
     assert_eq!(resolve_plain("2e-5"), resolve_plain("0.00002"));
-    assert_eq!(resolve_plain("5e-5"), Resolved::Float(5e-5));
-    assert_eq!(resolve_plain("42"), Resolved::Int(42));
-    assert_eq!(resolve_plain("~"), Resolved::Null);
-    assert_eq!(resolve_plain("yes"), Resolved::Str("yes"));
-    assert_eq!(resolve_plain("e5"), Resolved::Str("e5"));
-    assert_eq!(resolve_plain("1.2.3"), Resolved::Str("1.2.3"));
+    assert_eq!(resolve_plain("5e-5"), ScalarValue::Float(5e-5));
+    assert_eq!(resolve_plain("42"), ScalarValue::Int(42));
+    assert_eq!(resolve_plain("~"), ScalarValue::Null);
+    assert_eq!(resolve_plain("yes"), ScalarValue::Str("yes"));
+    assert_eq!(resolve_plain("e5"), ScalarValue::Str("e5"));
+    assert_eq!(resolve_plain("1.2.3"), ScalarValue::Str("1.2.3"));
 }
 
 #[test]
@@ -96,10 +96,24 @@ fn a_megabyte_key_is_abbreviated_in_messages() {
         panic!("{} errors", errors.len())
     };
     assert_eq!(shown.chars().count(), 41, "40 characters and `…`");
-    let source = Source::new("p.yaml", &format!("{{ {key}: 1, version: 1 }}\n"), &[]);
+    let source = SourceText::new("p.yaml", &format!("{{ {key}: 1, version: 1 }}\n"), &[]);
     let (_, errors) = parse(&source);
     assert!(
         matches!(&errors[..], [SpecError::UnknownKey { key, .. }] if key.len() < 50),
         "{errors:?}"
     );
+}
+
+/// A flow collection's span covers its closing bracket (it ended before it).
+#[test]
+fn flow_collections_end_at_their_closing_bracket() {
+    let text = "a: { b: 1, c: [x, y] }\nf: 2\n";
+    let root = parse_ok(text);
+    let span_of = |path: &[&str]| {
+        let path: Vec<String> = path.iter().map(|step| (*step).to_owned()).collect();
+        let node = root.lookup(&path).expect("present");
+        &text[node.span.start..node.span.end]
+    };
+    assert_eq!(span_of(&["a"]), "{ b: 1, c: [x, y] }");
+    assert_eq!(span_of(&["a", "c"]), "[x, y]");
 }

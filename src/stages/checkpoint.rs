@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ml::Trainer;
 use crate::model::stages::EarlyStopping;
-use crate::stages::ml_common::{write_json, StagesError};
+use crate::stages::ml_common::{write_json, MlStageError};
 use crate::stages::train_log::LogRecord;
 
 /// Where a run is, saved next to each checkpoint.
@@ -73,7 +73,7 @@ pub struct Checkpoints<'a> {
 }
 
 impl Checkpoints<'_> {
-    pub fn save(&self, trainer: &Trainer, progress: &Progress) -> Result<(), StagesError> {
+    pub fn save(&self, trainer: &Trainer, progress: &Progress) -> Result<(), MlStageError> {
         let current = self.scratch_dir.join("checkpoint");
         let staging = self.scratch_dir.join("checkpoint.new");
         let old = self.scratch_dir.join("checkpoint.old");
@@ -89,7 +89,7 @@ impl Checkpoints<'_> {
     }
 
     /// Restores `trainer` from the newest complete checkpoint, with its progress.
-    pub fn resume(&self, trainer: &mut Trainer) -> Result<Option<Progress>, StagesError> {
+    pub fn resume(&self, trainer: &mut Trainer) -> Result<Option<Progress>, MlStageError> {
         for name in ["checkpoint", "checkpoint.old"] {
             let dir = self.scratch_dir.join(name);
             let progress_path = dir.join("progress.json");
@@ -109,7 +109,7 @@ impl Checkpoints<'_> {
     }
 
     /// Exports the trainer's current model as the best one so far.
-    pub fn save_best(&self, trainer: &Trainer) -> Result<(), StagesError> {
+    pub fn save_best(&self, trainer: &Trainer) -> Result<(), MlStageError> {
         let best = self.best_dir();
         let staging = self.scratch_dir.join("best.new");
         remove_dir_if_exists(&staging)?;
@@ -124,9 +124,9 @@ impl Checkpoints<'_> {
     }
 }
 
-fn remove_dir_if_exists(dir: &Path) -> Result<(), StagesError> {
+fn remove_dir_if_exists(dir: &Path) -> Result<(), MlStageError> {
     match fs::remove_dir_all(dir) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(StagesError::Write {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(MlStageError::Write {
             path: dir.to_path_buf(),
             source: error,
         }),
@@ -134,8 +134,8 @@ fn remove_dir_if_exists(dir: &Path) -> Result<(), StagesError> {
     }
 }
 
-fn rename(from: &Path, to: &Path) -> Result<(), StagesError> {
-    fs::rename(from, to).map_err(|source| StagesError::Write {
+fn rename(from: &Path, to: &Path) -> Result<(), MlStageError> {
+    fs::rename(from, to).map_err(|source| MlStageError::Write {
         path: to.to_path_buf(),
         source,
     })

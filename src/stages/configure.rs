@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::model::stages::{Configure, Method};
 use crate::model::StageSettings;
-use crate::stages::ml_common::{write_json, wrong_runner, StagesError};
+use crate::stages::ml_common::{write_json, wrong_runner, MlStageError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResolvedConfig {
@@ -48,10 +48,10 @@ impl StageRunner for ConfigureRunner {
     }
 }
 
-pub fn resolve(stage: &str, settings: &Configure) -> Result<ResolvedConfig, StagesError> {
+pub fn resolve(stage: &str, settings: &Configure) -> Result<ResolvedConfig, MlStageError> {
     let problems = settings.problems();
     if !problems.is_empty() {
-        return Err(StagesError::InvalidConfig {
+        return Err(MlStageError::InvalidConfig {
             stage: stage.to_owned(),
             problems: problems
                 .iter()

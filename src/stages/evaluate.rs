@@ -18,7 +18,7 @@ use crate::ml::{Classifier, DeviceChoice};
 use crate::model::stages::SplitName;
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::ml_common::{
-    input_dir, predict, write_bytes, write_json, wrong_runner, StagesError,
+    input_dir, predict, write_bytes, write_json, wrong_runner, MlStageError,
 };
 
 /// Where `train` puts the exported model inside its artifact.
@@ -41,7 +41,7 @@ impl StageRunner for EvaluateRunner {
         };
         let model_dir = input_dir(ctx, InputSlot::Model)?.join(TRAINED_MODEL_DIR);
         let dataset =
-            Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(StagesError::from)?;
+            Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(MlStageError::from)?;
         let metrics = evaluate(
             &model_dir,
             &dataset,
@@ -81,11 +81,11 @@ pub fn evaluate(
     batch_size: usize,
     out_dir: &Path,
     log: &(dyn Fn(&str) + Sync),
-) -> Result<Metrics, StagesError> {
+) -> Result<Metrics, MlStageError> {
     let data = dataset
         .splits
         .get(&split)
-        .ok_or_else(|| StagesError::MissingSplit {
+        .ok_or_else(|| MlStageError::MissingSplit {
             split: split.as_str().to_owned(),
         })?;
     let classifier = Classifier::load_trained(model_dir, DeviceChoice::Auto)?;
@@ -100,7 +100,7 @@ pub fn evaluate(
     ));
     let metrics =
         Metrics::compute(&data.labels, &probabilities, &dataset.info.labels).ok_or_else(|| {
-            StagesError::InconsistentModel {
+            MlStageError::InconsistentModel {
                 path: model_dir.to_path_buf(),
                 message: format!(
                     "the model predicts {} classes but the dataset has {} labels",

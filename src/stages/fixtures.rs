@@ -11,7 +11,7 @@ use crate::data::tokenize::{encode_all, load_tokenizer};
 use crate::ml::fixtures::{write_random_model, NameStyle};
 use crate::ml::{Batch, Classifier, DeviceChoice, EncoderConfig, Trainer};
 
-use super::ml_common::StagesError;
+use super::ml_common::MlStageError;
 
 /// Words that make a row positive.
 pub const POSITIVE: &[&str] = &["good", "great", "fine", "superb", "lovely", "fun"];
@@ -44,7 +44,7 @@ pub fn sentiment_row(i: usize, gap: &str) -> (&'static str, String) {
 /// Writes `EncoderConfig::tiny_bert()` with random weights (seed 7) and a WordPiece
 /// `tokenizer.json` over [`POSITIVE`], [`NEGATIVE`] and [`FILLER`] into `dir`: a model
 /// directory that `select-model` accepts.
-pub fn write_tiny_sentiment_model(dir: &Path) -> Result<(), StagesError> {
+pub fn write_tiny_sentiment_model(dir: &Path) -> Result<(), MlStageError> {
     write_random_model(dir, &EncoderConfig::tiny_bert(), 7, NameStyle::Plain)?;
     let words: Vec<&str> = POSITIVE
         .iter()
@@ -53,7 +53,7 @@ pub fn write_tiny_sentiment_model(dir: &Path) -> Result<(), StagesError> {
         .copied()
         .collect();
     let path = dir.join("tokenizer.json");
-    fs::write(&path, wordpiece_tokenizer_json(&words)).map_err(|source| StagesError::Write {
+    fs::write(&path, wordpiece_tokenizer_json(&words)).map_err(|source| MlStageError::Write {
         path: path.clone(),
         source,
     })

@@ -12,9 +12,10 @@ use crate::exec::runner::{StageContext, StageError};
 use crate::ml::{Batch, Classifier};
 use crate::model::InputSlot;
 
-/// Errors of the ML stage runners that are not data errors.
+/// The typed errors of the ML stage runners (data, model and their own); a runner returns them
+/// boxed in the scheduler's one [`StageError`], which keeps the code, help and labels whole.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum StagesError {
+pub enum MlStageError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Data(#[from] DataError),
@@ -95,18 +96,18 @@ pub enum StagesError {
     MissingSplit { split: String },
 }
 
-impl From<StagesError> for StageError {
-    fn from(error: StagesError) -> Self {
+impl From<MlStageError> for StageError {
+    fn from(error: MlStageError) -> Self {
         StageError::new(error)
     }
 }
 
 /// The directory of an input slot, or an error naming the stage and slot.
-pub fn input_dir(ctx: &StageContext<'_>, slot: InputSlot) -> Result<PathBuf, StagesError> {
+pub fn input_dir(ctx: &StageContext<'_>, slot: InputSlot) -> Result<PathBuf, MlStageError> {
     ctx.inputs
         .get(&slot)
         .cloned()
-        .ok_or_else(|| StagesError::MissingInput {
+        .ok_or_else(|| MlStageError::MissingInput {
             stage: ctx.stage.id.to_string(),
             slot: slot.as_str().to_owned(),
         })
@@ -114,8 +115,8 @@ pub fn input_dir(ctx: &StageContext<'_>, slot: InputSlot) -> Result<PathBuf, Sta
 
 /// Writes `value` as pretty JSON with a trailing newline (stable bytes: struct field order
 /// and `BTreeMap`s only, so equal values hash equal in the store).
-pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StagesError> {
-    let mut text = serde_json::to_string_pretty(value).map_err(|error| StagesError::Write {
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), MlStageError> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|error| MlStageError::Write {
         path: path.to_path_buf(),
         source: std::io::Error::other(error),
     })?;
@@ -123,8 +124,8 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StagesError
     write_bytes(path, text.as_bytes())
 }
 
-pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), StagesError> {
-    std::fs::write(path, bytes).map_err(|source| StagesError::Write {
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), MlStageError> {
+    std::fs::write(path, bytes).map_err(|source| MlStageError::Write {
         path: path.to_path_buf(),
         source,
     })
@@ -132,20 +133,20 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), StagesError> {
 
 /// Places `from` at `to`: a hard link when possible (the download cache and the store are
 /// usually on one disk, and a 90 MB model should not be copied), else a copy.
-pub fn link_or_copy(from: &Path, to: &Path) -> Result<(), StagesError> {
+pub fn link_or_copy(from: &Path, to: &Path) -> Result<(), MlStageError> {
     if std::fs::hard_link(from, to).is_ok() {
         return Ok(());
     }
     std::fs::copy(from, to)
         .map(|_| ())
-        .map_err(|source| StagesError::Write {
+        .map_err(|source| MlStageError::Write {
             path: to.to_path_buf(),
             source,
         })
 }
 
-pub fn wrong_runner(ctx: &StageContext<'_>, runner: &'static str) -> StagesError {
-    StagesError::WrongRunner {
+pub fn wrong_runner(ctx: &StageContext<'_>, runner: &'static str) -> MlStageError {
+    MlStageError::WrongRunner {
         stage: ctx.stage.id.to_string(),
         runner,
     }
@@ -159,7 +160,7 @@ pub fn predict(
     classifier: &Classifier,
     data: &SplitData,
     batch_size: usize,
-) -> Result<Vec<Vec<f32>>, StagesError> {
+) -> Result<Vec<Vec<f32>>, MlStageError> {
     let pad = classifier.config().pad_token_id;
     let mut out = vec![Vec::new(); data.len()];
     for indices in eval_batches(&lengths(data), batch_size) {

@@ -19,7 +19,7 @@ use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::model::stages::{PrepareData, SplitName};
 use crate::model::{InputSlot, StageSettings};
-use crate::stages::ml_common::{input_dir, write_bytes, write_json, wrong_runner, StagesError};
+use crate::stages::ml_common::{input_dir, write_bytes, write_json, wrong_runner, MlStageError};
 
 /// `stats.json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -101,13 +101,13 @@ pub fn prepare(
     model_dir: &Path,
     out_dir: &Path,
     log: &(dyn Fn(&str) + Sync),
-) -> Result<DataStats, StagesError> {
+) -> Result<DataStats, MlStageError> {
     let source = resolver.resolve(&settings.source)?;
     if source.path.is_dir() {
-        return Err(StagesError::DataNotFile { path: source.path });
+        return Err(MlStageError::DataNotFile { path: source.path });
     }
     let mut cleaning = BTreeMap::new();
-    let mut read = |path: &Path| -> Result<Vec<Example>, StagesError> {
+    let mut read = |path: &Path| -> Result<Vec<Example>, MlStageError> {
         let table = read_table(path, settings.format)?;
         let (examples, stats) = to_examples(
             &table,
@@ -469,7 +469,7 @@ pub(crate) mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(&error, StagesError::Data(DataError::UnknownLabel { line: 16, value, .. }) if value == "plot"),
+            matches!(&error, MlStageError::Data(DataError::UnknownLabel { line: 16, value, .. }) if value == "plot"),
             "{error:?}"
         );
 
@@ -485,7 +485,7 @@ pub(crate) mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(&error, StagesError::Data(DataError::EmptySplit { split, .. }) if split == "test"),
+            matches!(&error, MlStageError::Data(DataError::EmptySplit { split, .. }) if split == "test"),
             "{error:?}"
         );
     }
@@ -505,7 +505,7 @@ pub(crate) mod tests {
         .unwrap_err();
         assert!(matches!(
             error,
-            StagesError::Data(DataError::IncompleteModel { .. })
+            MlStageError::Data(DataError::IncompleteModel { .. })
         ));
     }
 

@@ -18,7 +18,7 @@ use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::fingerprint::Digest;
 use crate::model::StageSettings;
-use crate::stages::ml_common::{link_or_copy, write_json, wrong_runner, StagesError};
+use crate::stages::ml_common::{link_or_copy, write_json, wrong_runner, MlStageError};
 
 /// Encoders whose `config.json` the model core reads.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
@@ -51,7 +51,7 @@ impl StageRunner for SelectModelRunner {
         let resolver = SourceResolver::new(ctx.pipeline_root, ctx.store_root);
         let resolved = resolver
             .resolve(&settings.source)
-            .map_err(StagesError::from)?;
+            .map_err(MlStageError::from)?;
         (ctx.log)(&format!("model source: {}", resolved.path.display()));
         let record = select(
             &resolved.path,
@@ -75,13 +75,13 @@ pub fn select(
     source_blake3: &Digest,
     allow_pickle: bool,
     out_dir: &Path,
-) -> Result<ModelRecord, StagesError> {
+) -> Result<ModelRecord, MlStageError> {
     if !dir.is_dir() {
-        return Err(StagesError::ModelNotDirectory {
+        return Err(MlStageError::ModelNotDirectory {
             path: dir.to_path_buf(),
         });
     }
-    let require = |file: &str| -> Result<std::path::PathBuf, StagesError> {
+    let require = |file: &str| -> Result<std::path::PathBuf, MlStageError> {
         let path = dir.join(file);
         if path.is_file() {
             Ok(path)
@@ -113,11 +113,11 @@ pub fn select(
     };
 
     let config = read_config(&config_path)?;
-    let config_field = |name: &str| -> Result<u64, StagesError> {
+    let config_field = |name: &str| -> Result<u64, MlStageError> {
         config
             .get(name)
             .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| StagesError::InconsistentModel {
+            .ok_or_else(|| MlStageError::InconsistentModel {
                 path: config_path.clone(),
                 message: format!("`{name}` is missing or not a whole number"),
             })
@@ -128,7 +128,7 @@ pub fn select(
         .unwrap_or_default()
         .to_owned();
     if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
-        return Err(StagesError::UnsupportedArchitecture {
+        return Err(MlStageError::UnsupportedArchitecture {
             path: config_path,
             model_type,
             supported: SUPPORTED_MODEL_TYPES
@@ -145,7 +145,7 @@ pub fn select(
     let tokenizer = load_tokenizer(&tokenizer_path, 8)?;
     let tokenizer_vocab = tokenizer.get_vocab_size(true) as u64;
     if tokenizer_vocab > vocab_size {
-        return Err(StagesError::InconsistentModel {
+        return Err(MlStageError::InconsistentModel {
             path: tokenizer_path,
             message: format!(
                 "the tokenizer has {tokenizer_vocab} tokens but the model embeds only {vocab_size}"
@@ -164,7 +164,7 @@ pub fn select(
             if shape.first().map(|&rows| rows as u64) != Some(vocab_size)
                 || shape.get(1).map(|&columns| columns as u64) != Some(hidden_size)
             {
-                return Err(StagesError::InconsistentModel {
+                return Err(MlStageError::InconsistentModel {
                     path: weights,
                     message: format!(
                         "word embeddings have shape {shape:?}, but `config.json` says [{vocab_size}, {hidden_size}]"
@@ -226,7 +226,7 @@ pub fn select(
     Ok(record)
 }
 
-fn read_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, StagesError> {
+fn read_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, MlStageError> {
     let text = fs::read_to_string(path).map_err(|error| DataError::io(path, error))?;
     match serde_json::from_str(&text) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
@@ -235,7 +235,7 @@ fn read_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>
     }
 }
 
-fn malformed(path: &Path, message: String) -> StagesError {
+fn malformed(path: &Path, message: String) -> MlStageError {
     DataError::Malformed {
         path: path.to_path_buf(),
         message,
@@ -248,7 +248,7 @@ fn malformed(path: &Path, message: String) -> StagesError {
 /// The header is parsed and checked by the `safetensors` crate (offsets contiguous and in
 /// bounds, shapes matching sizes), and the file's length must be exactly header plus data:
 /// a truncated download is refused here rather than when training first reads a tensor.
-pub fn read_safetensors_header(path: &Path) -> Result<Metadata, StagesError> {
+pub fn read_safetensors_header(path: &Path) -> Result<Metadata, MlStageError> {
     use std::io::Read;
     let mut file = fs::File::open(path).map_err(|error| DataError::io(path, error))?;
     let file_len = file
@@ -358,7 +358,7 @@ pub(crate) mod tests {
         fs::remove_file(model.join("tokenizer.json")).unwrap();
         let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(
-            matches!(&error, StagesError::Data(DataError::IncompleteModel { file, .. }) if file == "tokenizer.json"),
+            matches!(&error, MlStageError::Data(DataError::IncompleteModel { file, .. }) if file == "tokenizer.json"),
             "{error:?}"
         );
 
@@ -368,7 +368,7 @@ pub(crate) mod tests {
         let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(matches!(
             error,
-            StagesError::Data(DataError::PickleRefused { .. })
+            MlStageError::Data(DataError::PickleRefused { .. })
         ));
 
         tiny_model_dir(&model);
@@ -378,7 +378,7 @@ pub(crate) mod tests {
         );
         let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(
-            matches!(error, StagesError::InconsistentModel { .. }),
+            matches!(error, MlStageError::InconsistentModel { .. }),
             "{error:?}"
         );
 
@@ -389,7 +389,7 @@ pub(crate) mod tests {
         fs::write(&weights, &bytes[..bytes.len() - 4]).unwrap();
         let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
         assert!(
-            matches!(&error, StagesError::Data(DataError::Malformed { message, .. }) if message.contains("truncated")),
+            matches!(&error, MlStageError::Data(DataError::Malformed { message, .. }) if message.contains("truncated")),
             "{error:?}"
         );
 
@@ -399,7 +399,10 @@ pub(crate) mod tests {
         )
         .unwrap();
         let error = select(&model, &Digest::of_bytes(b""), false, &out).unwrap_err();
-        assert!(matches!(error, StagesError::UnsupportedArchitecture { .. }));
+        assert!(matches!(
+            error,
+            MlStageError::UnsupportedArchitecture { .. }
+        ));
     }
 
     /// The real model, when the lead's CI provides it.

@@ -32,7 +32,7 @@ use crate::stages::checkpoint::{Checkpoints, Progress, Verdict};
 use crate::stages::configure::ResolvedConfig;
 use crate::stages::evaluate::TRAINED_MODEL_DIR;
 use crate::stages::ml_common::{
-    input_dir, predict, write_bytes, write_json, wrong_runner, StagesError,
+    input_dir, predict, write_bytes, write_json, wrong_runner, MlStageError,
 };
 use crate::stages::train_log::{render_svg, to_jsonl, LogRecord};
 
@@ -60,15 +60,15 @@ impl StageRunner for TrainRunner {
         };
         let config_path = input_dir(ctx, InputSlot::Config)?.join("config.json");
         let text = fs::read_to_string(&config_path)
-            .map_err(|error| StagesError::from(DataError::io(&config_path, error)))?;
+            .map_err(|error| MlStageError::from(DataError::io(&config_path, error)))?;
         let resolved: ResolvedConfig = serde_json::from_str(&text).map_err(|error| {
-            StagesError::from(DataError::Malformed {
+            MlStageError::from(DataError::Malformed {
                 path: config_path.clone(),
                 message: error.to_string(),
             })
         })?;
         let dataset =
-            Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(StagesError::from)?;
+            Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(MlStageError::from)?;
         let run = TrainRun {
             model_dir: input_dir(ctx, InputSlot::Model)?,
             dataset: &dataset,
@@ -93,17 +93,17 @@ pub struct TrainRun<'a> {
 }
 
 impl TrainRun<'_> {
-    pub fn run(&self) -> Result<StageOutcome, StagesError> {
+    pub fn run(&self) -> Result<StageOutcome, MlStageError> {
         let config = self.config;
         let log = self.log;
         let train = self.dataset.splits.get(&SplitName::Train).ok_or_else(|| {
-            StagesError::MissingSplit {
+            MlStageError::MissingSplit {
                 split: "train".to_owned(),
             }
         })?;
         let validation = self.dataset.splits.get(&SplitName::Validation);
         if config.early_stopping.is_some() && validation.is_none() {
-            return Err(StagesError::MissingSplit {
+            return Err(MlStageError::MissingSplit {
                 split: "validation".to_owned(),
             });
         }
@@ -308,20 +308,20 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<(), StagesError> {
-    fs::create_dir_all(to).map_err(|source| StagesError::Write {
+fn copy_dir(from: &Path, to: &Path) -> Result<(), MlStageError> {
+    fs::create_dir_all(to).map_err(|source| MlStageError::Write {
         path: to.to_path_buf(),
         source,
     })?;
     let entries =
-        fs::read_dir(from).map_err(|error| StagesError::from(DataError::io(from, error)))?;
+        fs::read_dir(from).map_err(|error| MlStageError::from(DataError::io(from, error)))?;
     for entry in entries {
-        let entry = entry.map_err(|error| StagesError::from(DataError::io(from, error)))?;
+        let entry = entry.map_err(|error| MlStageError::from(DataError::io(from, error)))?;
         let target = to.join(entry.file_name());
         if entry.path().is_dir() {
             copy_dir(&entry.path(), &target)?;
         } else {
-            fs::copy(entry.path(), &target).map_err(|source| StagesError::Write {
+            fs::copy(entry.path(), &target).map_err(|source| MlStageError::Write {
                 path: target.clone(),
                 source,
             })?;

@@ -11,13 +11,7 @@ pub fn run(args: &DagArgs, printer: &Printer) -> ExitStatus {
         Ok(pipeline) => pipeline,
         Err(error) => return super::report_load_error(error, printer),
     };
-    let graph = match PipelineGraph::new(&pipeline) {
-        Ok(graph) => graph,
-        Err(error) => {
-            printer.diagnostic(error);
-            return ExitStatus::Failure;
-        }
-    };
+    let graph = PipelineGraph::new(&pipeline);
     let format = match args.format {
         DagFormatArg::Text => DagFormat::Text,
         DagFormatArg::Mermaid => DagFormat::Mermaid,

@@ -67,9 +67,16 @@ fn default_checkpoint_every() -> usize {
     500
 }
 
-/// The fine-tuning method.
+/// The fine-tuning method. Serialized as a tagged block (`{ name: lora, r: 8, … }`, part of
+/// the stage key); read through `MethodSettings` so that every wrong value in the block is
+/// reported at its own place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "name",
+    rename_all = "kebab-case",
+    deny_unknown_fields,
+    try_from = "MethodSettings"
+)]
 pub enum Method {
     /// Every weight trains.
     #[default]
@@ -77,25 +84,122 @@ pub enum Method {
     /// The bottom `layers` encoder layers (and embeddings) are frozen; all of them when absent
     /// (a linear probe: only the head trains).
     Frozen {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         layers: Option<usize>,
     },
     /// LoRA with PEFT semantics: `W x + (alpha / r) · B A x`.
     Lora {
-        #[serde(default = "default_rank")]
         r: usize,
-        #[serde(default = "default_alpha")]
         alpha: f64,
-        #[serde(default)]
         dropout: f64,
-        #[serde(default = "default_targets")]
         targets: Vec<String>,
     },
     /// IA3: learned rescaling vectors on keys, values and the feed-forward activations.
-    Ia3 {
-        #[serde(default = "default_ia3_targets")]
-        targets: Vec<String>,
-    },
+    Ia3 { targets: Vec<String> },
+}
+
+/// `method:` as written: one flat block. serde reads an internally tagged enum by buffering
+/// the block without its spans, and stops at the first wrong value, which it could then only
+/// place at `method:`; read as a struct, each setting is a value of its own, and validation
+/// reports every wrong one where it is written. Settings of another method are refused when
+/// the block becomes a [`Method`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MethodSettings {
+    name: MethodName,
+    layers: Option<usize>,
+    r: Option<usize>,
+    alpha: Option<f64>,
+    dropout: Option<f64>,
+    targets: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum MethodName {
+    Full,
+    Frozen,
+    Lora,
+    Ia3,
+}
+
+impl MethodName {
+    fn as_str(self) -> &'static str {
+        match self {
+            MethodName::Full => "full",
+            MethodName::Frozen => "frozen",
+            MethodName::Lora => "lora",
+            MethodName::Ia3 => "ia3",
+        }
+    }
+
+    /// The settings this method takes besides `name`.
+    fn settings(self) -> &'static [&'static str] {
+        match self {
+            MethodName::Full => &[],
+            MethodName::Frozen => &["layers"],
+            MethodName::Lora => &["r", "alpha", "dropout", "targets"],
+            MethodName::Ia3 => &["targets"],
+        }
+    }
+}
+
+impl TryFrom<MethodSettings> for Method {
+    type Error = String;
+
+    fn try_from(block: MethodSettings) -> Result<Method, String> {
+        let MethodSettings {
+            name,
+            layers,
+            r,
+            alpha,
+            dropout,
+            targets,
+        } = block;
+        let given = [
+            ("layers", layers.is_some()),
+            ("r", r.is_some()),
+            ("alpha", alpha.is_some()),
+            ("dropout", dropout.is_some()),
+            ("targets", targets.is_some()),
+        ];
+        let foreign: Vec<String> = given
+            .iter()
+            .filter(|(setting, present)| *present && !name.settings().contains(setting))
+            .map(|(setting, _)| format!("`{setting}`"))
+            .collect();
+        if !foreign.is_empty() {
+            let takes = match name.settings() {
+                [] => "no other settings".to_owned(),
+                settings => settings
+                    .iter()
+                    .map(|setting| format!("`{setting}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            let what = match foreign.as_slice() {
+                [one] => format!("{one} is not a setting"),
+                many => format!("{} are not settings", many.join(", ")),
+            };
+            return Err(format!(
+                "{what} of method `{}` (it takes {takes})",
+                name.as_str()
+            ));
+        }
+        Ok(match name {
+            MethodName::Full => Method::Full,
+            MethodName::Frozen => Method::Frozen { layers },
+            MethodName::Lora => Method::Lora {
+                r: r.unwrap_or_else(default_rank),
+                alpha: alpha.unwrap_or_else(default_alpha),
+                dropout: dropout.unwrap_or_default(),
+                targets: targets.unwrap_or_else(default_targets),
+            },
+            MethodName::Ia3 => Method::Ia3 {
+                targets: targets.unwrap_or_else(default_ia3_targets),
+            },
+        })
+    }
 }
 
 fn default_rank() -> usize {

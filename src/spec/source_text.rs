@@ -1,6 +1,6 @@
 //! The text a pipeline was read from, and byte spans into it.
 //!
-//! A [`Source`] is the pipeline file followed by one segment per `-S` override, all in one
+//! A [`SourceText`] is the pipeline file followed by one segment per `-S` override, all in one
 //! buffer. Every [`Span`] is a byte range into that buffer, so a value that came from an
 //! override carries an ordinary span, and a diagnostic about it renders the override text
 //! (named `-S override`) instead of pointing at an unrelated line of the file.
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use miette::{MietteError, MietteSpanContents, SourceCode, SourceSpan, SpanContents};
 
-/// A byte range into a [`Source`]; `start == end` marks a position.
+/// A byte range into a [`SourceText`]; `start == end` marks a position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Span {
     pub start: usize,
@@ -58,8 +58,8 @@ const WINDOW: usize = 1024;
 
 /// The pipeline file's text plus the override segments; implements [`SourceCode`].
 #[derive(Debug, Clone)]
-pub struct Source {
-    /// One pointer: a `Source` travels inside every `LoadError`.
+pub struct SourceText {
+    /// One pointer: a `SourceText` travels inside every `LoadError`.
     inner: Arc<Inner>,
 }
 
@@ -73,9 +73,9 @@ struct Inner {
     line_starts: Vec<usize>,
 }
 
-impl Source {
+impl SourceText {
     /// `name` is the file name shown in diagnostics; each extra segment is `(name, text)`.
-    pub fn new(name: &str, file_text: &str, extra: &[(String, String)]) -> Source {
+    pub fn new(name: &str, file_text: &str, extra: &[(String, String)]) -> SourceText {
         let mut text = String::with_capacity(file_text.len() + 64);
         let mut segments = Vec::with_capacity(1 + extra.len());
         text.push_str(file_text);
@@ -96,7 +96,7 @@ impl Source {
                 end: text.len(),
             });
         }
-        Source {
+        SourceText {
             inner: Arc::new(Inner {
                 line_starts: line_starts(&text),
                 text,
@@ -115,7 +115,7 @@ impl Source {
         &self.inner.text[..self.inner.segments[0].end]
     }
 
-    /// Where extra segment `index` (0-based, in the order given to [`Source::new`]) starts.
+    /// Where extra segment `index` (0-based, in the order given to [`SourceText::new`]) starts.
     pub fn segment_start(&self, index: usize) -> Option<usize> {
         self.inner
             .segments
@@ -258,7 +258,7 @@ fn floor_char_boundary(text: &str, mut index: usize) -> usize {
     index
 }
 
-impl SourceCode for Source {
+impl SourceCode for SourceText {
     /// miette's own reading of a `str` scans from its first byte to find the line of a span;
     /// here the line index finds the few lines it needs, and miette reads only those (so the
     /// result, and every rendered snippet, is the same as reading the whole segment).
@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn line_column_counts_characters_not_bytes() {
-        let source = Source::new("p.yaml", "a: é\nbé: x\n", &[]);
+        let source = SourceText::new("p.yaml", "a: é\nbé: x\n", &[]);
         let offset = source.file_text().find('x').expect("x is in the text");
         assert_eq!(offset, 11);
         assert_eq!(source.line_column(offset), (2, 5));
@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn override_segments_restart_line_numbers() {
-        let source = Source::new(
+        let source = SourceText::new(
             "p.yaml",
             "a: 1\nb: 2\n",
             &[("-S override".to_owned(), "s.k=v".to_owned())],
@@ -354,12 +354,12 @@ mod tests {
     #[error("bad value")]
     struct Labelled {
         #[source_code]
-        code: Source,
+        code: SourceText,
         #[label("here")]
         span: SourceSpan,
     }
 
-    fn render(source: &Source, span: Span) -> String {
+    fn render(source: &SourceText, span: Span) -> String {
         let mut out = String::new();
         GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
             .with_width(80)
@@ -378,7 +378,7 @@ mod tests {
     #[test]
     fn a_label_past_column_65535_renders_a_window_with_its_line_and_column() {
         let text = format!("a: 1\nrun: {}BAD tail\nb: 2\n", "x".repeat(69_994));
-        let source = Source::new("p.yaml", &text, &[]);
+        let source = SourceText::new("p.yaml", &text, &[]);
         let at = text.find("BAD").expect("marker");
         assert_eq!(source.line_column(at), (2, 70_000));
         let out = render(&source, Span::new(at, at + 3));
@@ -391,7 +391,7 @@ mod tests {
         );
         // Tabs are 4 columns wide in miette: 20,000 of them are 80,000 columns.
         let tabs = format!("run: \"{}\" BAD\n", "\t".repeat(20_000));
-        let source = Source::new("p.yaml", &tabs, &[]);
+        let source = SourceText::new("p.yaml", &tabs, &[]);
         let at = tabs.find("BAD").expect("marker");
         assert!(render(&source, Span::new(at, at + 3)).contains("[p.yaml:1:20009]"));
     }
@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn a_span_longer_than_the_window_is_cut_without_losing_its_place() {
         let text = format!("a: 1\nrun: {}\n", "y".repeat(200_000));
-        let source = Source::new("p.yaml", &text, &[]);
+        let source = SourceText::new("p.yaml", &text, &[]);
         let out = render(&source, Span::new(10, text.len() - 1));
         assert!(out.contains("[p.yaml:2:6]"), "{out}");
         assert!(out.len() < 8 * WINDOW, "{} bytes", out.len());
@@ -408,7 +408,7 @@ mod tests {
     #[test]
     fn short_lines_render_with_context_as_before() {
         let text = "a: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n";
-        let source = Source::new("p.yaml", text, &[]);
+        let source = SourceText::new("p.yaml", text, &[]);
         let at = text.find("c: 3").expect("c");
         let ours = source
             .read_span(&Span::new(at, at + 4).into(), 1, 1)
@@ -450,7 +450,7 @@ mod tests {
             text in "[aé🎬 :\r\n]{0,40}",
             position in 0usize..200,
         ) {
-            let source = Source::new("p.yaml", &text, &[]);
+            let source = SourceText::new("p.yaml", &text, &[]);
             let offset = floor_char_boundary(&text, position % (text.len() + 1));
             let expected = naive_line_column(&text, offset);
             prop_assert_eq!(source.line_column(offset), expected);
