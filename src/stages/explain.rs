@@ -33,7 +33,7 @@ use crate::model::stages::{Explain, ExplainBaseline, ExplainMethod};
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::evaluate::TRAINED_MODEL_DIR;
 use crate::stages::explain_report::render_report;
-use crate::stages::ml_common::{input_dir, write_bytes, write_json, wrong_runner, StagesError};
+use crate::stages::ml_common::{input_dir, write_bytes, write_json, wrong_runner, MlStageError};
 
 /// Random top-k stand-ins per example for the faithfulness baselines.
 pub const RANDOM_DRAWS: usize = 5;
@@ -47,7 +47,7 @@ const TRAINED_MARKER: &str = "taper-classifier.json";
 pub enum ExplainError {
     #[error(transparent)]
     #[diagnostic(transparent)]
-    Stages(#[from] StagesError),
+    Stages(#[from] MlStageError),
 
     #[error("the tokenizer of `{path}` has no `[MASK]` token for the `mask` baseline")]
     #[diagnostic(
@@ -357,7 +357,7 @@ pub fn run_explain(
     let data = dataset
         .splits
         .get(&split)
-        .ok_or_else(|| StagesError::MissingSplit {
+        .ok_or_else(|| MlStageError::MissingSplit {
             split: split.as_str().to_owned(),
         })?;
     let texts_path = data_dir.join(format!("{}.jsonl", split.as_str()));
@@ -404,7 +404,7 @@ pub fn run_explain(
     let mut jsonl = String::new();
     for example in &examples {
         jsonl.push_str(
-            &serde_json::to_string(example).map_err(|error| StagesError::Write {
+            &serde_json::to_string(example).map_err(|error| MlStageError::Write {
                 path: out_dir.join("explanations.jsonl"),
                 source: std::io::Error::other(error),
             })?,

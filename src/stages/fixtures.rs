@@ -63,13 +63,13 @@ pub fn write_tiny_sentiment_model(dir: &Path) -> Result<(), MlStageError> {
 /// a two-class classifier on it for 40 steps over 160 [`sentiment_row`]s (`neg` 0, `pos` 1;
 /// about a second) and exports it as `train` does into `dir/model`: a target for
 /// `taper explain` without a pipeline run.
-pub fn write_tiny_trained_model(dir: &Path) -> Result<(), StagesError> {
+pub fn write_tiny_trained_model(dir: &Path) -> Result<(), MlStageError> {
     let base = dir.join("base");
     write_tiny_sentiment_model(&base)?;
     let settings: crate::model::stages::Configure = serde_json::from_value(serde_json::json!({
         "learning_rate": 2e-3, "batch_size": 16, "weight_decay": 0.0, "seed": 11, "dropout": 0.0,
     }))
-    .map_err(|error| StagesError::InvalidConfig {
+    .map_err(|error| MlStageError::InvalidConfig {
         stage: "fixture".to_owned(),
         problems: error.to_string(),
     })?;
