@@ -509,4 +509,26 @@ fn quickstart_when_available() {
         .unwrap();
     eprintln!("evaluate: {:?}", outcome.metrics);
     assert!(outcome.metrics["accuracy"] >= 0.79, "{:?}", outcome.metrics);
+    // The quickstart's `why` stage; its log line gives the time per example.
+    let explained = chain
+        .run(
+            "why",
+            StageSettings::Explain(Explain {
+                method: ExplainMethod::IntegratedGradients,
+                split: SplitName::Test,
+                examples: 20,
+                steps: 32,
+                baseline: ExplainBaseline::Pad,
+            }),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &ExplainRunner,
+            &log,
+        )
+        .unwrap();
+    eprintln!("explain: {:?}", explained.metrics);
+    assert!(
+        explained.metrics["comprehensiveness"] > explained.metrics["comprehensiveness_random"],
+        "{:?}",
+        explained.metrics
+    );
 }
