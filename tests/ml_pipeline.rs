@@ -1,6 +1,6 @@
 //! End-to-end tests of the ML stages through `taper run` (issue 5): each builds a tiny random
 //! BERT, a WordPiece tokenizer and a sentiment table in a temp dir, and runs the real binary on
-//! select-model → prepare-data → configure → train → evaluate, in seconds.
+//! select-model → prepare-data → configure → train → evaluate → explain, in seconds.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,10 @@ stages:
   test:
     kind: evaluate
     inputs: { model: finetune, data: reviews }
+  why:
+    kind: explain
+    inputs: { model: finetune, data: reviews }
+    with: { examples: 6, steps: 16 }
 "#;
 
 struct Project {
@@ -115,7 +119,7 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
     assert!(first.status.success(), "{}", text(&first));
     assert_eq!(
         ran(&first),
-        ["base", "finetune", "hparams", "reviews", "test"],
+        ["base", "finetune", "hparams", "reviews", "test", "why"],
         "{}",
         text(&first)
     );
@@ -152,6 +156,16 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
     let locked = project.taper(&["metrics", "p.yaml"]);
     let locked_text = String::from_utf8_lossy(&locked.stdout).into_owned();
     assert!(locked_text.contains("test.accuracy "), "{}", text(&locked));
+    // The explain stage's faithfulness metrics land in the lock file beside evaluate's.
+    assert!(
+        locked_text.contains("why.comprehensiveness ")
+            && locked_text.contains("why.completeness_gap "),
+        "{}",
+        text(&locked)
+    );
+    for file in ["explanations.jsonl", "report.html", "metrics.json"] {
+        assert!(project.path("out/p/why").join(file).is_file(), "{file}");
+    }
     let diff = project.taper(&["metrics", "diff", "out/p/test/metrics.json", "p.lock"]);
     let diff_text = String::from_utf8_lossy(&diff.stdout).into_owned();
     // Same run on both sides: every shared metric changes by zero.
@@ -176,11 +190,20 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
         text(&retrain)
     );
 
+    // Explanations hold no timings either: a forced rerun writes the same bytes.
+    let explain_again = project.taper(&["run", "p.yaml", "--force", "why"]);
+    assert!(explain_again.status.success(), "{}", text(&explain_again));
+    assert!(
+        String::from_utf8_lossy(&explain_again.stderr).contains("outputs unchanged"),
+        "{}",
+        text(&explain_again)
+    );
+
     let third = project.taper(&["run", "p.yaml", "-S", "params.lr=1e-3"]);
     assert!(third.status.success(), "{}", text(&third));
     assert_eq!(
         ran(&third),
-        ["finetune", "hparams", "test"],
+        ["finetune", "hparams", "test", "why"],
         "{}",
         text(&third)
     );

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::model::stages::{ExplainBaseline, ExplainMethod};
 use crate::model::Override;
 
 /// taper: declarative, cached, reproducible fine-tuning pipelines.
@@ -54,6 +55,9 @@ pub enum Command {
     /// Serve a deploy bundle over HTTP (TEI-style `POST /predict`, `/health`, `/info`,
     /// `/metrics`, `/openapi.json`) until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
+    /// Show which words made a trained model predict what it did for one text (word
+    /// attributions, as the `explain` stage computes them).
+    Explain(ExplainArgs),
 }
 
 /// Where the store lives: `--store`, else `TAPER_STORE`, else `cache/` in the project root
@@ -260,4 +264,38 @@ fn seconds(text: &str) -> Result<std::time::Duration, String> {
         .ok()
         .and_then(|value| std::time::Duration::try_from_secs_f64(value).ok())
         .ok_or_else(|| format!("`{text}` is not a non-negative number of seconds"))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// A trained model: a `train` stage's output directory or its `model/` directory (e.g.
+    /// `out/quickstart/finetune/model`).
+    #[arg(value_name = "TARGET")]
+    pub target: PathBuf,
+    /// The text to explain.
+    #[arg(value_name = "TEXT")]
+    pub text: String,
+    /// Attribution method.
+    #[arg(long, default_value = "integrated-gradients", value_parser = kebab_value::<ExplainMethod>(&["integrated-gradients", "gradient-times-input", "occlusion"]))]
+    pub method: ExplainMethod,
+    /// Integrated-gradients interpolation steps.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub steps: u16,
+    /// Integrated-gradients baseline at word positions.
+    #[arg(long, default_value = "pad", value_parser = kebab_value::<ExplainBaseline>(&["pad", "mask", "zero"]))]
+    pub baseline: ExplainBaseline,
+    /// Print JSON instead of bars.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses one of `names` into the pipeline-file enum `T` it spells, so the command line and
+/// pipeline files share one spelling.
+fn kebab_value<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names)
+        .try_map(|name| serde_json::from_value::<T>(serde_json::Value::String(name)))
 }

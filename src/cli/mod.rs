@@ -107,5 +107,6 @@ pub fn run(args: Args, printer: &Printer) -> ExitStatus {
         Command::Metrics(args) => commands::metrics::run(&args, printer),
         Command::Predict(args) => commands::predict::run(&args, printer),
         Command::Serve(args) => commands::serve::run(&args, printer),
+        Command::Explain(args) => commands::explain::run(&args, printer),
     }
 }

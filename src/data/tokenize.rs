@@ -59,6 +59,70 @@ pub fn encode_all(
         .collect()
 }
 
+/// One text encoded for explanation: its token ids and its words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WordPieces {
+    pub ids: Vec<u32>,
+    pub words: Vec<Word>,
+}
+
+/// A word of the text (as the tokenizer's pre-tokenizer splits it) and its tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    /// The word as written in the text (before lowercasing or accent stripping).
+    pub text: String,
+    /// Its token positions in `ids`.
+    pub tokens: std::ops::Range<usize>,
+}
+
+/// Encodes `text` and groups its WordPiece tokens into words, using the tokenizer's word ids
+/// and byte offsets into the original text: `"Unwatchable!"` is the words `Unwatchable` (the
+/// tokens `un ##watch ##able`) and `!`. Special tokens belong to no word. A word cut by
+/// truncation keeps the tokens that fit.
+pub fn encode_words(
+    tokenizer: &Tokenizer,
+    path: &Path,
+    text: &str,
+) -> Result<WordPieces, DataError> {
+    let encoding = tokenizer
+        .encode(text, true)
+        .map_err(|e| DataError::Tokenizer {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    // Per word: its word id, its byte span in `text` and its token positions.
+    let mut spans: Vec<(u32, std::ops::Range<usize>, std::ops::Range<usize>)> = Vec::new();
+    for (position, (word_id, &(start, end))) in encoding
+        .get_word_ids()
+        .iter()
+        .zip(encoding.get_offsets())
+        .enumerate()
+    {
+        // Special tokens have no word id.
+        let Some(word_id) = *word_id else {
+            continue;
+        };
+        match spans.last_mut() {
+            Some((id, bytes, tokens)) if *id == word_id && tokens.end == position => {
+                bytes.end = end;
+                tokens.end = position + 1;
+            }
+            _ => spans.push((word_id, start..end, position..position + 1)),
+        }
+    }
+    let words = spans
+        .into_iter()
+        .map(|(_, bytes, tokens)| Word {
+            text: text.get(bytes).unwrap_or_default().to_owned(),
+            tokens,
+        })
+        .collect();
+    Ok(WordPieces {
+        ids: encoding.get_ids().to_vec(),
+        words,
+    })
+}
+
 /// Test helper: a WordPiece `tokenizer.json` (BERT normalizer, pre-tokenizer and
 /// `[CLS] … [SEP]` post-processor) over `words`, with padding and truncation baked in, as
 /// MiniLM's has. Ids: `[PAD]` 0, `[UNK]` 1, `[CLS]` 2, `[SEP]` 3, then `words` in order.
@@ -129,6 +193,30 @@ mod tests {
                 ids: vec![2, 1, 3],
                 truncated: false
             }
+        );
+    }
+
+    #[test]
+    fn word_pieces_merge_into_the_words_of_the_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(
+            &path,
+            wordpiece_tokenizer_json(&["good", "film", "bad", "##ly", "!"]),
+        )
+        .unwrap();
+        let tokenizer = load_tokenizer(&path, 16).unwrap();
+        let pieces = encode_words(&tokenizer, &path, "Badly  GOOD film!").unwrap();
+        // [CLS] bad ##ly good film ! [SEP]
+        assert_eq!(pieces.ids, vec![2, 6, 7, 4, 5, 8, 3]);
+        let words: Vec<(&str, std::ops::Range<usize>)> = pieces
+            .words
+            .iter()
+            .map(|word| (word.text.as_str(), word.tokens.clone()))
+            .collect();
+        assert_eq!(
+            words,
+            vec![("Badly", 1..3), ("GOOD", 3..4), ("film", 4..5), ("!", 5..6)]
         );
     }
 

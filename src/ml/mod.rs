@@ -28,6 +28,7 @@ mod classifier;
 mod config;
 mod encoder;
 mod error;
+mod explain;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod hf;
@@ -43,6 +44,7 @@ pub use config::{Activation, Architecture, EncoderConfig};
 pub use encoder::{Ctx, Encoder};
 pub use error::MlError;
 pub use hf::hf_class_name;
+pub use explain::{edited_probabilities, explain, Attribution, Baseline, Explanation};
 pub use runtime::tune_runtime;
 pub use trainer::{StepStats, Trainer};
 pub use weights::LoadReport;

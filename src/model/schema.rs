@@ -180,6 +180,7 @@ fn settings(kind: StageKind) -> Value {
                 "split": one_of_names("Split to take examples from.", &["train", "validation", "test"], "test"),
                 "examples": integer("How many examples to explain.", 1, Some(20)),
                 "steps": integer("Integrated-gradients interpolation steps.", 1, Some(32)),
+                "baseline": one_of_names("Integrated-gradients baseline at word positions.", &["pad", "mask", "zero"], "pad"),
             }),
             &[],
         ),

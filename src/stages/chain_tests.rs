@@ -9,11 +9,13 @@ use std::sync::Mutex;
 
 use crate::exec::runner::{StageContext, StageOutcome, StageRunner};
 use crate::model::stages::{
-    Clean, Configure, Evaluate, PrepareData, SelectModel, Split, SplitName, Train,
+    Clean, Configure, Evaluate, Explain, ExplainBaseline, ExplainMethod, PrepareData, SelectModel,
+    Split, SplitName, Train,
 };
 use crate::model::{InputSlot, Source, Stage, StageId, StageSettings};
 use crate::stages::configure::ConfigureRunner;
 use crate::stages::evaluate::EvaluateRunner;
+use crate::stages::explain::{ExplainRunner, ExplainedExample};
 use crate::stages::fixtures::{sentiment_row, write_tiny_sentiment_model};
 use crate::stages::prepare_data::PrepareDataRunner;
 use crate::stages::select_model::SelectModelRunner;
@@ -246,6 +248,92 @@ fn chain_learns_writes_artifacts_and_metrics() {
     assert!(metrics["roc_auc"].as_f64().unwrap() > 0.5);
 }
 
+/// `explain` on the trained sentiment model: the three files, one line per example, and
+/// attributions that beat random words (the sentiment word decides each label).
+#[test]
+fn explain_writes_explanations_report_and_faithfulness_metrics() {
+    let mut chain = Chain::new();
+    chain.prepare();
+    chain.configure(settings());
+    chain.train(&|_| {}).unwrap();
+    let lines = Mutex::new(Vec::<String>::new());
+    let outcome = chain
+        .run(
+            "explain",
+            StageSettings::Explain(Explain {
+                method: ExplainMethod::IntegratedGradients,
+                split: SplitName::Test,
+                examples: 12,
+                steps: 32,
+                baseline: ExplainBaseline::Pad,
+            }),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &ExplainRunner,
+            &|line: &str| lines.lock().unwrap().push(line.to_owned()),
+        )
+        .unwrap();
+    let out = chain.outputs["explain"].clone();
+    let examples: Vec<ExplainedExample> = fs::read_to_string(out.join("explanations.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(examples.len(), 12);
+    for example in &examples {
+        let e = &example.explanation;
+        assert_eq!(e.words.len(), e.scores.len());
+        assert!(e.words.iter().all(|word| e.text.contains(word.as_str())));
+    }
+    let report = fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains("Top words per predicted class") && !report.contains("<script"));
+    let metrics: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["explained"], 12);
+    let m = &outcome.metrics;
+    assert!(m["completeness_gap"] < 0.05, "{m:?}");
+    assert!(
+        m["comprehensiveness"] > m["comprehensiveness_random"],
+        "{m:?}"
+    );
+    assert!(m["sufficiency"] < m["sufficiency_random"], "{m:?}");
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("s per example")),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+
+    // Occlusion has no completeness gap: the metric is left out, not reported as 0.
+    let outcome = chain
+        .run(
+            "explain",
+            StageSettings::Explain(Explain {
+                method: ExplainMethod::Occlusion,
+                split: SplitName::Test,
+                examples: 4,
+                steps: 1,
+                baseline: ExplainBaseline::Pad,
+            }),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &ExplainRunner,
+            &|_| {},
+        )
+        .unwrap();
+    let names: Vec<&str> = outcome.metrics.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "comprehensiveness",
+            "comprehensiveness_random",
+            "sufficiency",
+            "sufficiency_random"
+        ]
+    );
+}
+
 /// An interrupted run (killed after step 8; the last checkpoint is at step 6) continues from its
 /// checkpoint and ends with the same weights as an uninterrupted run.
 #[test]
@@ -422,4 +510,26 @@ fn quickstart_when_available() {
         .unwrap();
     eprintln!("evaluate: {:?}", outcome.metrics);
     assert!(outcome.metrics["accuracy"] >= 0.79, "{:?}", outcome.metrics);
+    // The quickstart's `why` stage; its log line gives the time per example.
+    let explained = chain
+        .run(
+            "why",
+            StageSettings::Explain(Explain {
+                method: ExplainMethod::IntegratedGradients,
+                split: SplitName::Test,
+                examples: 20,
+                steps: 32,
+                baseline: ExplainBaseline::Pad,
+            }),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &ExplainRunner,
+            &log,
+        )
+        .unwrap();
+    eprintln!("explain: {:?}", explained.metrics);
+    assert!(
+        explained.metrics["comprehensiveness"] > explained.metrics["comprehensiveness_random"],
+        "{:?}",
+        explained.metrics
+    );
 }

@@ -7,8 +7,9 @@ use std::fs;
 use std::path::Path;
 
 use crate::data::tokenize::wordpiece_tokenizer_json;
+use crate::data::tokenize::{encode_all, load_tokenizer};
 use crate::ml::fixtures::{write_random_model, NameStyle};
-use crate::ml::EncoderConfig;
+use crate::ml::{Batch, Classifier, DeviceChoice, EncoderConfig, Trainer};
 
 use super::ml_common::MlStageError;
 
@@ -83,4 +84,38 @@ pub fn write_tiny_bundle(work: &Path, dir: &Path, key: &str) -> Result<(), MlSta
         stage_key: key,
         out_dir: dir,
     })
+}
+
+/// Writes the tiny sentiment model (see [`write_tiny_sentiment_model`]) into `dir/base`, trains
+/// a two-class classifier on it for 40 steps over 160 [`sentiment_row`]s (`neg` 0, `pos` 1;
+/// about a second) and exports it as `train` does into `dir/model`: a target for
+/// `taper explain` without a pipeline run.
+pub fn write_tiny_trained_model(dir: &Path) -> Result<(), MlStageError> {
+    let base = dir.join("base");
+    write_tiny_sentiment_model(&base)?;
+    let settings: crate::model::stages::Configure = serde_json::from_value(serde_json::json!({
+        "learning_rate": 2e-3, "batch_size": 16, "weight_decay": 0.0, "seed": 11, "dropout": 0.0,
+    }))
+    .map_err(|error| MlStageError::InvalidConfig {
+        stage: "fixture".to_owned(),
+        problems: error.to_string(),
+    })?;
+    let tokenizer_path = base.join("tokenizer.json");
+    let tokenizer = load_tokenizer(&tokenizer_path, 16)?;
+    let rows: Vec<(&str, String)> = (0..160).map(|i| sentiment_row(i, " ")).collect();
+    let texts: Vec<String> = rows.iter().map(|(_, text)| text.clone()).collect();
+    let encoded = encode_all(&tokenizer, &tokenizer_path, &texts)?;
+    let classifier = Classifier::new(&base, 2, &settings, DeviceChoice::Cpu)?;
+    let epochs = 4;
+    let batches = rows.len().div_ceil(16);
+    let mut trainer = Trainer::new(classifier, &settings, epochs * batches)?;
+    for _ in 0..epochs {
+        for (examples, labels) in encoded.chunks(16).zip(rows.chunks(16)) {
+            let ids: Vec<&[u32]> = examples.iter().map(|e| e.ids.as_slice()).collect();
+            let labels: Vec<u32> = labels.iter().map(|(l, _)| u32::from(*l == "pos")).collect();
+            trainer.step(&Batch::new(&ids, &labels, 0)?)?;
+        }
+    }
+    trainer.export(&dir.join("model"))?;
+    Ok(())
 }

@@ -108,3 +108,32 @@ fn schema_command_prints_the_schema() {
         std::fs::read_to_string("schemas/pipeline.schema.json").expect("schema")
     );
 }
+
+/// `taper explain` on a tiny exported model: one line per word (punctuation is a word), the
+/// same words and scores as `--json`, and a usage error for a directory that is no model.
+#[test]
+fn explain_prints_each_word_with_its_score() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    taper::stages::fixtures::write_tiny_trained_model(dir.path()).expect("tiny model");
+    let model = dir.path().join("model");
+    let model = model.to_str().expect("utf-8 path");
+    let text = "A fun film, but the plot was weak.";
+    let (code, stdout, stderr) = taper(&["explain", model, text, "--steps", "16"]);
+    assert_eq!(code, 0, "{stderr}");
+    insta::assert_snapshot!("explain-text", stdout);
+
+    let (code, stdout, stderr) = taper(&["explain", model, text, "--steps", "16", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(json["method"], "integrated-gradients");
+    assert_eq!(
+        json["words"],
+        serde_json::json!(["A", "fun", "film", ",", "but", "the", "plot", "was", "weak", "."])
+    );
+    assert!(json["completeness_gap"].as_f64().expect("a gap") < 0.05);
+
+    let base = dir.path().join("base");
+    let (code, _, stderr) = taper(&["explain", base.to_str().expect("utf-8"), text]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("taper::explain::not_a_model"), "{stderr}");
+}

@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod dag;
+pub mod explain;
 pub mod metrics;
 pub mod plan;
 pub mod predict;

@@ -16,6 +16,9 @@ pub struct Explain {
     /// Interpolation steps of integrated gradients.
     #[serde(default = "default_steps")]
     pub steps: usize,
+    /// What integrated gradients integrates from.
+    #[serde(default)]
+    pub baseline: ExplainBaseline,
 }
 
 fn default_split() -> SplitName {
@@ -35,4 +38,17 @@ pub enum ExplainMethod {
     IntegratedGradients,
     GradientTimesInput,
     Occlusion,
+}
+
+/// The integrated-gradients baseline at every word position (`[CLS]`/`[SEP]` stay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExplainBaseline {
+    /// The pad token's embedding (Captum's usual choice for BERT).
+    #[default]
+    Pad,
+    /// The `[MASK]` token's embedding.
+    Mask,
+    /// The zero vector.
+    Zero,
 }

@@ -19,7 +19,7 @@ pub use configure::{
 };
 pub use deploy::{Deploy, GATE_METRICS};
 pub use evaluate::Evaluate;
-pub use explain::{Explain, ExplainMethod};
+pub use explain::{Explain, ExplainBaseline, ExplainMethod};
 pub use prepare_data::{Clean, DataFormat, PrepareData, RowFilter, Split, SplitName};
 pub use select_model::SelectModel;
 pub use source::Source;
