@@ -60,6 +60,22 @@ pub enum Command {
     Explain(ExplainArgs),
 }
 
+impl Command {
+    /// Whether the command may run a model (train, score, explain), and so wants the process
+    /// tuned for tensor work (`ml::tune_runtime`).
+    pub fn runs_models(&self) -> bool {
+        match self {
+            Command::Run(_) | Command::Predict(_) | Command::Serve(_) | Command::Explain(_) => true,
+            Command::Validate(_)
+            | Command::Dag(_)
+            | Command::Schema
+            | Command::Plan(_)
+            | Command::Cache(_)
+            | Command::Metrics(_) => false,
+        }
+    }
+}
+
 /// Where the store lives: `--store`, else `TAPER_STORE`, else `cache/` in the project root
 /// (see `cache::locate`).
 #[derive(Debug, Clone, clap::Args)]

@@ -51,12 +51,13 @@ struct Checked<'a> {
     id: &'a Key,
     kind: Option<StageKind>,
     kind_span: Span,
-    settings: Option<StageSettings>,
+    /// Boxed: `StageSettings` is 280 bytes, and every stage has a `Checked`.
+    settings: Option<Box<StageSettings>>,
     /// `(slot key, referenced stage)` as written.
     inputs: Vec<(&'a Key, &'a Node)>,
     inputs_span: Option<Span>,
-    /// The settings as written (after substitution), to place errors found after typing, and
-    /// the key they sit under.
+    /// The settings of an ML stage as written (after substitution), to place errors found
+    /// after typing (an empty map for a command stage), and the key they sit under.
     settings_node: Node,
     settings_key_span: Span,
     /// Normalized `deps` and `outs` of a command stage, with spans.
@@ -165,7 +166,7 @@ pub(crate) fn validate(
         .map(|(stage, inputs)| {
             Some(Stage {
                 id: StageId(stage.id.value.clone()),
-                settings: stage.settings?,
+                settings: *stage.settings?,
                 inputs,
             })
         })
@@ -188,12 +189,9 @@ pub(crate) fn validate(
 impl Checked<'_> {
     /// The error for a settings issue, labelled at the setting it names (at the `with` key when
     /// the setting was left to its default).
-    fn issue_error(&self, issue: Issue) -> ModelError {
-        let node = self
-            .settings_node
-            .lookup(&issue.path)
-            .unwrap_or(&self.settings_node);
-        let span = if std::ptr::eq(node, &self.settings_node) {
+    fn issue_error(&self, settings_node: &Node, issue: Issue) -> ModelError {
+        let node = settings_node.lookup(&issue.path).unwrap_or(settings_node);
+        let span = if std::ptr::eq(node, settings_node) {
             self.settings_key_span
         } else {
             node.span

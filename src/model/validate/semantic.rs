@@ -22,15 +22,15 @@ pub(super) fn check_across_stages(
         checked
             .iter()
             .find(|stage| stage.id.value == id.as_str())
-            .and_then(|stage| stage.settings.as_ref())
+            .and_then(|stage| stage.settings.as_deref())
     };
     for (stage, inputs) in checked.iter().zip(inputs) {
-        let split = match &stage.settings {
+        let split = match stage.settings.as_deref() {
             Some(StageSettings::Evaluate(evaluate)) => evaluate.split,
             Some(StageSettings::Explain(explain)) => explain.split,
             Some(StageSettings::Deploy(deploy)) => {
                 if !deploy.require.is_empty() && !inputs.contains_key(&InputSlot::Metrics) {
-                    errors.push(stage.issue_error(Issue {
+                    errors.push(stage.issue_error(&stage.settings_node, Issue {
                         path: vec!["require".to_owned()],
                         message: "gates need metrics, but the stage has no `metrics` input".to_owned(),
                         label: "nothing to check these against".to_owned(),
@@ -53,16 +53,19 @@ pub(super) fn check_across_stages(
                 .iter()
                 .map(|name| format!("`{}`", name.as_str()))
                 .collect();
-            errors.push(stage.issue_error(Issue {
-                path: vec!["split".to_owned()],
-                message: format!("stage `{data}` makes no `{}` split", split.as_str()),
-                label: "a split the data stage does not make".to_owned(),
-                help: format!(
+            errors.push(stage.issue_error(
+                &stage.settings_node,
+                Issue {
+                    path: vec!["split".to_owned()],
+                    message: format!("stage `{data}` makes no `{}` split", split.as_str()),
+                    label: "a split the data stage does not make".to_owned(),
+                    help: format!(
                     "`{data}` makes {}; use one of those, or add `{}` to the `split` of `{data}`",
                     names.join(", "),
                     split.as_str()
                 ),
-            }));
+                },
+            ));
         }
     }
 }

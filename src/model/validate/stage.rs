@@ -234,19 +234,24 @@ pub(super) fn check_stage<'a>(
             })
         }
     };
-    checked.settings_node = settings_node;
     checked.settings_key_span = key_span;
     // Range checks run on what could be read even when a value was wrong (that entry then has
     // its default), so a block with a wrong type and an out-of-range value reports both; an
     // issue about a left-out entry would only repeat its error.
     if let Some(settings) = &typed.value {
         for issue in crate::model::checks::check(settings) {
-            if !typed.skips(&checked.settings_node, &issue.path) {
-                errors.push(checked.issue_error(issue));
+            if !typed.skips(&settings_node, &issue.path) {
+                errors.push(checked.issue_error(&settings_node, issue));
             }
         }
     }
-    checked.settings = typed.value.filter(|_| typed.valid);
+    // A command stage's settings node is a substituted copy of its entries, needed only for
+    // the checks above: kept, it doubled the tree of a pipeline of many command stages.
+    // Settings of ML stages stay for the checks across stages (`semantic.rs`).
+    if kind != StageKind::Command {
+        checked.settings_node = settings_node;
+    }
+    checked.settings = typed.value.filter(|_| typed.valid).map(Box::new);
     checked
 }
 
