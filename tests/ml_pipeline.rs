@@ -3,10 +3,13 @@
 //! select-model → prepare-data → configure → train → evaluate → explain, in seconds.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use taper::stages::fixtures::{sentiment_row, write_tiny_sentiment_model};
+
+mod common;
+use common::Project;
 
 const PIPELINE: &str = r#"version: 1
 name: tiny-sentiment
@@ -43,42 +46,22 @@ stages:
     with: { examples: 6, steps: 16 }
 "#;
 
-struct Project {
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    fn new() -> Project {
-        let dir = tempfile::tempdir().expect("temp dir");
-        write_tiny_sentiment_model(&dir.path().join("tiny-model")).expect("tiny model");
-        // 160 labelled rows (3 of 5 positive) whose sentiment word decides the label, plus 10
-        // `plot` rows the filter drops.
-        let mut csv = String::from("category,text\n");
-        for i in 0..160usize {
-            let (label, text) = sentiment_row(i, "\n");
-            csv.push_str(&format!("{label},\"{text}\"\n"));
-        }
-        for i in 0..10 {
-            csv.push_str(&format!("plot,the plot {i}\n"));
-        }
-        fs::write(dir.path().join("reviews.csv"), csv).expect("write");
-        fs::write(dir.path().join("p.yaml"), PIPELINE).expect("write");
-        Project { dir }
+/// A project with the tiny model, a sentiment table and [`PIPELINE`]: 160 labelled rows (3 of 5
+/// positive) whose sentiment word decides the label, plus 10 `plot` rows the filter drops.
+fn sentiment_project() -> Project {
+    let project = Project::empty();
+    write_tiny_sentiment_model(&project.path("tiny-model")).expect("tiny model");
+    let mut csv = String::from("category,text\n");
+    for i in 0..160usize {
+        let (label, text) = sentiment_row(i, "\n");
+        csv.push_str(&format!("{label},\"{text}\"\n"));
     }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+    for i in 0..10 {
+        csv.push_str(&format!("plot,the plot {i}\n"));
     }
-
-    fn taper(&self, args: &[&str]) -> Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_taper"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .env_remove("TAPER_STORE")
-            .output()
-            .expect("taper runs")
-    }
+    project.write("reviews.csv", &csv);
+    project.write("p.yaml", PIPELINE);
+    project
 }
 
 fn text(output: &Output) -> String {
@@ -114,7 +97,7 @@ fn json(path: &Path) -> serde_json::Value {
 /// rate reruns only configure, train and evaluate.
 #[test]
 fn chain_runs_caches_and_reruns_only_what_changed() {
-    let project = Project::new();
+    let project = sentiment_project();
     let first = project.taper(&["run", "p.yaml"]);
     assert!(first.status.success(), "{}", text(&first));
     assert_eq!(
@@ -212,7 +195,7 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
 /// A label the pipeline does not list fails `prepare-data` with the file, the line and the value.
 #[test]
 fn unknown_label_names_file_line_and_value() {
-    let project = Project::new();
+    let project = sentiment_project();
     let pipeline = PIPELINE.replace(
         "filter: [{ column: category, not_in: [plot] }]",
         "filter: []",
