@@ -159,6 +159,21 @@ impl Chain {
             log,
         )
     }
+    /// The `evaluate` stage on the trained model, named `evaluate`.
+    pub(super) fn evaluate(
+        &mut self,
+        split: SplitName,
+        batch_size: usize,
+        log: &(dyn Fn(&str) + Sync),
+    ) -> Result<StageOutcome, crate::exec::runner::StageError> {
+        self.run(
+            "evaluate",
+            StageSettings::Evaluate(Evaluate { split, batch_size }),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &EvaluateRunner,
+            log,
+        )
+    }
 }
 
 pub(super) fn settings() -> Configure {
@@ -222,18 +237,7 @@ fn chain_learns_writes_artifacts_and_metrics() {
         .any(|l| l.contains("samples/s")));
     assert!(outcome.metrics["trainable_parameters"] > 0.0);
 
-    let outcome = chain
-        .run(
-            "evaluate",
-            StageSettings::Evaluate(Evaluate {
-                split: SplitName::Test,
-                batch_size: 16,
-            }),
-            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
-            &EvaluateRunner,
-            &|_| {},
-        )
-        .unwrap();
+    let outcome = chain.evaluate(SplitName::Test, 16, &|_| {}).unwrap();
     let accuracy = outcome.metrics["accuracy"];
     assert!(
         accuracy >= 0.85,
@@ -416,18 +420,7 @@ fn early_stopping_exports_the_best_epoch() {
         best_epoch + 1 < losses.len(),
         "the setup must make a later epoch worse than the best: {losses:?}"
     );
-    let outcome = chain
-        .run(
-            "evaluate",
-            StageSettings::Evaluate(Evaluate {
-                split: SplitName::Validation,
-                batch_size: 16,
-            }),
-            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
-            &EvaluateRunner,
-            &|_| {},
-        )
-        .unwrap();
+    let outcome = chain.evaluate(SplitName::Validation, 16, &|_| {}).unwrap();
     let exported = outcome.metrics["log_loss"];
     assert!(
         (exported - best_loss).abs() < 1e-5,
@@ -496,18 +489,7 @@ fn quickstart_when_available() {
         train.metrics,
         started.elapsed().as_secs_f64()
     );
-    let outcome = chain
-        .run(
-            "evaluate",
-            StageSettings::Evaluate(Evaluate {
-                split: SplitName::Test,
-                batch_size: 32,
-            }),
-            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
-            &EvaluateRunner,
-            &log,
-        )
-        .unwrap();
+    let outcome = chain.evaluate(SplitName::Test, 32, &log).unwrap();
     eprintln!("evaluate: {:?}", outcome.metrics);
     assert!(outcome.metrics["accuracy"] >= 0.79, "{:?}", outcome.metrics);
     // The quickstart's `why` stage; its log line gives the time per example.

@@ -8,12 +8,11 @@ use std::path::Path;
 
 use crate::exec::runner::StageOutcome;
 use crate::ml::{Batch, Classifier, DeviceChoice};
-use crate::model::stages::{Configure, Deploy, Evaluate, SplitName};
+use crate::model::stages::{Configure, Deploy, SplitName};
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::bundle::{verify, Bundle, BundleError};
 use crate::stages::chain_tests::{settings, Chain};
 use crate::stages::deploy::DeployRunner;
-use crate::stages::evaluate::EvaluateRunner;
 
 /// The chain through `evaluate`, trained with LoRA so that the bundle must merge adapters.
 fn evaluated_chain() -> Chain {
@@ -26,18 +25,7 @@ fn evaluated_chain() -> Chain {
     lora.learning_rate = 1e-2;
     chain.configure(lora);
     chain.train(&|_| {}).unwrap();
-    chain
-        .run(
-            "evaluate",
-            StageSettings::Evaluate(Evaluate {
-                split: SplitName::Test,
-                batch_size: 16,
-            }),
-            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
-            &EvaluateRunner,
-            &|_| {},
-        )
-        .unwrap();
+    chain.evaluate(SplitName::Test, 16, &|_| {}).unwrap();
     chain
 }
 
