@@ -176,7 +176,7 @@ name: slow
 stages:
   slow:
     kind: command
-    run: echo $$ > group.txt; sleep 30; echo late > late.txt
+    run: cut -d' ' -f5 /proc/$$/stat > group.txt; sleep 30; echo late > late.txt
     outs: [late.txt]
   other:
     kind: command
@@ -204,7 +204,8 @@ fn group_alive(group: &str) -> bool {
 }
 
 /// Starts `taper run -j 1` on [`SLOW`] and waits until the slow stage's shell has started;
-/// returns taper and the shell's process group.
+/// returns taper and the shell's process group (read from `/proc`: the group's leader is
+/// taper's guard process, not the shell).
 // The child is returned to the caller, which signals and reaps it; the lint sees only this body.
 #[allow(clippy::zombie_processes)]
 fn start_slow(project: &Project) -> (Child, String) {
@@ -218,7 +219,13 @@ fn start_slow(project: &Project) -> (Child, String) {
     loop {
         if let Ok(group) = fs::read_to_string(project.path("group.txt")) {
             if group.ends_with('\n') {
-                return (child, group.trim().to_owned());
+                let group = group.trim().to_owned();
+                // Else every later "the group is gone" would hold for a wrong id.
+                assert!(
+                    group_alive(&group),
+                    "group {group} of the stage has no process"
+                );
+                return (child, group);
             }
         }
         if Instant::now() >= deadline {

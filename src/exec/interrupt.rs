@@ -15,11 +15,16 @@
 //!
 //! `kill -9` of taper cannot be handled in taper, so two kernel-side mechanisms cover it:
 //! the shell gets `PR_SET_PDEATHSIG(SIGKILL)`, and a tiny guard process (`sh -c 'read …; kill
-//! …'`, outside the group) holds the read end of a pipe whose only writer is taper: when taper
-//! dies for any reason, the pipe closes and the guard SIGKILLs the stage's group. PDEATHSIG
-//! alone is not enough: it is not inherited across `fork`, so `sleep 100` under `sh -c` would
-//! survive its shell. The guard also fires when a stage ends normally, so nothing a command
-//! left running in its group outlives its stage.
+//! …'`) holds the read end of a pipe whose only writer is taper: when taper dies for any
+//! reason, the pipe closes and the guard SIGKILLs the stage's group. PDEATHSIG alone is not
+//! enough: it is not inherited across `fork`, so `sleep 100` under `sh -c` would survive its
+//! shell. The guard also fires when a stage ends normally, so nothing a command left running
+//! in its group outlives its stage.
+//!
+//! The guard is started first and leads the group the command then joins, so there is no
+//! moment when the command runs unguarded: started after the command, a `kill -9` landing
+//! between the two spawns left `sleep 100` running (the fault test caught it under load). It
+//! ignores SIGTERM, SIGINT and SIGHUP, which `stop` forwards to the group.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -86,12 +91,10 @@ impl ProcessGroups {
         !self.groups().is_empty()
     }
 
-    /// Spawns `command` as the leader of a new process group and registers the group. Refused
-    /// (`ErrorKind::Interrupted`) once the run is interrupted.
+    /// Spawns `command` in a new process group, led by its guard, and registers the group.
+    /// Refused (`ErrorKind::Interrupted`) once the run is interrupted.
     pub fn spawn(&self, command: &mut Command) -> io::Result<Running<'_>> {
-        command.process_group(0);
-        die_with_parent(command);
-        // Held across the spawn: `stop` takes the same lock to set the flag and signal every
+        // Held across the spawns: `stop` takes the same lock to set the flag and signal every
         // group, so a process is either refused here or registered before `stop` looks.
         let mut groups = self.groups();
         if self.interrupted().is_some() {
@@ -100,18 +103,24 @@ impl ProcessGroups {
                 "taper is stopping",
             ));
         }
-        let child = command.spawn()?;
-        let group = i32::try_from(child.id()).map_err(io::Error::other)?;
+        let guard = Guard::spawn()?;
+        let group = guard.group()?;
+        command.process_group(group);
+        die_with_parent(command);
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                guard.release();
+                return Err(error);
+            }
+        };
         groups.insert(group);
-        drop(groups);
-        let mut running = Running {
+        Ok(Running {
             owner: self,
             child,
             group,
-            guard: None,
-        };
-        running.guard = Some(Guard::spawn(group)?);
-        Ok(running)
+            guard: Some(guard),
+        })
     }
 
     /// Forwards `signal` to every registered group and refuses new ones; waits until every
@@ -164,13 +173,8 @@ impl Running<'_> {
     }
 
     fn finish(&mut self) {
-        if let Some(Guard { mut process, pipe }) = self.guard.take() {
-            drop(pipe);
-            // The guard exits right after its `kill`; reaping it keeps no zombie around.
-            let _ = process.wait();
-        } else {
-            // No guard (it failed to start): kill the group directly.
-            signal_group(self.group, libc::SIGKILL);
+        if let Some(guard) = self.guard.take() {
+            guard.release();
         }
         self.owner.unregister(self.group);
     }
@@ -178,7 +182,7 @@ impl Running<'_> {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        if self.guard.is_none() && !self.owner.groups().contains(&self.group) {
+        if self.guard.is_none() {
             return;
         }
         signal_group(self.group, libc::SIGKILL);
@@ -188,23 +192,37 @@ impl Drop for Running<'_> {
 }
 
 impl Guard {
-    fn spawn(group: i32) -> io::Result<Guard> {
+    /// Starts a guard as the leader of a new process group, waiting for its pipe to close.
+    fn spawn() -> io::Result<Guard> {
         let (reader, pipe) = io::pipe()?;
         // `read` returns at end of file, which comes only when every copy of the write end is
         // closed: taper keeps the only one (it is close-on-exec, so no command inherits it).
+        // `$$` is the guard's pid, which is its group's id.
         let process = Command::new("sh")
             .arg("-c")
-            .arg(r#"read -r _; kill -s KILL -- "-$1" 2>/dev/null"#)
+            .arg(r#"trap '' TERM INT HUP; read -r _; kill -s KILL -- "-$$" 2>/dev/null"#)
             .arg("taper-guard")
-            .arg(group.to_string())
             .stdin(Stdio::from(reader))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            // Its own group: a Ctrl-C in the terminal, or the signal forwarded to the stage's
-            // group, must not end it before it has done its job.
+            // Its own group (`$$`), out of the terminal's foreground group: a Ctrl-C there
+            // reaches taper, which decides what the stages get.
             .process_group(0)
             .spawn()?;
         Ok(Guard { process, pipe })
+    }
+
+    /// The id of the group the guard leads.
+    fn group(&self) -> io::Result<i32> {
+        i32::try_from(self.process.id()).map_err(io::Error::other)
+    }
+
+    /// Closes the pipe, so the guard kills what is left in its group (itself included), and
+    /// reaps it.
+    fn release(self) {
+        let Guard { mut process, pipe } = self;
+        drop(pipe);
+        let _ = process.wait();
     }
 }
 
