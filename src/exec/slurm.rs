@@ -335,14 +335,18 @@ impl SlurmRun<'_> {
                 .arg(format!("--dependency=afterok:{}", after.join(":")))
                 .arg("--kill-on-invalid-dep=yes");
         }
-        command
-            .arg("--")
-            .arg(&self.taper)
-            .arg("run")
-            .arg(&self.pipeline.path)
-            .arg(name)
-            .args(["-j", "1"])
-            .args(&self.job_args);
+        // `--wrap`: sbatch takes a positional argument for a script file, not a program.
+        let mut job = vec![
+            self.taper.display().to_string(),
+            "run".to_owned(),
+            self.pipeline.path.display().to_string(),
+            name.to_owned(),
+            "-j".to_owned(),
+            "1".to_owned(),
+        ];
+        job.extend(self.job_args.iter().cloned());
+        let line: Vec<String> = job.iter().map(|word| shell_quote(word)).collect();
+        command.arg(format!("--wrap=exec {}", line.join(" ")));
         let output = command.output().map_err(|source| SlurmError::Command {
             program: "sbatch",
             source,
@@ -406,6 +410,11 @@ impl SlurmRun<'_> {
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// `word` as one POSIX shell word.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// The states of `ids` by `squeue --json` (every state, so recently finished jobs too), then
