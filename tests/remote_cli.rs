@@ -62,11 +62,19 @@ fn machine_a(env: &[(&str, &str)], remote: &str) -> Project {
     assert_eq!(runs(&a), ["first", "second"]);
     let push = taper_with(&a, &["cache", "push", "--remote", remote], env);
     assert!(push.status.success(), "{}", a.show(&push));
-    assert!(stderr(&push).contains("pushed 2 results"), "{}", a.show(&push));
+    assert!(
+        stderr(&push).contains("pushed 2 results"),
+        "{}",
+        a.show(&push)
+    );
     // Pushing again uploads nothing: the remote has every object.
     let again = taper_with(&a, &["cache", "push", "--remote", remote], env);
     assert!(again.status.success(), "{}", a.show(&again));
-    assert!(stderr(&again).contains("pushed 0 results (0 objects"), "{}", a.show(&again));
+    assert!(
+        stderr(&again).contains("pushed 0 results (0 objects"),
+        "{}",
+        a.show(&again)
+    );
     a
 }
 
@@ -79,7 +87,11 @@ fn machine_b() -> Project {
 fn pull_and_run_nothing(b: &Project, env: &[(&str, &str)], remote: &str) {
     let pull = taper_with(b, &["cache", "pull", "--remote", remote], env);
     assert!(pull.status.success(), "{}", b.show(&pull));
-    assert!(stderr(&pull).contains("pulled 2 results"), "{}", b.show(&pull));
+    assert!(
+        stderr(&pull).contains("pulled 2 results"),
+        "{}",
+        b.show(&pull)
+    );
     let run = b.taper(&["run", "p.yaml"]);
     assert!(run.status.success(), "{}", b.show(&run));
     assert_eq!(runs(b), Vec::<String>::new(), "{}", b.show(&run));
@@ -136,7 +148,11 @@ fn a_corrupt_remote_object_is_reported_and_not_used() {
     assert_eq!(pull.status.code(), Some(1), "{}", b.show(&pull));
     let text = stderr(&pull);
     assert!(text.contains("pulled 1 results"), "{}", b.show(&pull));
-    assert!(text.contains("does not match its hash: not used"), "{}", b.show(&pull));
+    assert!(
+        text.contains("does not match its hash: not used"),
+        "{}",
+        b.show(&pull)
+    );
     // Only the intact result was stored: `second` reruns and produces the right bytes.
     let run = b.taper(&["run", "p.yaml"]);
     assert!(run.status.success(), "{}", b.show(&run));
@@ -149,7 +165,11 @@ fn no_remote_configured_is_a_clear_usage_error() {
     let a = Project::new(PIPELINE);
     let push = a.taper(&["cache", "push"]);
     assert_eq!(push.status.code(), Some(2), "{}", a.show(&push));
-    assert!(stderr(&push).contains("no remote cache is configured"), "{}", a.show(&push));
+    assert!(
+        stderr(&push).contains("no remote cache is configured"),
+        "{}",
+        a.show(&push)
+    );
 }
 
 /// A SeaweedFS `weed mini` with S3 on 127.0.0.1, SigV4 auth (one key), a `taper` bucket;
@@ -166,6 +186,7 @@ const SECRET_KEY: &str = "taper-test-secret-7f3a";
 
 impl S3Server {
     /// `None` (the test skips) only when `weed` is not installed and `CI` is unset.
+    #[allow(clippy::print_stderr)] // a skipped test must say so in the test output
     fn start() -> Option<S3Server> {
         let found = Command::new("weed")
             .arg("version")
@@ -197,7 +218,10 @@ impl S3Server {
                 .and_then(|listener| listener.local_addr())
                 .expect("a free port")
                 .port();
-            if port < 55000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() && !ports.contains(&port) {
+            if port < 55000
+                && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
+                && !ports.contains(&port)
+            {
                 ports.push(port);
             }
         }
@@ -214,7 +238,12 @@ impl S3Server {
             .arg(format!("-filer.port={filer}"))
             .arg(format!("-s3.port={s3}"))
             .arg(format!("-admin.port={admin}"))
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"])
+            .args([
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-webdav=false",
+                "-admin.ui=false",
+            ])
             .arg(format!("-s3.config={}", config.display()))
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -235,9 +264,9 @@ impl S3Server {
         let deadline = Instant::now() + Duration::from_secs(60);
         let bucket = format!("{}/buckets/taper/", self.filer);
         loop {
-            let s3_up = ureq::get(&format!("{}/taper/", self.endpoint)).call().is_err_and(|error| {
-                matches!(error, ureq::Error::StatusCode(403))
-            });
+            let s3_up = ureq::get(&format!("{}/taper/", self.endpoint))
+                .call()
+                .is_err_and(|error| matches!(error, ureq::Error::StatusCode(403)));
             let bucket_up = ureq::get(&bucket)
                 .header("Accept", "application/json")
                 .call()
@@ -291,7 +320,11 @@ fn s3_remote_shares_results_detects_corruption_and_refuses_wrong_credentials() {
     let c = machine_b();
     let pull = taper_with(&c, &["cache", "pull", "--remote", url], &env);
     assert_eq!(pull.status.code(), Some(1), "{}", c.show(&pull));
-    assert!(stderr(&pull).contains("does not match its hash: not used"), "{}", c.show(&pull));
+    assert!(
+        stderr(&pull).contains("does not match its hash: not used"),
+        "{}",
+        c.show(&pull)
+    );
     let run = c.taper(&["run", "p.yaml"]);
     assert!(run.status.success(), "{}", c.show(&run));
     assert_eq!(runs(&c), ["second"]);
@@ -306,7 +339,10 @@ fn s3_remote_shares_results_detects_corruption_and_refuses_wrong_credentials() {
     assert_eq!(push.status.code(), Some(2), "{}", c.show(&push));
     let text = format!("{}{}", stderr(&push), String::from_utf8_lossy(&push.stdout));
     assert!(text.contains("refused the credentials"), "{text}");
-    assert!(!text.contains(wrong_secret), "the secret was printed: {text}");
+    assert!(
+        !text.contains(wrong_secret),
+        "the secret was printed: {text}"
+    );
     // Nor did it land in the store or the lock file.
     assert!(!contains_text(&c.path(""), wrong_secret));
 }
@@ -318,7 +354,9 @@ fn contains_text(dir: &Path, needle: &str) -> bool {
         if let Ok(entries) = fs::read_dir(&path) {
             stack.extend(entries.flatten().map(|entry| entry.path()));
         } else if fs::read(&path).is_ok_and(|bytes| {
-            bytes.windows(needle.len()).any(|window| window == needle.as_bytes())
+            bytes
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
         }) {
             return true;
         }

@@ -44,6 +44,7 @@ struct Slurm {
 
 impl Slurm {
     /// `None` (the test skips) only when Slurm is not installed and `CI` is unset.
+    #[allow(clippy::print_stderr)] // a skipped test must say so in the test output
     fn start() -> Option<Slurm> {
         let installed = ["slurmctld", "slurmd", "munged", "sbatch"]
             .iter()
@@ -57,7 +58,9 @@ impl Slurm {
                 std::env::var_os("CI").is_none(),
                 "Slurm is not installed but CI is set: `.ci/run` installs slurm-wlm and munge"
             );
-            eprintln!("skipped: Slurm is not installed (apt-get install slurm-wlm munge runs this test)");
+            eprintln!(
+                "skipped: Slurm is not installed (apt-get install slurm-wlm munge runs this test)"
+            );
             return None;
         }
         let dir = tempfile::tempdir().expect("slurm dir");
@@ -154,7 +157,11 @@ fn stages_run_as_chained_slurm_jobs_fail_cleanly_and_reattach() {
     let jobs = slurm.job_count();
     let second = slurm_run(&project, &slurm, &[]);
     assert!(second.status.success(), "{}", project.show(&second));
-    assert!(!stderr(&second).contains("submitted"), "{}", project.show(&second));
+    assert!(
+        !stderr(&second).contains("submitted"),
+        "{}",
+        project.show(&second)
+    );
     assert_eq!(slurm.job_count(), jobs);
 
     // `b` fails: Slurm cancels `d`; the report names the job and its log.
@@ -170,7 +177,10 @@ fn stages_run_as_chained_slurm_jobs_fail_cleanly_and_reattach() {
         .nth(1)
         .and_then(|rest| rest.split('`').next())
         .unwrap_or_else(|| panic!("no log path in: {text}"));
-    assert!(fs::read_to_string(log).is_ok_and(|log| log.contains("b")), "{log}");
+    assert!(
+        fs::read_to_string(log).is_ok_and(|log| log.contains("b")),
+        "{log}"
+    );
     assert!(text.contains("cancelled d"), "{text}");
 
     // Killed while its jobs are queued or running: the next run reattaches to them.
@@ -179,7 +189,14 @@ fn stages_run_as_chained_slurm_jobs_fail_cleanly_and_reattach() {
     // Forget the earlier runs' jobs, so the wait below sees only this run's submissions.
     fs::remove_file(&table).expect("job table of the earlier runs");
     let mut child = project
-        .command(&["run", "p.yaml", "--executor", "slurm", "-S", "params.pause=3"])
+        .command(&[
+            "run",
+            "p.yaml",
+            "--executor",
+            "slurm",
+            "-S",
+            "params.pause=3",
+        ])
         .env("SLURM_CONF", slurm.conf())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

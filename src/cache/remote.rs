@@ -68,8 +68,9 @@ pub enum RemoteError {
         url: String,
         action: &'static str,
         object: String,
+        /// Boxed: the client's error is large and this one travels in every `Result`.
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("remote {object} {problem}: not used")]
     #[diagnostic(
@@ -86,10 +87,7 @@ pub enum RemoteError {
         code(taper::remote::config),
         help("`.taper/config.yaml` holds `remote: URL` (a directory or `s3://BUCKET/PREFIX`)")
     )]
-    Config {
-        path: PathBuf,
-        reason: String,
-    },
+    Config { path: PathBuf, reason: String },
     #[error("no remote cache is configured")]
     #[diagnostic(
         code(taper::remote::none),
@@ -206,7 +204,10 @@ impl Remote {
                 let endpoint = std::env::var("AWS_ENDPOINT_URL")
                     .or_else(|_| std::env::var("AWS_ENDPOINT"))
                     .ok();
-                if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
+                if endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://"))
+                {
                     builder = builder.with_allow_http(true);
                 }
                 if std::env::var_os("AWS_REGION").is_none()
@@ -224,7 +225,11 @@ impl Remote {
                     if let Some(token) = profile.session_token {
                         builder = builder.with_token(token);
                     }
-                    format!("profile `{}` of `{}`", profile.profile, profile.file.display())
+                    format!(
+                        "profile `{}` of `{}`",
+                        profile.profile,
+                        profile.file.display()
+                    )
                 } else {
                     "no key: AWS_ACCESS_KEY_ID is unset and no AWS profile names one".to_owned()
                 };
@@ -285,7 +290,12 @@ impl Remote {
     }
 
     /// Maps a failed request to a typed error; 401 and 403 are a credentials problem.
-    fn failed(&self, action: &'static str, object: &RemotePath, source: object_store::Error) -> RemoteError {
+    fn failed(
+        &self,
+        action: &'static str,
+        object: &RemotePath,
+        source: object_store::Error,
+    ) -> RemoteError {
         match source {
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => RemoteError::Denied {
@@ -296,7 +306,7 @@ impl Remote {
                 url: self.url.clone(),
                 action,
                 object: object.to_string(),
-                source,
+                source: Box::new(source),
             },
         }
     }
@@ -319,7 +329,11 @@ impl Remote {
     ) -> Result<TransferReport, RemoteError> {
         let keys: Vec<Digest> = match keys {
             Some(keys) => keys.to_vec(),
-            None => store.list_actions().into_iter().map(|l| l.record.key).collect(),
+            None => store
+                .list_actions()
+                .into_iter()
+                .map(|l| l.record.key)
+                .collect(),
         };
         let mut report = TransferReport::default();
         // Per action: its record and the objects it needs (deduplicated across actions).
@@ -402,7 +416,10 @@ impl Remote {
                         .iter()
                         .find(|record| self.action_name(&record.key) == upload.name);
                     key.is_some_and(|record| {
-                        !self.references(store, record).iter().any(|name| failed_objects.contains(name))
+                        !self
+                            .references(store, record)
+                            .iter()
+                            .any(|name| failed_objects.contains(name))
                     })
                 })
                 .collect();
@@ -475,7 +492,8 @@ impl Remote {
                 return Err(CacheError::Corrupt {
                     object: format!("blob {}", &named[..named.len().min(12)]),
                     path: upload.local.clone(),
-                    problem: "does not match its hash (not pushed; `taper cache verify` quarantines it)",
+                    problem:
+                        "does not match its hash (not pushed; `taper cache verify` quarantines it)",
                     quarantined: None,
                 }
                 .into());
@@ -484,7 +502,11 @@ impl Remote {
         let size = bytes.len() as u64;
         match self
             .objects
-            .put_opts(&upload.name, PutPayload::from(bytes), PutMode::Create.into())
+            .put_opts(
+                &upload.name,
+                PutPayload::from(bytes),
+                PutMode::Create.into(),
+            )
             .await
         {
             Ok(_) => Ok(Some(size)),
@@ -518,7 +540,13 @@ impl Remote {
             .map_err(|error| self.failed("list", &bucket, error))?;
         Ok(listed
             .iter()
-            .filter_map(|meta| meta.location.filename()?.strip_suffix(".json")?.parse().ok())
+            .filter_map(|meta| {
+                meta.location
+                    .filename()?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
             .collect())
     }
 
@@ -539,7 +567,9 @@ impl Remote {
             let wanted: Vec<Digest> = keys
                 .into_iter()
                 .filter(|key| {
-                    let local = store.get_action(key).and_then(|r| store.outputs_present(&r));
+                    let local = store
+                        .get_action(key)
+                        .and_then(|r| store.outputs_present(&r));
                     report.present += usize::from(local.is_some());
                     local.is_none()
                 })
@@ -588,8 +618,9 @@ impl Remote {
         };
         let mut objects = 1;
         let mut total = bytes.len() as u64;
-        let record: ActionRecord = serde_json::from_slice(&bytes)
-            .map_err(|_| self.corrupt(format!("action {}", key.short()), "is not an action record"))?;
+        let record: ActionRecord = serde_json::from_slice(&bytes).map_err(|_| {
+            self.corrupt(format!("action {}", key.short()), "is not an action record")
+        })?;
         if record.key != *key || record.version != 1 {
             return Err(self.corrupt(
                 format!("action {}", key.short()),
@@ -602,7 +633,9 @@ impl Remote {
                 let object = format!("manifest {}", record.outputs.short());
                 let name = self.manifest_name(&record.outputs);
                 let Some(bytes) = self.download(&name).await? else {
-                    return Err(self.corrupt(object, "is missing (the record's outputs are incomplete)"));
+                    return Err(
+                        self.corrupt(object, "is missing (the record's outputs are incomplete)")
+                    );
                 };
                 objects += 1;
                 total += bytes.len() as u64;
@@ -656,7 +689,11 @@ impl Remote {
     ) -> Result<u64, RemoteError> {
         let object = format!("blob {}", digest.short());
         let Some(bytes) = self.download(&self.blob_name(digest)).await? else {
-            let problem = if required { "is missing (the record's outputs are incomplete)" } else { "is missing" };
+            let problem = if required {
+                "is missing (the record's outputs are incomplete)"
+            } else {
+                "is missing"
+            };
             return Err(self.corrupt(object, problem));
         };
         if Digest::of_bytes(&bytes) != *digest {
@@ -686,7 +723,9 @@ struct ProfileCredentials {
 fn profile_credentials() -> Option<ProfileCredentials> {
     let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".aws/credentials")))?;
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| Path::new(&home).join(".aws/credentials"))
+        })?;
     let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_owned());
     let text = fs::read_to_string(&file).ok()?;
     let mut section = String::new();

@@ -53,7 +53,10 @@ pub enum SlurmError {
         code(taper::slurm::refused),
         help("check the Slurm settings in `.taper/config.yaml` (partition, time, cpus, mem, gpus) and that the controller is up (`sinfo`)")
     )]
-    Refused { program: &'static str, stderr: String },
+    Refused {
+        program: &'static str,
+        stderr: String,
+    },
     #[error("stage `{stage}` failed in Slurm job {job_id} ({state})")]
     #[diagnostic(
         code(taper::slurm::job_failed),
@@ -72,7 +75,10 @@ pub enum SlurmError {
     )]
     NotSubmitted { stage: StageId },
     #[error("cannot {action} `{}`", path.display())]
-    #[diagnostic(code(taper::slurm::io), help("check permissions in the project's `.taper/` directory"))]
+    #[diagnostic(
+        code(taper::slurm::io),
+        help("check permissions in the project's `.taper/` directory")
+    )]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -105,7 +111,10 @@ impl JobResources {
     /// `self`, with its unset fields taken from `fallback`.
     fn or(&self, fallback: &JobResources) -> JobResources {
         JobResources {
-            partition: self.partition.clone().or_else(|| fallback.partition.clone()),
+            partition: self
+                .partition
+                .clone()
+                .or_else(|| fallback.partition.clone()),
             time: self.time.clone().or_else(|| fallback.time.clone()),
             cpus: self.cpus.or(fallback.cpus),
             mem: self.mem.clone().or_else(|| fallback.mem.clone()),
@@ -293,7 +302,10 @@ impl SlurmRun<'_> {
                 .map(|submission| submission.job_id.to_string())
                 .collect();
             let submission = self.sbatch(stage, keys.get(name), &after)?;
-            observe(&format!("submitted {name} (Slurm job {})", submission.job_id));
+            observe(&format!(
+                "submitted {name} (Slurm job {})",
+                submission.job_id
+            ));
             table.jobs.insert(name.to_owned(), submission.clone());
             // Saved after each job: a kill right after `sbatch` must not lose the job.
             self.save_table(&table)?;
@@ -383,15 +395,25 @@ impl SlurmRun<'_> {
             let states = job_states(submitted.values().map(|s| s.job_id))?;
             let mut active = false;
             for (stage, submission) in submitted {
-                let state = states.get(&submission.job_id).cloned().unwrap_or(JobState::Gone);
+                let state = states
+                    .get(&submission.job_id)
+                    .cloned()
+                    .unwrap_or(JobState::Gone);
                 active |= matches!(state, JobState::Active(_));
                 if seen.get(&submission.job_id) != Some(&state) {
                     match &state {
                         JobState::Active(name) if name == "RUNNING" => {
-                            observe(&format!("running  {stage} (Slurm job {})", submission.job_id));
+                            observe(&format!(
+                                "running  {stage} (Slurm job {})",
+                                submission.job_id
+                            ));
                         }
                         JobState::Ended(name) => {
-                            observe(&format!("{:<8} {stage} (Slurm job {})", name.to_lowercase(), submission.job_id));
+                            observe(&format!(
+                                "{:<8} {stage} (Slurm job {})",
+                                name.to_lowercase(),
+                                submission.job_id
+                            ));
                         }
                         _ => {}
                     }

@@ -162,7 +162,11 @@ fn transfer(store: &Store, args: &RemoteArgs, push: bool, printer: &Printer) -> 
 }
 
 fn summarize(remote: &Remote, report: TransferReport, push: bool, printer: &Printer) -> ExitStatus {
-    let (verb, direction) = if push { ("pushed", "to") } else { ("pulled", "from") };
+    let (verb, direction) = if push {
+        ("pushed", "to")
+    } else {
+        ("pulled", "from")
+    };
     printer.status(&format!(
         "{verb} {} results ({} objects, {}) {direction} {}; {} already there",
         report.actions,

@@ -155,10 +155,10 @@ fn run_on_slurm(
     for setting in &args.selection.overrides {
         job_args.extend(["-S".to_owned(), setting.to_string()]);
     }
-    let stem = pipeline
-        .path
-        .file_stem()
-        .map_or_else(|| "pipeline".to_owned(), |stem| stem.to_string_lossy().into_owned());
+    let stem = pipeline.path.file_stem().map_or_else(
+        || "pipeline".to_owned(),
+        |stem| stem.to_string_lossy().into_owned(),
+    );
     let run = SlurmRun {
         pipeline,
         job_args,
