@@ -171,7 +171,7 @@ impl std::fmt::Debug for Remote {
     }
 }
 
-/// One object to copy: its remote name, its local file (push) and its size.
+/// One object to upload: its remote name and its local file.
 struct Upload {
     name: RemotePath,
     local: PathBuf,

@@ -541,3 +541,39 @@ impl Executor for SlurmExecutor {
         Err(StageError::new(error))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_setting_wins_over_its_kind_then_the_defaults() {
+        let config: SlurmConfig = serde_yaml::from_str(
+            "defaults: {partition: cpu, time: '1:00:00', mem: 4G}\nkinds: {train: {partition: gpu, gpus: 1}}\nstages: {finetune: {time: '24:00:00'}}\n",
+        )
+        .expect("config");
+        assert_eq!(
+            config.resources("finetune", "train").sbatch_args(),
+            ["--partition=gpu", "--time=24:00:00", "--mem=4G", "--gpus=1"]
+        );
+        assert_eq!(
+            config.resources("prepare", "prepare-data").sbatch_args(),
+            ["--partition=cpu", "--time=1:00:00", "--mem=4G"]
+        );
+    }
+
+    #[test]
+    fn job_words_are_quoted_for_the_shell() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn squeue_states_are_active_until_they_end() {
+        assert_eq!(
+            classify("PENDING".into()),
+            JobState::Active("PENDING".into())
+        );
+        assert_eq!(classify("FAILED".into()), JobState::Ended("FAILED".into()));
+    }
+}

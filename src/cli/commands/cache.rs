@@ -139,9 +139,11 @@ fn transfer(store: &Store, args: &RemoteArgs, push: bool, printer: &Printer) -> 
         indicatif::ProgressBar::hidden()
     };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} objects  {elapsed}")
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {pos}/{len}  {elapsed}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // A push counts objects; a pull counts results (each checked whole before it is stored).
+    bar.set_message(if push { "objects" } else { "results" });
     let progress = |event: Progress| match event {
         Progress::Planned { objects, .. } => bar.set_length(objects),
         Progress::Copied { .. } => bar.inc(1),

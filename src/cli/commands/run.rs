@@ -152,6 +152,11 @@ fn run_on_slurm(
         }))
     })?;
     let mut job_args = vec!["--store".to_owned(), store.root().display().to_string()];
+    // Jobs read and write through the same remote (credentials travel in the environment
+    // sbatch exports, never on the command line).
+    if let Some(remote) = &args.remote.remote {
+        job_args.extend(["--remote".to_owned(), remote.clone()]);
+    }
     for setting in &args.selection.overrides {
         job_args.extend(["-S".to_owned(), setting.to_string()]);
     }
