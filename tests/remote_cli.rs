@@ -315,6 +315,34 @@ fn s3_remote_shares_results_detects_corruption_and_refuses_wrong_credentials() {
     let _a = machine_a(&env, url);
     pull_and_run_nothing(&machine_b(), &env, url);
 
+    // Keys from a profile of a shared credentials file, when the environment names none.
+    let profile = machine_b();
+    profile.write(
+        "aws-credentials",
+        &format!(
+            "[default]\naws_access_key_id = nobody\naws_secret_access_key = nothing\n\n[team]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        ),
+    );
+    let credentials = profile.path("aws-credentials").display().to_string();
+    let child = profile
+        .command(&["cache", "pull", "--remote", url])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+        .env("AWS_PROFILE", "team")
+        .env("AWS_ENDPOINT_URL", &server.endpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("taper starts");
+    let pull = common::finish(child);
+    assert!(pull.status.success(), "{}", profile.show(&pull));
+    assert!(
+        stderr(&pull).contains("pulled 2 results"),
+        "{}",
+        profile.show(&pull)
+    );
+
     // A corrupt object on the server is found on download and never stored.
     server.tamper(&format!("team/{}", blob_name("OLLEH\n")), "EVIL\n");
     let c = machine_b();
