@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -688,25 +688,44 @@ impl Remote {
         required: bool,
     ) -> Result<u64, RemoteError> {
         let object = format!("blob {}", digest.short());
-        let Some(bytes) = self.download(&self.blob_name(digest)).await? else {
-            let problem = if required {
-                "is missing (the record's outputs are incomplete)"
-            } else {
-                "is missing"
-            };
-            return Err(self.corrupt(object, problem));
+        let name = self.blob_name(digest);
+        let result = match self.objects.get(&name).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                let problem = if required {
+                    "is missing (the record's outputs are incomplete)"
+                } else {
+                    "is missing"
+                };
+                return Err(self.corrupt(object, problem));
+            }
+            Err(error) => return Err(self.failed("download", &name, error)),
         };
-        if Digest::of_bytes(&bytes) != *digest {
-            return Err(self.corrupt(object, "does not match its hash"));
-        }
+        // Streamed to the staging file and hashed on the way: a multi-GB checkpoint is never
+        // held in memory whole.
         let path = staging.join(digest.to_hex());
-        fs::write(&path, &bytes).map_err(|source| CacheError::Io {
+        let io = |source| CacheError::Io {
             action: "write",
             path: path.clone(),
             source,
-        })?;
+        };
+        let mut file = fs::File::create(&path).map_err(io)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        let mut chunks = result.into_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|error| self.failed("download", &name, error))?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).map_err(io)?;
+        }
+        drop(file);
+        if Digest::from(hasher.finalize()) != *digest {
+            let _ = fs::remove_file(&path);
+            return Err(self.corrupt(object, "does not match its hash"));
+        }
         store.put_blob(&path, digest, true)?;
-        Ok(bytes.len() as u64)
+        Ok(size)
     }
 }
 
