@@ -25,6 +25,11 @@ use crate::model::DEFAULT_STORE_DIR as DEFAULT_STORE;
 
 /// The default store for a pipeline file (or, with `None`, for the current directory).
 pub fn default_store_dir(pipeline_file: Option<&Path>) -> PathBuf {
+    project_root_of(pipeline_file).join(DEFAULT_STORE)
+}
+
+/// The project root of `pipeline_file`, or of the current directory without one.
+pub fn project_root_of(pipeline_file: Option<&Path>) -> PathBuf {
     let start = match pipeline_file {
         Some(file) => match file.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
@@ -32,7 +37,7 @@ pub fn default_store_dir(pipeline_file: Option<&Path>) -> PathBuf {
         },
         None => PathBuf::from("."),
     };
-    project_root(&start).join(DEFAULT_STORE)
+    project_root(&start)
 }
 
 /// The nearest directory at or above `start` that marks a project root (see the module docs),

@@ -43,12 +43,14 @@
 //! taper-store-v1                  the marker: this directory is a taper store (written last)
 //! ```
 //!
-//! [`ObjectStore`] is the part a remote store (S3 and the like) would implement; locks,
+//! [`ObjectStore`] is the content-addressed part; [`remote`] shares it (blobs, manifests and
+//! action records, same names) through a directory or S3-compatible storage, while locks,
 //! scratch space and the hash cache stay local.
 
 pub mod locate;
 mod lockfile;
 mod maintenance;
+pub mod remote;
 
 use std::collections::BTreeMap;
 use std::fs;

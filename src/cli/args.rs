@@ -89,6 +89,17 @@ pub struct StoreArgs {
     pub read_only_store: bool,
 }
 
+/// The shared cache: `--remote`, else `TAPER_REMOTE`, else `remote:` in the project's
+/// `.taper/config.yaml` (see `cache::remote`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteArgs {
+    /// A remote cache: a directory (NFS) or `s3://BUCKET/PREFIX` (credentials and endpoint
+    /// from the standard AWS environment variables or profile) [default: `remote:` in the
+    /// project's `.taper/config.yaml`]
+    #[arg(long, env = "TAPER_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+}
+
 /// Which stages `plan` and `run` consider, and setting overrides.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SelectionArgs {
@@ -129,6 +140,23 @@ pub struct RunArgs {
     /// Print the plan and run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Where stale stages run: here, or as Slurm batch jobs (one per stage, chained by
+    /// dependencies; resources from `slurm:` in `.taper/config.yaml`; needs a store every
+    /// node shares).
+    #[arg(long, value_enum, default_value_t = ExecutorArg::Local)]
+    pub executor: ExecutorArg,
+    /// With a remote, stages the local store lacks are fetched from it before they would run
+    /// (read-through), and each stage's new result is pushed to it (write-through).
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorArg {
+    /// In this process.
+    Local,
+    /// `sbatch` jobs on a Slurm cluster.
+    Slurm,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -153,6 +181,16 @@ pub enum CacheCommand {
     Ls,
     /// Disk usage per bucket.
     Du,
+    /// Upload every cached result the remote lacks (objects first, then action records).
+    Push {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Download every result on the remote that the local store lacks, checking each object.
+    Pull {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]

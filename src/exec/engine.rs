@@ -16,6 +16,7 @@ use super::workspace::{
     Role,
 };
 use super::ExecError;
+use crate::cache::remote::{Remote, RemoteError, TransferReport};
 use crate::cache::{ActionRecord, LockFile, LockFileError, LockedStage, ObjectStore, Store};
 use crate::fingerprint::{
     compare, settings_digest, Digest, DirtyReason, HashCache, Manifest, StageHashable,
@@ -135,11 +136,25 @@ impl RunSummary {
     }
 }
 
+/// Reports what a read-through or write-through transfer could not do, as warnings: the
+/// stage reruns or its result stays local, and the run goes on.
+fn warn_remote_failures(result: Result<TransferReport, RemoteError>) {
+    let failures = match result {
+        Ok(report) => report.failures,
+        Err(error) => vec![error],
+    };
+    for failure in failures {
+        tracing::warn!("{:?}", miette::Report::new(failure));
+    }
+}
+
 /// Plans and runs one pipeline against one store.
 pub struct Engine<'a> {
     pipeline: &'a Pipeline,
     dag: Dag,
     store: &'a Store,
+    /// The shared cache, read through on a local miss and written through after each stage.
+    remote: Option<&'a Remote>,
     executor: &'a dyn Executor,
     hash_cache: HashCache,
     lock_path: PathBuf,
@@ -197,12 +212,37 @@ impl<'a> Engine<'a> {
             dag,
             hash_cache: store.load_hash_cache(),
             store,
+            remote: None,
             executor,
             lock_path,
             lock: Mutex::new(lock),
             fence,
             lock_written: Mutex::new((None, false)),
         })
+    }
+
+    /// Uses `remote` as the shared cache (see [`Remote`]): a stage the local store lacks is
+    /// pulled from it before it would run, and each new result is pushed to it. A remote that
+    /// fails costs a rerun or a missed upload (warned about), never the run.
+    pub fn with_remote(mut self, remote: &'a Remote) -> Engine<'a> {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Read-through: fetches the result of `key` from the remote into the local store.
+    fn pull_from_remote(&self, key: &Digest) {
+        let Some(remote) = self.remote else {
+            return;
+        };
+        warn_remote_failures(remote.pull(self.store, Some(&[*key]), &|_| {}));
+    }
+
+    /// Write-through: uploads the result of `key` (just stored locally) to the remote.
+    fn push_to_remote(&self, key: &Digest) {
+        let Some(remote) = self.remote else {
+            return;
+        };
+        warn_remote_failures(remote.push(self.store, Some(&[*key]), &|_| {}));
     }
 
     pub fn lock_path(&self) -> &Path {
@@ -649,6 +689,9 @@ impl<'a> Engine<'a> {
         key: &Digest,
         observe: &(dyn Fn(&Event<'_>) + Sync),
     ) -> Cached {
+        if self.remote.is_some() && self.lookup(key).is_none() {
+            self.pull_from_remote(key);
+        }
         let Some(record) = self.store.get_action(key) else {
             return Cached::Miss(None);
         };
@@ -856,6 +899,7 @@ impl<'a> Engine<'a> {
             log: log_digest,
         };
         self.store.put_action(&record)?;
+        self.push_to_remote(key);
         // Checked before the stage ran; what is there now is what was there then.
         materialize(&self.outputs(), stage, &manifest, Overwrite::Anything)?;
         self.store.remove_scratch_dir(key);

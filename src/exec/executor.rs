@@ -1,10 +1,11 @@
 //! How one stage is executed, behind a trait so the scheduler does not care where.
 //!
-//! [`LocalExecutor`] calls the kind's [`StageRunner`] in this process. A cluster backend would
-//! implement [`Executor`] by shipping the [`StageJob`] (pipeline file, stage id, key, the
-//! directories) to a separate `taper` process or batch job and waiting for it; the scheduler,
-//! the store protocol and the lock file stay as they are, because a job communicates only
-//! through `out_dir` and its returned [`StageOutcome`].
+//! [`LocalExecutor`] calls the kind's [`StageRunner`] in this process. The Slurm backend
+//! (`slurm.rs`) runs each stale stage as a batch job of `taper run FILE STAGE` against a shared
+//! store before the scheduler's pass; in that pass its [`Executor`] is called only for stages
+//! whose job left no result, and reports the job. The scheduler, the store protocol and the lock
+//! file stay as they are, because a job communicates only through the store (or `out_dir` and
+//! its returned [`StageOutcome`] in this process).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

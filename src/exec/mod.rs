@@ -32,6 +32,7 @@ mod inputs;
 pub mod interrupt;
 pub mod report;
 pub mod runner;
+pub mod slurm;
 mod workspace;
 
 use std::path::PathBuf;

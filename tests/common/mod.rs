@@ -90,6 +90,7 @@ impl Project {
             .env("NO_COLOR", "1")
             .env_remove("TAPER_STORE")
             .env_remove("TAPER_JOBS")
+            .env_remove("TAPER_REMOTE")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         command

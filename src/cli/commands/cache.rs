@@ -1,9 +1,12 @@
-//! `taper cache verify | gc | ls | du`.
+//! `taper cache verify | gc | ls | du | push | pull`.
 
 use std::fmt::Write;
 
+use std::io::IsTerminal;
+
+use crate::cache::remote::{Progress, Remote, RemoteError, TransferReport};
 use crate::cache::Store;
-use crate::cli::args::{CacheArgs, CacheCommand};
+use crate::cli::args::{CacheArgs, CacheCommand, RemoteArgs};
 use crate::cli::printer::Printer;
 use crate::cli::ExitStatus;
 
@@ -28,6 +31,10 @@ pub fn run(args: &CacheArgs, printer: &Printer) -> ExitStatus {
         Ok(store) => store,
         Err(status) => return status,
     };
+    if let CacheCommand::Push { remote } | CacheCommand::Pull { remote } = &args.command {
+        let push = matches!(args.command, CacheCommand::Push { .. });
+        return transfer(&store, remote, push, printer);
+    }
     match execute(&store, &args.command, printer) {
         Ok(status) => status,
         Err(error) => {
@@ -110,5 +117,73 @@ fn execute(
             printer.data(&out);
             Ok(ExitStatus::Success)
         }
+        // Handled by `transfer`, which needs the remote too.
+        CacheCommand::Push { .. } | CacheCommand::Pull { .. } => Ok(ExitStatus::Error),
+    }
+}
+
+/// `taper cache push` (`push`) or `pull`, with a progress bar on a terminal; exit 1 when any
+/// result could not be transferred (each is reported), 2 when the remote cannot be used.
+fn transfer(store: &Store, args: &RemoteArgs, push: bool, printer: &Printer) -> ExitStatus {
+    let remote = match super::open_remote(args, None, printer) {
+        Ok(Some(remote)) => remote,
+        Ok(None) => {
+            printer.diagnostic(RemoteError::NotConfigured);
+            return ExitStatus::Error;
+        }
+        Err(status) => return status,
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(0)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {pos}/{len}  {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // A push counts objects; a pull counts results (each checked whole before it is stored).
+    bar.set_message(if push { "objects" } else { "results" });
+    let progress = |event: Progress| match event {
+        Progress::Planned { objects, .. } => bar.set_length(objects),
+        Progress::Copied { .. } => bar.inc(1),
+    };
+    let result = if push {
+        remote.push(store, None, &progress)
+    } else {
+        remote.pull(store, None, &progress)
+    };
+    bar.finish_and_clear();
+    match result {
+        Ok(report) => summarize(&remote, report, push, printer),
+        Err(error) => {
+            printer.diagnostic(error);
+            ExitStatus::Error
+        }
+    }
+}
+
+fn summarize(remote: &Remote, report: TransferReport, push: bool, printer: &Printer) -> ExitStatus {
+    let (verb, direction) = if push {
+        ("pushed", "to")
+    } else {
+        ("pulled", "from")
+    };
+    printer.status(&format!(
+        "{verb} {} results ({} objects, {}) {direction} {}; {} already there",
+        report.actions,
+        report.objects,
+        human(report.bytes),
+        remote.url(),
+        report.present
+    ));
+    let failed = !report.failures.is_empty();
+    for failure in report.failures {
+        printer.diagnostic(failure);
+    }
+    if failed {
+        ExitStatus::Failure
+    } else {
+        ExitStatus::Success
     }
 }

@@ -13,10 +13,11 @@ pub mod validate;
 
 use std::path::Path;
 
-use super::args::StoreArgs;
+use super::args::{RemoteArgs, StoreArgs};
 use super::printer::Printer;
 use super::ExitStatus;
-use crate::cache::locate::default_store_dir;
+use crate::cache::locate::{default_store_dir, project_root_of};
+use crate::cache::remote::{configured_remote, Remote, RemoteError};
 use crate::cache::Store;
 use crate::model::LoadError;
 
@@ -64,4 +65,23 @@ pub(crate) fn open_store(
         printer.diagnostic(error);
         ExitStatus::Error
     })
+}
+
+/// Opens the remote cache `args` names, or the project's (`remote:` in `.taper/config.yaml`);
+/// `Ok(None)` when none is configured. A remote that cannot be opened is a usage error.
+pub(crate) fn open_remote(
+    args: &RemoteArgs,
+    pipeline_file: Option<&Path>,
+    printer: &Printer,
+) -> Result<Option<Remote>, ExitStatus> {
+    let report = |error: RemoteError| {
+        printer.diagnostic(error);
+        ExitStatus::Error
+    };
+    let url = match &args.remote {
+        Some(url) => Some(url.clone()),
+        None => configured_remote(&project_root_of(pipeline_file)).map_err(report)?,
+    };
+    url.map(|url| Remote::open(&url).map_err(report))
+        .transpose()
 }

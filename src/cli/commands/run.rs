@@ -3,26 +3,29 @@
 //! path and last lines; exit 1 when any stage failed or the lock file could not be written,
 //! 128 + signal when stopped by SIGINT, SIGTERM or SIGHUP (see `cli::signals`).
 
-use crate::cli::args::{OutputArgs, RunArgs};
+use std::collections::BTreeMap;
+
+use crate::cache::locate::project_root_of;
+use crate::cache::Store;
+use crate::cli::args::{ExecutorArg, OutputArgs, RunArgs};
 use crate::cli::printer::Printer;
 use crate::cli::progress::RunDisplay;
 use crate::cli::ExitStatus;
 use crate::exec::interrupt::{signal_name, STAGE_PROCESSES};
-use crate::exec::{report, Engine, ExecError, LocalExecutor, RunOptions, StageStatus};
+use crate::exec::slurm::{JobState, SlurmConfig, SlurmExecutor, SlurmRun, Submission};
+use crate::exec::{report, Engine, ExecError, Executor, LocalExecutor, RunOptions, StageStatus};
+use crate::model::{Pipeline, StageId};
 
 pub fn run(args: &RunArgs, output: OutputArgs, printer: &Printer) -> ExitStatus {
     let (pipeline, store) = match super::load_with_store(&args.selection, &args.store, printer) {
         Ok(loaded) => loaded,
         Err(status) => return status,
     };
-    let executor = LocalExecutor::new(crate::stages::runner_for);
-    let engine = match Engine::new(&pipeline, &store, &executor) {
-        Ok(engine) => engine,
-        Err(error) => {
-            printer.diagnostic(error);
-            return ExitStatus::Failure;
-        }
+    let remote = match super::open_remote(&args.remote, Some(&args.selection.file), printer) {
+        Ok(remote) => remote,
+        Err(status) => return status,
     };
+    let local = LocalExecutor::new(crate::stages::runner_for);
     let jobs = args.jobs.map_or_else(
         || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         usize::from,
@@ -32,6 +35,28 @@ pub fn run(args: &RunArgs, output: OutputArgs, printer: &Printer) -> ExitStatus 
         downstream: args.selection.downstream,
         force: args.selection.force.clone(),
         jobs,
+    };
+    let slurm = if args.executor == ExecutorArg::Slurm && !args.dry_run {
+        match run_on_slurm(args, &pipeline, &store, &local, &options, output, printer) {
+            Ok(outcomes) => Some(SlurmExecutor { outcomes }),
+            Err(status) => return status,
+        }
+    } else {
+        None
+    };
+    let executor: &dyn Executor = match &slurm {
+        Some(slurm) => slurm,
+        None => &local,
+    };
+    let engine = match Engine::new(&pipeline, &store, executor) {
+        Ok(engine) => match &remote {
+            Some(remote) => engine.with_remote(remote),
+            None => engine,
+        },
+        Err(error) => {
+            printer.diagnostic(error);
+            return ExitStatus::Failure;
+        }
     };
     if args.dry_run {
         return match engine.plan(&options) {
@@ -95,4 +120,73 @@ pub fn run(args: &RunArgs, output: OutputArgs, printer: &Printer) -> ExitStatus 
         return ExitStatus::Interrupted(signal);
     }
     status
+}
+
+/// The Slurm part of `--executor slurm`: plans, submits a job per stale stage (reattaching to
+/// the jobs of an interrupted run), and waits for them; the caller's engine pass then restores
+/// what they computed. Runs before the signal handler is installed, so Ctrl-C or SIGTERM stop
+/// only this process: its jobs go on, and the next run reattaches to them.
+fn run_on_slurm(
+    args: &RunArgs,
+    pipeline: &Pipeline,
+    store: &Store,
+    local: &LocalExecutor,
+    options: &RunOptions,
+    output: OutputArgs,
+    printer: &Printer,
+) -> Result<BTreeMap<StageId, (Submission, JobState)>, ExitStatus> {
+    let failure = |error: Box<dyn miette::Diagnostic + Send + Sync>| {
+        printer.status(&format!("{:?}", miette::Report::new_boxed(error)));
+        ExitStatus::Failure
+    };
+    let plans = Engine::new(pipeline, store, local)
+        .and_then(|engine| engine.plan(options))
+        .map_err(|error| failure(Box::new(error)))?;
+    let project_root = project_root_of(Some(&args.selection.file));
+    let config = SlurmConfig::load(&project_root).map_err(|error| failure(Box::new(error)))?;
+    let taper = std::env::current_exe().map_err(|source| {
+        failure(Box::new(ExecError::Io {
+            action: "find the taper binary",
+            path: "/proc/self/exe".into(),
+            source,
+        }))
+    })?;
+    let mut job_args = vec!["--store".to_owned(), store.root().display().to_string()];
+    // Jobs read and write through the same remote (credentials travel in the environment
+    // sbatch exports, never on the command line).
+    if let Some(remote) = &args.remote.remote {
+        job_args.extend(["--remote".to_owned(), remote.clone()]);
+    }
+    for setting in &args.selection.overrides {
+        job_args.extend(["-S".to_owned(), setting.to_string()]);
+    }
+    let stem = pipeline.path.file_stem().map_or_else(
+        || "pipeline".to_owned(),
+        |stem| stem.to_string_lossy().into_owned(),
+    );
+    let run = SlurmRun {
+        pipeline,
+        job_args,
+        taper,
+        state_dir: project_root.join(".taper/slurm").join(stem),
+        config,
+    };
+    let observe = |line: &str| {
+        if !output.quiet {
+            printer.status(line);
+        }
+    };
+    let submitted = run
+        .submit(&plans, &observe)
+        .map_err(|error| failure(Box::new(error)))?;
+    let states = run
+        .follow(&submitted, &observe)
+        .map_err(|error| failure(Box::new(error)))?;
+    Ok(submitted
+        .into_iter()
+        .filter_map(|(stage, submission)| {
+            let state = states.get(&stage)?.clone();
+            Some((stage, (submission, state)))
+        })
+        .collect())
 }
