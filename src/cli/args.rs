@@ -322,8 +322,9 @@ fn seconds(text: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
-    /// A trained model: a `train` stage's output directory or its `model/` directory (e.g.
-    /// `out/quickstart/finetune/model`).
+    /// The model: a deploy bundle (e.g. `out/quickstart/deploy`), a `train` stage's output
+    /// directory or its `model/` directory, or `PIPELINE.yaml:STAGE` naming a `train` or
+    /// `deploy` stage (e.g. `quickstart.yaml:finetune`), read from its output directory.
     #[arg(value_name = "TARGET")]
     pub target: PathBuf,
     /// The text to explain.

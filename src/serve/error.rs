@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::stages::bundle::BundleError;
+use crate::stages::explain::ExplainError;
 
 /// Why a request failed (or, for [`ServeError::Start`] and [`ServeError::Bind`], why the
 /// server did not start).
@@ -34,6 +35,10 @@ pub enum ServeError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Input(BundleError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Explain(ExplainError),
 
     #[error("the server is at its limit of {max} concurrent requests")]
     #[diagnostic(
@@ -100,15 +105,19 @@ impl ServeError {
             ServeError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "Validation"),
             ServeError::BadRequest { .. }
             | ServeError::TooManyInputs { .. }
-            | ServeError::Input(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Validation"),
+            | ServeError::Input(_)
+            | ServeError::Explain(
+                ExplainError::NoWords { .. } | ExplainError::NoMaskToken { .. },
+            ) => (StatusCode::UNPROCESSABLE_ENTITY, "Validation"),
             ServeError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "Overloaded"),
             ServeError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
             ServeError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ServeError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             ServeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "Unhealthy"),
-            ServeError::Inference { .. } | ServeError::Start(_) | ServeError::Bind { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "Backend")
-            }
+            ServeError::Inference { .. }
+            | ServeError::Explain(_)
+            | ServeError::Start(_)
+            | ServeError::Bind { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "Backend"),
         }
     }
 }

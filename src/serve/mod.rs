@@ -3,14 +3,20 @@
 //!
 //! Routes: `POST /predict` (`{"inputs": "text" | ["text", ...], "raw_scores": false,
 //! "truncate": false}` → `[{"label", "score"}]`, or one such list per input for a list),
-//! `GET /health`, `GET /info`, `GET /metrics` (Prometheus, with drift figures: [`metrics`]),
-//! `GET /openapi.json`.
+//! `POST /explain` (`{"inputs": "text", "method": "integrated-gradients" | "gradient-times-input"
+//! | "occlusion", "steps": 32, "baseline": "pad" | "mask" | "zero", "truncate": false}` → the
+//! words with their scores, the prediction and its probability, the completeness gap), `GET
+//! /health`, `GET /info`, `GET /metrics` (Prometheus, with drift figures: [`metrics`]), `GET
+//! /openapi.json`.
 //!
 //! Contract: every failure is a [`ServeError`], whose status comes from one table
 //! ([`ServeError::status`]) and whose body is TEI's `{"error", "error_type"}`. A request is
 //! admitted only while fewer than `max_concurrent` are in flight (else 429), waits for a
 //! batching round ([`batcher`]) at most `request_timeout` (else 504), and with an API key set
-//! needs `Authorization: Bearer <key>` on every route but `/health` (else 401). The bundle is
+//! needs `Authorization: Bearer <key>` on every route but `/health` (else 401). An explanation
+//! runs outside the batcher (it needs gradients of one text, not a batch's logits) on a blocking
+//! thread that keeps its admission slot until it finishes, even past its timeout, so abandoned
+//! explanations cannot pile up beyond `max_concurrent`. The bundle is
 //! verified against its manifest before the server starts ([`Bundle::open`]); SIGTERM or
 //! SIGINT stop accepting connections and let in-flight requests finish.
 
@@ -35,7 +41,9 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::data::metrics::argmax;
+use crate::model::stages::{Explain, ExplainBaseline, ExplainMethod, DEFAULT_EXPLAIN_STEPS};
 use crate::stages::bundle::Bundle;
+use crate::stages::explain::Explainer;
 
 pub use batcher::{BatchConfig, Batcher};
 pub use error::ServeError;
@@ -104,6 +112,7 @@ impl AppState {
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/predict", post(predict))
+        .route("/explain", post(explain))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics_text))
@@ -125,6 +134,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Answers go out at once instead of waiting for the client's delayed ACK (Nagle's
+    // algorithm; axum leaves it on). A socket that refuses the option still works.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {error}");
+        }
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await
@@ -248,10 +264,11 @@ fn texts_of(inputs: serde_json::Value) -> Result<(Vec<String>, bool), ServeError
     }
 }
 
-async fn predict(
-    State(state): State<Arc<AppState>>,
+/// A JSON request body: 413 over the body limit, 422 when it does not parse as `T`.
+fn parse_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ServeError> {
+) -> Result<T, ServeError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ServeError::BodyTooLarge {
@@ -263,10 +280,25 @@ async fn predict(
             }
         }
     })?;
-    let request: PredictRequest =
-        serde_json::from_slice(&body).map_err(|error| ServeError::BadRequest {
-            reason: error.to_string(),
-        })?;
+    serde_json::from_slice(&body).map_err(|error| ServeError::BadRequest {
+        reason: error.to_string(),
+    })
+}
+
+/// A slot among the `max_concurrent` requests, or 429.
+fn admit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ServeError> {
+    Arc::clone(&state.admission)
+        .try_acquire_owned()
+        .map_err(|_| ServeError::Overloaded {
+            max: state.config.max_concurrent,
+        })
+}
+
+async fn predict(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServeError> {
+    let request: PredictRequest = parse_body(&state, body)?;
     let (texts, single) = texts_of(request.inputs)?;
     if texts.is_empty() {
         return Err(ServeError::BadRequest {
@@ -279,11 +311,7 @@ async fn predict(
             max: state.config.max_inputs,
         });
     }
-    let _permit = Arc::clone(&state.admission)
-        .try_acquire_owned()
-        .map_err(|_| ServeError::Overloaded {
-            max: state.config.max_concurrent,
-        })?;
+    let _permit = admit(&state)?;
     let predictions = answer(&state, &texts, request.truncate, request.raw_scores).await?;
     Ok(if single {
         Json(predictions.into_iter().next().unwrap_or_default()).into_response()
@@ -320,6 +348,74 @@ async fn answer(
         .iter()
         .map(|row| state.bundle.predictions(row, raw_scores))
         .collect())
+}
+
+/// Integrated-gradients steps one request may ask for: each step is a forward and a backward
+/// pass, so this bounds one request's work (1,024 steps of a base-size model on a long text
+/// take seconds, not minutes).
+pub const MAX_EXPLAIN_STEPS: usize = 1024;
+
+/// The body of `POST /explain`: one text (a list is refused: explanations are not batched).
+#[derive(Debug, Deserialize)]
+struct ExplainRequest {
+    inputs: serde_json::Value,
+    #[serde(default)]
+    method: ExplainMethod,
+    #[serde(default)]
+    steps: Option<usize>,
+    #[serde(default)]
+    baseline: ExplainBaseline,
+    #[serde(default)]
+    truncate: bool,
+}
+
+async fn explain(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServeError> {
+    let request: ExplainRequest = parse_body(&state, body)?;
+    let serde_json::Value::String(text) = request.inputs else {
+        return Err(ServeError::BadRequest {
+            reason: "`inputs` must be one string for /explain".to_owned(),
+        });
+    };
+    let steps = request.steps.unwrap_or(DEFAULT_EXPLAIN_STEPS);
+    if !(1..=MAX_EXPLAIN_STEPS).contains(&steps) {
+        return Err(ServeError::BadRequest {
+            reason: format!("`steps` must be between 1 and {MAX_EXPLAIN_STEPS}"),
+        });
+    }
+    // The same refusals as /predict (empty, or too long without `truncate`); the explainer's
+    // tokenizer would silently truncate.
+    let texts = [text];
+    state
+        .bundle
+        .encode(&texts, request.truncate)
+        .map_err(ServeError::Input)?;
+    let [text] = texts;
+    let settings = Explain::one_text(request.method, steps, request.baseline);
+    let explainer =
+        Explainer::from_bundle(&state.bundle, &settings).map_err(ServeError::Explain)?;
+    let permit = admit(&state)?;
+    let work = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        explainer.explain(&text)
+    });
+    let timeout = state.config.request_timeout;
+    let explanation = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| ServeError::Timeout {
+            seconds: timeout.as_secs_f64(),
+        })?
+        .map_err(|error| ServeError::Inference {
+            message: error.to_string(),
+        })?
+        .map_err(ServeError::Explain)?;
+    let mut body = serde_json::to_value(&explanation).map_err(|error| ServeError::Inference {
+        message: error.to_string(),
+    })?;
+    body["method"] = serde_json::to_value(request.method).unwrap_or_default();
+    Ok(Json(body).into_response())
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -362,7 +458,7 @@ async fn not_found(method: Method, uri: Uri) -> ServeError {
     }
 }
 
-/// A hand-written OpenAPI 3.0 description of the routes (five routes do not need a derive
+/// A hand-written OpenAPI 3.0 description of the routes (six routes do not need a derive
 /// crate).
 async fn openapi() -> Json<serde_json::Value> {
     let error = serde_json::json!({
@@ -389,6 +485,22 @@ async fn openapi() -> Json<serde_json::Value> {
                                 {"type": "array", "items": {"$ref": "#/components/schemas/Predictions"}}]}}}},
                     "401": error, "413": error, "422": error, "429": error, "504": error
                 }}},
+            "/explain": {"post": {
+                "summary": "Word attributions for one text",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["inputs"],
+                    "properties": {
+                        "inputs": {"type": "string"},
+                        "method": {"type": "string", "enum": ["integrated-gradients", "gradient-times-input", "occlusion"], "default": "integrated-gradients"},
+                        "steps": {"type": "integer", "minimum": 1, "maximum": MAX_EXPLAIN_STEPS, "default": DEFAULT_EXPLAIN_STEPS},
+                        "baseline": {"type": "string", "enum": ["pad", "mask", "zero"], "default": "pad"},
+                        "truncate": {"type": "boolean", "default": false}
+                    }}}}},
+                "responses": {
+                    "200": {"description": "the words with their scores (in the predicted class's probability), the prediction and its probability, the completeness gap (integrated gradients)",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Explanation"}}}},
+                    "401": error, "413": error, "422": error, "429": error, "504": error
+                }}},
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
             "/info": {"get": {"summary": "Labels, limits, bundle digest, version", "responses": {"200": {"description": "ok"}, "401": error}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain; version=0.0.4"}, "401": error}}},
@@ -397,6 +509,11 @@ async fn openapi() -> Json<serde_json::Value> {
         "components": {"schemas": {
             "Predictions": {"type": "array", "items": {"type": "object", "required": ["label", "score"],
                 "properties": {"label": {"type": "string"}, "score": {"type": "number"}}}},
+            "Explanation": {"type": "object", "required": ["text", "words", "scores", "prediction", "probability", "method"],
+                "properties": {"text": {"type": "string"}, "words": {"type": "array", "items": {"type": "string"}},
+                    "scores": {"type": "array", "items": {"type": "number"}}, "prediction": {"type": "string"},
+                    "probability": {"type": "number"}, "completeness_gap": {"type": "number", "nullable": true},
+                    "method": {"type": "string"}}},
             "Error": {"type": "object", "required": ["error", "error_type"],
                 "properties": {"error": {"type": "string"}, "error_type": {"type": "string"}}}
         }}

@@ -274,7 +274,14 @@ async fn info_health_metrics_openapi_and_404() {
     let (status, openapi) = call(state, "GET", "/openapi.json", "", None).await;
     assert_eq!(status, StatusCode::OK);
     let openapi: serde_json::Value = serde_json::from_str(&openapi).unwrap();
-    for path in ["/predict", "/health", "/info", "/metrics", "/openapi.json"] {
+    for path in [
+        "/predict",
+        "/explain",
+        "/health",
+        "/info",
+        "/metrics",
+        "/openapi.json",
+    ] {
         assert!(openapi["paths"][path].is_object(), "{path}");
     }
 
@@ -303,6 +310,122 @@ async fn info_health_metrics_openapi_and_404() {
     }
 }
 
+async fn explain(state: &Arc<AppState>, body: &str) -> (StatusCode, serde_json::Value) {
+    let (status, text) = call(state, "POST", "/explain", body, None).await;
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+#[tokio::test]
+async fn explain_answers_words_scores_and_the_prediction() {
+    let fixture = fixture(ServeConfig::default());
+    let state = &fixture.state;
+    let (status, answer) = explain(state, r#"{"inputs": "the film was good", "steps": 64}"#).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["words"],
+        serde_json::json!(["the", "film", "was", "good"])
+    );
+    assert_eq!(answer["scores"].as_array().unwrap().len(), 4);
+    assert_eq!(answer["method"], "integrated-gradients");
+    // Integrated gradients at 64 steps on the tiny model: completeness within 5%.
+    let gap = answer["completeness_gap"].as_f64().unwrap();
+    assert!(gap < 0.05, "completeness gap {gap}");
+    // The explained class is the one /predict ranks first, with the same probability.
+    let (_, predicted) = predict(state, r#"{"inputs": "the film was good"}"#).await;
+    assert_eq!(answer["prediction"], predicted[0]["label"]);
+    let difference =
+        answer["probability"].as_f64().unwrap() - predicted[0]["score"].as_f64().unwrap();
+    assert!(difference.abs() < 1e-4, "{answer} vs {predicted}");
+
+    let (status, occlusion) = explain(
+        state,
+        r#"{"inputs": "the film was good", "method": "occlusion"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{occlusion}");
+    assert_eq!(occlusion["method"], "occlusion");
+    assert!(occlusion["completeness_gap"].is_null(), "{occlusion}");
+    assert_eq!(occlusion["prediction"], answer["prediction"]);
+}
+
+#[tokio::test]
+async fn explain_refuses_bad_requests_through_the_same_table() {
+    let fixture = fixture(ServeConfig {
+        max_body_bytes: 2048,
+        ..ServeConfig::default()
+    });
+    let state = &fixture.state;
+    let long = vec!["film"; 200].join(" ");
+    for body in [
+        r#"{"inputs": ["good", "bad"]}"#.to_owned(),
+        r#"{"inputs": ""}"#.to_owned(),
+        r#"{"inputs": 3}"#.to_owned(),
+        r#"{"inputs": "good", "steps": 0}"#.to_owned(),
+        format!(
+            r#"{{"inputs": "good", "steps": {}}}"#,
+            MAX_EXPLAIN_STEPS + 1
+        ),
+        r#"{"inputs": "good", "method": "shap"}"#.to_owned(),
+        r#"{"inputs": "good", "baseline": "noise"}"#.to_owned(),
+        format!(r#"{{"inputs": "{long}"}}"#),
+        "not json".to_owned(),
+    ] {
+        let (status, error) = explain(state, &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {error}");
+        assert_eq!(error["error_type"], "Validation", "{body}");
+    }
+    let (status, answer) = explain(
+        state,
+        &format!(r#"{{"inputs": "{long}", "truncate": true, "method": "gradient-times-input"}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, _) = explain(
+        state,
+        &format!(r#"{{"inputs": "{}"}}"#, "good ".repeat(500)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn explain_answers_429_504_and_401() {
+    let full = fixture(ServeConfig {
+        max_concurrent: 1,
+        ..ServeConfig::default()
+    });
+    let held = Arc::clone(&full.state.admission)
+        .try_acquire_owned()
+        .unwrap();
+    let (status, error) = explain(&full.state, r#"{"inputs": "good"}"#).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{error}");
+    drop(held);
+
+    let slow = fixture(ServeConfig {
+        request_timeout: Duration::ZERO,
+        ..ServeConfig::default()
+    });
+    let (status, error) = explain(&slow.state, r#"{"inputs": "good", "steps": 512}"#).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{error}");
+    assert_eq!(error["error_type"], "Timeout");
+
+    let guarded = fixture(ServeConfig {
+        api_key: Some("s3cret".to_owned()),
+        ..ServeConfig::default()
+    });
+    let body = r#"{"inputs": "good"}"#;
+    assert_eq!(
+        call(&guarded.state, "POST", "/explain", body, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&guarded.state, "POST", "/explain", body, Some("s3cret"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
 /// The one error → status table, spelled out.
 #[test]
 fn every_error_has_its_status() {
@@ -318,6 +441,18 @@ fn every_error_has_its_status() {
         (
             ServeError::Input(crate::stages::bundle::BundleError::EmptyInput { index: 0 }),
             422,
+        ),
+        (
+            ServeError::Explain(crate::stages::explain::ExplainError::NoWords {
+                text: String::new(),
+            }),
+            422,
+        ),
+        (
+            ServeError::Explain(crate::stages::explain::ExplainError::NotAModel {
+                path: std::path::PathBuf::new(),
+            }),
+            500,
         ),
         (ServeError::Overloaded { max: 1 }, 429),
         (ServeError::Timeout { seconds: 1.0 }, 504),

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
@@ -104,8 +105,10 @@ pub struct Bundle {
     manifest: BundleManifest,
     /// blake3 of `manifest.json`, which pins every other file: the bundle's identity.
     digest: Digest,
-    classifier: Classifier,
-    tokenizer: Tokenizer,
+    /// Shared with the explainers made from the bundle ([`crate::stages::explain::Explainer`]),
+    /// so `POST /explain` needs no second copy of the weights.
+    classifier: Arc<Classifier>,
+    tokenizer: Arc<Tokenizer>,
     tokenizer_path: PathBuf,
 }
 
@@ -125,10 +128,20 @@ impl Bundle {
         Ok(Self {
             manifest,
             digest,
-            classifier,
-            tokenizer,
+            classifier: Arc::new(classifier),
+            tokenizer: Arc::new(tokenizer),
             tokenizer_path,
         })
+    }
+
+    /// The loaded model, its tokenizer (truncating at [`Self::max_length`]) and the
+    /// tokenizer's path (for error messages), to explain with.
+    pub(crate) fn model(&self) -> (Arc<Classifier>, Arc<Tokenizer>, &Path) {
+        (
+            Arc::clone(&self.classifier),
+            Arc::clone(&self.tokenizer),
+            &self.tokenizer_path,
+        )
     }
 
     pub fn manifest(&self) -> &BundleManifest {

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,7 @@ use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::ml::{edited_probabilities, Attribution, Baseline, Classifier, DeviceChoice};
 use crate::model::stages::{Explain, ExplainBaseline, ExplainMethod};
 use crate::model::{InputSlot, StageSettings};
+use crate::stages::bundle::{Bundle, BundleError, MANIFEST};
 use crate::stages::evaluate::TRAINED_MODEL_DIR;
 use crate::stages::explain_report::render_report;
 use crate::stages::ml_common::{input_dir, write_bytes, write_json, wrong_runner, MlStageError};
@@ -50,6 +52,10 @@ pub enum ExplainError {
     #[diagnostic(transparent)]
     Stages(#[from] MlStageError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Bundle(#[from] BundleError),
+
     #[error("the tokenizer of `{path}` has no `[MASK]` token for the `mask` baseline")]
     #[diagnostic(
         code(taper::explain::no_mask_token),
@@ -57,10 +63,10 @@ pub enum ExplainError {
     )]
     NoMaskToken { path: PathBuf },
 
-    #[error("`{path}` is not a trained model directory")]
+    #[error("`{path}` is neither a deploy bundle nor a trained model directory")]
     #[diagnostic(
         code(taper::explain::not_a_model),
-        help("give the `model/` directory of a `train` stage's output (it holds `taper-classifier.json`), or the output directory itself")
+        help("give a `deploy` stage's bundle (it holds `manifest.json`), a `train` stage's output directory or its `model/` directory, or `PIPELINE.yaml:STAGE` naming one of those stages")
     )]
     NotAModel { path: PathBuf },
 
@@ -99,8 +105,8 @@ impl From<crate::data::DataError> for ExplainError {
 
 /// A trained classifier with its tokenizer and label names, ready to explain texts.
 pub struct Explainer {
-    classifier: Classifier,
-    tokenizer: Tokenizer,
+    classifier: Arc<Classifier>,
+    tokenizer: Arc<Tokenizer>,
     tokenizer_path: PathBuf,
     pub labels: Vec<String>,
     attribution: Attribution,
@@ -139,6 +145,35 @@ impl Explainer {
         let tokenizer_path = dir.join("tokenizer.json");
         let max_length = max_length.unwrap_or(classifier.config().max_position_embeddings);
         let tokenizer = load_tokenizer(&tokenizer_path, max_length)?;
+        Self::new(
+            Arc::new(classifier),
+            Arc::new(tokenizer),
+            tokenizer_path,
+            labels,
+            settings,
+        )
+    }
+
+    /// Explains with an opened deploy bundle's model and label names (`id2label`), sharing
+    /// its weights: cheap enough to make one per request.
+    pub fn from_bundle(bundle: &Bundle, settings: &Explain) -> Result<Self, ExplainError> {
+        let (classifier, tokenizer, tokenizer_path) = bundle.model();
+        Self::new(
+            classifier,
+            tokenizer,
+            tokenizer_path.to_path_buf(),
+            bundle.labels().to_vec(),
+            settings,
+        )
+    }
+
+    fn new(
+        classifier: Arc<Classifier>,
+        tokenizer: Arc<Tokenizer>,
+        tokenizer_path: PathBuf,
+        labels: Vec<String>,
+        settings: &Explain,
+    ) -> Result<Self, ExplainError> {
         let baseline = match settings.baseline {
             ExplainBaseline::Pad => Baseline::Token(classifier.config().pad_token_id),
             ExplainBaseline::Mask => {
@@ -167,9 +202,14 @@ impl Explainer {
         })
     }
 
-    /// The trained model at `target` (a `train` output or its `model/` directory), with the
-    /// label names of its `config.json` (`id2label`, as a deploy bundle has) or `LABEL_i`.
+    /// The model at `target`: a deploy bundle (verified against its manifest first; label
+    /// names from its `id2label`), or a trained model (a `train` output or its `model/`
+    /// directory; label names from its `config.json`'s `id2label`, else `LABEL_i`).
     pub fn load_target(target: &Path, settings: &Explain) -> Result<Self, ExplainError> {
+        if target.join(MANIFEST).is_file() {
+            let bundle = Bundle::open(target, DeviceChoice::Auto)?;
+            return Self::from_bundle(&bundle, settings);
+        }
         let dir = [target.to_path_buf(), target.join(TRAINED_MODEL_DIR)]
             .into_iter()
             .find(|dir| dir.join(TRAINED_MARKER).is_file())

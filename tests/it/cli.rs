@@ -137,3 +137,59 @@ fn explain_prints_each_word_with_its_score() {
     assert_eq!(code, 2);
     assert!(stderr.contains("taper::explain::not_a_model"), "{stderr}");
 }
+
+/// `taper explain` on a deploy bundle (label names from its `id2label`, the same scores as the
+/// trained model it came from), on `PIPELINE.yaml:STAGE` for a `train` and a `deploy` stage
+/// (their output directories), and refusals: a tampered bundle, a stage the pipeline lacks.
+#[test]
+fn explain_takes_a_bundle_or_a_pipeline_stage() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let work = dir.path();
+    let out = work.join("out").join("quickstart");
+    let bundle = out.join("deploy");
+    taper::stages::fixtures::write_tiny_bundle(work, &bundle, "key").expect("tiny bundle");
+    let trained = work.join("trained");
+    std::fs::create_dir_all(&out).expect("out dir");
+    std::fs::rename(&trained, out.join("finetune")).expect("move the trained model");
+    let pipeline = work.join("quickstart.yaml");
+    std::fs::copy("pipelines/quickstart.yaml", &pipeline).expect("pipeline copy");
+    let text = "the film was good";
+    let explain = |target: &str| {
+        let (code, stdout, stderr) = taper(&["explain", target, text, "--steps", "16", "--json"]);
+        assert_eq!(code, 0, "{target}: {stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).expect("JSON")
+    };
+    let from_bundle = explain(bundle.to_str().expect("utf-8 path"));
+    assert_eq!(
+        from_bundle["words"],
+        serde_json::json!(["the", "film", "was", "good"])
+    );
+    let prediction = from_bundle["prediction"].as_str().expect("a label");
+    assert!(["LABEL_0", "LABEL_1"].contains(&prediction), "{prediction}");
+    let pipeline = pipeline.to_str().expect("utf-8 path");
+    let from_deploy = explain(&format!("{pipeline}:deploy"));
+    assert_eq!(from_deploy, from_bundle);
+    let from_train = explain(&format!("{pipeline}:finetune"));
+    assert_eq!(from_train["words"], from_bundle["words"]);
+    let scores = |value: &serde_json::Value| -> Vec<f64> {
+        value["scores"]
+            .as_array()
+            .expect("scores")
+            .iter()
+            .map(|score| score.as_f64().expect("a number"))
+            .collect()
+    };
+    for (a, b) in scores(&from_train).iter().zip(scores(&from_bundle)) {
+        assert!((a - b).abs() < 1e-4, "{from_train} vs {from_bundle}");
+    }
+
+    let (code, _, stderr) = taper(&["explain", &format!("{pipeline}:nope"), text]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("taper::explain::no_such_stage"), "{stderr}");
+    assert!(stderr.contains("finetune"), "{stderr}");
+
+    std::fs::write(bundle.join("vocab.txt"), "tampered").expect("tamper");
+    let (code, _, stderr) = taper(&["explain", bundle.to_str().expect("utf-8 path"), text]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("taper::bundle::tampered"), "{stderr}");
+}

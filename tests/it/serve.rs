@@ -133,6 +133,9 @@ fn a_spawned_server_answers_and_finishes_in_flight_requests_on_sigterm() {
     assert!(body.contains("LABEL_0"), "{body}");
     let (status, body) = http(&address, "POST", "/predict", r#"{"inputs": []}"#);
     assert_eq!(status, 422, "{body}");
+    let (status, body) = http(&address, "POST", "/explain", r#"{"inputs": "good film"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""words":["good","film"]"#), "{body}");
 
     let in_flight = {
         let address = address.clone();

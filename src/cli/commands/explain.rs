@@ -1,28 +1,35 @@
 //! `taper explain TARGET "text"`: the words of one text with their attributions, as bars on a
 //! terminal (coloured unless `NO_COLOR` or not a terminal) or as JSON with `--json`.
+//!
+//! TARGET is a deploy bundle, a trained model directory, or `PIPELINE.yaml:STAGE` naming a
+//! `train` or `deploy` stage, read from that stage's output directory (`out/<file stem>/<stage>`
+//! beside the pipeline file) as the last `taper run` left it.
 
 use std::fmt::Write;
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 use crate::cli::args::ExplainArgs;
 use crate::cli::printer::Printer;
 use crate::cli::ExitStatus;
-use crate::model::stages::{Explain, SplitName};
+use crate::model::stage_output_dir;
+use crate::model::stages::Explain;
 use crate::stages::explain::{ExplainError, Explainer, TextExplanation};
 
 /// Characters of the longest bar.
 const BAR_WIDTH: usize = 24;
 
 pub fn run(args: &ExplainArgs, printer: &Printer) -> ExitStatus {
-    let settings = Explain {
-        method: args.method,
-        // Split and example count belong to the stage; one text is explained here.
-        split: SplitName::Test,
-        examples: 1,
-        steps: usize::from(args.steps),
-        baseline: args.baseline,
+    let settings = Explain::one_text(args.method, usize::from(args.steps), args.baseline);
+    let target = match resolve_target(&args.target) {
+        Ok(target) => target,
+        Err(Unresolved::Load(error)) => return super::report_load_error(error, printer),
+        Err(Unresolved::Stage(error)) => {
+            printer.diagnostic(error);
+            return ExitStatus::Error;
+        }
     };
-    let result = Explainer::load_target(&args.target, &settings)
+    let result = Explainer::load_target(&target, &settings)
         .and_then(|explainer| explainer.explain(&args.text));
     let explanation = match result {
         Ok(explanation) => explanation,
@@ -46,6 +53,57 @@ pub fn run(args: &ExplainArgs, printer: &Printer) -> ExitStatus {
         printer.data(&render(&explanation, method, color));
     }
     ExitStatus::Success
+}
+
+/// A stage named in `PIPELINE.yaml:STAGE` that the pipeline does not have.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("`{pipeline}` has no stage `{stage}`")]
+#[diagnostic(
+    code(taper::explain::no_such_stage),
+    help("its stages: {known}; name a `train` or `deploy` stage")
+)]
+pub struct NoSuchStage {
+    pipeline: PathBuf,
+    stage: String,
+    known: String,
+}
+
+enum Unresolved {
+    Load(crate::model::LoadError),
+    Stage(NoSuchStage),
+}
+
+/// `PIPELINE.yaml:STAGE` → that stage's output directory; any other target as given (a path
+/// that exists is never split, so a directory with a colon in its name still works).
+fn resolve_target(target: &Path) -> Result<PathBuf, Unresolved> {
+    let text = target.to_string_lossy();
+    let Some((file, stage)) = text.rsplit_once(':') else {
+        return Ok(target.to_path_buf());
+    };
+    let file = Path::new(file);
+    let is_pipeline = matches!(
+        file.extension().and_then(|extension| extension.to_str()),
+        Some("yaml" | "yml")
+    );
+    if target.exists() || !is_pipeline {
+        return Ok(target.to_path_buf());
+    }
+    let pipeline = crate::model::load_file(file, &[]).map_err(Unresolved::Load)?;
+    let Some(found) = pipeline.stages.iter().find(|s| s.id.as_str() == stage) else {
+        return Err(Unresolved::Stage(NoSuchStage {
+            pipeline: file.to_path_buf(),
+            stage: stage.to_owned(),
+            known: pipeline
+                .stages
+                .iter()
+                .map(|s| s.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }));
+    };
+    Ok(pipeline
+        .root
+        .join(stage_output_dir(&pipeline.path, &found.id)))
 }
 
 /// A header line, then one line per word: the word, its signed score and a bar as long as the

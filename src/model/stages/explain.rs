@@ -28,7 +28,24 @@ fn default_examples() -> usize {
     20
 }
 fn default_steps() -> usize {
-    32
+    DEFAULT_STEPS
+}
+
+/// Integrated gradients' steps when none are given (stage, `taper explain`, `POST /explain`).
+pub const DEFAULT_STEPS: usize = 32;
+
+impl Explain {
+    /// Settings for explaining one given text (`taper explain`, `POST /explain`): the split
+    /// and example count belong to the stage and are unused there.
+    pub fn one_text(method: ExplainMethod, steps: usize, baseline: ExplainBaseline) -> Self {
+        Self {
+            method,
+            split: SplitName::Test,
+            examples: 1,
+            steps,
+            baseline,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

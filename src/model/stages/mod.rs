@@ -19,7 +19,9 @@ pub use configure::{
 };
 pub use deploy::{Deploy, GATE_METRICS};
 pub use evaluate::Evaluate;
-pub use explain::{Explain, ExplainBaseline, ExplainMethod};
+pub use explain::{
+    Explain, ExplainBaseline, ExplainMethod, DEFAULT_STEPS as DEFAULT_EXPLAIN_STEPS,
+};
 pub use prepare_data::{Clean, DataFormat, PrepareData, RowFilter, Split, SplitName};
 pub use select_model::SelectModel;
 pub use source::Source;
