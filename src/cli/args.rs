@@ -58,6 +58,33 @@ pub enum Command {
     /// Show which words made a trained model predict what it did for one text (word
     /// attributions, as the `explain` stage computes them).
     Explain(ExplainArgs),
+    /// Shared spec workflows: document one (`show`), or start one (`new`).
+    Spec(SpecArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SpecArgs {
+    #[command(subcommand)]
+    pub command: SpecCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpecCommand {
+    /// Document a spec's params (type, default, allowed values, description).
+    Show {
+        /// The spec file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Markdown, for a team's docs.
+        #[arg(long)]
+        md: bool,
+    },
+    /// Write a commented starter spec (refuses to overwrite a file).
+    New {
+        /// Where to write it.
+        #[arg(value_name = "FILE", default_value = "specs/my-spec.yaml")]
+        file: PathBuf,
+    },
 }
 
 /// Where the store lives: `--store`, else `TAPER_STORE`, else `cache/` in the project root

@@ -317,8 +317,11 @@ impl ModelError {
     /// Drops far-away secondary labels, naming their line instead (see [`NEAR_LINES`]).
     pub(crate) fn compact_labels(&mut self, source: &SourceText) {
         let line = |span: &SourceSpan| source.line(span.offset());
+        // Labels in different segments (a spec and the pipeline `use:`ing it) are drawn as
+        // separate snippets, so their distance does not matter.
         let far = |secondary: &SourceSpan, primary: &SourceSpan| {
-            line(secondary).abs_diff(line(primary)) > NEAR_LINES
+            source.segment_index(secondary.offset()) == source.segment_index(primary.offset())
+                && line(secondary).abs_diff(line(primary)) > NEAR_LINES
         };
         match self {
             ModelError::Spec(SpecError::DuplicateKey {

@@ -115,4 +115,47 @@ pub enum SpecError {
         #[help]
         help: String,
     },
+
+    /// A problem with a `use:` of a spec or inside the spec file; `other` is the second place
+    /// (the declaration in the spec for a bad value at the `use:`, and so on).
+    #[error("{message}")]
+    #[diagnostic(code(taper::spec::use_spec))]
+    UseSpec {
+        message: String,
+        #[label(primary, "{label}")]
+        span: SourceSpan,
+        label: String,
+        #[label("{other_label}")]
+        other: Option<SourceSpan>,
+        other_label: String,
+        #[help]
+        help: String,
+    },
+}
+
+impl SpecError {
+    /// The same error with every span `by` bytes later (see [`super::Node::shift`]).
+    pub fn shifted(mut self, by: usize) -> SpecError {
+        let moved = |span: &mut SourceSpan| *span = SourceSpan::new((span.offset() + by).into(), span.len());
+        match &mut self {
+            SpecError::Syntax { span, .. }
+            | SpecError::MultipleDocuments { span }
+            | SpecError::Unsupported { span, .. }
+            | SpecError::TooDeep { span, .. }
+            | SpecError::NonScalarKey { span }
+            | SpecError::NotAMapping { span, .. }
+            | SpecError::UnknownKey { span, .. }
+            | SpecError::InvalidOverride { span, .. } => moved(span),
+            SpecError::DuplicateKey { first, second, .. } => {
+                first.as_mut().map(moved);
+                moved(second);
+            }
+            SpecError::UseSpec { span, other, .. } => {
+                other.as_mut().map(moved);
+                moved(span);
+            }
+            SpecError::Empty => {}
+        }
+        self
+    }
 }

@@ -166,6 +166,24 @@ impl Node {
         Some(node)
     }
 
+    /// Moves every span of the tree `by` bytes later: a spec file is parsed on its own and
+    /// then placed after the pipeline in one [`super::SourceText`].
+    pub fn shift(&mut self, by: usize) {
+        let moved = |span: Span| Span::new(span.start + by, span.end + by);
+        self.span = moved(self.span);
+        self.from_param = self.from_param.map(moved);
+        match &mut self.value {
+            Value::Scalar(_) => {}
+            Value::Seq(items) => items.iter_mut().for_each(|item| item.shift(by)),
+            Value::Map(entries) => {
+                for (key, value) in entries {
+                    key.span = moved(key.span);
+                    value.shift(by);
+                }
+            }
+        }
+    }
+
     /// A short description for "found …" messages.
     pub fn describe(&self) -> String {
         match &self.value {

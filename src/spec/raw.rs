@@ -26,6 +26,8 @@ pub struct RawPipeline {
     pub description: Option<(Key, Node)>,
     pub params: Option<(Key, Node)>,
     pub stages: Option<(Key, Node)>,
+    /// The specs `use:`d, filled in by [`super::expand_uses`].
+    pub uses: Vec<super::SpecUse>,
 }
 
 impl RawPipeline {
@@ -57,6 +59,7 @@ impl RawPipeline {
             description: None,
             params: None,
             stages: None,
+            uses: Vec::new(),
         };
         for (key, node) in entries {
             let slot = match key.value.as_str() {

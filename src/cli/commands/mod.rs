@@ -9,6 +9,7 @@ pub mod predict;
 pub mod run;
 pub mod schema;
 pub mod serve;
+pub mod spec;
 pub mod validate;
 
 use std::path::Path;

@@ -181,6 +181,7 @@ pub(crate) fn validate(
             .map(|(name, param)| (name.clone(), to_json(&param.node)))
             .collect(),
         stages,
+        specs: raw.uses.clone(),
         dependencies,
     })
 }
