@@ -16,7 +16,9 @@ use super::workspace::{
     Role,
 };
 use super::ExecError;
-use crate::cache::{ActionRecord, LockFile, LockFileError, LockedStage, ObjectStore, Store};
+use crate::cache::{
+    ActionRecord, LockFile, LockFileError, LockedSpec, LockedStage, ObjectStore, Store,
+};
 use crate::fingerprint::{
     compare, settings_digest, Digest, DirtyReason, HashCache, Manifest, StageHashable,
 };
@@ -192,6 +194,11 @@ impl<'a> Engine<'a> {
                 .any(|stage| stage.id.as_str() == name)
         });
         lock.pipeline.clone_from(&pipeline.name);
+        lock.specs = pipeline
+            .specs
+            .iter()
+            .map(|used| (used.entry.clone(), LockedSpec::of(used)))
+            .collect();
         Ok(Engine {
             pipeline,
             dag,

@@ -125,12 +125,32 @@ pub enum SpecError {
         #[label(primary, "{label}")]
         span: SourceSpan,
         label: String,
-        #[label("{other_label}")]
-        other: Option<SourceSpan>,
-        other_label: String,
+        /// A related note rather than a second label: the two places are in different files,
+        /// and miette merges labels of one snippet by line number, file or not.
+        #[related]
+        other: Vec<SpecNote>,
         #[help]
         help: String,
     },
+}
+
+/// The second place of a [`SpecError::UseSpec`].
+#[derive(Debug, Error, Diagnostic, Clone, PartialEq)]
+#[error("{label}")]
+#[diagnostic(severity(Advice))]
+pub struct SpecNote {
+    #[label("{label}")]
+    pub span: SourceSpan,
+    pub label: String,
+}
+
+impl SpecNote {
+    pub fn at(span: impl Into<SourceSpan>, label: impl Into<String>) -> Vec<SpecNote> {
+        vec![SpecNote {
+            span: span.into(),
+            label: label.into(),
+        }]
+    }
 }
 
 impl SpecError {
@@ -151,7 +171,7 @@ impl SpecError {
                 moved(second);
             }
             SpecError::UseSpec { span, other, .. } => {
-                other.as_mut().map(moved);
+                other.iter_mut().for_each(|note| moved(&mut note.span));
                 moved(span);
             }
             SpecError::Empty => {}

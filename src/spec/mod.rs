@@ -15,7 +15,7 @@ mod source_text;
 mod uses;
 
 pub use docs::{document, STARTER_SPEC};
-pub use error::SpecError;
+pub use error::{SpecError, SpecNote};
 pub use node::{
     abbreviate, parse_yaml, resolve_plain, Key, Node, Scalar, ScalarStyle, ScalarValue, Value,
     MAX_DEPTH,

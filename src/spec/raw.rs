@@ -28,6 +28,9 @@ pub struct RawPipeline {
     pub stages: Option<(Key, Node)>,
     /// The specs `use:`d, filled in by [`super::expand_uses`].
     pub uses: Vec<super::SpecUse>,
+    /// A `use:` could not be expanded (already reported): its stages are missing, so "no
+    /// stages" or an unknown upstream would be a consequence, not a problem of its own.
+    pub use_failed: bool,
 }
 
 impl RawPipeline {
@@ -60,6 +63,7 @@ impl RawPipeline {
             params: None,
             stages: None,
             uses: Vec::new(),
+            use_failed: false,
         };
         for (key, node) in entries {
             let slot = match key.value.as_str() {

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use super::error::SpecError;
+use super::error::{SpecError, SpecNote};
 use super::node::{parse_yaml, Key, Node, ScalarValue, Value};
 use super::raw::RawPipeline;
 use super::source_text::{SourceText, Span, Spanned};
@@ -281,7 +281,8 @@ impl ParamDecl {
             _ => matches!(value.value, Value::Map(_)),
         };
         if !fits {
-            return Err(format!("is {}, not a {}", value.describe(), self.ty));
+            let article = if self.ty == "int" { "an" } else { "a" };
+            return Err(format!("is {}, not {article} {}", value.describe(), self.ty));
         }
         if let (Some((low, high)), Some(number)) = (self.range, number(value)) {
             if !(low..=high).contains(&number) {
@@ -330,8 +331,7 @@ fn bad_spec(message: &str, span: Span, label: &str, help: &str) -> SpecError {
         message: message.to_owned(),
         span: span.into(),
         label: label.to_owned(),
-        other: None,
-        other_label: String::new(),
+        other: Vec::new(),
         help: help.to_owned(),
     }
 }
@@ -344,10 +344,13 @@ pub fn expand_uses(
     root: &Path,
     errors: &mut Vec<SpecError>,
 ) {
-    let Some((_, Node {
-        value: Value::Map(entries),
-        ..
-    })) = &mut raw.stages
+    let Some((
+        _,
+        Node {
+            value: Value::Map(entries),
+            ..
+        },
+    )) = &mut raw.stages
     else {
         return;
     };
@@ -360,9 +363,10 @@ pub fn expand_uses(
             expanded.push((key, body));
             continue;
         }
-        if let Some(used) = expand_one(&key, &body, source, root, &mut expanded, errors) {
-            raw.uses.push(used);
-        }
+        let before = errors.len();
+        let used = expand_one(&key, &body, source, root, &mut expanded, errors);
+        raw.use_failed |= errors.len() > before;
+        raw.uses.extend(used);
     }
     *entries = expanded;
 }
@@ -407,7 +411,8 @@ fn expand_one(
         ));
         return None;
     };
-    let text = match read_spec(&root.join(&path)) {
+    let full_path = root.join(&path);
+    let text = match read_spec(&full_path) {
         Ok(text) => text,
         Err(reason) => {
             errors.push(bad_spec(
@@ -419,7 +424,7 @@ fn expand_one(
             return None;
         }
     };
-    let base = source.push_segment(&path, &text);
+    let base = source.push_segment(&full_path.display().to_string(), &text);
     let (spec, spec_errors) = parse_spec(&text, base);
     let failed = !spec_errors.is_empty();
     errors.extend(spec_errors);
@@ -440,8 +445,7 @@ fn expand_one(
                 message: format!("spec `{}` has no stage `{}`", spec.name, key.value),
                 span: key.span.into(),
                 label: "not a stage of the spec".to_owned(),
-                other: Some(spec.stages_span.into()),
-                other_label: "the spec's stages".to_owned(),
+                other: SpecNote::at(spec.stages_span, "the spec's stages".to_owned()),
                 help: suggestion_help(&key.value, &names, "stage"),
             });
         }
@@ -551,8 +555,7 @@ fn check_settings(
                 message: format!("spec `{}` has no param `{}`", spec.name, key.value),
                 span: key.span.into(),
                 label: "not a param of the spec".to_owned(),
-                other: Some(spec.params_span.into()),
-                other_label: "the spec's params are declared here".to_owned(),
+                other: SpecNote::at(spec.params_span, "the spec's params are declared here".to_owned()),
                 help: suggestion_help(&key.value, &names, "param"),
             });
             continue;
@@ -583,8 +586,7 @@ fn check_settings(
                 ),
                 span: entry.span.into(),
                 label: "set it under `with:` here".to_owned(),
-                other: Some(decl.key.span.into()),
-                other_label: "declared here".to_owned(),
+                other: SpecNote::at(decl.key.span, "declared here".to_owned()),
                 help: format!("add `with: {{ {}: … }}`", decl.key.value),
             }),
         }
@@ -600,13 +602,12 @@ fn param_error(spec: &SpecFile, decl: &ParamDecl, span: Span, problem: &str) -> 
         ),
         span: span.into(),
         label: "invalid value".to_owned(),
-        other: Some(decl.key.span.into()),
-        other_label: format!("`{}` is declared here", decl.key.value),
+        other: SpecNote::at(decl.key.span, format!("`{}` is declared here", decl.key.value)),
         help: decl
             .description
             .clone()
-            .map_or_else(|| format!("expected a {}", decl.ty), |text| {
-                format!("expected a {}: {text}", decl.ty)
+            .map_or_else(|| format!("`{}`: {}", decl.key.value, decl.ty), |text| {
+                format!("`{}` ({}): {text}", decl.key.value, decl.ty)
             }),
     }
 }
@@ -750,8 +751,7 @@ fn declared<'a>(
             message: format!("spec `{}` has no param `{}` to sweep", spec.name, key.value),
             span: key.span.into(),
             label: "not a param of the spec".to_owned(),
-            other: Some(spec.params_span.into()),
-            other_label: "the spec's params are declared here".to_owned(),
+            other: SpecNote::at(spec.params_span, "the spec's params are declared here".to_owned()),
             help: suggestion_help(&key.value, &names, "param"),
         });
     }
@@ -934,8 +934,7 @@ fn lookup<'a>(
             message: format!("spec `{}` uses undeclared param `{name}`", spec.name),
             span: span.into(),
             label: "not declared under `params:`".to_owned(),
-            other: Some(spec.params_span.into()),
-            other_label: "the spec's params".to_owned(),
+            other: SpecNote::at(spec.params_span, "the spec's params".to_owned()),
             help: suggestion_help(name, &names, "param"),
         });
     }

@@ -132,7 +132,7 @@ pub(crate) fn validate(
         ));
         return None;
     };
-    if stage_entries.is_empty() {
+    if stage_entries.is_empty() && !raw.use_failed {
         errors.push(ModelError::MissingKey {
             key: "stages".to_owned(),
             place: "the pipeline".to_owned(),
