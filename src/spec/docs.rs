@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::node::Node;
+use super::node::{Node, Value};
 use super::uses::SpecFile;
 
 /// The params of `spec` as text (`markdown == false`) or as a Markdown section for a team's
@@ -20,24 +20,25 @@ pub fn document(spec: &SpecFile, markdown: bool) -> String {
         .map(|decl| {
             let allowed = match (&decl.range, decl.choices.is_empty()) {
                 (Some((low, high)), _) => format!("[{low}, {high}]"),
-                (None, false) => decl
-                    .choices
-                    .iter()
-                    .map(show)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                (None, false) => decl.choices.iter().map(show).collect::<Vec<_>>().join(", "),
                 (None, true) => String::new(),
             };
             [
                 decl.key.value.clone(),
                 decl.ty.clone(),
-                decl.default.as_ref().map_or_else(|| "(required)".to_owned(), show),
+                decl.default
+                    .as_ref()
+                    .map_or_else(|| "(required)".to_owned(), show),
                 allowed,
                 decl.description.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    let stages: Vec<&str> = spec.stages.iter().map(|(key, _)| key.value.as_str()).collect();
+    let stages: Vec<&str> = spec
+        .stages
+        .iter()
+        .map(|(key, _)| key.value.as_str())
+        .collect();
     // `write!` into a String cannot fail.
     if markdown {
         let _ = writeln!(out, "## Spec `{}`{version}\n", spec.name);
@@ -80,9 +81,23 @@ pub fn document(spec: &SpecFile, markdown: bool) -> String {
     out
 }
 
+/// A value as one line of flow YAML (`{ name: lora, r: 8 }`).
 fn show(node: &Node) -> String {
-    node.as_scalar()
-        .map_or_else(|| node.describe(), |scalar| scalar.text.clone())
+    match &node.value {
+        Value::Scalar(scalar) => scalar.text.clone(),
+        Value::Seq(items) => format!(
+            "[{}]",
+            items.iter().map(show).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Map(entries) => format!(
+            "{{ {} }}",
+            entries
+                .iter()
+                .map(|(key, value)| format!("{}: {}", key.value, show(value)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 fn backticked(names: &[&str]) -> String {

@@ -156,7 +156,9 @@ impl SpecNote {
 impl SpecError {
     /// The same error with every span `by` bytes later (see [`super::Node::shift`]).
     pub fn shifted(mut self, by: usize) -> SpecError {
-        let moved = |span: &mut SourceSpan| *span = SourceSpan::new((span.offset() + by).into(), span.len());
+        let moved = |span: &mut SourceSpan| {
+            *span = SourceSpan::new((span.offset() + by).into(), span.len())
+        };
         match &mut self {
             SpecError::Syntax { span, .. }
             | SpecError::MultipleDocuments { span }

@@ -282,7 +282,11 @@ impl ParamDecl {
         };
         if !fits {
             let article = if self.ty == "int" { "an" } else { "a" };
-            return Err(format!("is {}, not {article} {}", value.describe(), self.ty));
+            return Err(format!(
+                "is {}, not {article} {}",
+                value.describe(),
+                self.ty
+            ));
         }
         if let (Some((low, high)), Some(number)) = (self.range, number(value)) {
             if !(low..=high).contains(&number) {
@@ -411,7 +415,12 @@ fn expand_one(
         ));
         return None;
     };
-    let full_path = root.join(&path);
+    // Named as the user would type it: `specs/x.yaml` beside a pipeline in `.`, not `./specs/…`.
+    let full_path = if root == Path::new(".") {
+        Path::new(&path).to_path_buf()
+    } else {
+        root.join(&path)
+    };
     let text = match read_spec(&full_path) {
         Ok(text) => text,
         Err(reason) => {
@@ -474,7 +483,11 @@ fn expand_one(
             }
         };
         let mut values = with.clone();
-        values.extend(variant.iter().map(|(name, node)| (name.clone(), node.clone())));
+        values.extend(
+            variant
+                .iter()
+                .map(|(name, node)| (name.clone(), node.clone())),
+        );
         let mut stages = Vec::with_capacity(spec.stages.len());
         for (key, stage) in &spec.stages {
             let name = stage_name(&key.value);
@@ -484,8 +497,7 @@ fn expand_one(
                 continue;
             }
             let mut stage = stage.clone();
-            if let Some((_, changes)) = stage_overrides.iter().find(|(k, _)| k.value == key.value)
-            {
+            if let Some((_, changes)) = stage_overrides.iter().find(|(k, _)| k.value == key.value) {
                 merge(&mut stage, changes);
             }
             substitute(&mut stage, &spec, &values, errors);
@@ -528,7 +540,10 @@ fn mapping<'a>(
     let entries = node.as_map();
     if entries.is_none() {
         errors.push(bad_spec(
-            &format!("`{key}` of a `use:` must be a mapping, not {}", node.describe()),
+            &format!(
+                "`{key}` of a `use:` must be a mapping, not {}",
+                node.describe()
+            ),
             node.span,
             "expected `name: value` entries",
             "write e.g. `with: { learning_rate: 1e-4 }`",
@@ -555,7 +570,10 @@ fn check_settings(
                 message: format!("spec `{}` has no param `{}`", spec.name, key.value),
                 span: key.span.into(),
                 label: "not a param of the spec".to_owned(),
-                other: SpecNote::at(spec.params_span, "the spec's params are declared here".to_owned()),
+                other: SpecNote::at(
+                    spec.params_span,
+                    "the spec's params are declared here".to_owned(),
+                ),
                 help: suggestion_help(&key.value, &names, "param"),
             });
             continue;
@@ -602,13 +620,14 @@ fn param_error(spec: &SpecFile, decl: &ParamDecl, span: Span, problem: &str) -> 
         ),
         span: span.into(),
         label: "invalid value".to_owned(),
-        other: SpecNote::at(decl.key.span, format!("`{}` is declared here", decl.key.value)),
-        help: decl
-            .description
-            .clone()
-            .map_or_else(|| format!("`{}`: {}", decl.key.value, decl.ty), |text| {
-                format!("`{}` ({}): {text}", decl.key.value, decl.ty)
-            }),
+        other: SpecNote::at(
+            decl.key.span,
+            format!("`{}` is declared here", decl.key.value),
+        ),
+        help: decl.description.clone().map_or_else(
+            || format!("`{}`: {}", decl.key.value, decl.ty),
+            |text| format!("`{}` ({}): {text}", decl.key.value, decl.ty),
+        ),
     }
 }
 
@@ -751,7 +770,10 @@ fn declared<'a>(
             message: format!("spec `{}` has no param `{}` to sweep", spec.name, key.value),
             span: key.span.into(),
             label: "not a param of the spec".to_owned(),
-            other: SpecNote::at(spec.params_span, "the spec's params are declared here".to_owned()),
+            other: SpecNote::at(
+                spec.params_span,
+                "the spec's params are declared here".to_owned(),
+            ),
             help: suggestion_help(&key.value, &names, "param"),
         });
     }
@@ -788,7 +810,11 @@ fn varying_stages<'a>(spec: &'a SpecFile, swept: &BTreeSet<&str>) -> BTreeSet<&'
     let mut varies: BTreeSet<&str> = spec
         .stages
         .iter()
-        .filter(|(_, stage)| references(stage).iter().any(|name| swept.contains(name.as_str())))
+        .filter(|(_, stage)| {
+            references(stage)
+                .iter()
+                .any(|name| swept.contains(name.as_str()))
+        })
         .map(|(key, _)| key.value.as_str())
         .collect();
     // Inputs point upstream; iterate to a fixed point (specs are a handful of stages).
@@ -842,7 +868,10 @@ fn merge(stage: &mut Node, changes: &Node) {
     match (&mut stage.value, &changes.value) {
         (Value::Map(entries), Value::Map(updates)) => {
             for (key, update) in updates {
-                match entries.iter_mut().find(|(existing, _)| existing.value == key.value) {
+                match entries
+                    .iter_mut()
+                    .find(|(existing, _)| existing.value == key.value)
+                {
                     Some((_, existing)) => merge(existing, update),
                     None => entries.push((key.clone(), update.clone())),
                 }
@@ -897,12 +926,15 @@ fn substitute(
                 };
                 if escaped {
                     output.push_str(&rest[position..position + "${spec.".len() + end + 1]);
-                } else if let Some(value) = lookup(&after[..end], node.span, spec, values, errors)
-                {
+                } else if let Some(value) = lookup(&after[..end], node.span, spec, values, errors) {
                     match value.as_scalar() {
                         Some(scalar) => output.push_str(&scalar.text),
                         None => errors.push(bad_spec(
-                            &format!("`{}` is {}, which cannot be spliced into text", &after[..end], value.describe()),
+                            &format!(
+                                "`{}` is {}, which cannot be spliced into text",
+                                &after[..end],
+                                value.describe()
+                            ),
                             node.span,
                             "used inside text",
                             "use a list or mapping param only as a whole value",
@@ -955,7 +987,11 @@ fn rename_inputs(stage: &mut Node, spec: &SpecFile, stage_name: &dyn Fn(&str) ->
         };
         for (_, upstream) in slots.iter_mut() {
             if let Value::Scalar(scalar) = &mut upstream.value {
-                if spec.stages.iter().any(|(name, _)| name.value == scalar.text) {
+                if spec
+                    .stages
+                    .iter()
+                    .any(|(name, _)| name.value == scalar.text)
+                {
                     scalar.text = stage_name(&scalar.text);
                 }
             }

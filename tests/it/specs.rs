@@ -72,8 +72,18 @@ fn an_error_inside_a_spec_names_the_use_site() {
 #[test]
 fn a_matrix_expands_variants_and_shares_upstream_stages() {
     let pipeline = load("sweep").expect("valid");
-    let names: Vec<&str> = pipeline.stages.iter().map(|stage| stage.id.as_str()).collect();
-    assert_eq!(names.iter().filter(|name| name.starts_with("config-")).count(), 6);
+    let names: Vec<&str> = pipeline
+        .stages
+        .iter()
+        .map(|stage| stage.id.as_str())
+        .collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|name| name.starts_with("config-"))
+            .count(),
+        6
+    );
     assert_eq!(names.iter().filter(|name| **name == "hello").count(), 1);
     assert_eq!(names.iter().filter(|name| **name == "upper").count(), 1);
     assert!(names.contains(&"config-epochs1-lr1e-4"), "{names:?}");
@@ -101,7 +111,10 @@ fn a_changed_spec_default_reruns_only_what_reads_it() {
     let (code, _, stderr) = taper(&["run", "uses.yaml"], dir.path());
     assert_eq!(code, 0, "{stderr}");
     let lock = std::fs::read_to_string(dir.path().join("uses.lock")).expect("lock");
-    assert!(lock.contains("specs:\n  greet:\n    path: greet.yaml\n    spec: greet"), "{lock}");
+    assert!(
+        lock.contains("specs:\n  greet:\n    path: greet.yaml\n    spec: greet"),
+        "{lock}"
+    );
 
     let spec = dir.path().join("greet.yaml");
     let text = std::fs::read_to_string(&spec).expect("spec");
@@ -109,17 +122,20 @@ fn a_changed_spec_default_reruns_only_what_reads_it() {
     let (code, stdout, stderr) = taper(&["plan", "uses.yaml"], dir.path());
     assert_eq!(code, 0, "{stderr}");
     let plan = format!("{stdout}{stderr}");
-    let runs: Vec<&str> = plan
-        .lines()
-        .filter(|line| line.contains("run"))
-        .collect();
+    let runs: Vec<&str> = plan.lines().filter(|line| line.contains("run")).collect();
     assert!(plan.contains("g-config"), "{plan}");
-    assert!(runs.iter().all(|line| !line.contains("g-hello") && !line.contains("after")), "{plan}");
+    assert!(
+        runs.iter()
+            .all(|line| !line.contains("g-hello") && !line.contains("after")),
+        "{plan}"
+    );
 }
 
 #[test]
 fn spec_show_documents_params_and_spec_new_writes_a_valid_starter() {
-    let fixtures = Path::new("tests/fixtures/specs").canonicalize().expect("dir");
+    let fixtures = Path::new("tests/fixtures/specs")
+        .canonicalize()
+        .expect("dir");
     let (code, stdout, stderr) = taper(&["spec", "show", "greet.yaml"], &fixtures);
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("spec_show_text", stdout);

@@ -18,9 +18,15 @@ pub fn run(args: &SpecArgs, printer: &Printer) -> ExitStatus {
             Err(error) => super::report_load_error(error, printer),
         },
         SpecCommand::New { file } => {
-            if let Some(parent) = file.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            if let Some(parent) = file
+                .parent()
+                .filter(|parent| !parent.as_os_str().is_empty())
+            {
                 if let Err(error) = std::fs::create_dir_all(parent) {
-                    printer.status(&format!("error: cannot create {}: {error}", parent.display()));
+                    printer.status(&format!(
+                        "error: cannot create {}: {error}",
+                        parent.display()
+                    ));
                     return ExitStatus::Error;
                 }
             }
