@@ -54,7 +54,7 @@ pub fn document(spec: &SpecFile, markdown: bool) -> String {
                 .enumerate()
                 .map(|(index, cell)| match (index, cell.is_empty()) {
                     (_, true) => String::new(),
-                    (2, false) if decl_required(cell) => cell.clone(),
+                    (2, false) if cell == REQUIRED => cell.clone(),
                     (0 | 2, false) => format!("`{}`", cell.replace('|', "\\|")),
                     _ => cell.replace('|', "\\|"),
                 })
@@ -84,10 +84,6 @@ pub fn document(spec: &SpecFile, markdown: bool) -> String {
 
 /// The default column of a param without a default.
 const REQUIRED: &str = "(required)";
-
-fn decl_required(cell: &str) -> bool {
-    cell == REQUIRED
-}
 
 /// A value as one line of flow YAML (`{ name: lora, r: 8 }`).
 fn show(node: &Node) -> String {
