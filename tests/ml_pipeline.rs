@@ -278,9 +278,20 @@ fn a_three_by_two_sweep_shares_upstream_and_trains_six_variants() {
     let first = project.taper(&["run", "sweep.yaml", "-j", "2"]);
     assert!(first.status.success(), "{}", text(&first));
     let ran = ran(&first);
-    assert_eq!(ran.iter().filter(|name| *name == "base").count(), 1, "{ran:?}");
-    assert_eq!(ran.iter().filter(|name| *name == "reviews").count(), 1, "{ran:?}");
-    let trainings: Vec<&String> = ran.iter().filter(|name| name.starts_with("finetune-")).collect();
+    assert_eq!(
+        ran.iter().filter(|name| *name == "base").count(),
+        1,
+        "{ran:?}"
+    );
+    assert_eq!(
+        ran.iter().filter(|name| *name == "reviews").count(),
+        1,
+        "{ran:?}"
+    );
+    let trainings: Vec<&String> = ran
+        .iter()
+        .filter(|name| name.starts_with("finetune-"))
+        .collect();
     assert_eq!(trainings.len(), 6, "{ran:?}");
     assert!(ran.contains(&"finetune-lr1e-3-seed2".to_owned()), "{ran:?}");
     let lock = fs::read_to_string(project.path("sweep.lock")).expect("lock");

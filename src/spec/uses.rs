@@ -850,9 +850,13 @@ fn references(node: &Node) -> Vec<String> {
             Value::Scalar(scalar) => {
                 let mut rest = scalar.text.as_str();
                 while let Some(position) = rest.find("${spec.") {
+                    // `$${spec.…}` is a literal, not a use.
+                    let escaped = position > 0 && rest.as_bytes()[position - 1] == b'$';
                     let after = &rest[position + "${spec.".len()..];
                     let Some(end) = after.find('}') else { break };
-                    names.push(after[..end].to_owned());
+                    if !escaped {
+                        names.push(after[..end].to_owned());
+                    }
                     rest = &after[end..];
                 }
             }
@@ -996,5 +1000,120 @@ fn rename_inputs(stage: &mut Node, spec: &SpecFile, stage_name: &dyn Fn(&str) ->
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse;
+
+    const SPEC: &str = "spec: s
+params:
+  n: { type: int, default: 2, range: [1, 5] }
+  word: { type: string, choices: [a, b] }
+stages:
+  one:
+    kind: command
+    run: echo ${spec.word}-$${spec.n} > one.txt
+    outs: [one.txt]
+  two:
+    kind: configure
+    with: { epochs: \"${spec.n}\" }
+    inputs: { x: one }
+";
+
+    /// Expands `pipeline` (whose stages `use:` `s.yaml`, holding [`SPEC`]).
+    fn expand(pipeline: &str) -> (RawPipeline, Vec<SpecError>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("s.yaml"), SPEC).expect("write");
+        let mut source = SourceText::new("p.yaml", pipeline, &[]);
+        let (raw, mut errors) = parse(&source);
+        let mut raw = raw.expect("a pipeline");
+        expand_uses(&mut raw, &mut source, dir.path(), &mut errors);
+        (raw, errors)
+    }
+
+    fn stage<'a>(raw: &'a RawPipeline, name: &str) -> Option<&'a Node> {
+        raw.stages.as_ref()?.1.get(name)
+    }
+
+    #[test]
+    fn a_whole_value_keeps_its_type_and_text_is_spliced() {
+        let (raw, errors) =
+            expand("stages:\n  u: { use: s.yaml, with: { word: b }, prefix: p- }\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let two = stage(&raw, "p-two").expect("prefixed");
+        let epochs = two
+            .lookup(&["with".into(), "epochs".into()])
+            .expect("epochs");
+        assert_eq!(
+            epochs.as_scalar().map(|s| s.resolve()),
+            Some(ScalarValue::Int(2))
+        );
+        // `$${spec.n}` is left for the params step, which unescapes `$${`.
+        let run = stage(&raw, "p-one")
+            .and_then(|one| one.get("run"))
+            .expect("run");
+        assert_eq!(
+            run.as_scalar().expect("text").text,
+            "echo b-$${spec.n} > one.txt"
+        );
+        let input = two.lookup(&["inputs".into(), "x".into()]).expect("input");
+        assert_eq!(input.as_scalar().expect("name").text, "p-one");
+        assert_eq!(
+            raw.uses[0].blake3,
+            blake3::hash(SPEC.as_bytes()).to_hex().to_string()
+        );
+    }
+
+    #[test]
+    fn a_missing_required_param_stops_the_use() {
+        let (raw, errors) = expand("stages:\n  u: { use: s.yaml }\n");
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            ["spec `s` needs param `word`, which has no default"],
+            "the use stops at its params"
+        );
+        assert!(raw.use_failed);
+    }
+
+    #[test]
+    fn a_matrix_crosses_excludes_and_includes() {
+        let (raw, errors) = expand(
+            "stages:\n  u:\n    use: s.yaml\n    with: { word: a }\n    matrix: { n: [1, 2, 3], exclude: [{ n: 2 }], include: [{ n: 5 }] }\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let names: Vec<&str> = raw
+            .stages
+            .as_ref()
+            .expect("stages")
+            .1
+            .as_map()
+            .expect("map")
+            .iter()
+            .map(|(key, _)| key.value.as_str())
+            .collect();
+        assert_eq!(names, ["one", "two-n1", "two-n3", "two-n5"]);
+    }
+
+    #[test]
+    fn declarations_are_checked() {
+        let (spec, errors) = parse_spec(
+            "spec: s\nparams:\n  a: { type: integer }\n  b: { type: int, default: 9, range: [1, 5] }\n  c: { default: 1 }\nstages: {}\n",
+            0,
+        );
+        assert!(spec.is_some());
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [
+                "unknown param type the string `integer`",
+                "param `a` has no `type`",
+                "the default of `b` is 9, outside its range [1, 5]",
+                "param `c` has no `type`",
+            ]
+        );
     }
 }
