@@ -38,6 +38,9 @@ pub struct LockedSpec {
     pub version: Option<String>,
     /// blake3 of the spec file's bytes.
     pub blake3: String,
+    /// Each (unswept) param's value as used, so `plan` can say which one changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
 }
 
 impl LockedSpec {
@@ -47,6 +50,11 @@ impl LockedSpec {
             spec: used.name.clone(),
             version: used.version.clone(),
             blake3: used.blake3.clone(),
+            params: used
+                .params
+                .iter()
+                .map(|(name, (value, _))| (name.clone(), value.clone()))
+                .collect(),
         }
     }
 }

@@ -208,3 +208,41 @@ pub fn render_log_tail(log: &Path, lines: &[String]) -> String {
     }
     out
 }
+
+/// For `plan`: each spec param whose value differs from the lock file's record, with the line
+/// it is now written at (`spec `greet` param `epochs`: 1 → 2 (greet.yaml:17)`), and specs
+/// whose file changed though no param did.
+pub fn render_spec_changes(
+    lock: &crate::cache::LockFile,
+    specs: &[crate::spec::SpecUse],
+) -> String {
+    let mut out = String::new();
+    for used in specs {
+        let Some(locked) = lock.specs.get(&used.entry) else {
+            continue;
+        };
+        let mut named = false;
+        for (name, (value, origin)) in &used.params {
+            match locked.params.get(name) {
+                Some(old) if old == value => {}
+                old => {
+                    named = true;
+                    let old = old.map_or("(none)", String::as_str);
+                    let _ = writeln!(
+                        out,
+                        "spec `{}` param `{name}` changed ({old} → {value}) at {origin}",
+                        used.name
+                    );
+                }
+            }
+        }
+        if !named && locked.blake3 != used.blake3 {
+            let _ = writeln!(
+                out,
+                "spec `{}` ({}) changed since the lock file; no param value did",
+                used.name, used.path
+            );
+        }
+    }
+    out
+}

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::node::{Node, Value};
+use super::node::Node;
 use super::uses::SpecFile;
 
 /// The params of `spec` as text (`markdown == false`) or as a Markdown section for a team's
@@ -20,7 +20,12 @@ pub fn document(spec: &SpecFile, markdown: bool) -> String {
         .map(|decl| {
             let allowed = match (&decl.range, decl.choices.is_empty()) {
                 (Some((low, high)), _) => format!("[{low}, {high}]"),
-                (None, false) => decl.choices.iter().map(show).collect::<Vec<_>>().join(", "),
+                (None, false) => decl
+                    .choices
+                    .iter()
+                    .map(Node::flow_text)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 (None, true) => String::new(),
             };
             [
@@ -28,7 +33,7 @@ pub fn document(spec: &SpecFile, markdown: bool) -> String {
                 decl.ty.clone(),
                 decl.default
                     .as_ref()
-                    .map_or_else(|| "(required)".to_owned(), show),
+                    .map_or_else(|| REQUIRED.to_owned(), Node::flow_text),
                 allowed,
                 decl.description.clone().unwrap_or_default(),
             ]
@@ -84,25 +89,6 @@ pub fn document(spec: &SpecFile, markdown: bool) -> String {
 
 /// The default column of a param without a default.
 const REQUIRED: &str = "(required)";
-
-/// A value as one line of flow YAML (`{ name: lora, r: 8 }`).
-fn show(node: &Node) -> String {
-    match &node.value {
-        Value::Scalar(scalar) => scalar.text.clone(),
-        Value::Seq(items) => format!(
-            "[{}]",
-            items.iter().map(show).collect::<Vec<_>>().join(", ")
-        ),
-        Value::Map(entries) => format!(
-            "{{ {} }}",
-            entries
-                .iter()
-                .map(|(key, value)| format!("{}: {}", key.value, show(value)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
 
 fn backticked(names: &[&str]) -> String {
     names

@@ -184,6 +184,29 @@ impl Node {
         }
     }
 
+    /// The value as one line of flow YAML (`{ name: lora, r: 8 }`), for docs and lock files.
+    pub fn flow_text(&self) -> String {
+        match &self.value {
+            Value::Scalar(scalar) => scalar.text.clone(),
+            Value::Seq(items) => format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(Node::flow_text)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Value::Map(entries) => format!(
+                "{{ {} }}",
+                entries
+                    .iter()
+                    .map(|(key, value)| format!("{}: {}", key.value, value.flow_text()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
     /// A short description for "found …" messages.
     pub fn describe(&self) -> String {
         match &self.value {

@@ -127,6 +127,11 @@ impl SourceText {
         start
     }
 
+    /// `file:line` of byte `offset`, the file being its segment's name.
+    pub fn location(&self, offset: usize) -> String {
+        format!("{}:{}", self.segment_of(offset).name, self.line(offset))
+    }
+
     /// Which segment holds byte `offset` (0 is the pipeline file).
     pub fn segment_index(&self, offset: usize) -> usize {
         self.inner

@@ -70,6 +70,10 @@ pub struct SpecUse {
     pub version: Option<String>,
     /// blake3 of the spec file's bytes.
     pub blake3: String,
+    /// Each param's value (flow YAML) and where it was written (`file:line`: the default in
+    /// the spec, or the `use:`'s `with:`); swept params are in [`SpecUse::variants`] instead.
+    /// The lock file keeps the values, so `plan` can name the line of a changed one.
+    pub params: BTreeMap<String, (String, String)>,
     pub variants: Vec<Variant>,
 }
 
@@ -471,6 +475,14 @@ fn expand_one(
         name: spec.name.clone(),
         version: spec.version.clone(),
         blake3: blake3::hash(text.as_bytes()).to_hex().to_string(),
+        params: with
+            .iter()
+            .filter(|(name, _)| !swept.contains(name.as_str()))
+            .map(|(name, node)| {
+                let origin = source.location(node.from_param.unwrap_or(node.span).start);
+                (name.clone(), (node.flow_text(), origin))
+            })
+            .collect(),
         variants: Vec::with_capacity(variants.len()),
     };
     for (index, variant) in variants.iter().enumerate() {

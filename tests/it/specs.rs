@@ -95,8 +95,8 @@ fn a_matrix_expands_variants_and_shares_upstream_stages() {
     assert!(variants[0].stages.contains(&"hello".to_owned()));
 }
 
-/// Changing one default of the spec reruns only the stage that reads it, and the lock file
-/// records the spec's hash.
+/// Changing one default of the spec reruns only the stage that reads it, `plan` names the
+/// spec line, and the lock file records the spec's hash and param values.
 #[test]
 fn a_changed_spec_default_reruns_only_what_reads_it() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -124,6 +124,11 @@ fn a_changed_spec_default_reruns_only_what_reads_it() {
     let plan = format!("{stdout}{stderr}");
     let runs: Vec<&str> = plan.lines().filter(|line| line.contains("run")).collect();
     assert!(plan.contains("g-config"), "{plan}");
+    // The spec line that caused it.
+    assert!(
+        plan.contains("spec `greet` param `epochs` changed (1 → 2) at greet.yaml:16"),
+        "{plan}"
+    );
     assert!(
         runs.iter()
             .all(|line| !line.contains("g-hello") && !line.contains("after")),
