@@ -534,13 +534,19 @@ fn expand_one(
 }
 
 fn read_spec(path: &Path) -> Result<String, String> {
-    let size = std::fs::metadata(path)
-        .map_err(|error| error.to_string())?
-        .len();
-    if size > MAX_SPEC_SIZE {
-        return Err(format!("{size} bytes, more than {MAX_SPEC_SIZE}"));
+    use std::io::Read;
+    let metadata = std::fs::metadata(path).map_err(|error| error.to_string())?;
+    // A FIFO or a device (`use: /dev/zero`) would block or never end.
+    if !metadata.is_file() {
+        return Err("not a regular file".to_owned());
     }
-    let bytes = std::fs::read(path).map_err(|error| error.to_string())?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_SPEC_SIZE + 1).read_to_end(&mut bytes))
+        .map_err(|error| error.to_string())?;
+    if bytes.len() as u64 > MAX_SPEC_SIZE {
+        return Err(format!("more than {MAX_SPEC_SIZE} bytes"));
+    }
     String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())
 }
 
@@ -1108,6 +1114,18 @@ stages:
             .map(|(key, _)| key.value.as_str())
             .collect();
         assert_eq!(names, ["one", "two-n1", "two-n3", "two-n5"]);
+    }
+
+    /// A device would never end, a FIFO would block: only regular files are read.
+    #[test]
+    fn a_spec_that_is_not_a_regular_file_is_refused() {
+        let (raw, errors) = expand("stages:\n  u: { use: /dev/zero }\n");
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            ["cannot read spec `/dev/zero`: not a regular file"]
+        );
+        assert!(raw.use_failed);
     }
 
     #[test]
