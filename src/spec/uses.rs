@@ -464,10 +464,11 @@ fn expand_one(
         }
     }
 
+    // Every param some variant sets (an `include` may set one no axis sweeps).
     let swept: BTreeSet<&str> = variants
-        .first()
-        .map(|variant| variant.keys().map(String::as_str).collect())
-        .unwrap_or_default();
+        .iter()
+        .flat_map(|variant| variant.keys().map(String::as_str))
+        .collect();
     let varies = varying_stages(&spec, &swept);
     let mut used = SpecUse {
         entry: entry.value.clone(),
