@@ -71,10 +71,10 @@ pub fn render_plan(pipeline: &str, plans: &[StagePlan]) -> String {
     out
 }
 
-fn quoted_list(items: &[String]) -> String {
+fn quoted_list<T: AsRef<str>>(items: &[T]) -> String {
     items
         .iter()
-        .map(|item| format!("`{item}`"))
+        .map(|item| format!("`{}`", item.as_ref()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -242,6 +242,47 @@ pub fn render_spec_changes(
                 "spec `{}` ({}) changed since the lock file; no param value did",
                 used.name, used.path
             );
+        }
+    }
+    out
+}
+
+/// For `plan`: how each swept `use:` expanded, one line per variant with its values and the
+/// stages of its own (shared stages are listed once, first).
+pub fn render_expansion(specs: &[crate::spec::SpecUse]) -> String {
+    let mut out = String::new();
+    for used in specs.iter().filter(|used| used.variants.len() > 1) {
+        let shared: Vec<&str> = used.variants[0]
+            .stages
+            .iter()
+            .filter(|stage| {
+                used.variants
+                    .iter()
+                    .all(|variant| variant.stages.contains(stage))
+            })
+            .map(String::as_str)
+            .collect();
+        let _ = writeln!(
+            out,
+            "sweep `{}` ({}): {} variants; shared: {}",
+            used.entry,
+            used.path,
+            used.variants.len(),
+            quoted_list(&shared)
+        );
+        for variant in &used.variants {
+            let values: Vec<String> = variant
+                .params
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            let own: Vec<&str> = variant
+                .stages
+                .iter()
+                .filter(|stage| !shared.contains(&stage.as_str()))
+                .map(String::as_str)
+                .collect();
+            let _ = writeln!(out, "  {}  {}", values.join(" "), quoted_list(&own));
         }
     }
     out

@@ -158,3 +158,27 @@ fn spec_show_documents_params_and_spec_new_writes_a_valid_starter() {
     let (code, _, _) = taper(&["spec", "new", "specs/team.yaml"], dir.path());
     assert_eq!(code, 2);
 }
+
+/// `taper plan` shows how a sweep expanded: the shared stages, then each variant's values.
+#[test]
+fn plan_shows_the_expansion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["greet", "sweep"] {
+        std::fs::copy(
+            format!("tests/fixtures/specs/{name}.yaml"),
+            dir.path().join(format!("{name}.yaml")),
+        )
+        .expect("copy");
+    }
+    std::fs::create_dir(dir.path().join(".taper")).expect(".taper");
+    let (code, stdout, stderr) = taper(&["plan", "sweep.yaml"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("sweep `greet` (greet.yaml): 6 variants; shared: `hello`, `upper`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  epochs=3 lr=3e-4  `config-epochs3-lr3e-4`"),
+        "{stdout}"
+    );
+}

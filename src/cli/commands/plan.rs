@@ -27,6 +27,7 @@ pub fn run(args: &PlanArgs, printer: &Printer) -> ExitStatus {
             }
         };
     printer.data(&report::render_plan(&pipeline.name, &plans));
+    printer.data(&report::render_expansion(&pipeline.specs));
     if let Some(lock) = LockFile::load(&LockFile::path_for(&pipeline.path)) {
         printer.data(&report::render_spec_changes(&lock, &pipeline.specs));
     }
