@@ -60,6 +60,12 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Shared spec workflows: document one (`show`), or start one (`new`).
     Spec(SpecArgs),
+    /// Print a shell completion script (e.g. `taper completions bash > ~/.local/share/bash-completion/completions/taper`).
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, clap::Args)]

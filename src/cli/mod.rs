@@ -109,5 +109,6 @@ pub fn run(args: Args, printer: &Printer) -> ExitStatus {
         Command::Serve(args) => commands::serve::run(&args, printer),
         Command::Explain(args) => commands::explain::run(&args, printer),
         Command::Spec(args) => commands::spec::run(&args, printer),
+        Command::Completions { shell } => commands::completions::run(shell, printer),
     }
 }

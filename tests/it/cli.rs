@@ -137,3 +137,18 @@ fn explain_prints_each_word_with_its_score() {
     assert_eq!(code, 2);
     assert!(stderr.contains("taper::explain::not_a_model"), "{stderr}");
 }
+
+/// `taper completions SHELL` prints a script that knows the subcommands, new ones included.
+#[test]
+fn completions_know_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, stdout, stderr) = taper(&["completions", shell]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stdout.contains("validate") && stdout.contains("spec"),
+            "{shell}: {stdout}"
+        );
+    }
+    let (code, _, _) = taper(&["completions", "tcsh"]);
+    assert_eq!(code, 2);
+}

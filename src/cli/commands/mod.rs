@@ -1,6 +1,7 @@
 //! One file per subcommand; each exposes `run(&Args, &Printer) -> ExitStatus`.
 
 pub mod cache;
+pub mod completions;
 pub mod dag;
 pub mod explain;
 pub mod metrics;
