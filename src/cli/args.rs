@@ -180,6 +180,10 @@ pub struct ValidateArgs {
     /// Override a setting before validation: `stage.key=value` or `params.name=value`.
     #[arg(short = 'S', long = "set", value_name = "STAGE.KEY=VALUE")]
     pub overrides: Vec<Override>,
+    /// One JSON object per file on stdout (`file`, `ok`, `pipeline`, `stages`, `errors` with
+    /// code, message, help and labelled file/line/column), instead of rendered diagnostics.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

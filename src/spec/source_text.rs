@@ -129,7 +129,12 @@ impl SourceText {
 
     /// `file:line` of byte `offset`, the file being its segment's name.
     pub fn location(&self, offset: usize) -> String {
-        format!("{}:{}", self.segment_of(offset).name, self.line(offset))
+        format!("{}:{}", self.segment_name(offset), self.line(offset))
+    }
+
+    /// The name of the segment holding byte `offset` (the pipeline, an override, a spec).
+    pub fn segment_name(&self, offset: usize) -> &str {
+        &self.segment_of(offset).name
     }
 
     /// Which segment holds byte `offset` (0 is the pipeline file).

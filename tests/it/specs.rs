@@ -182,3 +182,31 @@ fn plan_shows_the_expansion() {
         "{stdout}"
     );
 }
+
+/// `taper validate --json`: one object per file; each error with its code and every label's
+/// file, line and column, the spec's included.
+#[test]
+fn validate_json_lists_errors_with_both_files() {
+    let fixtures = Path::new("tests/fixtures/specs")
+        .canonicalize()
+        .expect("dir");
+    let (code, stdout, stderr) = taper(
+        &["validate", "--json", "uses.yaml", "bad-use.yaml"],
+        &fixtures,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["ok"], true);
+    assert_eq!(records[0]["stages"], 4);
+    let errors = records[1]["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 4);
+    assert_eq!(errors[0]["code"], "taper::spec::use_spec");
+    assert_eq!(errors[0]["labels"][0]["file"], "bad-use.yaml");
+    assert_eq!(errors[0]["labels"][0]["line"], 7);
+    assert_eq!(errors[0]["labels"][1]["file"], "greet.yaml");
+    assert_eq!(errors[0]["labels"][1]["line"], 4);
+}
