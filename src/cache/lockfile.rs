@@ -20,8 +20,43 @@ use crate::model::StageKind;
 pub struct LockFile {
     pub version: u32,
     pub pipeline: String,
+    /// The shared specs used, by `use:` entry: a changed spec shows in `git diff` of the lock
+    /// file even before anything reruns. Absent for pipelines without `use:`, so their lock
+    /// files are unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub specs: BTreeMap<String, LockedSpec>,
     #[serde(default)]
     pub stages: BTreeMap<String, LockedStage>,
+}
+
+/// A spec file a pipeline used, as it was when the lock file was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedSpec {
+    pub path: String,
+    pub spec: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// blake3 of the spec file's bytes.
+    pub blake3: String,
+    /// Each (unswept) param's value as used, so `plan` can say which one changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+}
+
+impl LockedSpec {
+    pub fn of(used: &crate::spec::SpecUse) -> LockedSpec {
+        LockedSpec {
+            path: used.path.clone(),
+            spec: used.name.clone(),
+            version: used.version.clone(),
+            blake3: used.blake3.clone(),
+            params: used
+                .params
+                .iter()
+                .map(|(name, (value, _))| (name.clone(), value.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// One stage's last successful result.
@@ -69,6 +104,7 @@ impl LockFile {
         LockFile {
             version: 1,
             pipeline: pipeline.to_owned(),
+            specs: BTreeMap::new(),
             stages: BTreeMap::new(),
         }
     }

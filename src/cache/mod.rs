@@ -62,7 +62,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fingerprint::{Digest, HashCache, Manifest, StageHashable};
 
-pub use lockfile::{LockFile, LockFileError, LockedStage};
+pub use lockfile::{LockFile, LockFileError, LockedSpec, LockedStage};
 pub use maintenance::{ActionListing, BucketUsage, GcReport, VerifyReport};
 
 /// Failures of the store itself (permissions, a full disk), never cache misses.

@@ -58,6 +58,39 @@ pub enum Command {
     /// Show which words made a trained model predict what it did for one text (word
     /// attributions, as the `explain` stage computes them).
     Explain(ExplainArgs),
+    /// Shared spec workflows: document one (`show`), or start one (`new`).
+    Spec(SpecArgs),
+    /// Print a shell completion script (e.g. `taper completions bash > ~/.local/share/bash-completion/completions/taper`).
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SpecArgs {
+    #[command(subcommand)]
+    pub command: SpecCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpecCommand {
+    /// Document a spec's params (type, default, allowed values, description).
+    Show {
+        /// The spec file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Markdown, for a team's docs.
+        #[arg(long)]
+        md: bool,
+    },
+    /// Write a commented starter spec (refuses to overwrite a file).
+    New {
+        /// Where to write it.
+        #[arg(value_name = "FILE", default_value = "specs/my-spec.yaml")]
+        file: PathBuf,
+    },
 }
 
 impl Command {
@@ -71,7 +104,9 @@ impl Command {
             | Command::Schema
             | Command::Plan(_)
             | Command::Cache(_)
-            | Command::Metrics(_) => false,
+            | Command::Metrics(_)
+            | Command::Spec(_)
+            | Command::Completions { .. } => false,
         }
     }
 }
@@ -201,6 +236,10 @@ pub struct ValidateArgs {
     /// Override a setting before validation: `stage.key=value` or `params.name=value`.
     #[arg(short = 'S', long = "set", value_name = "STAGE.KEY=VALUE")]
     pub overrides: Vec<Override>,
+    /// One JSON object per file on stdout (`file`, `ok`, `pipeline`, `stages`, `errors` with
+    /// code, message, help and labelled file/line/column), instead of rendered diagnostics.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -17,7 +17,9 @@ use super::workspace::{
 };
 use super::ExecError;
 use crate::cache::remote::{Remote, RemoteError, TransferReport};
-use crate::cache::{ActionRecord, LockFile, LockFileError, LockedStage, ObjectStore, Store};
+use crate::cache::{
+    ActionRecord, LockFile, LockFileError, LockedSpec, LockedStage, ObjectStore, Store,
+};
 use crate::fingerprint::{
     compare, settings_digest, Digest, DirtyReason, HashCache, Manifest, StageHashable,
 };
@@ -207,6 +209,11 @@ impl<'a> Engine<'a> {
                 .any(|stage| stage.id.as_str() == name)
         });
         lock.pipeline.clone_from(&pipeline.name);
+        lock.specs = pipeline
+            .specs
+            .iter()
+            .map(|used| (used.entry.clone(), LockedSpec::of(used)))
+            .collect();
         Ok(Engine {
             pipeline,
             dag,

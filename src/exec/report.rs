@@ -71,10 +71,10 @@ pub fn render_plan(pipeline: &str, plans: &[StagePlan]) -> String {
     out
 }
 
-fn quoted_list(items: &[String]) -> String {
+fn quoted_list<T: AsRef<str>>(items: &[T]) -> String {
     items
         .iter()
-        .map(|item| format!("`{item}`"))
+        .map(|item| format!("`{}`", item.as_ref()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -205,6 +205,85 @@ pub fn render_log_tail(log: &Path, lines: &[String]) -> String {
     let mut out = format!("last lines of `{}`:\n", log.display());
     for line in lines {
         let _ = writeln!(out, "  | {line}");
+    }
+    out
+}
+
+/// For `plan`: each spec param whose value differs from the lock file's record, with the line
+/// it is now written at (`spec `greet` param `epochs`: 1 → 2 (greet.yaml:17)`), and specs
+/// whose file changed though no param did.
+pub fn render_spec_changes(
+    lock: &crate::cache::LockFile,
+    specs: &[crate::spec::SpecUse],
+) -> String {
+    let mut out = String::new();
+    for used in specs {
+        let Some(locked) = lock.specs.get(&used.entry) else {
+            continue;
+        };
+        let mut named = false;
+        for (name, (value, origin)) in &used.params {
+            match locked.params.get(name) {
+                Some(old) if old == value => {}
+                old => {
+                    named = true;
+                    let old = old.map_or("(none)", String::as_str);
+                    let _ = writeln!(
+                        out,
+                        "spec `{}` param `{name}` changed ({old} → {value}) at {origin}",
+                        used.name
+                    );
+                }
+            }
+        }
+        if !named && locked.blake3 != used.blake3 {
+            let _ = writeln!(
+                out,
+                "spec `{}` ({}) changed since the lock file; no param value did",
+                used.name, used.path
+            );
+        }
+    }
+    out
+}
+
+/// For `plan`: how each swept `use:` expanded, one line per variant with its values and the
+/// stages of its own (shared stages are listed once, first).
+pub fn render_expansion(specs: &[crate::spec::SpecUse]) -> String {
+    let mut out = String::new();
+    for used in specs.iter().filter(|used| used.variants.len() > 1) {
+        let shared: Vec<&str> = used.variants[0]
+            .stages
+            .iter()
+            .filter(|stage| {
+                used.variants
+                    .iter()
+                    .all(|variant| variant.stages.contains(stage))
+            })
+            .map(String::as_str)
+            .collect();
+        let _ = writeln!(
+            out,
+            "sweep `{}` ({}): {} variants; shared: {}",
+            used.entry,
+            used.path,
+            used.variants.len(),
+            quoted_list(&shared)
+        );
+        for variant in &used.variants {
+            let values: Vec<String> = variant
+                .params
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            let own: Vec<&str> = variant
+                .stages
+                .iter()
+                .filter(|stage| !shared.contains(&stage.as_str()))
+                .map(String::as_str)
+                .collect();
+            let _ = writeln!(out, "  {}  {}", values.join(" "), quoted_list(&own));
+        }
     }
     out
 }

@@ -286,6 +286,7 @@ impl Pipeline {
             root,
             params: Default::default(),
             stages,
+            specs: Vec::new(),
             dependencies,
         })
     }

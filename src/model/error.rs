@@ -59,6 +59,52 @@ pub enum LoadError {
 }
 
 impl LoadError {
+    /// Every problem as JSON, for `taper validate --json`: code, message, help, and each label
+    /// with its file (pipeline, override or spec), line and column.
+    pub fn to_json(&self) -> serde_json::Value {
+        let LoadError::Invalid {
+            source_code,
+            errors,
+            ..
+        } = self
+        else {
+            return serde_json::json!([{ "code": null, "message": self.to_string() }]);
+        };
+        let problems: Vec<serde_json::Value> = errors
+            .errors
+            .iter()
+            .map(|error| {
+                // A related note (a spec's declaration for an error at its `use:`) is a second
+                // place of the same problem: its labels are listed with the error's own.
+                let related = miette::Diagnostic::related(error)
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|note| note.labels().into_iter().flatten());
+                let labels: Vec<serde_json::Value> = miette::Diagnostic::labels(error)
+                    .into_iter()
+                    .flatten()
+                    .chain(related)
+                    .map(|label| {
+                        let (line, column) = source_code.line_column(label.offset());
+                        serde_json::json!({
+                            "file": source_code.segment_name(label.offset()),
+                            "line": line,
+                            "column": column,
+                            "label": label.label(),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "code": miette::Diagnostic::code(error).map(|code| code.to_string()),
+                    "message": error.to_string(),
+                    "help": miette::Diagnostic::help(error).map(|help| help.to_string()),
+                    "labels": labels,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(problems)
+    }
+
     /// The individual problems (empty for read errors).
     pub fn errors(&self) -> &[ModelError] {
         match self {
@@ -317,8 +363,11 @@ impl ModelError {
     /// Drops far-away secondary labels, naming their line instead (see [`NEAR_LINES`]).
     pub(crate) fn compact_labels(&mut self, source: &SourceText) {
         let line = |span: &SourceSpan| source.line(span.offset());
+        // Labels in different segments (a spec and the pipeline `use:`ing it) are drawn as
+        // separate snippets, so their distance does not matter.
         let far = |secondary: &SourceSpan, primary: &SourceSpan| {
-            line(secondary).abs_diff(line(primary)) > NEAR_LINES
+            source.segment_index(secondary.offset()) == source.segment_index(primary.offset())
+                && line(secondary).abs_diff(line(primary)) > NEAR_LINES
         };
         match self {
             ModelError::Spec(SpecError::DuplicateKey {

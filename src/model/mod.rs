@@ -72,6 +72,35 @@ pub fn load_file(path: &Path, overrides: &[Override]) -> Result<Pipeline, LoadEr
     load_str(path, &text, root, overrides)
 }
 
+/// Reads and checks a spec file on its own, for `taper spec show` (its stages are checked
+/// when a pipeline `use:`s it, with that pipeline's values).
+pub fn load_spec_file(path: &Path) -> Result<spec::SpecFile, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    let name = path.display().to_string();
+    let source = spec::SourceText::new(&name, &text, &[]);
+    let (spec, errors) = spec::parse_spec(&text, 0);
+    match spec {
+        Some(spec) if errors.is_empty() => Ok(spec),
+        _ => Err(LoadError::Invalid {
+            name,
+            summary: match errors.len() {
+                1 => "1 error".to_owned(),
+                count => format!("{count} errors"),
+            },
+            source_code: source,
+            errors: errors
+                .into_iter()
+                .map(ModelError::from)
+                .collect::<Vec<_>>()
+                .into(),
+        }),
+    }
+}
+
 /// Parses and validates pipeline text; `path` names it in diagnostics and in [`Pipeline::path`].
 pub fn load_str(
     path: &Path,
@@ -87,11 +116,16 @@ pub fn load_str(
         .iter()
         .map(|item| ("command-line override".to_owned(), item.text.clone()))
         .collect();
-    let source = spec::SourceText::new(&name, text, &segments);
+    let mut source = spec::SourceText::new(&name, text, &segments);
     let (raw, spec_errors) = spec::parse(&source);
     let mut errors: Vec<ModelError> = spec_errors.into_iter().map(ModelError::from).collect();
     let mut pipeline = None;
     if let Some(mut raw) = raw {
+        // Overrides address the pipeline as written (`-S tc-train.epochs=3` names an expanded
+        // stage only after expansion), so specs are expanded first.
+        let mut use_errors = Vec::new();
+        spec::expand_uses(&mut raw, &mut source, &root, &mut use_errors);
+        errors.extend(use_errors.into_iter().map(ModelError::from));
         for (index, item) in overrides.iter().enumerate() {
             let base = source
                 .segment_start(index)
@@ -192,6 +226,9 @@ pub struct Pipeline {
     /// Resolved pipeline-level params, for display; stages already have them substituted.
     pub params: BTreeMap<String, serde_json::Value>,
     pub stages: Vec<Stage>,
+    /// The shared specs the pipeline `use:`s, with their content hashes (for the lock file).
+    #[serde(skip)]
+    pub specs: Vec<spec::SpecUse>,
     /// The edges, derived once from the stages (see [`Pipeline::dependencies`]); private so
     /// that a pipeline cannot be built with edges that disagree with its stages.
     #[serde(skip)]

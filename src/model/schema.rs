@@ -246,6 +246,31 @@ fn stage(kind: StageKind) -> Value {
 }
 
 /// The schema as a JSON value.
+/// A `use:` entry in `stages:` (see `spec::expand_uses`): replaced by a spec's stages.
+fn use_entry() -> Value {
+    let values = json!({ "type": "object", "description": "Spec param → value.", "propertyNames": { "pattern": "^[A-Za-z_][A-Za-z0-9_-]*$" } });
+    object(
+        "Use a shared spec: its stages are added here, with these param values.",
+        json!({
+            "use": string("The spec file, relative to the pipeline."),
+            "description": string("What this use is for."),
+            "with": values,
+            "prefix": string("Prepended to the name of each of the spec's stages."),
+            "stages": { "type": "object", "description": "Spec stage → settings merged into it (e.g. `{ train: { with: { max_steps: 10 } } }`).", "additionalProperties": { "type": "object" } },
+            "matrix": {
+                "type": "object",
+                "description": "A sweep: spec param → list of values (the cross product), less `exclude`, plus `include`. Stages that read no swept param exist once.",
+                "properties": {
+                    "include": { "type": "array", "items": { "type": "object" } },
+                    "exclude": { "type": "array", "items": { "type": "object" } },
+                },
+                "additionalProperties": { "type": "array" },
+            },
+        }),
+        &["use"],
+    )
+}
+
 pub fn schema() -> Value {
     let branches: Vec<Value> = StageKind::ALL
         .iter()
@@ -260,6 +285,8 @@ pub fn schema() -> Value {
         .iter()
         .map(|kind| (kind.as_str().to_owned(), stage(*kind)))
         .collect();
+    let mut definitions = definitions;
+    definitions.insert("use".to_owned(), use_entry());
     let kinds: Vec<&str> = StageKind::ALL.iter().map(|kind| kind.as_str()).collect();
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -283,10 +310,15 @@ pub fn schema() -> Value {
                 "description": "Stages in file order; each key is the stage's name.",
                 "propertyNames": { "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]*$" },
                 "additionalProperties": {
-                    "type": "object",
-                    "required": ["kind"],
-                    "properties": { "kind": { "enum": kinds } },
-                    "allOf": branches,
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["kind"],
+                            "properties": { "kind": { "enum": kinds } },
+                            "allOf": branches,
+                        },
+                        { "$ref": "#/$defs/use" },
+                    ],
                 },
             },
         },

@@ -115,4 +115,69 @@ pub enum SpecError {
         #[help]
         help: String,
     },
+
+    /// A problem with a `use:` of a spec or inside the spec file; `other` is the second place
+    /// (the declaration in the spec for a bad value at the `use:`, and so on).
+    #[error("{message}")]
+    #[diagnostic(code(taper::spec::use_spec))]
+    UseSpec {
+        message: String,
+        #[label(primary, "{label}")]
+        span: SourceSpan,
+        label: String,
+        /// A related note rather than a second label: the two places are in different files,
+        /// and miette merges labels of one snippet by line number, file or not.
+        #[related]
+        other: Vec<SpecNote>,
+        #[help]
+        help: String,
+    },
+}
+
+/// The second place of a [`SpecError::UseSpec`].
+#[derive(Debug, Error, Diagnostic, Clone, PartialEq)]
+#[error("{label}")]
+#[diagnostic(severity(Advice))]
+pub struct SpecNote {
+    #[label("{label}")]
+    pub span: SourceSpan,
+    pub label: String,
+}
+
+impl SpecNote {
+    pub fn at(span: impl Into<SourceSpan>, label: impl Into<String>) -> Vec<SpecNote> {
+        vec![SpecNote {
+            span: span.into(),
+            label: label.into(),
+        }]
+    }
+}
+
+impl SpecError {
+    /// The same error with every span `by` bytes later (see [`super::Node::shift`]).
+    pub fn shifted(mut self, by: usize) -> SpecError {
+        let moved = |span: &mut SourceSpan| {
+            *span = SourceSpan::new((span.offset() + by).into(), span.len())
+        };
+        match &mut self {
+            SpecError::Syntax { span, .. }
+            | SpecError::MultipleDocuments { span }
+            | SpecError::Unsupported { span, .. }
+            | SpecError::TooDeep { span, .. }
+            | SpecError::NonScalarKey { span }
+            | SpecError::NotAMapping { span, .. }
+            | SpecError::UnknownKey { span, .. }
+            | SpecError::InvalidOverride { span, .. } => moved(span),
+            SpecError::DuplicateKey { first, second, .. } => {
+                first.as_mut().map(moved);
+                moved(second);
+            }
+            SpecError::UseSpec { span, other, .. } => {
+                other.iter_mut().for_each(|note| moved(&mut note.span));
+                moved(span);
+            }
+            SpecError::Empty => {}
+        }
+        self
+    }
 }

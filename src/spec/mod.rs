@@ -7,18 +7,25 @@
 //! raised. `-S` overrides ([`Override`]) are applied here, to the raw layer, so a bad
 //! override is reported exactly like a bad line of the file.
 
+mod docs;
 mod error;
 mod node;
 mod raw;
 mod source_text;
+mod uses;
 
-pub use error::SpecError;
+pub use docs::{document, STARTER_SPEC};
+pub use error::{SpecError, SpecNote};
 pub use node::{
     abbreviate, parse_yaml, resolve_plain, Key, Node, Scalar, ScalarStyle, ScalarValue, Value,
     MAX_DEPTH,
 };
 pub use raw::{Override, OverrideParseError, RawPipeline, TOP_LEVEL_KEYS};
 pub use source_text::{SourceText, Span, Spanned};
+pub use uses::{
+    expand_uses, parse_spec, ParamDecl, SpecFile, SpecUse, Variant, MAX_VARIANTS, PARAM_TYPES,
+    USE_KEYS,
+};
 
 /// Parses the file part of `source`: the raw pipeline when the YAML could be read (possibly
 /// with errors about parts of it), and every error found.

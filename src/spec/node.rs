@@ -166,6 +166,47 @@ impl Node {
         Some(node)
     }
 
+    /// Moves every span of the tree `by` bytes later: a spec file is parsed on its own and
+    /// then placed after the pipeline in one [`super::SourceText`].
+    pub fn shift(&mut self, by: usize) {
+        let moved = |span: Span| Span::new(span.start + by, span.end + by);
+        self.span = moved(self.span);
+        self.from_param = self.from_param.map(moved);
+        match &mut self.value {
+            Value::Scalar(_) => {}
+            Value::Seq(items) => items.iter_mut().for_each(|item| item.shift(by)),
+            Value::Map(entries) => {
+                for (key, value) in entries {
+                    key.span = moved(key.span);
+                    value.shift(by);
+                }
+            }
+        }
+    }
+
+    /// The value as one line of flow YAML (`{ name: lora, r: 8 }`), for docs and lock files.
+    pub fn flow_text(&self) -> String {
+        match &self.value {
+            Value::Scalar(scalar) => scalar.text.clone(),
+            Value::Seq(items) => format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(Node::flow_text)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Value::Map(entries) => format!(
+                "{{ {} }}",
+                entries
+                    .iter()
+                    .map(|(key, value)| format!("{}: {}", key.value, value.flow_text()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
     /// A short description for "found …" messages.
     pub fn describe(&self) -> String {
         match &self.value {

@@ -26,6 +26,11 @@ pub struct RawPipeline {
     pub description: Option<(Key, Node)>,
     pub params: Option<(Key, Node)>,
     pub stages: Option<(Key, Node)>,
+    /// The specs `use:`d, filled in by [`super::expand_uses`].
+    pub uses: Vec<super::SpecUse>,
+    /// A `use:` could not be expanded (already reported): its stages are missing, so "no
+    /// stages" or an unknown upstream would be a consequence, not a problem of its own.
+    pub use_failed: bool,
 }
 
 impl RawPipeline {
@@ -57,6 +62,8 @@ impl RawPipeline {
             description: None,
             params: None,
             stages: None,
+            uses: Vec::new(),
+            use_failed: false,
         };
         for (key, node) in entries {
             let slot = match key.value.as_str() {

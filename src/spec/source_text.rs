@@ -105,6 +105,47 @@ impl SourceText {
         }
     }
 
+    /// Appends a segment (a spec file a pipeline `use:`s) and returns where it starts. Spans
+    /// into the existing segments stay valid: segments only ever grow at the end.
+    pub fn push_segment(&mut self, name: &str, segment_text: &str) -> usize {
+        let mut text = String::with_capacity(self.inner.text.len() + 1 + segment_text.len());
+        text.push_str(&self.inner.text);
+        text.push('\n');
+        let start = text.len();
+        text.push_str(segment_text);
+        let mut segments = self.inner.segments.clone();
+        segments.push(Segment {
+            name: name.to_owned(),
+            start,
+            end: text.len(),
+        });
+        self.inner = Arc::new(Inner {
+            line_starts: line_starts(&text),
+            text,
+            segments,
+        });
+        start
+    }
+
+    /// `file:line` of byte `offset`, the file being its segment's name.
+    pub fn location(&self, offset: usize) -> String {
+        format!("{}:{}", self.segment_name(offset), self.line(offset))
+    }
+
+    /// The name of the segment holding byte `offset` (the pipeline, an override, a spec).
+    pub fn segment_name(&self, offset: usize) -> &str {
+        &self.segment_of(offset).name
+    }
+
+    /// Which segment holds byte `offset` (0 is the pipeline file).
+    pub fn segment_index(&self, offset: usize) -> usize {
+        self.inner
+            .segments
+            .iter()
+            .rposition(|segment| segment.start <= offset)
+            .unwrap_or(0)
+    }
+
     /// The pipeline file's name as given.
     pub fn name(&self) -> &str {
         &self.inner.segments[0].name

@@ -193,3 +193,18 @@ fn explain_takes_a_bundle_or_a_pipeline_stage() {
     assert_ne!(code, 0);
     assert!(stderr.contains("taper::bundle::tampered"), "{stderr}");
 }
+
+/// `taper completions SHELL` prints a script that knows the subcommands, new ones included.
+#[test]
+fn completions_know_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, stdout, stderr) = taper(&["completions", shell]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stdout.contains("validate") && stdout.contains("spec"),
+            "{shell}: {stdout}"
+        );
+    }
+    let (code, _, _) = taper(&["completions", "tcsh"]);
+    assert_eq!(code, 2);
+}

@@ -7,3 +7,4 @@ mod hostile;
 mod layering;
 mod schema;
 mod serve;
+mod specs;

@@ -1,6 +1,7 @@
 //! One file per subcommand; each exposes `run(&Args, &Printer) -> ExitStatus`.
 
 pub mod cache;
+pub mod completions;
 pub mod dag;
 pub mod explain;
 pub mod metrics;
@@ -9,6 +10,7 @@ pub mod predict;
 pub mod run;
 pub mod schema;
 pub mod serve;
+pub mod spec;
 pub mod validate;
 
 use std::path::Path;

@@ -1,5 +1,6 @@
 //! `taper plan FILE [STAGE...]`: each stage `cached` or `will run`, with the reason.
 
+use crate::cache::LockFile;
 use crate::cli::args::PlanArgs;
 use crate::cli::printer::Printer;
 use crate::cli::ExitStatus;
@@ -26,6 +27,10 @@ pub fn run(args: &PlanArgs, printer: &Printer) -> ExitStatus {
             }
         };
     printer.data(&report::render_plan(&pipeline.name, &plans));
+    printer.data(&report::render_expansion(&pipeline.specs));
+    if let Some(lock) = LockFile::load(&LockFile::path_for(&pipeline.path)) {
+        printer.data(&report::render_spec_changes(&lock, &pipeline.specs));
+    }
     let mut status = ExitStatus::Success;
     for plan in plans {
         if let Decision::Error(error) = plan.decision {

@@ -3,13 +3,36 @@
 use crate::cli::args::ValidateArgs;
 use crate::cli::printer::Printer;
 use crate::cli::ExitStatus;
-use crate::model::load_file;
 use crate::model::stages::committed_secrets;
+use crate::model::{load_file, LoadError};
 
 pub fn run(args: &ValidateArgs, printer: &Printer) -> ExitStatus {
     let mut status = ExitStatus::Success;
     for file in &args.files {
-        match load_file(file, &args.overrides) {
+        let loaded = load_file(file, &args.overrides);
+        if args.json {
+            let (record, file_status) = match &loaded {
+                Ok(pipeline) => (
+                    serde_json::json!({ "file": file, "ok": true, "pipeline": pipeline.name, "stages": pipeline.stages.len(), "errors": [] }),
+                    ExitStatus::Success,
+                ),
+                Err(error) => (
+                    serde_json::json!({ "file": file, "ok": false, "errors": error.to_json() }),
+                    match error {
+                        LoadError::Read { .. } => ExitStatus::Error,
+                        LoadError::NotUtf8 { .. }
+                        | LoadError::TooLarge { .. }
+                        | LoadError::Invalid { .. } => ExitStatus::Failure,
+                    },
+                ),
+            };
+            printer.data(&format!("{record}\n"));
+            if status != ExitStatus::Error && file_status != ExitStatus::Success {
+                status = file_status;
+            }
+            continue;
+        }
+        match loaded {
             Ok(pipeline) => {
                 printer.status(&format!(
                     "ok {}: pipeline `{}`, {} stage{}",

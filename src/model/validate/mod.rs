@@ -133,7 +133,7 @@ pub(crate) fn validate(
         ));
         return None;
     };
-    if stage_entries.is_empty() {
+    if stage_entries.is_empty() && !raw.use_failed {
         errors.push(ModelError::MissingKey {
             key: "stages".to_owned(),
             place: "the pipeline".to_owned(),
@@ -182,6 +182,7 @@ pub(crate) fn validate(
             .map(|(name, param)| (name.clone(), to_json(&param.node)))
             .collect(),
         stages,
+        specs: raw.uses.clone(),
         dependencies,
     })
 }
