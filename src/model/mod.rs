@@ -85,19 +85,11 @@ pub fn load_spec_file(path: &Path) -> Result<spec::SpecFile, LoadError> {
     let (spec, errors) = spec::parse_spec(&text, 0);
     match spec {
         Some(spec) if errors.is_empty() => Ok(spec),
-        _ => Err(LoadError::Invalid {
+        _ => Err(invalid(
             name,
-            summary: match errors.len() {
-                1 => "1 error".to_owned(),
-                count => format!("{count} errors"),
-            },
-            source_code: source,
-            errors: errors
-                .into_iter()
-                .map(ModelError::from)
-                .collect::<Vec<_>>()
-                .into(),
-        }),
+            source,
+            errors.into_iter().map(ModelError::from).collect(),
+        )),
     }
 }
 
@@ -148,15 +140,7 @@ pub fn load_str(
     });
     match pipeline {
         Some(pipeline) if errors.is_empty() => Ok(pipeline),
-        _ => Err(LoadError::Invalid {
-            name,
-            summary: match errors.len() {
-                1 => "1 error".to_owned(),
-                count => format!("{count} errors"),
-            },
-            source_code: source,
-            errors: errors.into(),
-        }),
+        _ => Err(invalid(name, source, errors)),
     }
 }
 
@@ -546,5 +530,18 @@ impl Stage {
             | StageSettings::Explain(_)
             | StageSettings::Deploy(_) => Vec::new(),
         }
+    }
+}
+
+/// The error of a file that did not validate: its errors, counted in the summary.
+fn invalid(name: String, source: spec::SourceText, errors: Vec<ModelError>) -> LoadError {
+    LoadError::Invalid {
+        name,
+        summary: match errors.len() {
+            1 => "1 error".to_owned(),
+            count => format!("{count} errors"),
+        },
+        source_code: source,
+        errors: errors.into(),
     }
 }
