@@ -7,7 +7,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Project;
+use common::{runs, Project};
 
 const PIPELINE: &str = r#"version: 1
 name: demo
@@ -29,15 +29,6 @@ stages:
     run: echo other >> runs.txt && echo other > other.txt
     outs: [other.txt]
 "#;
-
-/// Stages the commands ran since the last call (they append to `runs.txt`).
-fn runs(project: &Project) -> Vec<String> {
-    let text = fs::read_to_string(project.path("runs.txt")).unwrap_or_default();
-    let _ = fs::remove_file(project.path("runs.txt"));
-    let mut runs: Vec<String> = text.lines().map(str::to_owned).collect();
-    runs.sort();
-    runs
-}
 
 fn succeeded(output: &Output) -> bool {
     output.status.success()

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Project;
+use common::{runs, stderr, Project};
 
 const PIPELINE: &str = r#"version: 1
 name: demo
@@ -26,19 +26,6 @@ stages:
     deps: [first.txt]
     outs: [second.txt]
 "#;
-
-/// Stages the commands ran since the last call (they append to `runs.txt`).
-fn runs(project: &Project) -> Vec<String> {
-    let text = fs::read_to_string(project.path("runs.txt")).unwrap_or_default();
-    let _ = fs::remove_file(project.path("runs.txt"));
-    let mut runs: Vec<String> = text.lines().map(str::to_owned).collect();
-    runs.sort();
-    runs
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 /// Runs `taper` in `project` with extra environment variables.
 fn taper_with(project: &Project, args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Project;
+use common::{runs, stderr, Project};
 
 /// Four stages: `a` feeds `b` and `c`, both feed `d`. `b` fails when `fail.txt` says so.
 const PIPELINE: &str = r#"version: 1
@@ -104,18 +104,6 @@ impl Drop for Slurm {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services/slurm-down");
         let _ = Command::new(script).arg(self.cluster()).status();
     }
-}
-
-fn runs(project: &Project) -> Vec<String> {
-    let text = fs::read_to_string(project.path("runs.txt")).unwrap_or_default();
-    let _ = fs::remove_file(project.path("runs.txt"));
-    let mut runs: Vec<String> = text.lines().map(str::to_owned).collect();
-    runs.sort();
-    runs
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn slurm_run(project: &Project, slurm: &Slurm, extra: &[&str]) -> Output {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
-use common::Project;
+use common::{stderr, Project};
 
 /// `<tmp>/project/` holding `files`, beside `<tmp>/outside/` (which holds `secret.txt`).
 fn new_project(files: &[(&str, &str)]) -> Project {
@@ -42,10 +42,6 @@ fn outside_names(project: &Project) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Exit code 1 and a message that contains every one of `needles` (compared with whitespace

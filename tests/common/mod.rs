@@ -192,3 +192,18 @@ pub fn mask(text: &str) -> String {
     }
     out
 }
+
+/// Stages the commands ran since the last call: the test pipelines' commands append their
+/// stage's name to `runs.txt`, which this reads (sorted) and removes.
+pub fn runs(project: &Project) -> Vec<String> {
+    let text = fs::read_to_string(project.path("runs.txt")).unwrap_or_default();
+    let _ = fs::remove_file(project.path("runs.txt"));
+    let mut runs: Vec<String> = text.lines().map(str::to_owned).collect();
+    runs.sort();
+    runs
+}
+
+/// A run's stderr as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
