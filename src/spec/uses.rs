@@ -583,18 +583,7 @@ fn check_settings(
     let before = errors.len();
     let mut values = BTreeMap::new();
     for (key, value) in settings {
-        let Some(decl) = spec.params.iter().find(|decl| decl.key.value == key.value) else {
-            let names: Vec<&str> = spec.params.iter().map(|d| d.key.value.as_str()).collect();
-            errors.push(SpecError::UseSpec {
-                message: format!("spec `{}` has no param `{}`", spec.name, key.value),
-                span: key.span.into(),
-                label: "not a param of the spec".to_owned(),
-                other: SpecNote::at(
-                    spec.params_span,
-                    "the spec's params are declared here".to_owned(),
-                ),
-                help: suggestion_help(&key.value, &names, "param"),
-            });
+        let Some(decl) = declared(spec, key, "", errors) else {
             continue;
         };
         if let Err(problem) = decl.check(value) {
@@ -685,7 +674,7 @@ fn expand_matrix(
             "include" => include = combination(value, errors),
             "exclude" => exclude = combination(value, errors),
             name => {
-                let Some(decl) = declared(spec, key, errors) else {
+                let Some(decl) = declared(spec, key, " to sweep", errors) else {
                     continue;
                 };
                 let Value::Seq(items) = &value.value else {
@@ -707,7 +696,7 @@ fn expand_matrix(
         }
     }
     for (key, value) in include.iter().chain(&exclude).flatten() {
-        if let Some(decl) = declared(spec, key, errors) {
+        if let Some(decl) = declared(spec, key, " to sweep", errors) {
             if let Err(problem) = decl.check(value) {
                 errors.push(param_error(spec, decl, value.span, &problem));
             }
@@ -777,16 +766,19 @@ fn expand_matrix(
     Some(variants)
 }
 
+/// The declaration of the param `key` names; an error at `key` when the spec has none
+/// (`purpose`, e.g. " to sweep", ends the message).
 fn declared<'a>(
     spec: &'a SpecFile,
     key: &Key,
+    purpose: &str,
     errors: &mut Vec<SpecError>,
 ) -> Option<&'a ParamDecl> {
     let decl = spec.params.iter().find(|decl| decl.key.value == key.value);
     if decl.is_none() {
         let names: Vec<&str> = spec.params.iter().map(|d| d.key.value.as_str()).collect();
         errors.push(SpecError::UseSpec {
-            message: format!("spec `{}` has no param `{}` to sweep", spec.name, key.value),
+            message: format!("spec `{}` has no param `{}`{purpose}", spec.name, key.value),
             span: key.span.into(),
             label: "not a param of the spec".to_owned(),
             other: SpecNote::at(
