@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::model::stages::{ExplainBaseline, ExplainMethod};
+use crate::model::stages::{ExplainBaseline, ExplainMethod, Precision};
 use crate::model::Override;
 
 /// taper: declarative, cached, reproducible fine-tuning pipelines.
@@ -313,6 +313,10 @@ pub struct PredictArgs {
     /// Padded tokens per model call: inputs are sorted by length and packed under this budget.
     #[arg(long, env = "TAPER_MAX_BATCH_TOKENS", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_tokens: u32,
+    /// Arithmetic of the linear layers: `f32` or `int8` (CPU). Default: the bundle's (its
+    /// deploy stage's `precision`).
+    #[arg(long, env = "TAPER_PRECISION", value_name = "PRECISION", value_parser = precision)]
+    pub precision: Option<Precision>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -341,6 +345,10 @@ pub struct ServeArgs {
     /// Seconds a request may take from admission to answer; longer are answered 504.
     #[arg(long, env = "TAPER_REQUEST_TIMEOUT", value_name = "SECONDS", default_value = "30", value_parser = seconds)]
     pub request_timeout: std::time::Duration,
+    /// Arithmetic of the linear layers: `f32` or `int8` (CPU). Default: the bundle's (its
+    /// deploy stage's `precision`).
+    #[arg(long, env = "TAPER_PRECISION", value_name = "PRECISION", value_parser = precision)]
+    pub precision: Option<Precision>,
     /// Require `Authorization: Bearer <KEY>` on every route but `/health`.
     #[arg(
         long,
@@ -352,6 +360,14 @@ pub struct ServeArgs {
 }
 
 /// A non-negative number of seconds (`0.5`, `30`).
+fn precision(text: &str) -> Result<Precision, String> {
+    match text {
+        "f32" => Ok(Precision::F32),
+        "int8" => Ok(Precision::Int8),
+        _ => Err(format!("`{text}` is not a precision: use `f32` or `int8`")),
+    }
+}
+
 fn seconds(text: &str) -> Result<std::time::Duration, String> {
     text.parse::<f64>()
         .ok()

@@ -20,7 +20,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
-use crate::model::stages::{Configure, Method, Pooling};
+use crate::model::stages::{Configure, Method, Pooling, Precision};
 
 use super::config::{Architecture, EncoderConfig};
 use super::encoder::{
@@ -407,6 +407,31 @@ impl Classifier {
         &self.encoder
     }
 
+    /// Sets the inference arithmetic. `Int8` applies on the CPU only (the int8 kernels are
+    /// CPU kernels); returns whether the classifier now runs at `precision`.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<bool> {
+        match precision {
+            Precision::F32 => {
+                self.encoder.drop_int8();
+                Ok(true)
+            }
+            Precision::Int8 if self.device.is_cpu() => {
+                self.encoder.quantize_int8()?;
+                Ok(true)
+            }
+            Precision::Int8 => Ok(false),
+        }
+    }
+
+    /// The inference arithmetic in use.
+    pub fn precision(&self) -> Precision {
+        if self.encoder.is_int8() {
+            Precision::Int8
+        } else {
+            Precision::F32
+        }
+    }
+
     fn check_ids(&self, batch: &Batch) -> Result<()> {
         let vocab = self.encoder.config.vocab_size;
         if let Some(id) = batch.input_ids.iter().find(|id| **id as usize >= vocab) {
@@ -725,5 +750,54 @@ mod tests {
         assert!(Batch::new(&[], &[], 0).is_err());
         assert!(Batch::new(&[&[1]], &[1, 2], 0).is_err());
         assert!(Batch::new(&[&[1], &[]], &[], 0).is_err());
+    }
+
+    /// Int8 inference of both architectures, with LoRA adapters left unmerged: the logits stay
+    /// within a few percent of f32's, switching back restores f32 exactly, and gradients
+    /// (explanations) still flow through the f32 weights.
+    #[test]
+    fn int8_inference_is_close_to_f32_and_reversible() {
+        use crate::ml::fixtures::{write_random_model, NameStyle};
+        for (config, targets) in [
+            (EncoderConfig::tiny_bert(), r#"["query","value"]"#),
+            (EncoderConfig::tiny_distilbert(), r#"["q_lin","v_lin"]"#),
+        ] {
+            let base = tempfile::tempdir().expect("temp dir");
+            write_random_model(base.path(), &config, 6, NameStyle::Plain).expect("model");
+            let settings: Configure = serde_json::from_str(&format!(
+                r#"{{"method":{{"name":"lora","r":2,"alpha":4,"targets":{targets}}}}}"#
+            ))
+            .expect("settings");
+            let mut classifier =
+                Classifier::new(base.path(), 3, &settings, DeviceChoice::Cpu).expect("load");
+            let batch = Batch::new(&[&[2, 7, 9, 3], &[2, 11, 3]], &[], 0).expect("batch");
+            let differentiable = |classifier: &Classifier| {
+                let mut ctx = Ctx {
+                    differentiable: true,
+                    ..Ctx::inference()
+                };
+                let logits = classifier.forward(&batch, &mut ctx).expect("forward");
+                logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("values")
+            };
+            let f32_logits = classifier.logits(&batch).expect("f32").concat();
+            let f32_differentiable = differentiable(&classifier);
+            assert!(classifier.set_precision(Precision::Int8).expect("quantize"));
+            assert_eq!(classifier.precision(), Precision::Int8);
+            let int8_logits = classifier.logits(&batch).expect("int8").concat();
+            let scale = f32_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = f32_logits
+                .iter()
+                .zip(&int8_logits)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff > 0.0, "int8 must really run");
+            assert!(diff < 0.05 * scale, "int8 logits off by {diff} (scale {scale})");
+            assert_eq!(
+                differentiable(&classifier),
+                f32_differentiable,
+                "gradients take the f32 path"
+            );
+            classifier.set_precision(Precision::F32).expect("f32");
+            assert_eq!(classifier.logits(&batch).expect("f32").concat(), f32_logits);
+        }
     }
 }

@@ -13,6 +13,8 @@
 //!   (`kernels/`, forward and backward) at training and inference alike; candle's ops remain
 //!   for other devices and for calls that return attention probabilities (explanations).
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 use candle_nn::ops;
 use rand_chacha::ChaCha8Rng;
@@ -506,6 +508,46 @@ pub struct Encoder {
     token_type_embeddings: Option<Tensor>,
     embeddings_norm: LayerNorm,
     pub(crate) layers: Vec<Layer>,
+    /// Int8 copies of every layer's linear weights, one per layer, after
+    /// [`Encoder::quantize_int8`]: inference (non-differentiable, CPU) then runs its linear
+    /// layers on them. The f32 weights stay, for gradients (explanations) and export.
+    int8: Option<Arc<[Int8Layer]>>,
+}
+
+/// A layer's linear weights quantized to int8 ([`kernels::Int8Linear`]), adapters folded in.
+#[derive(Debug)]
+struct Int8Layer {
+    /// Query, key and value stacked, as [`packed_projections`] computes them.
+    qkv: kernels::Int8Linear,
+    attention_output: kernels::Int8Linear,
+    intermediate: kernels::Int8Linear,
+    output: kernels::Int8Linear,
+}
+
+impl Int8Layer {
+    fn new(layer: &Layer) -> Result<Self> {
+        let quantize = |linears: &[&Linear]| -> Result<kernels::Int8Linear> {
+            let merged = linears
+                .iter()
+                .map(|linear| linear.merged())
+                .collect::<Result<Vec<_>>>()?;
+            let weights: Vec<Tensor> = merged.iter().map(|(w, _)| w.clone()).collect();
+            let biases: Vec<Tensor> = merged.iter().map(|(_, b)| b.clone()).collect();
+            let weight = Tensor::cat(&weights, 0)?;
+            let (out_dim, in_dim) = weight.dims2()?;
+            let weight = weight.flatten_all()?.to_vec1::<f32>()?;
+            let bias = Tensor::cat(&biases, 0)?.to_vec1::<f32>()?;
+            Ok(kernels::Int8Linear::quantize(
+                &weight, &bias, out_dim, in_dim,
+            ))
+        };
+        Ok(Self {
+            qkv: quantize(&[&layer.query, &layer.key, &layer.value])?,
+            attention_output: quantize(&[&layer.attention_output])?,
+            intermediate: quantize(&[&layer.intermediate])?,
+            output: quantize(&[&layer.output])?,
+        })
+    }
 }
 
 impl Encoder {
@@ -583,7 +625,30 @@ impl Encoder {
             token_type_embeddings,
             embeddings_norm,
             layers,
+            int8: None,
         })
+    }
+
+    /// Quantizes every layer's linear weights to int8 for inference (deploy's `precision:
+    /// int8`). Only CPU f32 inference uses them; gradients and other devices keep the f32 path.
+    pub(crate) fn quantize_int8(&mut self) -> Result<()> {
+        let layers = self
+            .layers
+            .iter()
+            .map(Int8Layer::new)
+            .collect::<Result<Vec<_>>>()?;
+        self.int8 = Some(layers.into());
+        Ok(())
+    }
+
+    /// Back to f32 inference.
+    pub(crate) fn drop_int8(&mut self) {
+        self.int8 = None;
+    }
+
+    /// Whether [`Self::quantize_int8`] ran.
+    pub(crate) fn is_int8(&self) -> bool {
+        self.int8.is_some()
     }
 
     pub fn config(&self) -> &EncoderConfig {
@@ -644,8 +709,12 @@ impl Encoder {
         let (batch, tokens, hidden) = embeddings.dims3()?;
         let mask = KeyMask::new(attention_mask, batch, tokens)?;
         let mut xs = embeddings.reshape((batch * tokens, hidden))?;
-        for layer in &self.layers {
-            xs = self.layer_forward(layer, &xs, &mask, ctx)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let int8 = match &self.int8 {
+                Some(int8) if !ctx.differentiable && kernels::fused(&xs) => int8.get(index),
+                _ => None,
+            };
+            xs = self.layer_forward(layer, int8, &xs, &mask, ctx)?;
         }
         Ok(xs.reshape((batch, tokens, hidden))?)
     }
@@ -653,12 +722,16 @@ impl Encoder {
     fn layer_forward(
         &self,
         layer: &Layer,
+        int8: Option<&Int8Layer>,
         xs: &Tensor,
         mask: &KeyMask,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
         let context = if kernels::fused(xs) && ctx.attentions.is_none() {
-            let qkv = packed_projections(layer, xs, ctx)?;
+            let qkv = match int8 {
+                Some(int8) => kernels::int8_linear(xs, &int8.qkv, false)?,
+                None => packed_projections(layer, xs, ctx)?,
+            };
             let shape = AttentionShape {
                 batch: mask.batch,
                 tokens: mask.tokens,
@@ -673,18 +746,27 @@ impl Encoder {
             let value = layer.value.forward(xs, ctx)?;
             self.composite_attention(&query, &key, &value, mask, ctx)?
         };
-        let attended = layer.attention_output.forward(&context, ctx)?;
+        let attended = match int8 {
+            Some(int8) => kernels::int8_linear(&context, &int8.attention_output, false)?,
+            None => layer.attention_output.forward(&context, ctx)?,
+        };
         let summed = ctx.residual(&attended, xs)?;
         let xs = ctx.layer_norm(&summed, &layer.attention_norm)?;
         let intermediate = &layer.intermediate;
-        let inner = if !ctx.differentiable
+        let gelu = self.config.activation == Activation::Gelu;
+        let inner = if let Some(int8) = int8.filter(|_| gelu) {
+            kernels::int8_linear(&xs, &int8.intermediate, true)?
+        } else if !ctx.differentiable
             && kernels::fused(&xs)
-            && self.config.activation == Activation::Gelu
+            && gelu
             && matches!(intermediate.adapter, Adapter::None)
         {
             kernels::dense_gelu(&xs, &intermediate.weight, &intermediate.bias)?
         } else {
-            let inner = intermediate.forward(&xs, ctx)?;
+            let inner = match int8 {
+                Some(int8) => kernels::int8_linear(&xs, &int8.intermediate, false)?,
+                None => intermediate.forward(&xs, ctx)?,
+            };
             match self.config.activation {
                 Activation::Gelu if kernels::fused(&inner) => kernels::gelu_erf(&inner)?,
                 Activation::Gelu => inner.gelu_erf()?,
@@ -692,7 +774,10 @@ impl Encoder {
                 Activation::Relu => inner.relu()?,
             }
         };
-        let out = layer.output.forward(&inner, ctx)?;
+        let out = match int8 {
+            Some(int8) => kernels::int8_linear(&inner, &int8.output, false)?,
+            None => layer.output.forward(&inner, ctx)?,
+        };
         let summed = ctx.residual(&out, &xs)?;
         ctx.layer_norm(&summed, &layer.output_norm)
     }

@@ -367,9 +367,11 @@ impl StageKind {
                 (S::Model, A::TrainedModel, true),
                 (S::Data, A::Dataset, true),
             ],
+            // `data` only for `precision: int8`, which evaluates the quantized model again.
             StageKind::Deploy => &[
                 (S::Model, A::TrainedModel, true),
                 (S::Metrics, A::Metrics, false),
+                (S::Data, A::Dataset, false),
             ],
         }
     }

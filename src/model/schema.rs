@@ -188,6 +188,7 @@ fn settings(kind: StageKind) -> Value {
             "Settings of `deploy`.",
             json!({
                 "require": { "type": "object", "description": "Metric name → minimum value.", "additionalProperties": { "anyOf": [{ "type": "number" }, reference()] } },
+                "precision": one_of_names("Arithmetic the bundle is served with: `int8` quantizes the linear layers, is evaluated again on the `data` input, and the gates apply to it.", &["f32", "int8"], "f32"),
             }),
             &[],
         ),

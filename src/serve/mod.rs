@@ -433,6 +433,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "metrics": manifest.metrics,
         "version": env!("CARGO_PKG_VERSION"),
         "device": state.bundle.device_name(),
+        "precision": state.bundle.precision().as_str(),
         "max_batch_tokens": state.config.batch.max_batch_tokens,
         "max_concurrent_requests": state.config.max_concurrent,
         "max_client_batch_size": state.config.max_inputs,

@@ -21,7 +21,7 @@ fn fixture(config: ServeConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let bundle_dir = dir.path().join("bundle");
     write_tiny_bundle(dir.path(), &bundle_dir, "key").unwrap();
-    let bundle = Bundle::open(&bundle_dir, DeviceChoice::Cpu).unwrap();
+    let bundle = Bundle::open(&bundle_dir, DeviceChoice::Cpu, None).unwrap();
     Fixture {
         _dir: dir,
         bundle_dir,
@@ -97,7 +97,7 @@ async fn predict_answers_in_tei_shapes() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let bundle = Bundle::open(&fixture.bundle_dir, DeviceChoice::Cpu).unwrap();
+    let bundle = Bundle::open(&fixture.bundle_dir, DeviceChoice::Cpu, None).unwrap();
     let ids = bundle
         .encode(&["the film was good".to_owned()], false)
         .unwrap();

@@ -21,6 +21,7 @@ use crate::data::DataError;
 use crate::fingerprint::manifest::hash_file_uncached;
 use crate::fingerprint::Digest;
 use crate::ml::{softmax, Batch, Classifier, DeviceChoice, MlError};
+use crate::model::stages::Precision;
 
 /// The manifest's file name inside a bundle.
 pub const MANIFEST: &str = "manifest.json";
@@ -46,6 +47,9 @@ pub struct BundleManifest {
     pub labels: Vec<String>,
     /// Longest input in tokens, `[CLS]` and `[SEP]` included.
     pub max_length: usize,
+    /// The arithmetic to serve with (the deploy stage's `precision`); f32 when absent.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
     /// The headline metrics of the `metrics` input (empty without one).
     pub metrics: BTreeMap<String, f64>,
     /// Each class's share of the evaluated split (stratified like the training split), in
@@ -113,10 +117,16 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Verifies `dir` against its manifest, then loads the classifier and tokenizer.
-    pub fn open(dir: &Path, device: DeviceChoice) -> Result<Self, BundleError> {
+    /// Verifies `dir` against its manifest, then loads the classifier and tokenizer, at
+    /// `precision` or else the manifest's (int8 applies on the CPU only).
+    pub fn open(
+        dir: &Path,
+        device: DeviceChoice,
+        precision: Option<Precision>,
+    ) -> Result<Self, BundleError> {
         let (manifest, digest) = verify(dir)?;
-        let (classifier, labels) = Classifier::load_hf(dir, device)?;
+        let (mut classifier, labels) = Classifier::load_hf(dir, device)?;
+        classifier.set_precision(precision.unwrap_or(manifest.precision))?;
         if labels != manifest.labels {
             return Err(BundleError::Tampered {
                 file: "config.json".to_owned(),
@@ -162,6 +172,11 @@ impl Bundle {
 
     pub fn device_name(&self) -> String {
         self.classifier.device_name()
+    }
+
+    /// The arithmetic the bundle is scored with.
+    pub fn precision(&self) -> Precision {
+        self.classifier.precision()
     }
 
     /// Token ids of `texts`, in order. Truncates to [`Self::max_length`] when `truncate`,

@@ -14,7 +14,13 @@
 //!   size of every other file, the stage key, labels, metrics and the evaluated split's class
 //!   shares, the reference of `taper serve`'s drift gauge; [`crate::stages::bundle`]).
 //! - Labels are the metrics input's class names; without one, HF's `LABEL_i`.
-//! - The lock file gets no metrics from this stage: they are `evaluate`'s, recorded there.
+//! - The lock file gets no metrics from this stage at `precision: f32`: they are `evaluate`'s,
+//!   recorded there. At `precision: int8` the stage evaluates the quantized model again on the
+//!   `data` input's split that the metrics input evaluated; the gates, the manifest's metrics
+//!   and the model card are that evaluation's, and the lock file gets its headline metrics
+//!   prefixed `int8_` plus `accuracy_change` (int8 minus f32). The bundle's weights stay f32
+//!   (a standard checkpoint); its manifest says `precision: int8`, and `taper serve`/`predict`
+//!   quantize when they load it.
 //!
 //! The bundle holds nothing outside the stage key (no pipeline or stage name, no clock), so
 //! equal keys give byte-identical bundles, as the store requires.
@@ -26,12 +32,16 @@ use std::path::Path;
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::fingerprint::manifest::hash_file_uncached;
+use crate::data::dataset::Dataset;
+use crate::data::metrics::Metrics;
 use crate::ml::{hf_class_name, Classifier, DeviceChoice};
+use crate::model::stages::Precision;
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::bundle::{relative_files, BundleManifest, FileRecord, BUNDLE_FORMAT, MANIFEST};
 use crate::stages::evaluate::{headline, MetricsFile, TRAINED_MODEL_DIR};
 use crate::stages::ml_common::{
-    input_dir, link_or_copy, read_json, write_bytes, write_json, wrong_runner, MlStageError,
+    input_dir, link_or_copy, predict, read_json, write_bytes, write_json, wrong_runner,
+    MlStageError,
 };
 use crate::stages::train::TrainSummary;
 
@@ -51,6 +61,29 @@ impl StageRunner for DeployRunner {
             .get(&InputSlot::Metrics)
             .map(|dir| read_json(&dir.join("metrics.json")))
             .transpose()?;
+        let mut outcome = StageOutcome::default();
+        let metrics = match (settings.precision, metrics) {
+            (Precision::Int8, Some(f32_metrics)) => {
+                let dataset =
+                    Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(MlStageError::from)?;
+                let int8 = evaluate_int8(&trained, &dataset, &f32_metrics, ctx.log)?;
+                let change = int8.metrics.accuracy - f32_metrics.metrics.accuracy;
+                (ctx.log)(&format!(
+                    "int8 on `{}`: accuracy {:.4} (f32 {:.4}, change {change:+.4})",
+                    int8.split.as_str(),
+                    int8.metrics.accuracy,
+                    f32_metrics.metrics.accuracy
+                ));
+                outcome.metrics = headline(&int8.metrics)
+                    .into_iter()
+                    .map(|(name, value)| (format!("int8_{name}"), value))
+                    .collect();
+                outcome.metrics.insert("accuracy_change".to_owned(), change);
+                Some(int8)
+            }
+            (Precision::Int8, None) => return Err(MlStageError::Int8WithoutMetrics.into()),
+            (Precision::F32, metrics) => metrics,
+        };
         let headline = metrics
             .as_ref()
             .map(|file| headline(&file.metrics))
@@ -67,12 +100,52 @@ impl StageRunner for DeployRunner {
             trained: &trained,
             metrics: metrics.as_ref(),
             require: &settings.require,
+            precision: settings.precision,
             stage_key: &ctx.key.to_hex(),
             out_dir: ctx.out_dir,
         })?;
         (ctx.log)("bundle written: HF checkpoint, tokenizer files, model card, manifest");
-        Ok(StageOutcome::default())
+        Ok(outcome)
     }
+}
+
+/// The trained model's metrics at int8, on the split `f32_metrics` evaluated, as
+/// `metrics.json` would hold them.
+fn evaluate_int8(
+    trained: &Path,
+    dataset: &Dataset,
+    f32_metrics: &MetricsFile,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<MetricsFile, MlStageError> {
+    let split = f32_metrics.split;
+    let data = dataset
+        .splits
+        .get(&split)
+        .ok_or_else(|| MlStageError::MissingSplit {
+            split: split.as_str().to_owned(),
+        })?;
+    let model_dir = trained.join(TRAINED_MODEL_DIR);
+    // The CPU: int8 is a CPU kernel, and the bundle must not depend on a GPU being there.
+    let mut classifier = Classifier::load_trained(&model_dir, DeviceChoice::Cpu)?;
+    classifier.set_precision(Precision::Int8)?;
+    let started = std::time::Instant::now();
+    let probabilities = predict(&classifier, data, 32)?;
+    log(&format!(
+        "{} examples of `{}` at int8 in {:.1} s",
+        data.len(),
+        split.as_str(),
+        started.elapsed().as_secs_f64()
+    ));
+    let metrics = Metrics::compute(&data.labels, &probabilities, &dataset.info.labels)
+        .ok_or_else(|| MlStageError::InconsistentModel {
+            path: model_dir.clone(),
+            message: "the model's classes differ from the dataset's labels".to_owned(),
+        })?;
+    Ok(MetricsFile {
+        split,
+        labels: f32_metrics.labels.clone(),
+        metrics,
+    })
 }
 
 /// Checks every gate; the error names the first failing metric, its value and threshold.
@@ -110,6 +183,7 @@ pub struct BundleSource<'a> {
     pub trained: &'a Path,
     pub metrics: Option<&'a MetricsFile>,
     pub require: &'a BTreeMap<String, f64>,
+    pub precision: Precision,
     pub stage_key: &'a str,
     pub out_dir: &'a Path,
 }
@@ -140,6 +214,7 @@ pub fn write_bundle(source: &BundleSource<'_>) -> Result<(), MlStageError> {
         metrics: source.metrics,
         summary: summary.as_ref(),
         require: source.require,
+        precision: source.precision,
         max_length,
         stage_key: source.stage_key,
     });
@@ -168,6 +243,7 @@ pub fn write_bundle(source: &BundleSource<'_>) -> Result<(), MlStageError> {
             architecture: architecture.to_owned(),
             labels,
             max_length,
+            precision: source.precision,
             metrics: source
                 .metrics
                 .map(|file| headline(&file.metrics))
@@ -281,6 +357,7 @@ struct CardFacts<'a> {
     metrics: Option<&'a MetricsFile>,
     summary: Option<&'a TrainSummary>,
     require: &'a BTreeMap<String, f64>,
+    precision: Precision,
     max_length: usize,
     stage_key: &'a str,
 }
@@ -354,6 +431,13 @@ fn model_card(facts: &CardFacts<'_>) -> String {
             );
             if let Some(auc) = m.roc_auc {
                 let _ = writeln!(card, "| ROC AUC | {auc:.4} |");
+            }
+            if facts.precision == Precision::Int8 {
+                card.push_str(
+                    "\nThese are the int8 model's figures: `taper serve` and `taper predict` run \
+                     its linear layers in int8 (weights per output channel, activations per \
+                     token); the checkpoint itself holds the f32 weights.\n",
+                );
             }
             card.push_str(
                 "\n| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n",

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::exec::runner::StageOutcome;
 use crate::ml::{Batch, Classifier, DeviceChoice};
-use crate::model::stages::{Configure, Deploy, SplitName};
+use crate::model::stages::{Configure, Deploy, Precision, SplitName};
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::bundle::{verify, Bundle, BundleError};
 use crate::stages::chain_tests::{settings, Chain};
@@ -33,6 +33,14 @@ fn deploy(
     chain: &mut Chain,
     require: &[(&str, f64)],
 ) -> Result<StageOutcome, crate::exec::runner::StageError> {
+    deploy_at(chain, require, Precision::F32)
+}
+
+fn deploy_at(
+    chain: &mut Chain,
+    require: &[(&str, f64)],
+    precision: Precision,
+) -> Result<StageOutcome, crate::exec::runner::StageError> {
     chain.run(
         "deploy",
         StageSettings::Deploy(Deploy {
@@ -40,10 +48,12 @@ fn deploy(
                 .iter()
                 .map(|(name, value)| ((*name).to_owned(), *value))
                 .collect(),
+            precision,
         }),
         &[
             (InputSlot::Model, "train"),
             (InputSlot::Metrics, "evaluate"),
+            (InputSlot::Data, "data"),
         ],
         &DeployRunner,
         &|_| {},
@@ -173,7 +183,7 @@ fn deploy_writes_a_hf_bundle_that_reloads_with_the_trained_logits() {
     }
 
     // Reloaded, the bundle gives the trained stage's logits.
-    let bundle = Bundle::open(&bundle_dir, DeviceChoice::Cpu).unwrap();
+    let bundle = Bundle::open(&bundle_dir, DeviceChoice::Cpu, None).unwrap();
     let trained =
         Classifier::load_trained(&chain.outputs["train"].join("model"), DeviceChoice::Cpu).unwrap();
     let texts: Vec<String> = [
@@ -230,9 +240,9 @@ fn a_tampered_bundle_is_refused_naming_the_file() {
     deploy(&mut chain, &[]).unwrap();
     let copy = chain.root().join("copy");
     copy_dir(&chain.outputs["deploy"], &copy);
-    assert!(Bundle::open(&copy, DeviceChoice::Cpu).is_ok());
+    assert!(Bundle::open(&copy, DeviceChoice::Cpu, None).is_ok());
 
-    let refused = |dir: &Path| match Bundle::open(dir, DeviceChoice::Cpu) {
+    let refused = |dir: &Path| match Bundle::open(dir, DeviceChoice::Cpu, None) {
         Err(BundleError::Tampered { file, reason }) => format!("{file}: {reason}"),
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("a tampered bundle was accepted"),
@@ -260,4 +270,47 @@ fn a_tampered_bundle_is_refused_naming_the_file() {
 
     fs::remove_file(copy.join("vocab.txt")).unwrap();
     assert!(refused(&copy).starts_with("vocab.txt: cannot read it"));
+}
+
+/// `precision: int8`: the stage scores the quantized model on the evaluated split, gates on
+/// that, records it, and the bundle (f32 weights, `precision` in the manifest) is served at
+/// int8 unless told otherwise.
+#[test]
+fn an_int8_deploy_is_evaluated_gated_and_served_at_int8() {
+    let mut chain = evaluated_chain();
+    let f32_accuracy = {
+        let text = fs::read_to_string(chain.outputs["evaluate"].join("metrics.json")).unwrap();
+        let metrics: serde_json::Value = serde_json::from_str(&text).unwrap();
+        metrics["accuracy"].as_f64().unwrap()
+    };
+    let outcome = deploy_at(&mut chain, &[("accuracy", 0.5)], Precision::Int8).unwrap();
+    let int8_accuracy = outcome.metrics["int8_accuracy"];
+    assert!(
+        (outcome.metrics["accuracy_change"] - (int8_accuracy - f32_accuracy)).abs() < 1e-12,
+        "{:?}",
+        outcome.metrics
+    );
+    assert!(outcome.metrics.contains_key("int8_macro_f1"));
+    let bundle_dir = chain.outputs["deploy"].clone();
+    let (manifest, _) = verify(&bundle_dir).unwrap();
+    assert_eq!(manifest.precision, Precision::Int8);
+    assert_eq!(manifest.metrics["accuracy"], int8_accuracy);
+    let card = fs::read_to_string(bundle_dir.join("README.md")).unwrap();
+    assert!(card.contains("int8 model's figures"), "{card}");
+
+    let int8 = Bundle::open(&bundle_dir, DeviceChoice::Cpu, None).unwrap();
+    let f32 = Bundle::open(&bundle_dir, DeviceChoice::Cpu, Some(Precision::F32)).unwrap();
+    assert_eq!((int8.precision(), f32.precision()), (Precision::Int8, Precision::F32));
+    let ids = int8
+        .encode(&["the film was good".to_owned()], false)
+        .unwrap();
+    let (a, b) = (int8.logits(&ids, 8).unwrap(), f32.logits(&ids, 8).unwrap());
+    assert_ne!(a, b, "the int8 bundle must really run int8");
+    for (x, y) in a[0].iter().zip(&b[0]) {
+        assert!((x - y).abs() < 0.1, "{a:?} vs {b:?}");
+    }
+
+    // A gate the int8 model misses fails the stage, whatever f32 scored.
+    let error = deploy_at(&mut chain, &[("accuracy", 0.999_9)], Precision::Int8).unwrap_err();
+    assert!(error.to_string().starts_with("deploy gate failed: accuracy is "));
 }

@@ -207,7 +207,7 @@ impl Explainer {
     /// directory; label names from its `config.json`'s `id2label`, else `LABEL_i`).
     pub fn load_target(target: &Path, settings: &Explain) -> Result<Self, ExplainError> {
         if target.join(MANIFEST).is_file() {
-            let bundle = Bundle::open(target, DeviceChoice::Auto)?;
+            let bundle = Bundle::open(target, DeviceChoice::Auto, None)?;
             return Self::from_bundle(&bundle, settings);
         }
         let dir = [target.to_path_buf(), target.join(TRAINED_MODEL_DIR)]

@@ -81,6 +81,7 @@ pub fn write_tiny_bundle(work: &Path, dir: &Path, key: &str) -> Result<(), MlSta
         trained: &trained,
         metrics: None,
         require: &std::collections::BTreeMap::new(),
+        precision: crate::model::stages::Precision::F32,
         stage_key: key,
         out_dir: dir,
     })

@@ -116,6 +116,13 @@ pub enum MlStageError {
         help("give `prepare-data` a `{split}` size, or pick another split")
     )]
     MissingSplit { split: String },
+
+    #[error("`precision: int8` needs the f32 evaluation to compare with, and there is none")]
+    #[diagnostic(
+        code(taper::stages::int8_without_metrics),
+        help("give the deploy stage `metrics: <evaluate stage>` and `data: <prepare-data stage>` inputs")
+    )]
+    Int8WithoutMetrics,
 }
 
 impl From<MlStageError> for StageError {

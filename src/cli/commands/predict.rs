@@ -76,7 +76,7 @@ pub fn run(args: &PredictArgs, printer: &Printer) -> ExitStatus {
         },
         None => args.texts.clone(),
     };
-    let bundle = match Bundle::open(&args.bundle, DeviceChoice::Auto) {
+    let bundle = match Bundle::open(&args.bundle, DeviceChoice::Auto, args.precision) {
         Ok(bundle) => bundle,
         Err(error) => {
             printer.diagnostic(error);

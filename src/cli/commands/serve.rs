@@ -11,7 +11,7 @@ use crate::serve::{BatchConfig, ServeConfig};
 use crate::stages::bundle::Bundle;
 
 pub fn run(args: &ServeArgs, printer: &Printer) -> ExitStatus {
-    let bundle = match Bundle::open(&args.bundle, DeviceChoice::Auto) {
+    let bundle = match Bundle::open(&args.bundle, DeviceChoice::Auto, args.precision) {
         Ok(bundle) => bundle,
         Err(error) => {
             printer.diagnostic(error);

@@ -17,7 +17,7 @@ pub use command::{committed_secrets, is_env_name, looks_secret, Command, Committ
 pub use configure::{
     is_adapter_target, Configure, EarlyStopping, Method, Pooling, Problem, Schedule,
 };
-pub use deploy::{Deploy, GATE_METRICS};
+pub use deploy::{Deploy, Precision, GATE_METRICS};
 pub use evaluate::Evaluate;
 pub use explain::{
     Explain, ExplainBaseline, ExplainMethod, DEFAULT_STEPS as DEFAULT_EXPLAIN_STEPS,

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use super::Checked;
 use crate::model::checks::Issue;
 use crate::model::error::ModelError;
+use crate::model::stages::Precision;
 use crate::model::{InputSlot, StageId, StageSettings};
 
 /// Settings that are wrong only given the stage they read from: an `evaluate` or `explain` of
@@ -35,6 +36,22 @@ pub(super) fn check_across_stages(
                         message: "gates need metrics, but the stage has no `metrics` input".to_owned(),
                         label: "nothing to check these against".to_owned(),
                         help: "add `metrics: <evaluate stage>` under `inputs`, or remove `require`".to_owned(),
+                    }));
+                }
+                let missing: Vec<&str> = [InputSlot::Metrics, InputSlot::Data]
+                    .into_iter()
+                    .filter(|slot| !inputs.contains_key(slot))
+                    .map(InputSlot::as_str)
+                    .collect();
+                if deploy.precision == Precision::Int8 && !missing.is_empty() {
+                    errors.push(stage.issue_error(&stage.settings_node, Issue {
+                        path: vec!["precision".to_owned()],
+                        message: format!(
+                            "`precision: int8` evaluates the quantized model again, but the stage has no `{}` input",
+                            missing.join("` or `")
+                        ),
+                        label: "nothing to evaluate the int8 model on".to_owned(),
+                        help: "add `metrics: <evaluate stage>` and `data: <prepare-data stage>` under `inputs` (the int8 model is scored on the split the evaluate stage scored)".to_owned(),
                     }));
                 }
                 continue;

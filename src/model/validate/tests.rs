@@ -230,6 +230,30 @@ fn deploy_gates_name_known_metrics_in_range_and_need_metrics() {
 }
 
 #[test]
+fn an_int8_deploy_needs_metrics_and_data_to_evaluate_on() {
+    assert!(load(&format!(
+        "{HEAD}{TRAINED}  ship: {{ kind: deploy, inputs: {{ model: tuned, metrics: eval, data: data }}, with: {{ precision: int8 }} }}\n"
+    ))
+    .is_ok());
+    let found = located(&format!(
+        "{HEAD}{TRAINED}  ship: {{ kind: deploy, inputs: {{ model: tuned, metrics: eval }}, with: {{ precision: int8 }} }}\n  bare: {{ kind: deploy, inputs: {{ model: tuned }}, with: {{ precision: int8 }} }}\n  odd: {{ kind: deploy, inputs: {{ model: tuned }}, with: {{ precision: int4 }} }}\n"
+    ));
+    let summary: Vec<(&str, &str)> = found
+        .iter()
+        .map(|(message, at)| (message.as_str(), at.as_str()))
+        .collect();
+    assert_eq!(summary.len(), 3, "{summary:?}");
+    assert_eq!(
+        summary[..2],
+        [
+            ("invalid `precision` in stage `ship`: `precision: int8` evaluates the quantized model again, but the stage has no `data` input", "int8"),
+            ("invalid `precision` in stage `bare`: `precision: int8` evaluates the quantized model again, but the stage has no `metrics` or `data` input", "int8"),
+        ]
+    );
+    assert!(summary[2].0.contains("int4") && summary[2].1 == "int4", "{summary:?}");
+}
+
+#[test]
 fn split_fractions_over_one_are_refused() {
     let found = located(&format!(
         "{HEAD}  base: {{ kind: select-model, with: {{ source: {{ path: m }} }} }}\n  data:\n    kind: prepare-data\n    inputs: {{ model: base }}\n    with: {{ source: {{ path: d.csv }}, split: {{ train: 0.7, validation: 100, test: 0.5 }} }}\n"
