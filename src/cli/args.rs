@@ -339,8 +339,10 @@ pub struct ServeArgs {
     /// Inputs in one request; more are answered 422.
     #[arg(long, env = "TAPER_MAX_CLIENT_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_client_batch_size: u32,
-    /// How long a batching round waits for more requests, in milliseconds.
-    #[arg(long, env = "TAPER_MAX_WAIT_MS", default_value_t = 2)]
+    /// How long a batching round waits for more requests, in milliseconds. 0: a round takes
+    /// what is queued when the model becomes free, so a lone request waits for nothing and
+    /// requests that arrive during a round form the next one.
+    #[arg(long, env = "TAPER_MAX_WAIT_MS", default_value_t = 0)]
     pub max_wait_ms: u64,
     /// Seconds a request may take from admission to answer; longer are answered 504.
     #[arg(long, env = "TAPER_REQUEST_TIMEOUT", value_name = "SECONDS", default_value = "30", value_parser = seconds)]

@@ -69,7 +69,7 @@ impl Default for ServeConfig {
         Self {
             batch: BatchConfig {
                 max_batch_tokens: 16_384,
-                max_wait: Duration::from_millis(2),
+                max_wait: Duration::ZERO,
             },
             max_concurrent: 512,
             max_inputs: 32,

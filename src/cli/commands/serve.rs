@@ -30,7 +30,7 @@ pub fn run(args: &ServeArgs, printer: &Printer) -> ExitStatus {
         ..ServeConfig::default()
     };
     let labels = bundle.labels().join(", ");
-    let device = bundle.device_name();
+    let device = format!("{} ({})", bundle.device_name(), bundle.precision().as_str());
     let digest = bundle.digest().short();
     let address = format!("{}:{}", args.host, args.port);
     let served = crate::serve::run(bundle, config, &address, |bound| {
