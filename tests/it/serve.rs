@@ -63,6 +63,23 @@ fn predict_scores_texts_and_jsonl_and_refuses_a_tampered_bundle() {
         stdout.lines().next().expect("line").to_owned()
     );
 
+    // At int8 the scores move a little, not the shape of the answer; a bad precision is a
+    // usage error naming the choices.
+    let output = taper(&["predict", bundle_arg, "--precision", "int8", "the film was good"])
+        .output()
+        .expect("taper runs");
+    assert!(output.status.success(), "{output:?}");
+    let int8 = String::from_utf8(output.stdout).expect("utf-8");
+    assert_ne!(int8.lines().next(), stdout.lines().next(), "int8 must really run");
+    let int8: serde_json::Value = serde_json::from_str(int8.trim()).expect("JSON line");
+    assert_eq!(int8[0]["label"], lines[0][0]["label"]);
+    let output = taper(&["predict", bundle_arg, "--precision", "int4", "good"])
+        .output()
+        .expect("taper runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("use `f32` or `int8`"), "{stderr}");
+
     std::fs::write(bundle.join("vocab.txt"), "tampered\n").expect("write");
     let output = taper(&["predict", bundle_arg, "good"])
         .output()
@@ -124,13 +141,14 @@ fn a_spawned_server_answers_and_finishes_in_flight_requests_on_sigterm() {
         .next()
         .expect("address")
         .to_owned();
-    assert!(line.contains("serving bundle"), "{line}");
+    assert!(line.contains("serving bundle") && line.contains("(f32)"), "{line}");
 
     let (status, body) = http(&address, "GET", "/health", "");
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
     let (status, body) = http(&address, "GET", "/info", "");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("LABEL_0"), "{body}");
+    assert!(body.contains(r#""precision":"f32""#), "{body}");
     let (status, body) = http(&address, "POST", "/predict", r#"{"inputs": []}"#);
     assert_eq!(status, 422, "{body}");
     let (status, body) = http(&address, "POST", "/explain", r#"{"inputs": "good film"}"#);
