@@ -58,6 +58,10 @@ pub enum Command {
     /// Show which words made a trained model predict what it did for one text (word
     /// attributions, as the `explain` stage computes them).
     Explain(ExplainArgs),
+    /// Experiments: every `taper run` is recorded; tabulate them (`show`), compare two
+    /// (`diff`), write one's settings back into its pipeline file (`apply`), forget one
+    /// (`remove`).
+    Exp(ExpArgs),
     /// Shared spec workflows: document one (`show`), or start one (`new`).
     Spec(SpecArgs),
     /// Print a shell completion script (e.g. `taper completions bash > ~/.local/share/bash-completion/completions/taper`).
@@ -66,6 +70,82 @@ pub enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExpArgs {
+    #[command(subcommand)]
+    pub command: ExpCommand,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExpCommand {
+    /// A table of experiments, one row per run (per variant for a sweep), oldest first:
+    /// params (overrides and swept values) and metrics as columns.
+    Show {
+        /// Only the experiments of this pipeline file.
+        #[arg(value_name = "PIPELINE")]
+        pipeline: Option<PathBuf>,
+        /// Order rows by this column (`test.accuracy`, `lr`, `started`, `id`).
+        #[arg(long, value_name = "COLUMN")]
+        sort: Option<String>,
+        /// With `--sort`: largest first.
+        #[arg(long, requires = "sort")]
+        desc: bool,
+        /// Keep rows where `COLUMN OP VALUE` holds; OP is one of `>`, `>=`, `<`, `<=`, `=`,
+        /// `!=` (numbers compare as numbers). Repeatable: all must hold.
+        #[arg(long, value_name = "COLUMN OP VALUE")]
+        filter: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExpFormat::Table, conflicts_with_all = ["json", "csv", "md"])]
+        format: ExpFormat,
+        /// Same as `--format json`: `{"schema": 1, "columns": …, "rows": […]}`.
+        #[arg(long)]
+        json: bool,
+        /// Same as `--format csv`.
+        #[arg(long)]
+        csv: bool,
+        /// Same as `--format md` (a Markdown table).
+        #[arg(long)]
+        md: bool,
+    },
+    /// What differs between two experiments (or variant rows): params, stage settings and
+    /// inputs, metrics.
+    Diff {
+        /// An id (or unique prefix) from `taper exp show`.
+        #[arg(value_name = "A")]
+        a: String,
+        /// An id (or unique prefix) from `taper exp show`.
+        #[arg(value_name = "B")]
+        b: String,
+    },
+    /// Write an experiment's `-S` overrides (and, for a sweep row, its swept values) into its
+    /// pipeline file, changing only those values: comments and layout stay.
+    Apply {
+        /// An id (or unique prefix) from `taper exp show`.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Forget experiments: their records go, and with them their hold on the store (`cache gc`).
+    Remove {
+        /// Ids (or unique prefixes) from `taper exp show`.
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExpFormat {
+    /// Aligned columns.
+    Table,
+    /// One JSON document.
+    Json,
+    /// Comma-separated values with a header row.
+    Csv,
+    /// A Markdown table.
+    Md,
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,6 +185,7 @@ impl Command {
             | Command::Plan(_)
             | Command::Cache(_)
             | Command::Metrics(_)
+            | Command::Exp(_)
             | Command::Spec(_)
             | Command::Completions { .. } => false,
         }
@@ -211,6 +292,11 @@ pub enum CacheCommand {
         /// How many recent runs keep their results.
         #[arg(long, default_value_t = 10, value_name = "N")]
         keep_runs: usize,
+        /// Do not keep the results of recorded experiments (`taper exp show`); the records
+        /// stay, as history. Without it every experiment's results survive until it is
+        /// removed with `taper exp remove`.
+        #[arg(long)]
+        ignore_experiments: bool,
     },
     /// List cached stage results, newest first.
     Ls,

@@ -74,8 +74,11 @@ fn execute(
                 ExitStatus::Failure
             })
         }
-        CacheCommand::Gc { keep_runs } => {
-            let report = store.gc(*keep_runs)?;
+        CacheCommand::Gc {
+            keep_runs,
+            ignore_experiments,
+        } => {
+            let report = store.gc(*keep_runs, !ignore_experiments)?;
             printer.status(&format!(
                 "removed {} objects ({}), kept {}",
                 report.removed_objects,

@@ -160,7 +160,37 @@ pub fn parse(path: &Path, text: &str) -> Result<MetricsSource, MetricsError> {
     })
 }
 
-fn number(value: f64) -> String {
+/// `value`'s leaves (scalars) under dotted names: `{"a": {"b": 1}, "c": [2]}` → `a.b`, `c.0`.
+pub(crate) fn flatten(
+    prefix: &str,
+    value: &serde_json::Value,
+    out: &mut BTreeMap<String, serde_json::Value>,
+) {
+    let join = |key: &str| {
+        if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    };
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                flatten(&join(key), child, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (index, child) in items.iter().enumerate() {
+                flatten(&join(&index.to_string()), child, out);
+            }
+        }
+        leaf => {
+            out.insert(prefix.to_owned(), leaf.clone());
+        }
+    }
+}
+
+pub(crate) fn number(value: f64) -> String {
     if value.fract() == 0.0 && value.abs() < 1e15 {
         format!("{value:.0}")
     } else {

@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod completions;
 pub mod dag;
+pub mod exp;
 pub mod explain;
 pub mod metrics;
 pub mod plan;

@@ -4,6 +4,7 @@
 //! 128 + signal when stopped by SIGINT, SIGTERM or SIGHUP (see `cli::signals`).
 
 use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
 
 use crate::cache::locate::project_root_of;
 use crate::cache::Store;
@@ -11,6 +12,7 @@ use crate::cli::args::{ExecutorArg, OutputArgs, RunArgs};
 use crate::cli::printer::Printer;
 use crate::cli::progress::RunDisplay;
 use crate::cli::ExitStatus;
+use crate::exec::experiment::{experiment_of, RunTiming};
 use crate::exec::interrupt::{signal_name, STAGE_PROCESSES};
 use crate::exec::slurm::{JobState, SlurmConfig, SlurmExecutor, SlurmRun, Submission};
 use crate::exec::{report, Engine, ExecError, Executor, LocalExecutor, RunOptions, StageStatus};
@@ -76,6 +78,7 @@ pub fn run(args: &RunArgs, output: OutputArgs, printer: &Printer) -> ExitStatus 
         tracing::warn!("cannot handle SIGTERM, SIGINT and SIGHUP: {error}");
     }
     let display = RunDisplay::new(printer, output);
+    let started = (SystemTime::now(), Instant::now());
     let summary = match engine.run(&options, &|event| display.event(event)) {
         Ok(summary) => summary,
         Err(error) => {
@@ -83,6 +86,15 @@ pub fn run(args: &RunArgs, output: OutputArgs, printer: &Printer) -> ExitStatus 
             return ExitStatus::Failure;
         }
     };
+    let timing = RunTiming {
+        started: started.0,
+        wall: started.1.elapsed(),
+    };
+    let experiment = experiment_of(&pipeline, &args.selection.overrides, &summary, timing);
+    // A side channel: the run's results are stored and locked whether or not it is recorded.
+    if let Err(error) = store.record_experiment(&experiment) {
+        tracing::warn!("experiment not recorded: {error}");
+    }
     if !output.quiet {
         printer.status(&report::render_summary(&summary));
     }
