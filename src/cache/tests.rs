@@ -22,6 +22,7 @@ fn sample_record(store: &Store, content: &str) -> ActionRecord {
             outs: Vec::new(),
             env: BTreeMap::new(),
             pass_env: Vec::new(),
+            metrics: Vec::new(),
         }),
         inputs: BTreeMap::new(),
     };

@@ -356,15 +356,20 @@ pub enum DagFormatArg {
 pub struct MetricsArgs {
     #[command(subcommand)]
     pub command: Option<MetricsCommand>,
-    /// A `metrics.json`, a lock file (`x.lock`) or a pipeline file (its lock file is read).
+    /// A metrics file (JSON, or YAML for `.yaml`/`.yml`; nested names are flattened to
+    /// `a.b.c`), a lock file (`x.lock`) or a pipeline file (its lock file is read).
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// `{"schema": 1, "metrics": {"name": value}}` on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum MetricsCommand {
-    /// Compare metrics: `NEW` against `OLD`, each a `metrics.json`, a lock file or a pipeline
-    /// file; `OLD` defaults to the pipeline's lock file as committed in git (`HEAD`).
+    /// Compare metrics: `NEW` against `OLD`, each a metrics file, a lock file or a pipeline
+    /// file; `OLD` defaults to the pipeline's lock file as committed in git (`HEAD`). Shows
+    /// only what changed unless `--all`.
     Diff {
         /// The new metrics.
         #[arg(value_name = "NEW")]
@@ -372,6 +377,12 @@ pub enum MetricsCommand {
         /// The old metrics.
         #[arg(value_name = "OLD")]
         old: Option<PathBuf>,
+        /// Also the metrics that did not change.
+        #[arg(long)]
+        all: bool,
+        /// `{"schema": 1, "metrics": [{"name", "old", "new", "change"}]}` on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 

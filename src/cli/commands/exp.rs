@@ -19,6 +19,7 @@ use crate::cache::{
 use crate::cli::args::{ExpArgs, ExpCommand, ExpFormat};
 use crate::cli::printer::Printer;
 use crate::cli::ExitStatus;
+use crate::data::metrics::flatten;
 use crate::exec::experiment::relative_to;
 use crate::model::Override;
 use crate::spec::{apply_edits, Edit};
@@ -715,10 +716,8 @@ fn render_diff(store: &Store, left: &Row<'_>, right: &Row<'_>) -> String {
         let (Some(old), Some(new)) = (fingerprint(old), fingerprint(new)) else {
             continue;
         };
-        let mut old_settings = BTreeMap::new();
-        let mut new_settings = BTreeMap::new();
-        super::metrics::flatten("", &old.settings, &mut old_settings);
-        super::metrics::flatten("", &new.settings, &mut new_settings);
+        let old_settings = flatten(&old.settings);
+        let new_settings = flatten(&new.settings);
         let mut details = Vec::new();
         changed(&old_settings, &new_settings, scalar_text, &mut details);
         let short = |digest: &String| digest.chars().take(16).collect::<String>();
@@ -759,9 +758,10 @@ fn render_diff(store: &Store, left: &Row<'_>, right: &Row<'_>) -> String {
     out
 }
 
+/// A setting on one line: a multi-line `run:` shows its line breaks as `\n`.
 fn scalar_text(value: &serde_json::Value) -> String {
     match value {
-        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::String(text) => text.trim_end().replace('\n', "\\n"),
         other => other.to_string(),
     }
 }
