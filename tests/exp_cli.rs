@@ -56,8 +56,10 @@ fn two_experiments() -> (Project, String, String) {
 macro_rules! assert_masked {
     ($text:expr, @$snapshot:literal) => {
         insta::with_settings!({filters => vec![
+            (r"\b[0-9a-f]{64}\b", "[KEY]"),
             (r"\b[0-9a-f]{12}\b", "[KEY]"),
             (r"\b[0-9a-f]{8}\b", "[ID]"),
+            (r#""(duration_ms|wall_ms|finished_at)":\d+"#, "\"$1\":[N]"),
             (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[TIME]"),
         ]}, {
             insta::assert_snapshot!($text, @$snapshot);
@@ -192,4 +194,35 @@ fn a_repeated_run_is_the_same_experiment() {
         serde_json::from_str(&stdout(&ok(&project, &["exp", "show", "--json"]))).expect("json");
     assert_eq!(json["rows"].as_array().map(Vec::len), Some(2), "{json:#}");
     assert_eq!(json["rows"][1]["stages"]["score"]["status"], "ran");
+}
+
+/// `--json` on plan, run (one event per line, ending with the summary) and cache ls: the
+/// shapes docs/spec.md documents, each with `"schema": 1`.
+#[test]
+fn plan_run_and_cache_ls_speak_json() {
+    let project = Project::empty();
+    project.write("p.yaml", PIPELINE);
+    fs::create_dir_all(project.path(".taper")).expect("project marker");
+    assert_masked!(stdout(&ok(&project, &["plan", "p.yaml", "--json"])), @r#"
+        {"pipeline":"demo","schema":1,"stages":[{"decision":"will-run","key":"[KEY]","reasons":[{"message":"new stage","reason":"new-stage"}],"stage":"score"}],"sweeps":[]}
+    "#);
+    let run = ok(&project, &["run", "p.yaml", "--json"]);
+    assert_masked!(stdout(&run), @r#"
+        {"event":"started","reasons":[{"message":"new stage","reason":"new-stage"}],"schema":1,"stage":"score"}
+        {"duration_ms":[N],"event":"finished","outputs_unchanged":false,"schema":1,"stage":"score"}
+        {"cached":0,"event":"summary","experiment":"[ID]","failed":0,"lock_error":null,"ran":1,"schema":1,"skipped":0,"stages":{"score":{"duration_ms":[N],"key":"[KEY]","kind":"command","metrics":{"eval.score":0.5},"status":"ran"}},"wall_ms":[N]}
+    "#);
+    assert!(run.stderr.is_empty(), "{}", project.show(&run));
+    assert_masked!(stdout(&ok(&project, &["run", "p.yaml", "--json"])), @r#"
+        {"event":"cached","restored":[],"schema":1,"stage":"score"}
+        {"cached":1,"event":"summary","experiment":"[ID]","failed":0,"lock_error":null,"ran":0,"schema":1,"skipped":0,"stages":{"score":{"duration_ms":[N],"key":"[KEY]","kind":"command","metrics":{"eval.score":0.5},"status":"cached"}},"wall_ms":[N]}
+    "#);
+    assert_masked!(stdout(&ok(&project, &["cache", "ls", "--json"])), @r#"
+        {"results":[{"bytes":43,"duration_ms":[N],"files":1,"finished_at":[N],"key":"[KEY]","kind":"command","metrics":{"eval.score":0.5},"stage":"score"}],"schema":1}
+    "#);
+    for line in stdout(&run).lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).expect("one JSON object per line");
+        assert_eq!(event["schema"], 1, "{line}");
+    }
 }

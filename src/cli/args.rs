@@ -242,6 +242,10 @@ pub struct PlanArgs {
     pub selection: SelectionArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// One JSON document on stdout: `{"schema": 1, "pipeline", "stages": [{"stage", "key",
+    /// "decision", "reasons"|"restore"|"error"}], "sweeps"}` (docs/spec.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -256,6 +260,11 @@ pub struct RunArgs {
     /// Print the plan and run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// One JSON object per event on stdout, newline-delimited (`started`, `finished`,
+    /// `cached`, `failed`, …, `log` with `-v`), ending with a `summary` naming the recorded
+    /// experiment (docs/spec.md). Diagnostics still go to stderr.
+    #[arg(long)]
+    pub json: bool,
     /// Where stale stages run: here, or as Slurm batch jobs (one per stage, chained by
     /// dependencies; resources from `slurm:` in `.taper/config.yaml`; needs a store every
     /// node shares).
@@ -299,7 +308,12 @@ pub enum CacheCommand {
         ignore_experiments: bool,
     },
     /// List cached stage results, newest first.
-    Ls,
+    Ls {
+        /// One JSON document: `{"schema": 1, "results": [{"key", "stage", "kind", "files",
+        /// "bytes", "duration_ms", "finished_at", "metrics"}]}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Disk usage per bucket.
     Du,
     /// Upload every cached result the remote lacks (objects first, then action records).

@@ -6,6 +6,7 @@
 
 pub mod args;
 mod commands;
+mod json;
 pub mod printer;
 mod progress;
 mod signals;

@@ -87,7 +87,11 @@ fn execute(
             ));
             Ok(ExitStatus::Success)
         }
-        CacheCommand::Ls => {
+        CacheCommand::Ls { json: true } => {
+            printer.data(&crate::cli::json::cache_listing(&store.list_actions()));
+            Ok(ExitStatus::Success)
+        }
+        CacheCommand::Ls { json: false } => {
             let mut out = String::new();
             for listing in store.list_actions() {
                 let _ = writeln!(
