@@ -98,6 +98,13 @@ pub enum ExpCommand {
         /// `!=` (numbers compare as numbers). Repeatable: all must hold.
         #[arg(long, value_name = "COLUMN OP VALUE")]
         filter: Vec<String>,
+        /// Only these param and metric columns (comma-separated): names, or prefixes ending
+        /// in `.` or `*` (`--columns lr,seed,test.`). `--json` rows keep every value.
+        #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
+        columns: Vec<String>,
+        /// Only the param and metric columns whose values differ between the rows shown.
+        #[arg(long)]
+        only_changed: bool,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ExpFormat::Table, conflicts_with_all = ["json", "csv", "md"])]
         format: ExpFormat,

@@ -100,6 +100,8 @@ pub fn run(args: &ExpArgs, printer: &Printer) -> ExitStatus {
             sort,
             desc,
             filter,
+            columns,
+            only_changed,
             format,
             json,
             csv,
@@ -116,6 +118,8 @@ pub fn run(args: &ExpArgs, printer: &Printer) -> ExitStatus {
                 sort: sort.as_deref(),
                 desc: *desc,
                 filters: filter,
+                columns,
+                only_changed: *only_changed,
             };
             show(&store, &query, format)
         }
@@ -243,6 +247,11 @@ pub struct Query<'a> {
     pub sort: Option<&'a str>,
     pub desc: bool,
     pub filters: &'a [String],
+    /// Only these param and metric columns: exact names, or prefixes ending in `.` or `*`
+    /// (`test.`, `finetune*`); all when empty.
+    pub columns: &'a [String],
+    /// Only the param and metric columns whose values differ between the rows.
+    pub only_changed: bool,
 }
 
 /// A cell, for sorting and filtering: numbers compare as numbers.
@@ -438,8 +447,28 @@ pub fn select<'a>(
             (None, None) => std::cmp::Ordering::Equal,
         });
     }
-    // Only the columns the remaining rows fill.
-    let columns = Columns::of(&rows);
+    // Only the columns the remaining rows fill, and those asked for.
+    let mut columns = Columns::of(&rows);
+    let wanted = |column: &String| {
+        query.columns.is_empty()
+            || query.columns.iter().any(|pattern| {
+                let prefix = pattern.strip_suffix('*').unwrap_or(pattern);
+                column == pattern
+                    || ((prefix.ends_with('.') || pattern.ends_with('*'))
+                        && column.starts_with(prefix))
+            })
+    };
+    let varies = |column: &String| {
+        let mut values = rows.iter().map(|row| row.text(column));
+        let first = values.next().flatten();
+        !query.only_changed || values.any(|value| value != first)
+    };
+    columns
+        .params
+        .retain(|column| wanted(column) && varies(column));
+    columns
+        .metrics
+        .retain(|column| wanted(column) && varies(column));
     Ok((rows, columns))
 }
 
@@ -911,7 +940,35 @@ mod tests {
             sort,
             desc,
             filters,
+            columns: &[],
+            only_changed: false,
         }
+    }
+
+    #[test]
+    fn columns_can_be_chosen_or_limited_to_those_that_vary() {
+        let records = records();
+        let columns = vec!["lr".to_owned(), "test.*".to_owned()];
+        let (_, chosen) = select(
+            &records,
+            &Query {
+                columns: &columns,
+                ..query(None, false, &[])
+            },
+        )
+        .expect("select");
+        assert_eq!(chosen.params, ["lr"]);
+        assert_eq!(chosen.metrics, ["test.accuracy", "test.macro_f1"]);
+        let filters = vec!["pipeline=p.yaml".to_owned()];
+        let (_, varying) = select(
+            &records,
+            &Query {
+                only_changed: true,
+                ..query(None, false, &filters)
+            },
+        )
+        .expect("select");
+        assert!(varying.params.is_empty() && varying.metrics.is_empty());
     }
 
     fn shown(format: ExpFormat, query: &Query<'_>) -> String {
