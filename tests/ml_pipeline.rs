@@ -149,9 +149,15 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
     for file in ["explanations.jsonl", "report.html", "metrics.json"] {
         assert!(project.path("out/p/why").join(file).is_file(), "{file}");
     }
-    let diff = project.taper(&["metrics", "diff", "out/p/test/metrics.json", "p.lock"]);
+    let diff = project.taper(&[
+        "metrics",
+        "diff",
+        "out/p/test/metrics.json",
+        "p.lock",
+        "--all",
+    ]);
     let diff_text = String::from_utf8_lossy(&diff.stdout).into_owned();
-    // Same run on both sides: every shared metric changes by zero.
+    // Same run on both sides: every shared metric changes by zero (shown with `--all`).
     let accuracy_row = diff_text
         .lines()
         .find(|l| l.starts_with("test.accuracy "))
@@ -290,8 +296,9 @@ fn a_three_by_two_sweep_shares_upstream_and_trains_six_variants() {
 }
 
 /// The sweep's experiment (issue 11): six rows with their params and metrics (the no-op second
-/// run is the same experiment), a diff naming the swept value and the setting it changed, and
-/// `exp apply` narrowing the matrix to one variant whose stages are all cached.
+/// run is the same experiment), a diff naming the swept value and the setting it changed, the
+/// six training curves on one `taper plots` page, and `exp apply` narrowing the matrix to one
+/// variant whose stages are all cached.
 fn sweep_experiments(project: &Project) {
     let show = project.taper(&["exp", "show", "sweep.yaml", "--json"]);
     assert!(show.status.success(), "{}", text(&show));
@@ -333,6 +340,19 @@ fn sweep_experiments(project: &Project) {
     assert!(diff.contains("hparams.learning_rate"), "{diff}");
     assert!(diff.contains("\nmetrics\n"), "{diff}");
     assert!(!diff.contains("reviews"), "shared stages are equal: {diff}");
+
+    // `taper plots` overlays the six variants' training curves on one page.
+    let plots = project.taper(&["plots", "sweep.yaml", "-o", "plots.html"]);
+    assert!(plots.status.success(), "{}", text(&plots));
+    let html = fs::read_to_string(project.path("plots.html")).expect("plots");
+    for row in rows {
+        let variant = row["variant"].as_str().expect("variant label");
+        assert!(
+            html.contains(&format!("finetune-{variant}: training")),
+            "{variant}"
+        );
+    }
+    assert!(html.contains("step (optimizer updates)") && html.contains("cross-entropy (nats)"));
 
     let before = fs::read_to_string(project.path("sweep.yaml")).expect("read");
     let apply = project.taper(&["exp", "apply", ids[3]]);

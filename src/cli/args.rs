@@ -58,6 +58,9 @@ pub enum Command {
     /// Show which words made a trained model predict what it did for one text (word
     /// attributions, as the `explain` stage computes them).
     Explain(ExplainArgs),
+    /// Write one self-contained HTML page with the training curves of several runs overlaid
+    /// (loss and validation accuracy per step, with axes, ticks and units).
+    Plots(PlotsArgs),
     /// Experiments: every `taper run` is recorded; tabulate them (`show`), compare two
     /// (`diff`), write one's settings back into its pipeline file (`apply`), forget one
     /// (`remove`).
@@ -70,6 +73,17 @@ pub enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlotsArgs {
+    /// Pipeline files (each `train` stage's curves; a sweep's variants each), `train` stage
+    /// output directories, or `train_log.jsonl` files.
+    #[arg(value_name = "TARGET", required = true)]
+    pub targets: Vec<PathBuf>,
+    /// The HTML file to write.
+    #[arg(short, long, value_name = "FILE", default_value = "plots.html")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,6 +207,7 @@ impl Command {
             | Command::Cache(_)
             | Command::Metrics(_)
             | Command::Exp(_)
+            | Command::Plots(_)
             | Command::Spec(_)
             | Command::Completions { .. } => false,
         }

@@ -115,6 +115,7 @@ pub fn run(args: Args, printer: &Printer) -> ExitStatus {
         Command::Serve(args) => commands::serve::run(&args, printer),
         Command::Explain(args) => commands::explain::run(&args, printer),
         Command::Exp(args) => commands::exp::run(&args, printer),
+        Command::Plots(args) => commands::plots::run(&args, printer),
         Command::Spec(args) => commands::spec::run(&args, printer),
         Command::Completions { shell } => commands::completions::run(shell, printer),
     }

@@ -90,7 +90,12 @@ pub enum ExpError {
 }
 
 pub fn run(args: &ExpArgs, printer: &Printer) -> ExitStatus {
-    let store = match super::open_store(&args.store, None, printer) {
+    // `exp show PIPELINE` reads the store of the pipeline's project, as `run` wrote it.
+    let pipeline_file = match &args.command {
+        ExpCommand::Show { pipeline, .. } => pipeline.as_deref(),
+        _ => None,
+    };
+    let store = match super::open_store(&args.store, pipeline_file, printer) {
         Ok(store) => store,
         Err(status) => return status,
     };

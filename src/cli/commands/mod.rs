@@ -7,6 +7,7 @@ pub mod exp;
 pub mod explain;
 pub mod metrics;
 pub mod plan;
+pub mod plots;
 pub mod predict;
 pub mod run;
 pub mod schema;
