@@ -104,6 +104,44 @@ impl<'a> Series<'a> {
     }
 }
 
+type Panel<'a, 'b> = plotters::chart::ChartContext<
+    'a,
+    plotters::backend::SVGBackend<'b>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// A chart titled `caption` on `area`: steps `0..max_step` across, `0..y_max` up, its axes
+/// labelled with their units.
+fn panel<'a, 'b>(
+    area: &'a plotters::drawing::DrawingArea<
+        plotters::backend::SVGBackend<'b>,
+        plotters::coord::Shift,
+    >,
+    caption: &str,
+    y_max: f64,
+    y_description: &str,
+    max_step: f64,
+) -> Result<Panel<'a, 'b>, String> {
+    let mut chart = plotters::chart::ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_step, 0f64..y_max)
+        .map_err(|error| error.to_string())?;
+    chart
+        .configure_mesh()
+        .x_label_formatter(&|step| format!("{step:.0}"))
+        .x_desc("step (optimizer updates)")
+        .y_desc(y_description)
+        .draw()
+        .map_err(|error| error.to_string())?;
+    Ok(chart)
+}
+
 fn draw_runs(runs: &[(String, Vec<LogRecord>)], svg: &mut String) -> Result<(), String> {
     use plotters::prelude::*;
 
@@ -135,19 +173,13 @@ fn draw_runs(runs: &[(String, Vec<LogRecord>)], svg: &mut String) -> Result<(), 
     let areas = root.split_evenly((panels as usize, 1));
     let colour = |index: usize| Palette99::pick(index).to_rgba();
 
-    let mut loss = ChartBuilder::on(&areas[0])
-        .caption("loss", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..max_step, 0f64..max_loss)
-        .map_err(|e| text(&e))?;
-    loss.configure_mesh()
-        .x_label_formatter(&|step| format!("{step:.0}"))
-        .x_desc("step (optimizer updates)")
-        .y_desc("cross-entropy (nats)")
-        .draw()
-        .map_err(|e| text(&e))?;
+    let mut loss = panel(
+        &areas[0],
+        "loss",
+        max_loss,
+        "cross-entropy (nats)",
+        max_step,
+    )?;
     for (
         index,
         Series {
@@ -184,20 +216,13 @@ fn draw_runs(runs: &[(String, Vec<LogRecord>)], svg: &mut String) -> Result<(), 
         .map_err(|e| text(&e))?;
 
     if has_validation {
-        let mut accuracy = ChartBuilder::on(&areas[1])
-            .caption("validation accuracy", ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..max_step, 0f64..1f64)
-            .map_err(|e| text(&e))?;
-        accuracy
-            .configure_mesh()
-            .x_label_formatter(&|step| format!("{step:.0}"))
-            .x_desc("step (optimizer updates)")
-            .y_desc("accuracy (fraction correct)")
-            .draw()
-            .map_err(|e| text(&e))?;
+        let mut accuracy = panel(
+            &areas[1],
+            "validation accuracy",
+            1.0,
+            "accuracy (fraction correct)",
+            max_step,
+        )?;
         for (
             index,
             Series {

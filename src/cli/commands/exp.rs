@@ -138,20 +138,10 @@ pub fn run(args: &ExpArgs, printer: &Printer) -> ExitStatus {
             String::new()
         }),
     };
-    match result {
-        Ok(text) => {
-            printer.data(&text);
-            ExitStatus::Success
-        }
-        Err(error) => {
-            let status = match error {
-                ExpError::Cache(_) | ExpError::Write { .. } => ExitStatus::Error,
-                _ => ExitStatus::Failure,
-            };
-            printer.diagnostic(error);
-            status
-        }
-    }
+    super::finish(result, printer, |error| match error {
+        ExpError::Cache(_) | ExpError::Write { .. } => ExitStatus::Error,
+        _ => ExitStatus::Failure,
+    })
 }
 
 /// One row of `exp show`: an experiment, or one variant of a sweep.

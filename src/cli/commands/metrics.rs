@@ -87,24 +87,12 @@ pub fn run(args: &MetricsArgs, printer: &Printer) -> ExitStatus {
         }),
         (None, None) => Err(MetricsError::Usage),
     };
-    match result {
-        Ok(text) => {
-            printer.data(&text);
-            ExitStatus::Success
-        }
-        Err(error) => {
-            // As for every command, a file that cannot be read is a usage error (2); one that
-            // reads but holds no metrics is a failure (1).
-            let status = match error {
-                MetricsError::Usage | MetricsError::Read { .. } => ExitStatus::Error,
-                MetricsError::Unrecognized { .. } | MetricsError::NoBaseline { .. } => {
-                    ExitStatus::Failure
-                }
-            };
-            printer.diagnostic(error);
-            status
-        }
-    }
+    // As for every command, a file that cannot be read is a usage error (2); one that reads
+    // but holds no metrics is a failure (1).
+    super::finish(result, printer, |error| match error {
+        MetricsError::Usage | MetricsError::Read { .. } => ExitStatus::Error,
+        MetricsError::Unrecognized { .. } | MetricsError::NoBaseline { .. } => ExitStatus::Failure,
+    })
 }
 
 /// The lock file of a pipeline file (a `.yaml` with top-level `stages:`); `path` itself
