@@ -62,6 +62,7 @@ fn command(id: &str, run: String, deps: Vec<PathBuf>, outs: Vec<PathBuf>) -> Sta
             outs,
             env: BTreeMap::new(),
             pass_env: Vec::new(),
+            metrics: Vec::new(),
         }),
         inputs: BTreeMap::new(),
     }

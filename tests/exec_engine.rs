@@ -66,6 +66,7 @@ fn command(id: &str, run: &str, deps: &[&str], outs: &[&str]) -> Stage {
             outs: outs.iter().map(PathBuf::from).collect(),
             env: BTreeMap::new(),
             pass_env: Vec::new(),
+            metrics: Vec::new(),
         }),
         inputs: BTreeMap::new(),
     }

@@ -149,9 +149,15 @@ fn chain_runs_caches_and_reruns_only_what_changed() {
     for file in ["explanations.jsonl", "report.html", "metrics.json"] {
         assert!(project.path("out/p/why").join(file).is_file(), "{file}");
     }
-    let diff = project.taper(&["metrics", "diff", "out/p/test/metrics.json", "p.lock"]);
+    let diff = project.taper(&[
+        "metrics",
+        "diff",
+        "out/p/test/metrics.json",
+        "p.lock",
+        "--all",
+    ]);
     let diff_text = String::from_utf8_lossy(&diff.stdout).into_owned();
-    // Same run on both sides: every shared metric changes by zero.
+    // Same run on both sides: every shared metric changes by zero (shown with `--all`).
     let accuracy_row = diff_text
         .lines()
         .find(|l| l.starts_with("test.accuracy "))
@@ -286,4 +292,84 @@ fn a_three_by_two_sweep_shares_upstream_and_trains_six_variants() {
     let second = project.taper(&["run", "sweep.yaml"]);
     assert!(second.status.success(), "{}", text(&second));
     assert!(self::ran(&second).is_empty(), "{}", text(&second));
+    sweep_experiments(&project);
+}
+
+/// The sweep's experiment (issue 11): six rows with their params and metrics (the no-op second
+/// run is the same experiment), a diff naming the swept value and the setting it changed, the
+/// six training curves on one `taper plots` page, and `exp apply` narrowing the matrix to one
+/// variant whose stages are all cached.
+fn sweep_experiments(project: &Project) {
+    let show = project.taper(&["exp", "show", "sweep.yaml", "--json"]);
+    assert!(show.status.success(), "{}", text(&show));
+    let table: serde_json::Value = serde_json::from_slice(&show.stdout).expect("json");
+    assert_eq!(table["schema"], 1);
+    let rows = table["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 6, "{table:#}");
+    for row in rows {
+        assert!(row["params"]["lr"].is_string(), "{row:#}");
+        assert!(row["params"]["seed"].is_string(), "{row:#}");
+        let accuracy = row["metrics"]["test.accuracy"].as_f64().expect("accuracy");
+        assert!((0.0..=1.0).contains(&accuracy), "{row:#}");
+        assert_eq!(row["stages"]["finetune"]["status"], "ran", "{row:#}");
+    }
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|row| row["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(
+        (
+            rows[0]["params"]["lr"].as_str(),
+            rows[0]["params"]["seed"].as_str()
+        ),
+        (Some("2e-3"), Some("1"))
+    );
+    assert_eq!(
+        (
+            rows[3]["params"]["lr"].as_str(),
+            rows[3]["params"]["seed"].as_str()
+        ),
+        (Some("1e-3"), Some("2"))
+    );
+
+    let diff = project.taper(&["exp", "diff", ids[0], ids[3]]);
+    assert!(diff.status.success(), "{}", text(&diff));
+    let diff = String::from_utf8_lossy(&diff.stdout);
+    assert!(diff.contains("  lr    2e-3 → 1e-3\n"), "{diff}");
+    assert!(diff.contains("  seed  1 → 2\n"), "{diff}");
+    assert!(diff.contains("hparams.learning_rate"), "{diff}");
+    assert!(diff.contains("\nmetrics\n"), "{diff}");
+    assert!(!diff.contains("reviews"), "shared stages are equal: {diff}");
+
+    // `taper plots` overlays the six variants' training curves on one page.
+    let plots = project.taper(&["plots", "sweep.yaml", "-o", "plots.html"]);
+    assert!(plots.status.success(), "{}", text(&plots));
+    let html = fs::read_to_string(project.path("plots.html")).expect("plots");
+    for row in rows {
+        let variant = row["variant"].as_str().expect("variant label");
+        assert!(
+            html.contains(&format!("finetune-{variant}: training")),
+            "{variant}"
+        );
+    }
+    assert!(html.contains("step (optimizer updates)") && html.contains("cross-entropy (nats)"));
+
+    let before = fs::read_to_string(project.path("sweep.yaml")).expect("read");
+    let apply = project.taper(&["exp", "apply", ids[3]]);
+    assert!(apply.status.success(), "{}", text(&apply));
+    assert_eq!(
+        fs::read_to_string(project.path("sweep.yaml")).expect("read"),
+        before
+            .replace("[2e-3, 1e-3, 5e-4]", "[1e-3]")
+            .replace("[1, 2]", "[2]")
+    );
+    let plan = project.taper(&["plan", "sweep.yaml"]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.contains("finetune-lr1e-3-seed2"), "{plan}");
+    assert!(!plan.contains("seed1"), "{plan}");
+    assert!(
+        plan.contains(": 5 stages, 5 cached, 0 will run\n"),
+        "{plan}"
+    );
 }

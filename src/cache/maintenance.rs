@@ -127,10 +127,11 @@ impl Store {
         Ok(report)
     }
 
-    /// Deletes every object that neither a registered lock file nor one of the `keep_runs`
-    /// most recent runs reaches, and leftovers of interrupted runs. Waits for running
-    /// `taper run`s to finish first (they hold `gc.lock` shared).
-    pub fn gc(&self, keep_runs: usize) -> Result<GcReport, CacheError> {
+    /// Deletes every object that neither a registered lock file, nor one of the `keep_runs`
+    /// most recent runs, nor (with `keep_experiments`) a recorded experiment reaches, and
+    /// leftovers of interrupted runs. Waits for running `taper run`s to finish first (they hold
+    /// `gc.lock` shared).
+    pub fn gc(&self, keep_runs: usize, keep_experiments: bool) -> Result<GcReport, CacheError> {
         self.writable("collect garbage")?;
         let guard_path = self.root.join("gc.lock");
         let guard = super::open_lock_file(&guard_path)?;
@@ -141,6 +142,9 @@ impl Store {
             if let Some(lock) = LockFile::load(&record.lock_file) {
                 keys.extend(lock.stages.values().map(|stage| stage.key));
             }
+        }
+        if keep_experiments {
+            keys.extend(self.experiment_keys());
         }
         let mut runs = read_json_dir::<RunRecord>(&self.root.join("runs-v1"));
         // Oldest first by last use (see `Store::record_run`); the name breaks ties.
@@ -269,7 +273,7 @@ fn add_usage(path: &Path, usage: &mut BucketUsage) {
     }
 }
 
-fn read_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<(PathBuf, T)> {
+pub(super) fn read_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<(PathBuf, T)> {
     let mut found: BTreeMap<PathBuf, T> = BTreeMap::new();
     for entry in real_dir_entries(dir) {
         if entry.file_type().is_ok_and(|kind| kind.is_file()) {

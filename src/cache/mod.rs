@@ -34,6 +34,8 @@
 //! runs-v1/<digest>.json           the keys recent runs used, by digest of the key set; the
 //!                                 mtime says when last used (gc keeps the newest as roots)
 //! roots-v1/<digest>.json          lock files that used this store (gc roots)
+//! experiments-v1/<id>.json        what each `taper run` did, for `taper exp` (gc roots unless
+//!                                 `cache gc --ignore-experiments`; see [`experiments`])
 //! downloads-v1/                   reserved for source fetchers
 //! quarantine-v1/                  objects `taper cache verify` found corrupt
 //! tmp/                            temp files, renamed into place when complete
@@ -47,6 +49,7 @@
 //! action records, same names) through a directory or S3-compatible storage, while locks,
 //! scratch space and the hash cache stay local.
 
+mod experiments;
 pub mod locate;
 mod lockfile;
 mod maintenance;
@@ -62,6 +65,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fingerprint::{Digest, HashCache, Manifest, StageHashable};
 
+pub use experiments::{ExperimentRecord, ExperimentStage, ExperimentVariant, EXPERIMENT_SCHEMA};
 pub use lockfile::{LockFile, LockFileError, LockedSpec, LockedStage};
 pub use maintenance::{ActionListing, BucketUsage, GcReport, VerifyReport};
 
@@ -210,7 +214,7 @@ const OWN_FILES: [&str; 6] = [
 /// Files a project may keep in its store directory (`cache/.gitignore` in this repository).
 const TOLERATED_FILES: [&str; 2] = [".gitignore", ".gitkeep"];
 
-const BUCKETS: [&str; 10] = [
+const BUCKETS: [&str; 11] = [
     "blobs-v1",
     "manifests-v1",
     "actions-v1",
@@ -218,6 +222,7 @@ const BUCKETS: [&str; 10] = [
     "scratch-v1",
     "runs-v1",
     "roots-v1",
+    experiments::BUCKET,
     "downloads-v1",
     "quarantine-v1",
     "tmp",

@@ -22,6 +22,7 @@ fn sample_record(store: &Store, content: &str) -> ActionRecord {
             outs: Vec::new(),
             env: BTreeMap::new(),
             pass_env: Vec::new(),
+            metrics: Vec::new(),
         }),
         inputs: BTreeMap::new(),
     };
@@ -113,7 +114,7 @@ fn gc_keeps_what_lock_files_and_recent_runs_reach() {
     store.register_lock_file(&lock_path).expect("register");
     store.record_run(&[garbage.key]).expect("record run");
     store.record_run(&[recent.key]).expect("record run");
-    let report = store.gc(1).expect("gc");
+    let report = store.gc(1, true).expect("gc");
     assert!(report.removed_objects >= 3, "{report:?}");
     assert!(store.outputs_present(&locked).is_some());
     assert!(store.outputs_present(&recent).is_some());
@@ -139,7 +140,7 @@ fn a_repeated_run_reuses_its_record_and_becomes_the_newest() {
         .expect("runs")
         .count();
     assert_eq!(records, 2, "a repeated run added a record");
-    store.gc(1).expect("gc");
+    store.gc(1, true).expect("gc");
     assert!(
         store.get_action(&first.key).is_some(),
         "the newest run lost its outputs"
@@ -298,7 +299,10 @@ fn a_read_only_store_is_opened_and_read_without_writing() {
         Err(CacheError::ReadOnly { .. })
     ));
     store.record_run(&[key]).expect("nothing to record");
-    assert!(matches!(store.gc(0), Err(CacheError::ReadOnly { .. })));
+    assert!(matches!(
+        store.gc(0, true),
+        Err(CacheError::ReadOnly { .. })
+    ));
     assert_eq!(listing(&root), before, "a read-only store was written to");
     assert!(matches!(
         Store::open_read_only(&temp.path().join("none")),
@@ -352,10 +356,51 @@ fn maintenance_never_follows_a_symlink_planted_in_the_store() {
         .expect("link again");
     let report = store.verify().expect("verify");
     assert_eq!(report.quarantined.len(), 1, "{report:?}");
-    store.gc(0).expect("gc");
+    store.gc(0, true).expect("gc");
     assert_eq!(
         listing(&user),
         before,
         "maintenance changed a user directory"
     );
+}
+
+/// An experiment's stage keys are gc roots, even once no recent run reaches them; with
+/// `--ignore-experiments` (`keep_experiments: false`) they are not, and the record stays.
+#[test]
+fn experiments_keep_their_outputs_through_gc_unless_ignored() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&temp.path().join("cache")).expect("open");
+    let kept = sample_record(&store, "experiment");
+    store.put_action(&kept).expect("put action");
+    let experiment = ExperimentRecord {
+        schema: EXPERIMENT_SCHEMA,
+        id: String::new(),
+        pipeline: "p.yaml".to_owned(),
+        name: "p".to_owned(),
+        started_at_ms: 0,
+        wall_ms: 0,
+        commit: None,
+        overrides: Vec::new(),
+        stages: BTreeMap::from([(
+            "step".to_owned(),
+            ExperimentStage {
+                kind: crate::model::StageKind::Command,
+                status: "ran".to_owned(),
+                key: Some(kept.key),
+                duration_ms: 1,
+                metrics: BTreeMap::new(),
+            },
+        )]),
+        variants: Vec::new(),
+    }
+    .with_id();
+    store.record_experiment(&experiment).expect("record");
+    store.gc(0, true).expect("gc");
+    assert!(
+        store.outputs_present(&kept).is_some(),
+        "an experiment lost its outputs"
+    );
+    store.gc(0, false).expect("gc");
+    assert!(store.get_action(&kept.key).is_none());
+    assert_eq!(store.experiments(), vec![experiment]);
 }

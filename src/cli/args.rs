@@ -58,6 +58,13 @@ pub enum Command {
     /// Show which words made a trained model predict what it did for one text (word
     /// attributions, as the `explain` stage computes them).
     Explain(ExplainArgs),
+    /// Write one self-contained HTML page with the training curves of several runs overlaid
+    /// (loss and validation accuracy per step, with axes, ticks and units).
+    Plots(PlotsArgs),
+    /// Experiments: every `taper run` is recorded; tabulate them (`show`), compare two
+    /// (`diff`), write one's settings back into its pipeline file (`apply`), forget one
+    /// (`remove`).
+    Exp(ExpArgs),
     /// Shared spec workflows: document one (`show`), or start one (`new`).
     Spec(SpecArgs),
     /// Print a shell completion script (e.g. `taper completions bash > ~/.local/share/bash-completion/completions/taper`).
@@ -66,6 +73,100 @@ pub enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlotsArgs {
+    /// Pipeline files (each `train` stage's curves; a sweep's variants each), `train` stage
+    /// output directories, or `train_log.jsonl` files.
+    #[arg(value_name = "TARGET", required = true)]
+    pub targets: Vec<PathBuf>,
+    /// The HTML file to write.
+    #[arg(short, long, value_name = "FILE", default_value = "plots.html")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExpArgs {
+    #[command(subcommand)]
+    pub command: ExpCommand,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExpCommand {
+    /// A table of experiments, one row per run (per variant for a sweep), oldest first:
+    /// params (overrides and swept values) and metrics as columns.
+    Show {
+        /// Only the experiments of this pipeline file.
+        #[arg(value_name = "PIPELINE")]
+        pipeline: Option<PathBuf>,
+        /// Order rows by this column (`test.accuracy`, `lr`, `started`, `id`).
+        #[arg(long, value_name = "COLUMN")]
+        sort: Option<String>,
+        /// With `--sort`: largest first.
+        #[arg(long, requires = "sort")]
+        desc: bool,
+        /// Keep rows where `COLUMN OP VALUE` holds; OP is one of `>`, `>=`, `<`, `<=`, `=`,
+        /// `!=` (numbers compare as numbers). Repeatable: all must hold.
+        #[arg(long, value_name = "COLUMN OP VALUE")]
+        filter: Vec<String>,
+        /// Only these param and metric columns (comma-separated): names, or prefixes ending
+        /// in `.` or `*` (`--columns lr,seed,test.`). `--json` rows keep every value.
+        #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
+        columns: Vec<String>,
+        /// Only the param and metric columns whose values differ between the rows shown.
+        #[arg(long)]
+        only_changed: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExpFormat::Table, conflicts_with_all = ["json", "csv", "md"])]
+        format: ExpFormat,
+        /// Same as `--format json`: `{"schema": 1, "columns": …, "rows": […]}`.
+        #[arg(long)]
+        json: bool,
+        /// Same as `--format csv`.
+        #[arg(long)]
+        csv: bool,
+        /// Same as `--format md` (a Markdown table).
+        #[arg(long)]
+        md: bool,
+    },
+    /// What differs between two experiments (or variant rows): params, stage settings and
+    /// inputs, metrics.
+    Diff {
+        /// An id (or unique prefix) from `taper exp show`.
+        #[arg(value_name = "A")]
+        a: String,
+        /// An id (or unique prefix) from `taper exp show`.
+        #[arg(value_name = "B")]
+        b: String,
+    },
+    /// Write an experiment's `-S` overrides (and, for a sweep row, its swept values) into its
+    /// pipeline file, changing only those values: comments and layout stay.
+    Apply {
+        /// An id (or unique prefix) from `taper exp show`.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Forget experiments: their records go, and with them their hold on the store (`cache gc`).
+    Remove {
+        /// Ids (or unique prefixes) from `taper exp show`.
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExpFormat {
+    /// Aligned columns.
+    Table,
+    /// One JSON document.
+    Json,
+    /// Comma-separated values with a header row.
+    Csv,
+    /// A Markdown table.
+    Md,
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,6 +206,8 @@ impl Command {
             | Command::Plan(_)
             | Command::Cache(_)
             | Command::Metrics(_)
+            | Command::Exp(_)
+            | Command::Plots(_)
             | Command::Spec(_)
             | Command::Completions { .. } => false,
         }
@@ -161,6 +264,10 @@ pub struct PlanArgs {
     pub selection: SelectionArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// One JSON document on stdout: `{"schema": 1, "pipeline", "stages": [{"stage", "key",
+    /// "decision", "reasons"|"restore"|"error"}], "sweeps"}` (docs/spec.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -175,6 +282,11 @@ pub struct RunArgs {
     /// Print the plan and run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// One JSON object per event on stdout, newline-delimited (`started`, `finished`,
+    /// `cached`, `failed`, …, `log` with `-v`), ending with a `summary` naming the recorded
+    /// experiment (docs/spec.md). Diagnostics still go to stderr.
+    #[arg(long)]
+    pub json: bool,
     /// Where stale stages run: here, or as Slurm batch jobs (one per stage, chained by
     /// dependencies; resources from `slurm:` in `.taper/config.yaml`; needs a store every
     /// node shares).
@@ -211,9 +323,19 @@ pub enum CacheCommand {
         /// How many recent runs keep their results.
         #[arg(long, default_value_t = 10, value_name = "N")]
         keep_runs: usize,
+        /// Do not keep the results of recorded experiments (`taper exp show`); the records
+        /// stay, as history. Without it every experiment's results survive until it is
+        /// removed with `taper exp remove`.
+        #[arg(long)]
+        ignore_experiments: bool,
     },
     /// List cached stage results, newest first.
-    Ls,
+    Ls {
+        /// One JSON document: `{"schema": 1, "results": [{"key", "stage", "kind", "files",
+        /// "bytes", "duration_ms", "finished_at", "metrics"}]}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Disk usage per bucket.
     Du,
     /// Upload every cached result the remote lacks (objects first, then action records).
@@ -270,15 +392,20 @@ pub enum DagFormatArg {
 pub struct MetricsArgs {
     #[command(subcommand)]
     pub command: Option<MetricsCommand>,
-    /// A `metrics.json`, a lock file (`x.lock`) or a pipeline file (its lock file is read).
+    /// A metrics file (JSON, or YAML for `.yaml`/`.yml`; nested names are flattened to
+    /// `a.b.c`), a lock file (`x.lock`) or a pipeline file (its lock file is read).
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// `{"schema": 1, "metrics": {"name": value}}` on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum MetricsCommand {
-    /// Compare metrics: `NEW` against `OLD`, each a `metrics.json`, a lock file or a pipeline
-    /// file; `OLD` defaults to the pipeline's lock file as committed in git (`HEAD`).
+    /// Compare metrics: `NEW` against `OLD`, each a metrics file, a lock file or a pipeline
+    /// file; `OLD` defaults to the pipeline's lock file as committed in git (`HEAD`). Shows
+    /// only what changed unless `--all`.
     Diff {
         /// The new metrics.
         #[arg(value_name = "NEW")]
@@ -286,6 +413,12 @@ pub enum MetricsCommand {
         /// The old metrics.
         #[arg(value_name = "OLD")]
         old: Option<PathBuf>,
+        /// Also the metrics that did not change.
+        #[arg(long)]
+        all: bool,
+        /// `{"schema": 1, "metrics": [{"name", "old", "new", "change"}]}` on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -6,6 +6,7 @@
 
 pub mod args;
 mod commands;
+mod json;
 pub mod printer;
 mod progress;
 mod signals;
@@ -113,6 +114,8 @@ pub fn run(args: Args, printer: &Printer) -> ExitStatus {
         Command::Predict(args) => commands::predict::run(&args, printer),
         Command::Serve(args) => commands::serve::run(&args, printer),
         Command::Explain(args) => commands::explain::run(&args, printer),
+        Command::Exp(args) => commands::exp::run(&args, printer),
+        Command::Plots(args) => commands::plots::run(&args, printer),
         Command::Spec(args) => commands::spec::run(&args, printer),
         Command::Completions { shell } => commands::completions::run(shell, printer),
     }

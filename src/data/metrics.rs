@@ -12,7 +12,93 @@
 //! - ECE uses 15 equal-width confidence bins `(k/15, (k+1)/15]` (0 in the first), weighting each
 //!   bin's |accuracy − mean confidence| by its share of examples.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+/// A metrics file's text as a JSON value: YAML for `.yaml`/`.yml`, JSON otherwise (YAML is a
+/// superset of JSON, but JSON's own parser gives the better error for a broken `.json`).
+pub fn parse_document(path: &std::path::Path, text: &str) -> Result<serde_json::Value, String> {
+    match path.extension().and_then(|extension| extension.to_str()) {
+        Some("yaml" | "yml") => serde_yaml::from_str(text).map_err(|error| error.to_string()),
+        _ => serde_json::from_str(text).map_err(|error| error.to_string()),
+    }
+}
+
+/// Every scalar leaf of a JSON document under a dotted name: `{"a": {"b": 1}, "c": [2]}` →
+/// `a.b`, `c.0`. Items of a list of objects that each have a string `label` are named by it
+/// (`per_class.neg.f1`, not `per_class.0.f1`), so names stay stable when classes are reordered.
+pub fn flatten(value: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    fn walk(
+        prefix: &str,
+        value: &serde_json::Value,
+        out: &mut BTreeMap<String, serde_json::Value>,
+    ) {
+        let join = |key: &str| {
+            if prefix.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{prefix}.{key}")
+            }
+        };
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    walk(&join(key), child, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                let labels: Option<Vec<&str>> = items
+                    .iter()
+                    .map(|item| item.get("label").and_then(serde_json::Value::as_str))
+                    .collect();
+                for (index, child) in items.iter().enumerate() {
+                    let name = labels
+                        .as_ref()
+                        .map_or_else(|| index.to_string(), |labels| labels[index].to_owned());
+                    walk(&join(&name), child, out);
+                }
+            }
+            leaf => {
+                out.insert(prefix.to_owned(), leaf.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", value, &mut out);
+    out
+}
+
+/// The numbers of a metrics document, flattened ([`flatten`]). Lists of plain values (a
+/// confusion matrix, a per-epoch series) are not headline metrics and are left out.
+pub fn numeric_metrics(value: &serde_json::Value) -> BTreeMap<String, f64> {
+    fn is_series(value: &serde_json::Value) -> bool {
+        value.as_array().is_some_and(|items| {
+            items.is_empty()
+                || !items
+                    .iter()
+                    .all(|item| item.get("label").is_some_and(serde_json::Value::is_string))
+        })
+    }
+    fn strip(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => serde_json::Value::Object(
+                map.iter()
+                    .filter(|(_, child)| !is_series(child))
+                    .map(|(key, child)| (key.clone(), strip(child)))
+                    .collect(),
+            ),
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(strip).collect())
+            }
+            leaf => leaf.clone(),
+        }
+    }
+    flatten(&strip(value))
+        .into_iter()
+        .filter_map(|(name, leaf)| leaf.as_f64().map(|number| (name, number)))
+        .collect()
+}
 
 pub const ECE_BINS: usize = 15;
 
@@ -289,5 +375,30 @@ mod tests {
         assert!(Metrics::compute(&[0], &[vec![1.0]], &names(2)).is_none());
         assert!(Metrics::compute(&[2], &[vec![0.5, 0.5]], &names(2)).is_none());
         assert!(Metrics::compute(&[], &[], &names(2)).is_none());
+    }
+
+    #[test]
+    fn nested_metrics_flatten_to_dotted_names_without_series() {
+        let document = serde_json::json!({
+            "accuracy": 0.8,
+            "eval": {"loss": 0.4, "split": "test", "by_length": {"short": 0.9}},
+            "per_class": [{"label": "neg", "f1": 0.7}, {"label": "pos", "f1": 0.75}],
+            "confusion": [[8, 2], [1, 9]],
+            "history": [0.9, 0.5]
+        });
+        let numbers = numeric_metrics(&document);
+        let names: Vec<&str> = numbers.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "accuracy",
+                "eval.by_length.short",
+                "eval.loss",
+                "per_class.neg.f1",
+                "per_class.pos.f1"
+            ]
+        );
+        assert_eq!(flatten(&document)["confusion.1.0"], serde_json::json!(1));
+        assert_eq!(flatten(&document)["eval.split"], serde_json::json!("test"));
     }
 }

@@ -117,6 +117,9 @@ pub struct RunSummary {
     pub stages: Vec<(StageId, StageStatus)>,
     /// The lock file could not be written at the end of the run (the outputs are stored).
     pub lock_error: Option<ExecError>,
+    /// The lock entry of every stage this run ran or restored (key, settings, metrics): what
+    /// an experiment record keeps of the run (`exec::experiment`).
+    pub locked: BTreeMap<StageId, LockedStage>,
 }
 
 impl RunSummary {
@@ -423,6 +426,7 @@ impl<'a> Engine<'a> {
         let mut outputs: BTreeMap<usize, Manifest> = BTreeMap::new();
         let mut statuses: BTreeMap<usize, StageStatus> = BTreeMap::new();
         let mut keys = Vec::new();
+        let mut locked_stages = BTreeMap::new();
         let (sender, receiver) = mpsc::channel::<(usize, Finished)>();
 
         std::thread::scope(|scope| {
@@ -475,6 +479,7 @@ impl<'a> Engine<'a> {
                 running -= 1;
                 keys.extend(finished.key);
                 if let Some(locked) = finished.locked {
+                    locked_stages.insert(self.dag.id(index).clone(), locked.clone());
                     self.update_lock(index, locked);
                 }
                 match finished.manifest {
@@ -529,7 +534,11 @@ impl<'a> Engine<'a> {
                     .map(|status| (self.dag.id(*index).clone(), status))
             })
             .collect();
-        Ok(RunSummary { stages, lock_error })
+        Ok(RunSummary {
+            stages,
+            lock_error,
+            locked: locked_stages,
+        })
     }
 
     fn update_lock(&self, index: usize, locked: LockedStage) {

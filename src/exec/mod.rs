@@ -28,6 +28,7 @@
 
 mod engine;
 mod executor;
+pub mod experiment;
 mod inputs;
 pub mod interrupt;
 pub mod report;

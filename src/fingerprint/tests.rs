@@ -25,6 +25,7 @@ fn command_stage(run: &str, env: BTreeMap<String, String>) -> Stage {
             outs: vec![PathBuf::from("out.txt")],
             env,
             pass_env: Vec::new(),
+            metrics: Vec::new(),
         }),
         inputs: BTreeMap::new(),
     }

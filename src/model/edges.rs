@@ -320,6 +320,7 @@ mod tests {
                 outs: outs.iter().map(PathBuf::from).collect(),
                 env: BTreeMap::new(),
                 pass_env: Vec::new(),
+                metrics: Vec::new(),
             }),
             inputs: BTreeMap::new(),
         }

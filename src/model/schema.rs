@@ -221,6 +221,7 @@ fn stage(kind: StageKind) -> Value {
         properties["outs"] = json!({ "type": "array", "items": { "type": "string" }, "description": "Files and directories it writes (cached)." });
         properties["env"] = json!({ "type": "object", "additionalProperties": { "type": "string" }, "description": "Extra environment variables." });
         properties["pass_env"] = json!({ "type": "array", "items": { "type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" }, "description": "Variables passed from taper's environment at run time: names are part of the stage key, values are never hashed, printed or stored." });
+        properties["metrics"] = json!({ "type": "array", "items": { "type": "string" }, "description": "JSON or YAML files the command writes with its metrics (nested names flattened to `a.b`); outputs like `outs`, recorded in the lock file and experiments, read by `taper metrics`." });
         required.push("run");
     } else {
         if !slots.is_empty() {

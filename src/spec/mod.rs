@@ -8,6 +8,7 @@
 //! override is reported exactly like a bad line of the file.
 
 mod docs;
+mod edit;
 mod error;
 mod node;
 mod raw;
@@ -15,6 +16,7 @@ mod source_text;
 mod uses;
 
 pub use docs::{document, STARTER_SPEC};
+pub use edit::{apply_edits, Edit, EditError};
 pub use error::{SpecError, SpecNote};
 pub use node::{
     abbreviate, parse_yaml, resolve_plain, Key, Node, Scalar, ScalarStyle, ScalarValue, Value,

@@ -82,6 +82,10 @@ pub struct SpecUse {
 pub struct Variant {
     /// The swept params' values as written (empty without `matrix:`).
     pub params: BTreeMap<String, String>,
+    /// What its own stages' names end with, after a `-` (`lr1e-3-seed2`); empty without
+    /// `matrix:`. Stripped, it names a variant's stage as the spec does, so experiments can
+    /// compare `finetune` across variants.
+    pub label: String,
     /// The pipeline stages this variant consists of (shared ones included).
     pub stages: Vec<String>,
 }
@@ -528,6 +532,7 @@ fn expand_one(
                 .iter()
                 .map(|(name, node)| (name.clone(), scalar_text(node)))
                 .collect(),
+            label,
             stages,
         });
     }

@@ -19,12 +19,14 @@
 //! dies. Its environment is taper's, plus `env:`, plus the `pass_env:` variables, whose values
 //! are read at spawn time and never written anywhere.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
+use crate::data::metrics::{numeric_metrics, parse_document};
 use crate::exec::interrupt::{signal_name, STAGE_PROCESSES};
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::exec::{special_kind, Fence, Role, WorkspaceError};
@@ -118,8 +120,32 @@ impl StageRunner for CommandRunner {
             }));
         };
         run_command(ctx, command).map_err(StageError::new)?;
-        Ok(StageOutcome::default())
+        Ok(StageOutcome {
+            metrics: read_metrics(ctx, command),
+        })
     }
+}
+
+/// The numbers of the stage's `metrics:` files, flattened to dotted names (merged, in the
+/// order listed). A file that does not parse is a side channel failing: logged, and the stage
+/// still succeeds, since its outputs are complete.
+fn read_metrics(ctx: &StageContext<'_>, command: &Command) -> BTreeMap<String, f64> {
+    let mut metrics = BTreeMap::new();
+    for path in &command.metrics {
+        let source = ctx.out_dir.join(path);
+        let parsed = fs::read_to_string(&source)
+            .map_err(|error| error.to_string())
+            .and_then(|text| parse_document(path, &text));
+        match parsed {
+            Ok(document) => metrics.extend(numeric_metrics(&document)),
+            Err(reason) => {
+                let line = format!("metrics file `{}` not read: {reason}", path.display());
+                tracing::warn!("stage `{}`: {line}", ctx.stage.id);
+                (ctx.log)(&line);
+            }
+        }
+    }
+    metrics
 }
 
 fn run_command(ctx: &StageContext<'_>, command: &Command) -> Result<(), CommandError> {

@@ -74,8 +74,11 @@ fn execute(
                 ExitStatus::Failure
             })
         }
-        CacheCommand::Gc { keep_runs } => {
-            let report = store.gc(*keep_runs)?;
+        CacheCommand::Gc {
+            keep_runs,
+            ignore_experiments,
+        } => {
+            let report = store.gc(*keep_runs, !ignore_experiments)?;
             printer.status(&format!(
                 "removed {} objects ({}), kept {}",
                 report.removed_objects,
@@ -84,7 +87,11 @@ fn execute(
             ));
             Ok(ExitStatus::Success)
         }
-        CacheCommand::Ls => {
+        CacheCommand::Ls { json: true } => {
+            printer.data(&crate::cli::json::cache_listing(&store.list_actions()));
+            Ok(ExitStatus::Success)
+        }
+        CacheCommand::Ls { json: false } => {
             let mut out = String::new();
             for listing in store.list_actions() {
                 let _ = writeln!(

@@ -3,9 +3,11 @@
 pub mod cache;
 pub mod completions;
 pub mod dag;
+pub mod exp;
 pub mod explain;
 pub mod metrics;
 pub mod plan;
+pub mod plots;
 pub mod predict;
 pub mod run;
 pub mod schema;
@@ -33,6 +35,26 @@ pub(crate) fn report_load_error(error: LoadError, printer: &Printer) -> ExitStat
     };
     printer.diagnostic(error);
     status
+}
+
+/// Ends a command that prints `text` on success: the data to stdout, or the error rendered with
+/// the exit status `status_of` gives it.
+pub(crate) fn finish<E: miette::Diagnostic + Send + Sync + 'static>(
+    result: Result<String, E>,
+    printer: &Printer,
+    status_of: impl FnOnce(&E) -> ExitStatus,
+) -> ExitStatus {
+    match result {
+        Ok(text) => {
+            printer.data(&text);
+            ExitStatus::Success
+        }
+        Err(error) => {
+            let status = status_of(&error);
+            printer.diagnostic(error);
+            status
+        }
+    }
 }
 
 /// Loads the pipeline and opens the store, reporting failures; `Err` carries the exit status.

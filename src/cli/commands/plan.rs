@@ -26,10 +26,18 @@ pub fn run(args: &PlanArgs, printer: &Printer) -> ExitStatus {
                 return ExitStatus::Failure;
             }
         };
-    printer.data(&report::render_plan(&pipeline.name, &plans));
-    printer.data(&report::render_expansion(&pipeline.specs));
-    if let Some(lock) = LockFile::load(&LockFile::path_for(&pipeline.path)) {
-        printer.data(&report::render_spec_changes(&lock, &pipeline.specs));
+    if args.json {
+        printer.data(&crate::cli::json::plan(
+            &pipeline.name,
+            &plans,
+            &pipeline.specs,
+        ));
+    } else {
+        printer.data(&report::render_plan(&pipeline.name, &plans));
+        printer.data(&report::render_expansion(&pipeline.specs));
+        if let Some(lock) = LockFile::load(&LockFile::path_for(&pipeline.path)) {
+            printer.data(&report::render_spec_changes(&lock, &pipeline.specs));
+        }
     }
     let mut status = ExitStatus::Success;
     for plan in plans {

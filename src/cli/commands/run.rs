@@ -4,16 +4,21 @@
 //! 128 + signal when stopped by SIGINT, SIGTERM or SIGHUP (see `cli::signals`).
 
 use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
 
 use crate::cache::locate::project_root_of;
 use crate::cache::Store;
 use crate::cli::args::{ExecutorArg, OutputArgs, RunArgs};
+use crate::cli::json;
 use crate::cli::printer::Printer;
 use crate::cli::progress::RunDisplay;
 use crate::cli::ExitStatus;
+use crate::exec::experiment::{experiment_of, RunTiming};
 use crate::exec::interrupt::{signal_name, STAGE_PROCESSES};
 use crate::exec::slurm::{JobState, SlurmConfig, SlurmExecutor, SlurmRun, Submission};
-use crate::exec::{report, Engine, ExecError, Executor, LocalExecutor, RunOptions, StageStatus};
+use crate::exec::{
+    report, Engine, Event, ExecError, Executor, LocalExecutor, RunOptions, StageStatus,
+};
 use crate::model::{Pipeline, StageId};
 
 pub fn run(args: &RunArgs, output: OutputArgs, printer: &Printer) -> ExitStatus {
@@ -61,7 +66,11 @@ pub fn run(args: &RunArgs, output: OutputArgs, printer: &Printer) -> ExitStatus 
     if args.dry_run {
         return match engine.plan(&options) {
             Ok(plans) => {
-                printer.data(&report::render_plan(&pipeline.name, &plans));
+                printer.data(&if args.json {
+                    json::plan(&pipeline.name, &plans, &pipeline.specs)
+                } else {
+                    report::render_plan(&pipeline.name, &plans)
+                });
                 ExitStatus::Success
             }
             Err(error) => {
@@ -76,14 +85,35 @@ pub fn run(args: &RunArgs, output: OutputArgs, printer: &Printer) -> ExitStatus 
         tracing::warn!("cannot handle SIGTERM, SIGINT and SIGHUP: {error}");
     }
     let display = RunDisplay::new(printer, output);
-    let summary = match engine.run(&options, &|event| display.event(event)) {
+    let started = (SystemTime::now(), Instant::now());
+    let observe = |event: &Event<'_>| {
+        if args.json {
+            if let Some(line) = json::event(event, output.verbose) {
+                printer.data(&line);
+            }
+        } else {
+            display.event(event);
+        }
+    };
+    let summary = match engine.run(&options, &observe) {
         Ok(summary) => summary,
         Err(error) => {
             printer.diagnostic(error);
             return ExitStatus::Failure;
         }
     };
-    if !output.quiet {
+    let timing = RunTiming {
+        started: started.0,
+        wall: started.1.elapsed(),
+    };
+    let experiment = experiment_of(&pipeline, &args.selection.overrides, &summary, timing);
+    // A side channel: the run's results are stored and locked whether or not it is recorded.
+    if let Err(error) = store.record_experiment(&experiment) {
+        tracing::warn!("experiment not recorded: {error}");
+    }
+    if args.json {
+        printer.data(&json::summary(&summary, &experiment));
+    } else if !output.quiet {
         printer.status(&report::render_summary(&summary));
     }
     let interrupted = STAGE_PROCESSES.interrupted();

@@ -27,6 +27,12 @@ pub struct Command {
     /// stages written before `pass_env` existed do not change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pass_env: Vec<String>,
+    /// JSON or YAML files the command writes with its metrics (nested objects flattened to
+    /// dotted names): outputs like `outs` (validation adds any not listed there), read after
+    /// the command succeeds into the lock file, `taper metrics` and experiments. Skipped when
+    /// empty so the keys of existing stages do not change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<PathBuf>,
 }
 
 /// Words that mark an `env:` key as a secret by convention (`HF_TOKEN`, `DB_PASSWORD`,

@@ -32,9 +32,9 @@ use params::{check_params, Substitution};
 use semantic::check_across_stages;
 use stage::check_stage;
 
-/// The keys a stage may have. `run`, `deps`, `outs`, `env` and `pass_env` belong to `command`
+/// The keys a stage may have. `run`, `deps`, `outs`, `env`, `pass_env` and `metrics` belong to `command`
 /// stages and sit at stage level (as in DVC); the other kinds take their settings under `with:`.
-pub const STAGE_KEYS: [&str; 9] = [
+pub const STAGE_KEYS: [&str; 10] = [
     "kind",
     "description",
     "inputs",
@@ -44,6 +44,7 @@ pub const STAGE_KEYS: [&str; 9] = [
     "outs",
     "env",
     "pass_env",
+    "metrics",
 ];
 
 /// A stage after its own checks, before the edges are checked.

@@ -18,7 +18,7 @@ use crate::spec::{
     did_you_mean, suggestion_help, Key, Node, ScalarStyle, ScalarValue, Span, Value,
 };
 
-const COMMAND_KEYS: [&str; 5] = ["run", "deps", "outs", "env", "pass_env"];
+const COMMAND_KEYS: [&str; 6] = ["run", "deps", "outs", "env", "pass_env", "metrics"];
 
 fn is_stage_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -131,7 +131,7 @@ pub(super) fn check_stage<'a>(
                 "list the files it reads under `deps`; a dep under another stage's `outs` (or `out/<stage>/`) is an edge".to_owned(),
             )),
             (StageKind::Command, _) => None,
-            (_, "run" | "deps" | "outs" | "env" | "pass_env") => Some((
+            (_, "run" | "deps" | "outs" | "env" | "pass_env" | "metrics") => Some((
                 format!("`{name}` applies only to `command` stages"),
                 format!("`{kind}` stages take their settings under `with:`; for a shell step, add a `kind: command` stage"),
             )),
@@ -299,13 +299,18 @@ fn normalize_command_paths(
     checked: &mut Checked<'_>,
     errors: &mut Vec<ModelError>,
 ) {
-    for (list, field) in [(&mut command.deps, "deps"), (&mut command.outs, "outs")] {
+    let mut metrics = Vec::new();
+    for (list, field) in [
+        (&mut command.deps, "deps"),
+        (&mut command.outs, "outs"),
+        (&mut command.metrics, "metrics"),
+    ] {
         for (index, path) in list.iter_mut().enumerate() {
             let span = node
                 .lookup(&[field.to_owned(), index.to_string()])
                 .map_or(checked.id.span, |item| item.span);
             let normalized = normalize(path);
-            if field == "outs" && !is_strictly_inside(&normalized) {
+            if field != "deps" && !is_strictly_inside(&normalized) {
                 errors.push(ModelError::InvalidValue {
                     message: format!("output `{}` of stage `{}` is outside the pipeline directory", path.display(), checked.id.value),
                     span: span.into(),
@@ -319,11 +324,19 @@ fn normalize_command_paths(
                 continue;
             }
             *path = normalized.clone();
-            if field == "deps" {
-                checked.deps.push((normalized, span));
-            } else {
-                checked.outs.push((normalized, span));
+            match field {
+                "deps" => checked.deps.push((normalized, span)),
+                "outs" => checked.outs.push((normalized, span)),
+                _ => metrics.push((normalized, span)),
             }
+        }
+    }
+    // A metrics file is an output: one inside a declared out is already cached with it; any
+    // other becomes an out of its own, so it is cleared, checked, cached and restored like one.
+    for (path, span) in metrics {
+        if !command.outs.iter().any(|out| path.starts_with(out)) {
+            command.outs.push(path.clone());
+            checked.outs.push((path, span));
         }
     }
 }
