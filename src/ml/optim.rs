@@ -99,7 +99,10 @@ impl AdamW {
             weight_decay,
             decay: vars.iter().map(|(name, _)| decays(name)).collect(),
             lr_scales: layer_scales(
-                &vars.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
+                &vars
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>(),
                 layer_decay,
             ),
             moments,
@@ -296,6 +299,64 @@ mod tests {
         assert!(!decays("encoder.layer.0.attention.self.query.bias"));
         assert!(!decays("embeddings.LayerNorm.weight"));
         assert!(!decays("transformer.layer.0.sa_layer_norm.weight"));
+    }
+
+    /// MiniLM has 6 layers: with decay 0.5 the head trains at the full rate, layer 5 at 0.5,
+    /// layer 0 at 0.5⁶ and the embeddings at 0.5⁷; adapters take their layer's rate.
+    #[test]
+    fn layer_decay_gives_each_group_its_rate() {
+        let names = [
+            "classifier.weight",
+            "pooler.dense.bias",
+            "encoder.layer.5.output.dense.weight",
+            "encoder.layer.0.attention.self.query.lora_A.weight",
+            "transformer.layer.2.ffn.lin1.weight",
+            "embeddings.word_embeddings.weight",
+            "embeddings.LayerNorm.bias",
+        ];
+        let scales = layer_scales(&names, Some((0.5, 6)));
+        assert_eq!(
+            scales,
+            [
+                1.0,
+                1.0,
+                0.5,
+                0.5f64.powi(6),
+                0.5f64.powi(4),
+                0.5f64.powi(7),
+                0.5f64.powi(7)
+            ]
+        );
+        assert_eq!(layer_scales(&names, None), [1.0; 7]);
+    }
+
+    /// The scaled rate is the one the update uses: Adam's first step moves each weight by
+    /// exactly its learning rate.
+    #[test]
+    fn layer_decay_scales_the_update() {
+        let vars: Vec<(String, Var)> = [
+            "classifier.weight",
+            "encoder.layer.1.output.dense.weight",
+            "embeddings.word_embeddings.weight",
+        ]
+        .iter()
+        .map(|name| {
+            (
+                (*name).to_owned(),
+                Var::new(&[1.0f32], &Device::Cpu).expect("var"),
+            )
+        })
+        .collect();
+        let mut adam = AdamW::new(&vars, 0.0, Some((0.8, 2))).expect("adam");
+        let grads = vec![Tensor::new(&[1.0f32], &Device::Cpu).expect("grad"); 3];
+        adam.step(&vars, &grads, 0.1, 1, 1.0).expect("step");
+        let moved: Vec<f32> = vars
+            .iter()
+            .map(|(_, var)| 1.0 - var.as_tensor().to_vec1::<f32>().expect("value")[0])
+            .collect();
+        for (moved, expected) in moved.iter().zip([0.1, 0.1 * 0.8, 0.1 * 0.8f32.powi(3)]) {
+            assert!((moved - expected).abs() < 1e-6, "{moved} vs {expected}");
+        }
     }
 
     #[test]

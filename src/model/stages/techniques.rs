@@ -194,3 +194,87 @@ pub(super) fn technique_problems(configure: &Configure, problems: &mut Vec<Probl
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(json: &str) -> Vec<String> {
+        let configure: Configure = serde_json::from_str(json).expect("typed settings");
+        configure
+            .problems()
+            .into_iter()
+            .map(|problem| problem.field)
+            .collect()
+    }
+
+    /// Absent techniques serialize to nothing: the stage keys of existing pipelines stay.
+    #[test]
+    fn unset_techniques_add_nothing_to_the_stage_key() {
+        let configure: Configure = serde_json::from_str("{}").expect("defaults");
+        let text = serde_json::to_string(&configure).expect("serializes");
+        for key in [
+            "label_smoothing",
+            "layer_decay",
+            "rdrop",
+            "adversarial",
+            "distillation",
+        ] {
+            assert!(!text.contains(key), "{key} in {text}");
+        }
+    }
+
+    #[test]
+    fn valid_techniques_pass() {
+        let json = r#"{"label_smoothing": 0.1, "layer_decay": 0.9, "rdrop": {"alpha": 1.0},
+            "adversarial": {"method": "pgd", "epsilon": 1.0, "alpha": 0.3, "steps": 3},
+            "distillation": {"temperature": 2.0, "weight": 1.0}}"#;
+        assert_eq!(fields(json), Vec::<String>::new());
+        assert_eq!(
+            fields(r#"{"adversarial": {"method": "fgm"}}"#),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn each_technique_rule_names_its_field() {
+        for (json, field) in [
+            (r#"{"label_smoothing": 1.0}"#, "label_smoothing"),
+            (r#"{"label_smoothing": -0.1}"#, "label_smoothing"),
+            (r#"{"layer_decay": 0.0}"#, "layer_decay"),
+            (r#"{"layer_decay": 1.5}"#, "layer_decay"),
+            (r#"{"rdrop": {"alpha": 0.0}}"#, "rdrop.alpha"),
+            (r#"{"rdrop": {"alpha": 1.0}, "dropout": 0.0}"#, "rdrop"),
+            (
+                r#"{"adversarial": {"method": "fgm", "epsilon": 0.0}}"#,
+                "adversarial.epsilon",
+            ),
+            (
+                r#"{"adversarial": {"method": "fgm", "steps": 3}}"#,
+                "adversarial.steps",
+            ),
+            (
+                r#"{"adversarial": {"method": "fgm", "alpha": 0.3}}"#,
+                "adversarial.alpha",
+            ),
+            (
+                r#"{"adversarial": {"method": "pgd", "steps": 3}}"#,
+                "adversarial.alpha",
+            ),
+            (
+                r#"{"adversarial": {"method": "pgd", "alpha": 0.3, "steps": 0}}"#,
+                "adversarial.steps",
+            ),
+            (
+                r#"{"distillation": {"temperature": 0.0}}"#,
+                "distillation.temperature",
+            ),
+            (
+                r#"{"distillation": {"weight": 1.5}}"#,
+                "distillation.weight",
+            ),
+        ] {
+            assert_eq!(fields(json), [field], "{json}");
+        }
+    }
+}
