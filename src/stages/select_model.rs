@@ -502,6 +502,71 @@ pub(crate) mod tests {
         ));
     }
 
+    /// `layers: 1` of a 2-layer model: the config says 1, the file keeps every tensor but
+    /// those of layer 1 (prefixed names too), byte for byte, the record matches the files,
+    /// and the source directory is left as it was (the artifact's files were hard links).
+    #[test]
+    fn keep_layers_drops_the_upper_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        tiny_model_dir(&model);
+        fs::write(
+            model.join("config.json"),
+            r#"{"model_type": "bert", "hidden_size": 4, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "vocab_size": 8, "max_position_embeddings": 16}"#,
+        )
+        .unwrap();
+        write_safetensors(
+            &model.join("model.safetensors"),
+            &[
+                ("embeddings.word_embeddings.weight", &[8, 4]),
+                ("encoder.layer.0.output.dense.weight", &[4, 4]),
+                ("encoder.layer.1.output.dense.weight", &[4, 4]),
+                ("bert.encoder.layer.1.output.LayerNorm.gamma", &[4]),
+                ("pooler.dense.bias", &[4]),
+            ],
+        );
+        let source_bytes = fs::read(model.join("model.safetensors")).unwrap();
+        let source_config = fs::read(model.join("config.json")).unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let record = select(&model, &Digest::of_bytes(b""), false, &out).unwrap();
+        let error = keep_layers("student", record.clone(), 3, &out).unwrap_err();
+        assert!(
+            matches!(error, MlStageError::TooManyLayers { available: 2, .. }),
+            "{error:?}"
+        );
+        let record = keep_layers("student", record, 1, &out).unwrap();
+        assert_eq!((record.layers, record.tensors), (1, 3));
+        assert_eq!(record.parameters, 8 * 4 + 16 + 4);
+        let header = read_safetensors_header(&out.join("model.safetensors")).unwrap();
+        let mut names: Vec<String> = header.tensors().into_keys().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "embeddings.word_embeddings.weight",
+                "encoder.layer.0.output.dense.weight",
+                "pooler.dense.bias"
+            ]
+        );
+        let config = read_config(&out.join("config.json")).unwrap();
+        assert_eq!(config["num_hidden_layers"], 1);
+        assert_eq!(config["hidden_size"], 4);
+        assert_eq!(
+            record.files["model.safetensors"],
+            hash_path(&out.join("model.safetensors")).unwrap()
+        );
+        let written: ModelRecord =
+            serde_json::from_str(&fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+        assert_eq!(written, record);
+        assert_eq!(
+            fs::read(model.join("model.safetensors")).unwrap(),
+            source_bytes
+        );
+        assert_eq!(fs::read(model.join("config.json")).unwrap(), source_config);
+    }
+
     /// The real model, when the lead's CI provides it.
     #[test]
     fn minilm_when_available() {
