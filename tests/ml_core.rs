@@ -473,11 +473,12 @@ fn ia3_merges_exactly() {
     );
 }
 
-fn run_resume_case(method: &str) {
+/// `techniques`: more settings, as JSON members each starting with a comma.
+fn run_resume_case(method: &str, techniques: &str) {
     let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
     let settings = configure(&format!(
         r#"{{"method":{method},"learning_rate":0.002,"gradient_accumulation":2,"warmup_ratio":0.2,
-            "schedule":"cosine","max_grad_norm":0.5,"dropout":0.2,"seed":9}}"#
+            "schedule":"cosine","max_grad_norm":0.5,"dropout":0.2,"seed":9{techniques}}}"#
     ));
     let (sequences, labels) = toy_data(48);
     let data = batches(&sequences, &labels, 4);
@@ -514,8 +515,14 @@ fn run_resume_case(method: &str) {
 
 #[test]
 fn resuming_gives_bitwise_identical_weights() {
-    run_resume_case(r#"{"name":"full"}"#);
-    run_resume_case(r#"{"name":"lora","dropout":0.1}"#);
+    run_resume_case(r#"{"name":"full"}"#, "");
+    run_resume_case(r#"{"name":"lora","dropout":0.1}"#, "");
+    // Issue 13: the extra dropout passes and attacks draw from the checkpointed RNG stream.
+    run_resume_case(
+        r#"{"name":"full"}"#,
+        r#","label_smoothing":0.1,"layer_decay":0.8,"rdrop":{"alpha":1.0},
+            "adversarial":{"method":"pgd","epsilon":1.0,"alpha":0.4,"steps":2}"#,
+    );
 }
 
 #[test]

@@ -287,3 +287,66 @@ fn a_three_by_two_sweep_shares_upstream_and_trains_six_variants() {
     assert!(second.status.success(), "{}", text(&second));
     assert!(self::ran(&second).is_empty(), "{}", text(&second));
 }
+
+/// Issue 13: a 2-layer teacher is fine-tuned, then a 1-layer student (`select-model` with
+/// `layers: 1`) distils from it with label smoothing, layer decay and FGM on; the student
+/// learns the toy task, its exported config says one layer, and it deploys and predicts.
+#[test]
+fn a_shallow_student_distils_from_its_teacher_and_deploys() {
+    let project = sentiment_project();
+    let pipeline = PIPELINE
+        .split("  test:\n")
+        .next()
+        .expect("the pipeline has a test stage")
+        .replace("  finetune:\n", "  teacher:\n")
+        .to_owned()
+        + r#"  student-base:
+    kind: select-model
+    with: { source: { path: tiny-model }, layers: 1 }
+  student-config:
+    kind: configure
+    with:
+      learning_rate: 5e-3
+      epochs: 10
+      batch_size: 8
+      weight_decay: 0.0
+      dropout: 0.0
+      seed: 11
+      label_smoothing: 0.1
+      layer_decay: 0.9
+      adversarial: { method: fgm, epsilon: 0.5 }
+      distillation: { temperature: 2.0, weight: 0.5 }
+  student:
+    kind: train
+    inputs: { model: student-base, data: reviews, config: student-config, teacher: teacher }
+  test:
+    kind: evaluate
+    inputs: { model: student, data: reviews }
+  ship:
+    kind: deploy
+    inputs: { model: student, metrics: test }
+"#;
+    project.write("p.yaml", &pipeline);
+    let plan = project.taper(&["plan", "p.yaml"]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let run = project.taper(&["run", "p.yaml"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let log = fs::read_to_string(project.path("out/p/student.log")).expect("student log");
+    assert!(log.contains("distilling from a 2-layer teacher"), "{log}");
+    let record = json(&project.path("out/p/student-base/model.json"));
+    assert_eq!(record["layers"], 1);
+    let config = json(&project.path("out/p/student/model/config.json"));
+    assert_eq!(config["num_hidden_layers"], 1);
+    let bundle = json(&project.path("out/p/ship/config.json"));
+    assert_eq!(bundle["num_hidden_layers"], 1);
+    let accuracy = json(&project.path("out/p/test/metrics.json"))["accuracy"]
+        .as_f64()
+        .expect("accuracy");
+    assert!(
+        accuracy >= 0.85,
+        "student accuracy {accuracy}\n{log}\n{}",
+        fs::read_to_string(project.path("out/p/teacher.log")).unwrap_or_default()
+    );
+    let predicted = project.taper(&["predict", "out/p/ship", "good"]);
+    assert!(predicted.status.success(), "{}", text(&predicted));
+}

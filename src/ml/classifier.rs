@@ -223,19 +223,29 @@ const EXPORT_FORMAT: u32 = 1;
 /// The word rows of one training batch as a graph leaf, and where their gradient goes.
 pub(crate) struct WordLeaf {
     ids: Vec<u32>,
-    words: Var,
+    pub(crate) words: Var,
     vocab: usize,
-    /// Index of the word-embedding table in [`ParamStore::vars`].
-    pub(crate) param_index: usize,
+    /// Index of the word-embedding table in [`ParamStore::vars`]; `None` when it is frozen.
+    param_index: Option<usize>,
 }
 
 impl WordLeaf {
     /// The table's gradient `[vocab, hidden]` from the leaf's, if the leaf received one.
-    pub(crate) fn table_gradient(&self, grads: &GradStore) -> Result<Option<Tensor>> {
-        match grads.get(self.words.as_tensor()) {
-            Some(rows) => Ok(Some(kernels::scatter_rows(&self.ids, rows, self.vocab)?)),
-            None => Ok(None),
+    fn table_gradient(&self, grads: &GradStore) -> Result<Option<Tensor>> {
+        let Some(rows) = grads.get(self.words.as_tensor()) else {
+            return Ok(None);
+        };
+        if kernels::fused(rows) {
+            return Ok(Some(kernels::scatter_rows(&self.ids, rows, self.vocab)?));
         }
+        // Other devices: candle's own scatter (what `index_select`'s backward does).
+        let hidden = rows.dim(D::Minus1)?;
+        let rows = rows.reshape(((), hidden))?;
+        let ids = Tensor::from_slice(&self.ids, self.ids.len(), rows.device())?;
+        Ok(Some(
+            Tensor::zeros((self.vocab, hidden), rows.dtype(), rows.device())?
+                .index_add(&ids, &rows, 0)?,
+        ))
     }
 }
 
@@ -459,29 +469,74 @@ impl Classifier {
         batch: &Batch,
         ctx: &mut Ctx,
     ) -> Result<(Tensor, Option<WordLeaf>)> {
+        if self.word_table_index().is_none() || !kernels::fused(self.encoder.word_table()) {
+            return Ok((self.forward(batch, ctx)?, None));
+        }
+        let leaf = self.word_leaf(batch, &self.batch_words(batch)?)?;
+        let logits = self.forward_words(batch, leaf.words.as_tensor(), ctx)?;
+        Ok((logits, Some(leaf)))
+    }
+
+    /// Index of the word-embedding table in the trainable parameters, when it trains.
+    fn word_table_index(&self) -> Option<usize> {
         let table = self.encoder.word_table();
-        let Some(param_index) = self
-            .params
+        self.params
             .vars
             .iter()
             .position(|(_, var)| var.as_tensor().id() == table.id())
-            .filter(|_| kernels::fused(table))
-        else {
-            return Ok((self.forward(batch, ctx)?, None));
-        };
+    }
+
+    /// The word rows `[batch, t, hidden]` of `batch`, outside the graph: what adversarial
+    /// training perturbs.
+    pub(crate) fn batch_words(&self, batch: &Batch) -> Result<Tensor> {
         self.check_ids(batch)?;
-        let input_ids = batch.input_ids(&self.device)?;
-        let mask = batch.attention_mask(&self.device)?;
-        let words = Var::from_tensor(&self.encoder.word_embeddings(&input_ids)?.detach())?;
-        let embeddings = self.encoder.embed_words(words.as_tensor(), ctx)?;
-        let logits = self.forward_embeddings(&embeddings, &mask, ctx)?;
-        let leaf = WordLeaf {
+        Ok(self
+            .encoder
+            .word_embeddings(&batch.input_ids(&self.device)?)?
+            .detach())
+    }
+
+    /// `words` (rows of `batch`, possibly perturbed) as a graph leaf.
+    pub(crate) fn word_leaf(&self, batch: &Batch, words: &Tensor) -> Result<WordLeaf> {
+        Ok(WordLeaf {
             ids: batch.input_ids.clone(),
-            words,
+            words: Var::from_tensor(words)?,
             vocab: self.encoder.config.vocab_size,
-            param_index,
-        };
-        Ok((logits, Some(leaf)))
+            param_index: self.word_table_index(),
+        })
+    }
+
+    /// Logits of `batch` from its word rows `words` `[batch, t, hidden]`.
+    pub(crate) fn forward_words(
+        &self,
+        batch: &Batch,
+        words: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let mask = batch.attention_mask(&self.device)?;
+        let embeddings = self.encoder.embed_words(words, ctx)?;
+        self.forward_embeddings(&embeddings, &mask, ctx)
+    }
+
+    /// Per-parameter gradients (in [`ParamStore::vars`] order) from one backward pass; the
+    /// word table's comes from `leaf` when the pass read the words from one.
+    pub(crate) fn gradients(
+        &self,
+        grads: &GradStore,
+        leaf: Option<&WordLeaf>,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let mut per_var: Vec<Option<Tensor>> = self
+            .params
+            .vars
+            .iter()
+            .map(|(_, var)| grads.get(var.as_tensor()).cloned())
+            .collect();
+        if let Some(leaf) = leaf {
+            if let Some(slot) = leaf.param_index.and_then(|index| per_var.get_mut(index)) {
+                *slot = leaf.table_gradient(grads)?;
+            }
+        }
+        Ok(per_var)
     }
 
     /// The rest of the model from token embeddings `[batch, t, hidden]` (see

@@ -33,6 +33,7 @@ mod explain;
 pub mod fixtures;
 mod hf;
 mod kernels;
+mod objective;
 mod optim;
 mod rng;
 mod runtime;

@@ -18,13 +18,15 @@ use crate::model::stages::Configure;
 use super::classifier::{Batch, Classifier};
 use super::encoder::Ctx;
 use super::error::{io_error, MlError, Result};
+use super::objective::{self, accumulate, Objective};
 use super::optim::{clip_coefficient, global_norm, AdamW, LrSchedule};
 use super::rng::{self, RngState};
 
 /// What one call to [`Trainer::step`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct StepStats {
-    /// Mean cross-entropy of this micro-batch.
+    /// The loss of this micro-batch: mean cross-entropy, or the configured objective (label
+    /// smoothing, R-Drop, distillation, plus the adversarial loss).
     pub loss: f32,
     /// The learning rate of the update this micro-batch contributes to.
     pub lr: f64,
@@ -61,6 +63,9 @@ pub struct Trainer {
     pending_batches: usize,
     optimizer_steps: usize,
     rng: ChaCha8Rng,
+    objective: Objective,
+    /// The distillation teacher (`Trainer::set_teacher`), run at inference only.
+    teacher: Option<Classifier>,
 }
 
 impl Trainer {
@@ -72,7 +77,14 @@ impl Trainer {
                 reason: "`gradient_accumulation` must be at least 1".to_owned(),
             });
         }
-        let optimizer = AdamW::new(&classifier.params().vars, configure.weight_decay)?;
+        let layer_decay = configure
+            .layer_decay
+            .map(|decay| (decay, classifier.config().num_hidden_layers));
+        let optimizer = AdamW::new(
+            &classifier.params().vars,
+            configure.weight_decay,
+            layer_decay,
+        )?;
         let pending = vec![None; classifier.params().vars.len()];
         Ok(Self {
             optimizer,
@@ -88,8 +100,25 @@ impl Trainer {
             pending_batches: 0,
             optimizer_steps: 0,
             rng: rng::seeded(configure.seed, rng::DROPOUT_STREAM),
+            objective: Objective::new(configure),
+            teacher: None,
             classifier,
         })
+    }
+
+    /// The teacher whose logits `distillation` learns from; it must predict the same labels.
+    pub fn set_teacher(&mut self, teacher: Classifier) -> Result<()> {
+        if teacher.num_labels() != self.classifier.num_labels() {
+            return Err(MlError::BadMethod {
+                reason: format!(
+                    "the teacher predicts {} labels, the student {}",
+                    teacher.num_labels(),
+                    self.classifier.num_labels()
+                ),
+            });
+        }
+        self.teacher = Some(teacher);
+        Ok(())
     }
 
     pub fn classifier(&self) -> &Classifier {
@@ -110,6 +139,16 @@ impl Trainer {
 
     /// Loss and gradients of one batch with training-mode dropout.
     fn loss_and_grads(&mut self, batch: &Batch) -> Result<(f32, Vec<Option<Tensor>>)> {
+        if !self.objective.is_plain() {
+            let output = objective::loss_and_grads(
+                &self.objective,
+                &self.classifier,
+                self.teacher.as_ref(),
+                &mut self.rng,
+                batch,
+            )?;
+            return Ok((output.loss, output.grads));
+        }
         let labels = batch.label_tensor(self.classifier.device())?;
         let dropout = self.classifier.dropout;
         let mut ctx = Ctx {
@@ -120,18 +159,7 @@ impl Trainer {
         let (logits, word_leaf) = self.classifier.forward_training(batch, &mut ctx)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
         let grads = loss.backward()?;
-        let mut per_var: Vec<Option<Tensor>> = self
-            .classifier
-            .params()
-            .vars
-            .iter()
-            .map(|(_, var)| grads.get(var.as_tensor()).cloned())
-            .collect();
-        if let Some(leaf) = word_leaf {
-            if let Some(slot) = per_var.get_mut(leaf.param_index) {
-                *slot = leaf.table_gradient(&grads)?;
-            }
-        }
+        let per_var = self.classifier.gradients(&grads, word_leaf.as_ref())?;
         Ok((loss.to_scalar::<f32>()?, per_var))
     }
 
@@ -139,15 +167,8 @@ impl Trainer {
     /// `gradient_accumulation` calls (gradients are averaged over the cycle).
     pub fn step(&mut self, batch: &Batch) -> Result<StepStats> {
         let (loss, grads) = self.loss_and_grads(batch)?;
-        for (slot, grad) in self.pending.iter_mut().zip(grads) {
-            // A parameter without a gradient (none in these models) contributes zero.
-            if let Some(grad) = grad {
-                *slot = Some(match slot.take() {
-                    Some(sum) => (sum + grad)?,
-                    None => grad,
-                });
-            }
-        }
+        // A parameter without a gradient (none in these models) contributes zero.
+        accumulate(&mut self.pending, grads)?;
         self.pending_batches += 1;
         let lr = self.schedule.lr(self.optimizer_steps);
         let grad_norm = if self.pending_batches == self.accumulation {

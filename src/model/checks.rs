@@ -131,6 +131,14 @@ pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
                     "use `path`, `pip` or `hf` for a model",
                 ));
             }
+            if select.layers == Some(0) {
+                issues.push(issue(
+                    &["layers"],
+                    "must keep at least 1 layer",
+                    "zero",
+                    "e.g. `layers: 3` for half of a 6-layer model; remove it to keep all",
+                ));
+            }
         }
         StageSettings::Evaluate(evaluate) if evaluate.batch_size == 0 => {
             issues.push(issue(

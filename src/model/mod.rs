@@ -362,6 +362,8 @@ impl StageKind {
                 (S::Model, A::Model, true),
                 (S::Data, A::Dataset, true),
                 (S::Config, A::TrainingConfig, true),
+                // The model `distillation` learns from (its settings live in `configure`).
+                (S::Teacher, A::TrainedModel, false),
             ],
             StageKind::Evaluate | StageKind::Explain => &[
                 (S::Model, A::TrainedModel, true),
@@ -391,14 +393,16 @@ pub enum InputSlot {
     Data,
     Config,
     Metrics,
+    Teacher,
 }
 
 impl InputSlot {
-    pub const ALL: [InputSlot; 4] = [
+    pub const ALL: [InputSlot; 5] = [
         InputSlot::Model,
         InputSlot::Data,
         InputSlot::Config,
         InputSlot::Metrics,
+        InputSlot::Teacher,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -407,6 +411,7 @@ impl InputSlot {
             InputSlot::Data => "data",
             InputSlot::Config => "config",
             InputSlot::Metrics => "metrics",
+            InputSlot::Teacher => "teacher",
         }
     }
 }

@@ -87,6 +87,7 @@ fn settings(kind: StageKind) -> Value {
             json!({
                 "source": source(),
                 "allow_pickle": boolean("Accept pickle `.bin` weights (unpickling runs code).", false),
+                "layers": integer("Keep only the first `layers` encoder layers (a shallower student for distillation).", 1, None),
             }),
             &["source"],
         ),
@@ -155,6 +156,21 @@ fn settings(kind: StageKind) -> Value {
                 "pooling": one_of_names("Sentence representation fed to the head.", &["pooler", "mean"], "pooler"),
                 "dropout": number("Dropout probability while training.", Some(0.1)),
                 "checkpoint_every": integer("Optimizer steps between resumable checkpoints (one is also written at each epoch end).", 1, Some(500)),
+                "label_smoothing": number("Label smoothing of the cross-entropy, in [0, 1).", None),
+                "layer_decay": number("Layer-wise learning-rate decay in (0, 1]: the head at the full rate, each layer below `layer_decay` times the one above, the embeddings lowest.", None),
+                "rdrop": object("R-Drop: two dropout passes, their mean cross-entropy plus `alpha` times their symmetric KL.", json!({
+                    "alpha": number("Weight of the symmetric KL.", None),
+                }), &["alpha"]),
+                "adversarial": object("Adversarial training on the word embeddings; the adversarial loss is added to the clean one.", json!({
+                    "method": one_of_names("FGM (one step) or PGD (`steps` projected steps of size `alpha`).", &["fgm", "pgd"], "fgm"),
+                    "epsilon": number("L2 bound of the perturbation of a batch's word embeddings.", Some(1.0)),
+                    "alpha": number("PGD step size (PGD only, required there).", None),
+                    "steps": integer("PGD steps (PGD only, required there).", 1, None),
+                }), &["method"]),
+                "distillation": object("Knowledge distillation from the `train` stage's `teacher` input: (1 − weight) · CE + weight · T² · KL(teacher ‖ student) at temperature T.", json!({
+                    "temperature": number("Softmax temperature T.", Some(2.0)),
+                    "weight": number("Share of the distillation term, in [0, 1].", Some(0.5)),
+                }), &[]),
             }),
             &[],
         ),

@@ -74,6 +74,26 @@ pub enum MlStageError {
     )]
     InconsistentModel { path: PathBuf, message: String },
 
+    #[error("stage `{stage}` keeps `layers: {layers}` of a model that has {available} (`{path}`)")]
+    #[diagnostic(
+        code(taper::stages::too_many_layers),
+        help("set `layers` of `{stage}` to at most {available}; a student usually keeps half (`layers: {half}`)")
+    )]
+    TooManyLayers {
+        stage: String,
+        path: PathBuf,
+        layers: usize,
+        available: u64,
+        half: u64,
+    },
+
+    #[error("stage `{stage}` sets `layers`, which needs `model.safetensors`, but `{path}` has pickle weights only")]
+    #[diagnostic(
+        code(taper::stages::layers_need_safetensors),
+        help("convert the weights to safetensors, or remove `layers` from `{stage}`")
+    )]
+    LayersNeedSafetensors { stage: String, path: PathBuf },
+
     #[error("invalid training settings of stage `{stage}`: {problems}")]
     #[diagnostic(
         code(taper::stages::invalid_config),

@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
 
+use super::techniques::{check, technique_problems, Adversarial, Distillation, RDrop};
+
 /// `kind: configure`: resolved training settings, validated as a whole (invalid combinations
 /// are validation errors, not run-time surprises).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +39,20 @@ pub struct Configure {
     /// Save a resumable checkpoint every this many optimizer steps.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
+    /// Training techniques (`techniques.rs`); each absent by default, so that it changes no
+    /// existing stage key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_smoothing: Option<f64>,
+    /// Layer-wise learning-rate decay: the head trains at the full rate, the layer below at
+    /// `decay` times it, and so on down to the embeddings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_decay: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdrop: Option<RDrop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversarial: Option<Adversarial>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<Distillation>,
 }
 
 fn default_learning_rate() -> f64 {
@@ -335,14 +351,7 @@ impl Configure {
     pub fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut check = |ok: bool, field: &str, message: &str, label: &'static str, help: &str| {
-            if !ok {
-                problems.push(Problem {
-                    field: field.to_owned(),
-                    message: message.to_owned(),
-                    label,
-                    help: help.to_owned(),
-                });
-            }
+            check(&mut problems, ok, field, message, label, help);
         };
         // Written so that NaN fails every check: `!(x >= 0.0)` and not `x < 0.0`.
         let fraction = |value: f64| (0.0..1.0).contains(&value);
@@ -470,6 +479,7 @@ impl Configure {
                 );
             }
         }
+        technique_problems(self, &mut problems);
         problems
     }
 }

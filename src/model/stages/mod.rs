@@ -11,6 +11,7 @@ mod explain;
 mod prepare_data;
 mod select_model;
 mod source;
+mod techniques;
 mod train;
 
 pub use command::{committed_secrets, is_env_name, looks_secret, Command, CommittedSecret};
@@ -25,4 +26,5 @@ pub use explain::{
 pub use prepare_data::{Clean, DataFormat, PrepareData, RowFilter, Split, SplitName};
 pub use select_model::SelectModel;
 pub use source::Source;
+pub use techniques::{Adversarial, AdversarialMethod, Distillation, RDrop};
 pub use train::Train;
