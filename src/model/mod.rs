@@ -363,7 +363,13 @@ impl StageKind {
                 (S::Data, A::Dataset, true),
                 (S::Config, A::TrainingConfig, true),
             ],
-            StageKind::Evaluate | StageKind::Explain => &[
+            // `ood`: a second dataset, out of the training domain, evaluated on the same split.
+            StageKind::Evaluate => &[
+                (S::Model, A::TrainedModel, true),
+                (S::Data, A::Dataset, true),
+                (S::Ood, A::Dataset, false),
+            ],
+            StageKind::Explain => &[
                 (S::Model, A::TrainedModel, true),
                 (S::Data, A::Dataset, true),
             ],
@@ -389,14 +395,16 @@ pub enum InputSlot {
     Data,
     Config,
     Metrics,
+    Ood,
 }
 
 impl InputSlot {
-    pub const ALL: [InputSlot; 4] = [
+    pub const ALL: [InputSlot; 5] = [
         InputSlot::Model,
         InputSlot::Data,
         InputSlot::Config,
         InputSlot::Metrics,
+        InputSlot::Ood,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -405,6 +413,7 @@ impl InputSlot {
             InputSlot::Data => "data",
             InputSlot::Config => "config",
             InputSlot::Metrics => "metrics",
+            InputSlot::Ood => "ood",
         }
     }
 }

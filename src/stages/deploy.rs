@@ -29,14 +29,21 @@ use crate::fingerprint::manifest::hash_file_uncached;
 use crate::ml::{hf_class_name, Classifier, DeviceChoice};
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::bundle::{relative_files, BundleManifest, FileRecord, BUNDLE_FORMAT, MANIFEST};
-use crate::stages::evaluate::{headline, MetricsFile, TRAINED_MODEL_DIR};
+use crate::stages::evaluate::{MetricsFile, TRAINED_MODEL_DIR};
 use crate::stages::ml_common::{
     input_dir, link_or_copy, read_json, write_bytes, write_json, wrong_runner, MlStageError,
 };
 use crate::stages::train::TrainSummary;
 
 /// Metrics where lower is better: their gate is a maximum.
-const LOWER_IS_BETTER: [&str; 2] = ["log_loss", "expected_calibration_error"];
+const LOWER_IS_BETTER: [&str; 6] = [
+    "log_loss",
+    "expected_calibration_error",
+    "typo_drop",
+    "delete_drop",
+    "casing_drop",
+    "ood_drop",
+];
 
 pub struct DeployRunner;
 
@@ -53,7 +60,7 @@ impl StageRunner for DeployRunner {
             .transpose()?;
         let headline = metrics
             .as_ref()
-            .map(|file| headline(&file.metrics))
+            .map(MetricsFile::headline)
             .unwrap_or_default();
         check_gates(&settings.require, &headline)?;
         for (metric, threshold) in &settings.require {
@@ -170,7 +177,7 @@ pub fn write_bundle(source: &BundleSource<'_>) -> Result<(), MlStageError> {
             max_length,
             metrics: source
                 .metrics
-                .map(|file| headline(&file.metrics))
+                .map(MetricsFile::headline)
                 .unwrap_or_default(),
             label_shares: source
                 .metrics

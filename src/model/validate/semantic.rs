@@ -41,14 +41,18 @@ pub(super) fn check_across_stages(
             }
             _ => continue,
         };
-        let Some(data) = inputs.get(&InputSlot::Data) else {
-            continue;
-        };
-        let Some(StageSettings::PrepareData(prepare)) = settings_of(data) else {
-            continue;
-        };
-        let made = prepare.split.made();
-        if !made.contains(&split) {
+        // The `ood` dataset of an `evaluate` is read at the same split as its `data`.
+        for slot in [InputSlot::Data, InputSlot::Ood] {
+            let Some(data) = inputs.get(&slot) else {
+                continue;
+            };
+            let Some(StageSettings::PrepareData(prepare)) = settings_of(data) else {
+                continue;
+            };
+            let made = prepare.split.made();
+            if made.contains(&split) {
+                continue;
+            }
             let names: Vec<String> = made
                 .iter()
                 .map(|name| format!("`{}`", name.as_str()))

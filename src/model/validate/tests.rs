@@ -378,3 +378,70 @@ fn a_report_of_many_errors_renders_the_first_ones_and_counts_the_rest() {
     assert!(out.contains("…and 10 more errors"), "{out}");
     assert!(out.contains("60 errors"), "{out}");
 }
+
+#[test]
+fn augmentation_and_robustness_settings_are_checked_at_their_place() {
+    let pipeline = TRAINED
+        .replace(
+            "split: { train: 0.8, test: 0.2 } }",
+            "split: { train: 0.8, test: 0.2 }, augment: { copies: 0, ops: { delete: 1.5, typo: .nan } } }",
+        )
+        .replace(
+            "  eval: { kind: evaluate, inputs: { model: tuned, data: data } }\n",
+            "  eval: { kind: evaluate, inputs: { model: tuned, data: data }, with: { robustness: { typo: 0 } } }\n  none: { kind: evaluate, inputs: { model: tuned, data: data }, with: { robustness: { seed: 1 } } }\n",
+        );
+    let found = located(&format!("{HEAD}{pipeline}"));
+    let summary: Vec<(&str, &str)> = found
+        .iter()
+        .map(|(message, at)| (message.as_str(), at.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("invalid `augment.copies` in stage `data`: must be between 1 and 16", "0"),
+            ("invalid `augment.ops.delete` in stage `data`: must be a rate from 0 to 1, not 1.5", "1.5"),
+            ("invalid `augment.ops.typo` in stage `data`: must be a rate from 0 to 1, not NaN", ".nan"),
+            ("invalid `robustness.typo` in stage `eval`: must be a rate above 0 and at most 1, not 0", "0"),
+            ("invalid `robustness` in stage `none`: names no perturbation", "{ seed: 1 }"),
+        ]
+    );
+    let no_ops = TRAINED.replace(
+        "split: { train: 0.8, test: 0.2 } }",
+        "split: { train: 0.8, test: 0.2 }, augment: { ops: { swap: 0 } } }",
+    );
+    assert_eq!(
+        located(&format!("{HEAD}{no_ops}"))[0].0,
+        "invalid `augment.ops` in stage `data`: gives no op a rate above 0, so nothing would be augmented"
+    );
+    let valid = TRAINED
+        .replace(
+            "split: { train: 0.8, test: 0.2 } }",
+            "split: { train: 0.8, test: 0.2 }, augment: { ops: { delete: 0.1, typo: 0.05 } } }",
+        )
+        .replace(
+            "inputs: { model: tuned, data: data } }",
+            "inputs: { model: tuned, data: data }, with: { robustness: { casing: true } } }",
+        );
+    let pipeline = load(&format!("{HEAD}{valid}")).expect("valid");
+    let StageSettings::PrepareData(data) = &pipeline.stages[1].settings else {
+        panic!("prepare-data")
+    };
+    let augment = data.augment.as_ref().expect("augment");
+    assert_eq!((augment.copies, augment.seed, augment.ops.swap), (1, 7, 0.0));
+}
+
+#[test]
+fn an_ood_dataset_must_make_the_evaluated_split() {
+    let pipeline = TRAINED.replace(
+        "  eval: { kind: evaluate, inputs: { model: tuned, data: data } }\n",
+        "  other:\n    kind: prepare-data\n    inputs: { model: base }\n    with: { source: { path: o.csv }, split: { train: 0.5, validation: 0.5 } }\n  eval: { kind: evaluate, inputs: { model: tuned, data: data, ood: other } }\n",
+    );
+    let found = located(&format!("{HEAD}{pipeline}"));
+    assert_eq!(
+        found,
+        [(
+            "invalid `split` in stage `eval`: stage `other` makes no `test` split".to_owned(),
+            "eval".to_owned()
+        )]
+    );
+}
