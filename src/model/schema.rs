@@ -118,6 +118,16 @@ fn settings(kind: StageKind) -> Value {
                     "files": { "type": "object", "propertyNames": { "enum": ["train", "validation", "test"] }, "additionalProperties": { "type": "string" } },
                 }), &[]),
                 "max_length": integer("Tokens per example after truncation.", 2, Some(128)),
+                "augment": object("Seeded EDA-style copies of the training split (validation and test are never augmented).", json!({
+                    "copies": integer("Perturbed copies per training example (at most 16).", 1, Some(1)),
+                    "seed": integer("Seed of the augmentation RNG.", 0, Some(7)),
+                    "ops": object("Rates of the ops (0 leaves one out); each copy is made by one op with a rate above 0.", json!({
+                        "delete": number("Probability that a word is deleted.", Some(0.0)),
+                        "swap": number("Swaps per word (at least one).", Some(0.0)),
+                        "insert": number("Insertions of a word of the text, per word (at least one).", Some(0.0)),
+                        "typo": number("Probability that a letter gets a keyboard typo.", Some(0.0)),
+                    }), &[]),
+                }), &["ops"]),
             }),
             &["source", "split"],
         ),
@@ -170,6 +180,12 @@ fn settings(kind: StageKind) -> Value {
             json!({
                 "split": one_of_names("Split to evaluate on.", &["train", "validation", "test"], "test"),
                 "batch_size": integer("Examples per batch.", 1, Some(32)),
+                "robustness": object("Perturbed copies of the split, one per kind given: accuracy and drop against clean accuracy.", json!({
+                    "typo": number("Probability that a letter gets a keyboard typo.", None),
+                    "delete": number("Probability that a word is deleted.", None),
+                    "casing": boolean("Lowercase, uppercase or capitalise each word at random.", false),
+                    "seed": integer("Seed of each perturbation's RNG.", 0, Some(3)),
+                }), &[]),
             }),
             &[],
         ),
