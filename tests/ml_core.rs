@@ -303,9 +303,9 @@ fn check_one_step(arch: &EncoderConfig, method: &str, expect_frozen: impl Fn(&st
     let (sequences, labels) = toy_data(8);
     let batch = &batches(&sequences, &labels, 8)[0];
     let mut trainer = Trainer::new(classifier, &settings, 10).expect("trainer");
-    let is_lora = method.contains("lora");
-    if is_lora {
-        // LoRA's B starts at zero, so A gets its first gradient only after B moved.
+    if method.contains("lora") || method.contains("adapter") {
+        // LoRA's B (an adapter's up-projection) starts at zero, so A (the down-projection)
+        // gets its first gradient only after B moved.
         trainer.step(batch).expect("warm-up step");
     }
     for (name, norm) in trainer.gradient_norms(batch).expect("grads") {
@@ -356,6 +356,15 @@ fn every_trainable_parameter_learns_and_frozen_ones_keep_their_bytes() {
     check_one_step(&bert, r#"{"name":"ia3"}"#, |n| {
         !n.starts_with("classifier.")
     });
+    check_one_step(&bert, r#"{"name":"adapter","size":4}"#, |n| {
+        !n.starts_with("classifier.")
+    });
+    check_one_step(
+        &EncoderConfig::tiny_distilbert(),
+        r#"{"name":"adapter","size":4}"#,
+        // DistilBERT checkpoints have no `pre_classifier`: it is new, so it trains.
+        |n| !n.starts_with("classifier.") && !n.starts_with("pre_classifier."),
+    );
 }
 
 fn accuracy(trainer: &Trainer, batches: &[Batch]) -> f64 {
@@ -473,6 +482,81 @@ fn ia3_merges_exactly() {
     );
 }
 
+/// Houlsby adapters: a new one is the identity (the encoder's states equal the base model's,
+/// bit for bit), training leaves every base weight's bytes alone, the export carries the
+/// adapters and reloads to the same logits (they cannot be merged: the HF export refuses).
+#[test]
+fn adapter_starts_at_the_base_keeps_base_weights_and_reloads_exactly() {
+    let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
+    let settings =
+        configure(r#"{"method":{"name":"adapter","size":4},"learning_rate":0.01,"dropout":0.1}"#);
+    let classifier = Classifier::new(dir.path(), 2, &settings, DeviceChoice::Cpu).expect("load");
+    assert!(classifier.trainable_parameters() < classifier.total_parameters() / 5);
+    // 2 layers × 2 adapters × (down + up, weight + bias).
+    let adapters: Vec<String> = classifier
+        .trainable_names()
+        .into_iter()
+        .filter(|name| name.contains(".adapter."))
+        .collect();
+    assert_eq!(adapters.len(), 16, "{adapters:?}");
+    assert!(adapters.contains(&"encoder.layer.1.output.dense.adapter.up.weight".to_owned()));
+    let (sequences, labels) = toy_data(16);
+    let sequence_refs: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+    let full = Classifier::new(dir.path(), 2, &configure("{}"), DeviceChoice::Cpu).expect("load");
+    for differentiable in [false, true] {
+        assert_eq!(
+            our_hidden(&classifier, &sequence_refs, differentiable),
+            our_hidden(&full, &sequence_refs, differentiable),
+            "a new adapter changed the encoder"
+        );
+    }
+    let base_before = snapshot(classifier.base_tensors(false).expect("base"));
+    let data = batches(&sequences, &labels, 8);
+    let mut trainer = Trainer::new(classifier, &settings, 8).expect("trainer");
+    for _ in 0..4 {
+        for batch in &data {
+            trainer.step(batch).expect("step");
+        }
+    }
+    let base_after = snapshot(trainer.classifier().base_tensors(false).expect("base"));
+    for (name, before) in &base_before {
+        if !name.starts_with("classifier.") {
+            assert_eq!(
+                before, &base_after[name],
+                "base weight `{name}` changed under adapters"
+            );
+        }
+    }
+    assert_ne!(
+        our_hidden(trainer.classifier(), &sequence_refs, false),
+        our_hidden(&full, &sequence_refs, false),
+        "training did not move the adapters"
+    );
+    let unmerged = trainer.eval_logits(&data[0]).expect("logits");
+    let export = tempfile::tempdir().expect("temp dir");
+    trainer.export(export.path()).expect("export");
+    let reloaded =
+        Classifier::load_trained(export.path(), DeviceChoice::Cpu).expect("load trained");
+    assert_eq!(reloaded.trainable_parameters(), 0);
+    assert!(
+        reloaded.load_report().unused.is_empty()
+            && reloaded.load_report().freshly_initialised.is_empty()
+    );
+    let diff = max_abs_diff(
+        &unmerged.concat(),
+        &reloaded.logits(&data[0]).expect("logits").concat(),
+    );
+    assert!(diff < 1e-5, "exported and live logits differ by {diff}");
+    let hf = tempfile::tempdir().expect("temp dir");
+    let refused = reloaded
+        .export_hf(hf.path(), &["neg".to_owned(), "pos".to_owned()])
+        .expect_err("adapters cannot be merged");
+    assert!(
+        matches!(&refused, MlError::NotExportable { reason } if reason.contains("cannot be merged")),
+        "{refused}"
+    );
+}
+
 fn run_resume_case(method: &str) {
     let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
     let settings = configure(&format!(
@@ -516,6 +600,7 @@ fn run_resume_case(method: &str) {
 fn resuming_gives_bitwise_identical_weights() {
     run_resume_case(r#"{"name":"full"}"#);
     run_resume_case(r#"{"name":"lora","dropout":0.1}"#);
+    run_resume_case(r#"{"name":"adapter","size":8}"#);
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //! - Dropout is real and draws from the caller's seeded RNG (`Ctx::dropout`).
 //! - Activations stay flattened as `[batch * tokens, hidden]` between layers so every linear
 //!   layer is one plain 2-D GEMM with a transposed weight view (no broadcast copies of weights).
-//! - Any linear layer can carry an adapter (LoRA or IA3) selected by module name.
+//! - Any linear layer can carry an adapter (LoRA or IA3) selected by module name, and every
+//!   layer can carry two Houlsby bottleneck adapters (`Bottleneck`).
 //! - On CPU f32, linear layers, attention, GELU and LayerNorm run taper's fused kernels
 //!   (`kernels/`, forward and backward) at training and inference alike; candle's ops remain
 //!   for other devices and for calls that return attention probabilities (explanations).
@@ -116,6 +117,75 @@ pub(crate) struct EncoderPlan {
     /// One entry per layer.
     pub(crate) layers_trainable: Vec<bool>,
     pub(crate) adapter: AdapterSpec,
+    /// Houlsby bottleneck adapters in every layer; `None` for every other method.
+    pub(crate) bottleneck: Option<BottleneckSpec>,
+}
+
+/// The bottleneck adapters of [`EncoderPlan`]: their size, and whether they are new and train
+/// (fine-tuning) or come from the file, frozen (a trained export loaded for inference).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BottleneckSpec {
+    pub(crate) size: usize,
+    pub(crate) train: bool,
+}
+
+/// A Houlsby bottleneck adapter (`Method::Adapter`): `x + up(relu(down(x)))`, `down`
+/// `hidden → size` drawn from N(0, initializer_range²), `up` `size → hidden` zero, so a new
+/// adapter is the identity and training starts from the base model. Not a linear change of any
+/// weight, so it cannot be merged: exports carry it as its own tensors (`<name>.down.weight`, …).
+#[derive(Debug, Clone)]
+pub(crate) struct Bottleneck {
+    down: Linear,
+    up: Linear,
+}
+
+impl Bottleneck {
+    fn new(
+        builder: &mut ParamBuilder,
+        name: &str,
+        hidden: usize,
+        spec: BottleneckSpec,
+        std: f64,
+    ) -> Result<Self> {
+        let mut linear = |part: &str, in_dim: usize, out_dim: usize, init: Init| {
+            let name = format!("{name}.{part}");
+            let (weight, bias) = if spec.train {
+                (
+                    builder.fresh(&format!("{name}.weight"), &[out_dim, in_dim], init, true)?,
+                    builder.fresh(&format!("{name}.bias"), &[out_dim], Init::Zeros, true)?,
+                )
+            } else {
+                (
+                    builder.pretrained(&format!("{name}.weight"), &[out_dim, in_dim], false)?,
+                    builder.pretrained(&format!("{name}.bias"), &[out_dim], false)?,
+                )
+            };
+            Ok::<_, MlError>(Linear {
+                name,
+                weight,
+                bias,
+                adapter: Adapter::None,
+            })
+        };
+        Ok(Self {
+            down: linear("down", hidden, spec.size, Init::Normal(std))?,
+            up: linear("up", spec.size, hidden, Init::Zeros)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let inner = self.down.forward(xs, ctx)?.relu()?;
+        Ok((xs + self.up.forward(&inner, ctx)?)?)
+    }
+
+    fn tensors(&self) -> impl Iterator<Item = (String, Tensor)> + '_ {
+        [&self.down, &self.up].into_iter().flat_map(|linear| {
+            [
+                (format!("{}.weight", linear.name), linear.weight.detach()),
+                (format!("{}.bias", linear.name), linear.bias.detach()),
+            ]
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -342,6 +412,8 @@ pub(crate) struct Layer {
     pub(crate) intermediate: Linear,
     pub(crate) output: Linear,
     pub(crate) output_norm: LayerNorm,
+    /// Houlsby adapters after `attention_output` and after `output` (`Method::Adapter`).
+    pub(crate) bottlenecks: Option<(Bottleneck, Bottleneck)>,
 }
 
 /// The tensor names of one layer, per architecture.
@@ -574,6 +646,17 @@ impl Encoder {
                 )?,
                 output: Linear::new(builder, &n.output, i, h, trainable, adapter, arch)?,
                 output_norm: LayerNorm::new(builder, &n.output_norm, h, eps, trainable)?,
+                bottlenecks: match plan.bottleneck {
+                    Some(spec) => {
+                        let std = config.initializer_range;
+                        let name = |module: &str| format!("{module}.adapter");
+                        Some((
+                            Bottleneck::new(builder, &name(&n.attention_output), h, spec, std)?,
+                            Bottleneck::new(builder, &name(&n.output), h, spec, std)?,
+                        ))
+                    }
+                    None => None,
+                },
             });
         }
         Ok(Self {
@@ -673,7 +756,10 @@ impl Encoder {
             let value = layer.value.forward(xs, ctx)?;
             self.composite_attention(&query, &key, &value, mask, ctx)?
         };
-        let attended = layer.attention_output.forward(&context, ctx)?;
+        let mut attended = layer.attention_output.forward(&context, ctx)?;
+        if let Some((after_attention, _)) = &layer.bottlenecks {
+            attended = after_attention.forward(&attended, ctx)?;
+        }
         let summed = ctx.residual(&attended, xs)?;
         let xs = ctx.layer_norm(&summed, &layer.attention_norm)?;
         let intermediate = &layer.intermediate;
@@ -692,7 +778,10 @@ impl Encoder {
                 Activation::Relu => inner.relu()?,
             }
         };
-        let out = layer.output.forward(&inner, ctx)?;
+        let mut out = layer.output.forward(&inner, ctx)?;
+        if let Some((_, after_output)) = &layer.bottlenecks {
+            out = after_output.forward(&out, ctx)?;
+        }
         let summed = ctx.residual(&out, &xs)?;
         ctx.layer_norm(&summed, &layer.output_norm)
     }
@@ -742,6 +831,24 @@ impl Encoder {
                 &l.output,
             ]
         })
+    }
+
+    /// The size of the Houlsby adapters, if the encoder has them.
+    pub(crate) fn bottleneck_size(&self) -> Option<usize> {
+        self.layers
+            .first()
+            .and_then(|layer| layer.bottlenecks.as_ref())
+            .map(|(adapter, _)| adapter.down.bias.elem_count())
+    }
+
+    /// The tensors of the Houlsby adapters (none without them), for export next to
+    /// [`Self::base_tensors`].
+    pub(crate) fn bottleneck_tensors(&self) -> Vec<(String, Tensor)> {
+        self.layers
+            .iter()
+            .filter_map(|layer| layer.bottlenecks.as_ref())
+            .flat_map(|(first, second)| first.tensors().chain(second.tensors()))
+            .collect()
     }
 
     /// Every base tensor of the encoder under its HF name; with `merge`, adapters are folded

@@ -148,6 +148,10 @@ fn settings(kind: StageKind) -> Value {
                         "name": { "const": "ia3" },
                         "targets": { "type": "array", "items": { "type": "string" }, "default": ["key", "value", "output.dense"] },
                     }), &["name"]),
+                    object("Houlsby bottleneck adapters after the attention and feed-forward outputs of every layer (not mergeable: no HF export).", json!({
+                        "name": { "const": "adapter" },
+                        "size": integer("Bottleneck size.", 1, Some(64)),
+                    }), &["name"]),
                 ] },
                 "learning_rate": number("Peak learning rate.", Some(5e-5)),
                 "epochs": integer("Passes over the training split.", 1, Some(1)),

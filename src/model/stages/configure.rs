@@ -96,6 +96,10 @@ pub enum Method {
     },
     /// IA3: learned rescaling vectors on keys, values and the feed-forward activations.
     Ia3 { targets: Vec<String> },
+    /// Houlsby bottleneck adapters: `x + up(relu(down(x)))` with `down: hidden → size`, after
+    /// the attention output and after the feed-forward output of every layer; `up` starts at
+    /// zero, so training starts from the base model. Only the adapters and the head train.
+    Adapter { size: usize },
 }
 
 /// `method:` as written: one flat block. serde reads an internally tagged enum by buffering
@@ -112,6 +116,7 @@ struct MethodSettings {
     alpha: Option<f64>,
     dropout: Option<f64>,
     targets: Option<Vec<String>>,
+    size: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -121,6 +126,7 @@ enum MethodName {
     Frozen,
     Lora,
     Ia3,
+    Adapter,
 }
 
 impl MethodName {
@@ -130,6 +136,7 @@ impl MethodName {
             MethodName::Frozen => "frozen",
             MethodName::Lora => "lora",
             MethodName::Ia3 => "ia3",
+            MethodName::Adapter => "adapter",
         }
     }
 
@@ -140,6 +147,7 @@ impl MethodName {
             MethodName::Frozen => &["layers"],
             MethodName::Lora => &["r", "alpha", "dropout", "targets"],
             MethodName::Ia3 => &["targets"],
+            MethodName::Adapter => &["size"],
         }
     }
 }
@@ -155,6 +163,7 @@ impl TryFrom<MethodSettings> for Method {
             alpha,
             dropout,
             targets,
+            size,
         } = block;
         let given = [
             ("layers", layers.is_some()),
@@ -162,6 +171,7 @@ impl TryFrom<MethodSettings> for Method {
             ("alpha", alpha.is_some()),
             ("dropout", dropout.is_some()),
             ("targets", targets.is_some()),
+            ("size", size.is_some()),
         ];
         let foreign: Vec<String> = given
             .iter()
@@ -198,10 +208,17 @@ impl TryFrom<MethodSettings> for Method {
             MethodName::Ia3 => Method::Ia3 {
                 targets: targets.unwrap_or_else(default_ia3_targets),
             },
+            MethodName::Adapter => Method::Adapter {
+                size: size.unwrap_or_else(default_adapter_size),
+            },
         })
     }
 }
 
+/// Houlsby et al. (2019) report sizes 8 to 256 on BERT-base; 64 is their usual choice.
+fn default_adapter_size() -> usize {
+    64
+}
 fn default_rank() -> usize {
     8
 }
@@ -449,6 +466,16 @@ impl Configure {
                 Some(targets)
             }
             Method::Ia3 { targets } => Some(targets),
+            Method::Adapter { size } => {
+                check(
+                    *size > 0,
+                    "method.size",
+                    "the adapter's bottleneck size must be at least 1",
+                    "zero size",
+                    "typical sizes are 16 to 64, below the hidden size",
+                );
+                None
+            }
         };
         if let Some(targets) = targets {
             check(
@@ -521,6 +548,25 @@ mod tests {
         assert_eq!(problems[0].help, "did you mean `query`?");
     }
 
+    #[test]
+    fn adapter_takes_a_size_only_and_defaults_it() {
+        let method = |json: &str| serde_json::from_str::<Method>(json).map_err(|e| e.to_string());
+        assert_eq!(
+            method(r#"{"name":"adapter"}"#),
+            Ok(Method::Adapter { size: 64 })
+        );
+        assert_eq!(
+            method(r#"{"name":"adapter","size":16}"#),
+            Ok(Method::Adapter { size: 16 })
+        );
+        let foreign = method(r#"{"name":"adapter","r":4}"#).expect_err("`r` is LoRA's");
+        assert!(
+            foreign.contains("`r` is not a setting of method `adapter` (it takes `size`)"),
+            "{foreign}"
+        );
+        assert!(method(r#"{"name":"lora","size":4}"#).is_err());
+    }
+
     fn valid() -> Configure {
         serde_json::from_str("{}").expect("all fields have defaults")
     }
@@ -572,6 +618,7 @@ mod tests {
                 |c| c.method = Method::Ia3 { targets: vec![] },
                 "method.targets",
             ),
+            (|c| c.method = Method::Adapter { size: 0 }, "method.size"),
             (
                 |c| {
                     c.method = Method::Lora {

@@ -427,7 +427,10 @@ fn augmentation_and_robustness_settings_are_checked_at_their_place() {
         panic!("prepare-data")
     };
     let augment = data.augment.as_ref().expect("augment");
-    assert_eq!((augment.copies, augment.seed, augment.ops.swap), (1, 7, 0.0));
+    assert_eq!(
+        (augment.copies, augment.seed, augment.ops.swap),
+        (1, 7, 0.0)
+    );
 }
 
 #[test]
