@@ -130,7 +130,7 @@ pub(crate) struct BottleneckSpec {
 }
 
 /// A Houlsby bottleneck adapter (`Method::Adapter`): `x + up(relu(down(x)))`, `down`
-/// `hidden → size` drawn from N(0, initializer_range²), `up` `size → hidden` zero, so a new
+/// `hidden → size` Kaiming-uniform, `up` `size → hidden` zero, so a new
 /// adapter is the identity and training starts from the base model. Not a linear change of any
 /// weight, so it cannot be merged: exports carry it as its own tensors (`<name>.down.weight`, …).
 #[derive(Debug, Clone)]
@@ -145,7 +145,6 @@ impl Bottleneck {
         name: &str,
         hidden: usize,
         spec: BottleneckSpec,
-        std: f64,
     ) -> Result<Self> {
         let mut linear = |part: &str, in_dim: usize, out_dim: usize, init: Init| {
             let name = format!("{name}.{part}");
@@ -168,7 +167,15 @@ impl Bottleneck {
             })
         };
         Ok(Self {
-            down: linear("down", hidden, spec.size, Init::Normal(std))?,
+            // torch's `nn.Linear` default (kaiming_uniform_, a = sqrt(5): bound 1 / sqrt(in)),
+            // as LoRA's A. Houlsby's N(0, 0.01²) learned far slower here: on the tiny
+            // sentiment task 0.50-0.78 test accuracy after 12 epochs against 0.85-0.95.
+            down: linear(
+                "down",
+                hidden,
+                spec.size,
+                Init::Uniform(1.0 / (hidden as f64).sqrt()),
+            )?,
             up: linear("up", spec.size, hidden, Init::Zeros)?,
         })
     }
@@ -648,11 +655,10 @@ impl Encoder {
                 output_norm: LayerNorm::new(builder, &n.output_norm, h, eps, trainable)?,
                 bottlenecks: match plan.bottleneck {
                     Some(spec) => {
-                        let std = config.initializer_range;
                         let name = |module: &str| format!("{module}.adapter");
                         Some((
-                            Bottleneck::new(builder, &name(&n.attention_output), h, spec, std)?,
-                            Bottleneck::new(builder, &name(&n.output), h, spec, std)?,
+                            Bottleneck::new(builder, &name(&n.attention_output), h, spec)?,
+                            Bottleneck::new(builder, &name(&n.output), h, spec)?,
                         ))
                     }
                     None => None,
