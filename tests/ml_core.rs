@@ -359,6 +359,10 @@ fn every_trainable_parameter_learns_and_frozen_ones_keep_their_bytes() {
     check_one_step(&bert, r#"{"name":"adapter","size":4}"#, |n| {
         !n.starts_with("classifier.")
     });
+    // AdaLoRA's E starts at zero; the orthogonality penalty moves A and B from the first step.
+    check_one_step(&bert, r#"{"name":"adalora","r":4,"target_r":2}"#, |n| {
+        !n.starts_with("classifier.")
+    });
     check_one_step(
         &EncoderConfig::tiny_distilbert(),
         r#"{"name":"adapter","size":4}"#,
@@ -557,6 +561,68 @@ fn adapter_starts_at_the_base_keeps_base_weights_and_reloads_exactly() {
     );
 }
 
+/// AdaLoRA: base weights keep their bytes, the rank budget ends at `target_r` per module on
+/// average (2 layers × 3 targets = 6 modules: 12 singular values left of 24), never rising on
+/// the way, and the export merges `B (E ⊙ A)` into the weights within 1e-5 of the live model.
+#[test]
+fn adalora_keeps_base_weights_prunes_to_target_and_merges_exactly() {
+    let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
+    let settings = configure(
+        r#"{"method":{"name":"adalora","r":4,"target_r":2,"targets":["query","value","intermediate.dense"],
+            "tinit":2,"tfinal":3},"learning_rate":0.01,"dropout":0.1}"#,
+    );
+    let classifier = Classifier::new(dir.path(), 2, &settings, DeviceChoice::Cpu).expect("load");
+    let base_before = snapshot(classifier.base_tensors(false).expect("base"));
+    let (sequences, labels) = toy_data(16);
+    let data = batches(&sequences, &labels, 8);
+    let mut trainer = Trainer::new(classifier, &settings, 8).expect("trainer");
+    let initial: usize = trainer
+        .adapter_ranks()
+        .expect("ranks")
+        .iter()
+        .map(|(_, rank)| rank)
+        .sum();
+    // E starts at zero: no singular value is nonzero before the first step.
+    assert_eq!(initial, 0);
+    let mut budgets = Vec::new();
+    for _ in 0..4 {
+        for batch in &data {
+            trainer.step(batch).expect("step");
+            let ranks = trainer.adapter_ranks().expect("ranks");
+            assert_eq!(ranks.len(), 6, "{ranks:?}");
+            budgets.push(ranks.iter().map(|(_, rank)| rank).sum::<usize>());
+        }
+    }
+    // Steps 0-2 keep all 24; from step 5 (= 8 − tfinal) exactly 12 remain.
+    assert_eq!(budgets[..2], [24, 24], "{budgets:?}");
+    assert!(budgets[5..].iter().all(|&total| total == 12), "{budgets:?}");
+    assert!(
+        budgets.windows(2).all(|pair| pair[1] <= pair[0]),
+        "{budgets:?}"
+    );
+    let base_after = snapshot(trainer.classifier().base_tensors(false).expect("base"));
+    for (name, before) in &base_before {
+        if !name.starts_with("classifier.") {
+            assert_eq!(
+                before, &base_after[name],
+                "base weight `{name}` changed under AdaLoRA"
+            );
+        }
+    }
+    let export = tempfile::tempdir().expect("temp dir");
+    trainer.export(export.path()).expect("export");
+    let merged = Classifier::load_trained(export.path(), DeviceChoice::Cpu).expect("load trained");
+    assert!(merged.load_report().unused.is_empty());
+    let diff = max_abs_diff(
+        &trainer.eval_logits(&data[0]).expect("logits").concat(),
+        &merged.logits(&data[0]).expect("logits").concat(),
+    );
+    assert!(
+        diff < 1e-5,
+        "merged and unmerged AdaLoRA logits differ by {diff}"
+    );
+}
+
 fn run_resume_case(method: &str) {
     let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
     let settings = configure(&format!(
@@ -601,6 +667,10 @@ fn resuming_gives_bitwise_identical_weights() {
     run_resume_case(r#"{"name":"full"}"#);
     run_resume_case(r#"{"name":"lora","dropout":0.1}"#);
     run_resume_case(r#"{"name":"adapter","size":8}"#);
+    // 6 optimizer steps, the checkpoint after 3: the rank pattern is fixed after it (scores
+    // must survive the resume), or before it (the pattern must).
+    run_resume_case(r#"{"name":"adalora","r":4,"target_r":2,"tinit":0,"tfinal":1}"#);
+    run_resume_case(r#"{"name":"adalora","r":4,"target_r":2,"tinit":0,"tfinal":4}"#);
 }
 
 #[test]

@@ -693,6 +693,35 @@ fn plan_for(config: &EncoderConfig, method: &Method) -> Result<(EncoderPlan, boo
                 false,
             )
         }
+        Method::Adalora {
+            r,
+            target_r,
+            alpha,
+            dropout,
+            targets,
+            ..
+        } => {
+            if *r == 0 || *target_r == 0 || target_r > r {
+                return Err(MlError::BadMethod {
+                    reason: format!("AdaLoRA needs 1 ≤ `target_r` ≤ `r`, not {target_r} and {r}"),
+                });
+            }
+            check_targets(targets)?;
+            (
+                EncoderPlan {
+                    embeddings_trainable: false,
+                    layers_trainable: vec![false; layers],
+                    adapter: AdapterSpec::AdaLora {
+                        r: *r,
+                        alpha: *alpha,
+                        dropout: *dropout,
+                        targets: targets.clone(),
+                    },
+                    bottleneck: None,
+                },
+                false,
+            )
+        }
         Method::Adapter { size } => {
             if *size == 0 {
                 return Err(MlError::BadMethod {

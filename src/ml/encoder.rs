@@ -211,6 +211,15 @@ pub(crate) enum AdapterSpec {
     Ia3 {
         targets: Vec<String>,
     },
+    /// PEFT AdaLoRA: `W x + (alpha / r) · B (E ⊙ A) dropout(x)`, `A` `[r, in]` and `B`
+    /// `[out, r]` from N(0, 0.02²), the singular values `E` `[r, 1]` zero; `adalora.rs` prunes
+    /// `E` to the rank budget.
+    AdaLora {
+        r: usize,
+        alpha: f64,
+        dropout: f64,
+        targets: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +228,13 @@ pub(crate) enum Adapter {
     Lora {
         a: Tensor,
         b: Tensor,
+        scale: f64,
+        dropout: f64,
+    },
+    AdaLora {
+        a: Tensor,
+        b: Tensor,
+        e: Tensor,
         scale: f64,
         dropout: f64,
     },
@@ -287,6 +303,33 @@ impl Linear {
                     dropout: *dropout,
                 }
             }
+            AdapterSpec::AdaLora {
+                r,
+                alpha,
+                dropout,
+                targets,
+            } if targets.iter().any(|t| matches_target(name, t)) => {
+                let a = builder.fresh(
+                    &format!("{name}.lora_A.weight"),
+                    &[*r, in_dim],
+                    Init::Normal(0.02),
+                    true,
+                )?;
+                let b = builder.fresh(
+                    &format!("{name}.lora_B.weight"),
+                    &[out_dim, *r],
+                    Init::Normal(0.02),
+                    true,
+                )?;
+                let e = builder.fresh(&format!("{name}.lora_E"), &[*r, 1], Init::Zeros, true)?;
+                Adapter::AdaLora {
+                    a,
+                    b,
+                    e,
+                    scale: alpha / *r as f64,
+                    dropout: *dropout,
+                }
+            }
             AdapterSpec::Ia3 { targets } if targets.iter().any(|t| matches_target(name, t)) => {
                 if is_feedforward(name, architecture) {
                     Adapter::Ia3Input(builder.fresh(
@@ -351,9 +394,19 @@ impl Linear {
                 dropout,
             } => {
                 let base = plain(xs)?;
-                let dropped = ctx.dropout_with(xs, Some(*dropout))?;
-                let update = dropped.matmul(&a.t()?)?.matmul(&b.t()?)?;
-                Ok((base + (update * *scale)?)?)
+                low_rank_update(base, xs, a, b, *scale, *dropout, ctx)
+            }
+            // Through candle's ops (the fused LoRA kernel takes `A` as a leaf): AdaLoRA is
+            // opt-in, and no other method pays for it.
+            Adapter::AdaLora {
+                a,
+                b,
+                e,
+                scale,
+                dropout,
+            } => {
+                let base = plain(xs)?;
+                low_rank_update(base, xs, &a.broadcast_mul(e)?, b, *scale, *dropout, ctx)
             }
             Adapter::Ia3Output(scale) => Ok(plain(xs)?.broadcast_mul(scale)?),
             Adapter::Ia3Input(scale) => plain(&xs.broadcast_mul(scale)?),
@@ -370,6 +423,11 @@ impl Linear {
                 let delta = (b.detach().matmul(&a.detach())? * *scale)?;
                 ((weight + delta)?, bias)
             }
+            Adapter::AdaLora { a, b, e, scale, .. } => {
+                let a = a.detach().broadcast_mul(&e.detach())?;
+                let delta = (b.detach().matmul(&a)? * *scale)?;
+                ((weight + delta)?, bias)
+            }
             Adapter::Ia3Output(scale) => {
                 let scale = scale.detach();
                 (
@@ -382,6 +440,21 @@ impl Linear {
             }
         })
     }
+}
+
+/// `base + scale · B A dropout(xs)` through candle's ops (LoRA off the fused path, AdaLoRA).
+fn low_rank_update(
+    base: Tensor,
+    xs: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: f64,
+    ctx: &mut Ctx,
+) -> Result<Tensor> {
+    let dropped = ctx.dropout_with(xs, Some(dropout))?;
+    let update = dropped.matmul(&a.t()?)?.matmul(&b.t()?)?;
+    Ok((base + (update * scale)?)?)
 }
 
 #[derive(Debug, Clone)]

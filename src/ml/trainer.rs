@@ -13,8 +13,9 @@ use candle_core::{Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::model::stages::Configure;
+use crate::model::stages::{Configure, Method};
 
+use super::adalora::{AdaLoraSchedule, RankAllocator};
 use super::classifier::{Batch, Classifier};
 use super::encoder::Ctx;
 use super::error::{io_error, MlError, Result};
@@ -61,6 +62,8 @@ pub struct Trainer {
     pending_batches: usize,
     optimizer_steps: usize,
     rng: ChaCha8Rng,
+    /// AdaLoRA's penalty and rank pruning; `None` for every other method (no extra work).
+    allocator: Option<RankAllocator>,
 }
 
 impl Trainer {
@@ -73,6 +76,33 @@ impl Trainer {
             });
         }
         let optimizer = AdamW::new(&classifier.params().vars, configure.weight_decay)?;
+        let allocator = match &configure.method {
+            Method::Adalora {
+                r,
+                target_r,
+                orth_reg,
+                beta1,
+                beta2,
+                tinit,
+                tfinal,
+                delta_t,
+                ..
+            } => Some(RankAllocator::new(
+                &classifier.params().vars,
+                AdaLoraSchedule {
+                    init_r: *r,
+                    target_r: *target_r,
+                    tinit: *tinit,
+                    tfinal: *tfinal,
+                    delta_t: *delta_t,
+                    beta1: *beta1,
+                    beta2: *beta2,
+                    orth_reg: *orth_reg,
+                    total_steps,
+                },
+            )?),
+            _ => None,
+        };
         let pending = vec![None; classifier.params().vars.len()];
         Ok(Self {
             optimizer,
@@ -88,6 +118,7 @@ impl Trainer {
             pending_batches: 0,
             optimizer_steps: 0,
             rng: rng::seeded(configure.seed, rng::DROPOUT_STREAM),
+            allocator,
             classifier,
         })
     }
@@ -118,7 +149,12 @@ impl Trainer {
             attentions: None,
         };
         let (logits, word_leaf) = self.classifier.forward_training(batch, &mut ctx)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let mut loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        if let Some(allocator) = &self.allocator {
+            if let Some(penalty) = allocator.orthogonality_penalty(self.vars())? {
+                loss = (loss + penalty)?;
+            }
+        }
         let grads = loss.backward()?;
         let mut per_var: Vec<Option<Tensor>> = self
             .classifier
@@ -200,6 +236,10 @@ impl Trainer {
             self.optimizer_steps,
             grad_scale,
         )?;
+        if let Some(allocator) = &mut self.allocator {
+            let vars = &self.classifier.params().vars;
+            allocator.update_and_allocate(vars, &grads, grad_scale, self.optimizer_steps - 1)?;
+        }
         self.pending_batches = 0;
         Ok(norm)
     }
@@ -251,6 +291,9 @@ impl Trainer {
             let (first, second) = self.optimizer.moment_tensors(index, var.as_tensor())?;
             moments.insert(format!("m.{name}"), first);
             moments.insert(format!("v.{name}"), second);
+        }
+        if let Some(allocator) = &self.allocator {
+            moments.extend(allocator.state_tensors(self.vars()));
         }
         candle_core::safetensors::save(&params, dir.join(PARAMS_FILE))?;
         candle_core::safetensors::save(&moments, dir.join(OPTIMIZER_FILE))?;
@@ -341,11 +384,22 @@ impl Trainer {
             var.set(value)?;
         }
         self.optimizer.restore_moments(restored);
+        if let Some(allocator) = &mut self.allocator {
+            allocator.restore(&self.classifier.params().vars, &moments);
+        }
         self.optimizer_steps = state.optimizer_steps;
         self.rng = rng;
         self.pending = vec![None; names.len()];
         self.pending_batches = 0;
         Ok(())
+    }
+
+    /// Under AdaLoRA, the rank each adapted module has now, by module name; empty otherwise.
+    pub fn adapter_ranks(&self) -> Result<Vec<(String, usize)>> {
+        match &self.allocator {
+            Some(allocator) => allocator.ranks(self.vars()),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Writes the trained classifier for inference (see [`Classifier::export`]).
