@@ -115,7 +115,7 @@ impl RankAllocator {
         } else {
             let progress = (step - s.tinit) as f64 / (s.total_steps - s.tfinal - s.tinit) as f64;
             let budget = ((initial - target) as f64 * (1.0 - progress).powi(3)) as usize + target;
-            (budget, step % s.delta_t == 0)
+            (budget, step.is_multiple_of(s.delta_t))
         }
     }
 
