@@ -411,6 +411,35 @@ fn tiny_model_overfits_32_examples() {
     assert_eq!(reached, 1.0, "training accuracy stayed at {reached}");
 }
 
+/// Trains 4 epochs over `data` with a parameter-efficient `method` (calling `after_step` after
+/// each step) and checks that every base weight but the classifier kept its bytes.
+fn train_keeping_base(
+    classifier: Classifier,
+    settings: &Configure,
+    data: &[Batch],
+    method: &str,
+    mut after_step: impl FnMut(&Trainer),
+) -> Trainer {
+    let base_before = snapshot(classifier.base_tensors(false).expect("base"));
+    let mut trainer = Trainer::new(classifier, settings, 8).expect("trainer");
+    for _ in 0..4 {
+        for batch in data {
+            trainer.step(batch).expect("step");
+            after_step(&trainer);
+        }
+    }
+    let base_after = snapshot(trainer.classifier().base_tensors(false).expect("base"));
+    for (name, before) in &base_before {
+        if !name.starts_with("classifier.") {
+            assert_eq!(
+                before, &base_after[name],
+                "base weight `{name}` changed under {method}"
+            );
+        }
+    }
+    trainer
+}
+
 #[test]
 fn lora_keeps_base_weights_and_merges_exactly() {
     let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
@@ -420,7 +449,6 @@ fn lora_keeps_base_weights_and_merges_exactly() {
     );
     let classifier = Classifier::new(dir.path(), 2, &settings, DeviceChoice::Cpu).expect("load");
     assert!(classifier.trainable_parameters() < classifier.total_parameters() / 5);
-    let base_before = snapshot(classifier.base_tensors(false).expect("base"));
     let (sequences, labels) = toy_data(16);
     let data = batches(&sequences, &labels, 8);
     let logits_before = Trainer::new(
@@ -431,21 +459,7 @@ fn lora_keeps_base_weights_and_merges_exactly() {
     .expect("trainer")
     .eval_logits(&data[0])
     .expect("logits");
-    let mut trainer = Trainer::new(classifier, &settings, 8).expect("trainer");
-    for _ in 0..4 {
-        for batch in &data {
-            trainer.step(batch).expect("step");
-        }
-    }
-    let base_after = snapshot(trainer.classifier().base_tensors(false).expect("base"));
-    for (name, before) in &base_before {
-        if !name.starts_with("classifier.") {
-            assert_eq!(
-                before, &base_after[name],
-                "base weight `{name}` changed under LoRA"
-            );
-        }
-    }
+    let trainer = train_keeping_base(classifier, &settings, &data, "LoRA", |_| {});
     let unmerged = trainer.eval_logits(&data[0]).expect("logits");
     assert_ne!(unmerged, logits_before, "training changed nothing");
     let export = tempfile::tempdir().expect("temp dir");
@@ -514,23 +528,8 @@ fn adapter_starts_at_the_base_keeps_base_weights_and_reloads_exactly() {
             "a new adapter changed the encoder"
         );
     }
-    let base_before = snapshot(classifier.base_tensors(false).expect("base"));
     let data = batches(&sequences, &labels, 8);
-    let mut trainer = Trainer::new(classifier, &settings, 8).expect("trainer");
-    for _ in 0..4 {
-        for batch in &data {
-            trainer.step(batch).expect("step");
-        }
-    }
-    let base_after = snapshot(trainer.classifier().base_tensors(false).expect("base"));
-    for (name, before) in &base_before {
-        if !name.starts_with("classifier.") {
-            assert_eq!(
-                before, &base_after[name],
-                "base weight `{name}` changed under adapters"
-            );
-        }
-    }
+    let trainer = train_keeping_base(classifier, &settings, &data, "adapters", |_| {});
     assert_ne!(
         our_hidden(trainer.classifier(), &sequence_refs, false),
         our_hidden(&full, &sequence_refs, false),
@@ -572,27 +571,25 @@ fn adalora_keeps_base_weights_prunes_to_target_and_merges_exactly() {
             "tinit":2,"tfinal":3},"learning_rate":0.01,"dropout":0.1}"#,
     );
     let classifier = Classifier::new(dir.path(), 2, &settings, DeviceChoice::Cpu).expect("load");
-    let base_before = snapshot(classifier.base_tensors(false).expect("base"));
     let (sequences, labels) = toy_data(16);
     let data = batches(&sequences, &labels, 8);
-    let mut trainer = Trainer::new(classifier, &settings, 8).expect("trainer");
-    let initial: usize = trainer
-        .adapter_ranks()
-        .expect("ranks")
-        .iter()
-        .map(|(_, rank)| rank)
-        .sum();
+    let total_rank = |trainer: &Trainer| -> usize {
+        let ranks = trainer.adapter_ranks().expect("ranks");
+        assert_eq!(ranks.len(), 6, "{ranks:?}");
+        ranks.iter().map(|(_, rank)| rank).sum()
+    };
     // E starts at zero: no singular value is nonzero before the first step.
-    assert_eq!(initial, 0);
+    let untrained = Trainer::new(
+        Classifier::new(dir.path(), 2, &settings, DeviceChoice::Cpu).expect("load"),
+        &settings,
+        8,
+    )
+    .expect("trainer");
+    assert_eq!(total_rank(&untrained), 0);
     let mut budgets = Vec::new();
-    for _ in 0..4 {
-        for batch in &data {
-            trainer.step(batch).expect("step");
-            let ranks = trainer.adapter_ranks().expect("ranks");
-            assert_eq!(ranks.len(), 6, "{ranks:?}");
-            budgets.push(ranks.iter().map(|(_, rank)| rank).sum::<usize>());
-        }
-    }
+    let trainer = train_keeping_base(classifier, &settings, &data, "AdaLoRA", |trainer| {
+        budgets.push(total_rank(trainer));
+    });
     // Steps 0-2 keep all 24; from step 5 (= 8 − tfinal) exactly 12 remain.
     assert_eq!(budgets[..2], [24, 24], "{budgets:?}");
     assert!(budgets[5..].iter().all(|&total| total == 12), "{budgets:?}");
@@ -600,15 +597,6 @@ fn adalora_keeps_base_weights_prunes_to_target_and_merges_exactly() {
         budgets.windows(2).all(|pair| pair[1] <= pair[0]),
         "{budgets:?}"
     );
-    let base_after = snapshot(trainer.classifier().base_tensors(false).expect("base"));
-    for (name, before) in &base_before {
-        if !name.starts_with("classifier.") {
-            assert_eq!(
-                before, &base_after[name],
-                "base weight `{name}` changed under AdaLoRA"
-            );
-        }
-    }
     let export = tempfile::tempdir().expect("temp dir");
     trainer.export(export.path()).expect("export");
     let merged = Classifier::load_trained(export.path(), DeviceChoice::Cpu).expect("load trained");

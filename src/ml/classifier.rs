@@ -625,6 +625,19 @@ fn plan_for(config: &EncoderConfig, method: &Method) -> Result<(EncoderPlan, boo
         }
         Ok(())
     };
+    // The parameter-efficient methods: the encoder and a pretrained pooler stay frozen; only
+    // the method's adapters and the classifier train.
+    let frozen_with = |adapter: AdapterSpec, bottleneck: Option<BottleneckSpec>| {
+        (
+            EncoderPlan {
+                embeddings_trainable: false,
+                layers_trainable: vec![false; layers],
+                adapter,
+                bottleneck,
+            },
+            false,
+        )
+    };
     Ok(match method {
         Method::Full => (
             EncoderPlan {
@@ -664,33 +677,23 @@ fn plan_for(config: &EncoderConfig, method: &Method) -> Result<(EncoderPlan, boo
                 });
             }
             check_targets(targets)?;
-            (
-                EncoderPlan {
-                    embeddings_trainable: false,
-                    layers_trainable: vec![false; layers],
-                    adapter: AdapterSpec::Lora {
-                        r: *r,
-                        alpha: *alpha,
-                        dropout: *dropout,
-                        targets: targets.clone(),
-                    },
-                    bottleneck: None,
+            frozen_with(
+                AdapterSpec::Lora {
+                    r: *r,
+                    alpha: *alpha,
+                    dropout: *dropout,
+                    targets: targets.clone(),
                 },
-                false,
+                None,
             )
         }
         Method::Ia3 { targets } => {
             check_targets(targets)?;
-            (
-                EncoderPlan {
-                    embeddings_trainable: false,
-                    layers_trainable: vec![false; layers],
-                    adapter: AdapterSpec::Ia3 {
-                        targets: targets.clone(),
-                    },
-                    bottleneck: None,
+            frozen_with(
+                AdapterSpec::Ia3 {
+                    targets: targets.clone(),
                 },
-                false,
+                None,
             )
         }
         Method::Adalora {
@@ -707,19 +710,14 @@ fn plan_for(config: &EncoderConfig, method: &Method) -> Result<(EncoderPlan, boo
                 });
             }
             check_targets(targets)?;
-            (
-                EncoderPlan {
-                    embeddings_trainable: false,
-                    layers_trainable: vec![false; layers],
-                    adapter: AdapterSpec::AdaLora {
-                        r: *r,
-                        alpha: *alpha,
-                        dropout: *dropout,
-                        targets: targets.clone(),
-                    },
-                    bottleneck: None,
+            frozen_with(
+                AdapterSpec::AdaLora {
+                    r: *r,
+                    alpha: *alpha,
+                    dropout: *dropout,
+                    targets: targets.clone(),
                 },
-                false,
+                None,
             )
         }
         Method::Adapter { size } => {
@@ -728,17 +726,12 @@ fn plan_for(config: &EncoderConfig, method: &Method) -> Result<(EncoderPlan, boo
                     reason: "the adapter `size` must be positive".to_owned(),
                 });
             }
-            (
-                EncoderPlan {
-                    embeddings_trainable: false,
-                    layers_trainable: vec![false; layers],
-                    adapter: AdapterSpec::None,
-                    bottleneck: Some(BottleneckSpec {
-                        size: *size,
-                        train: true,
-                    }),
-                },
-                false,
+            frozen_with(
+                AdapterSpec::None,
+                Some(BottleneckSpec {
+                    size: *size,
+                    train: true,
+                }),
             )
         }
     })

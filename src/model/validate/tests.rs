@@ -94,6 +94,14 @@ fn located(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// [`located`]'s pairs as `&str`s, to compare with literals.
+fn borrowed(found: &[(String, String)]) -> Vec<(&str, &str)> {
+    found
+        .iter()
+        .map(|(message, at)| (message.as_str(), at.as_str()))
+        .collect()
+}
+
 fn command_paths(text: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let pipeline = load(text).expect("valid");
     let StageSettings::Command(command) = &pipeline.stages[0].settings else {
@@ -207,12 +215,8 @@ fn deploy_gates_name_known_metrics_in_range_and_need_metrics() {
     let found = located(&format!(
         "{HEAD}{TRAINED}  ship: {{ kind: deploy, inputs: {{ model: tuned, metrics: eval }}, with: {{ require: {{ accuracy: .nan, macro_f1: 1.5, acuracy: 0.8 }} }} }}\n  blind: {{ kind: deploy, inputs: {{ model: tuned }}, with: {{ require: {{ accuracy: 0.8 }} }} }}\n"
     ));
-    let summary: Vec<(&str, &str)> = found
-        .iter()
-        .map(|(message, at)| (message.as_str(), at.as_str()))
-        .collect();
     assert_eq!(
-        summary,
+        borrowed(&found),
         [
             ("invalid `require.accuracy` in stage `ship`: the minimum for `accuracy` must be a number from 0 to 1, not NaN", ".nan"),
             ("invalid `require.macro_f1` in stage `ship`: the minimum for `macro_f1` must be a number from 0 to 1, not 1.5", "1.5"),
@@ -243,17 +247,26 @@ fn split_fractions_over_one_are_refused() {
 
 #[test]
 fn evaluating_a_split_the_data_never_makes_is_refused() {
+    // An `ood` dataset is read at the same split as `data`: `other` makes no `validation`.
     let pipeline = TRAINED.replace(
         "  eval: { kind: evaluate, inputs: { model: tuned, data: data } }\n",
-        "  eval: { kind: evaluate, inputs: { model: tuned, data: data }, with: { split: validation } }\n  why: { kind: explain, inputs: { model: tuned, data: data } }\n",
+        "  other:\n    kind: prepare-data\n    inputs: { model: base }\n    with: { source: { path: o.csv }, split: { train: 0.5, test: 0.5 } }\n  eval: { kind: evaluate, inputs: { model: tuned, data: data, ood: other }, with: { split: validation } }\n  why: { kind: explain, inputs: { model: tuned, data: data } }\n",
     );
     let found = located(&format!("{HEAD}{pipeline}"));
     assert_eq!(
         found,
-        [(
-            "invalid `split` in stage `eval`: stage `data` makes no `validation` split".to_owned(),
-            "validation".to_owned()
-        )]
+        [
+            (
+                "invalid `split` in stage `eval`: stage `data` makes no `validation` split"
+                    .to_owned(),
+                "validation".to_owned()
+            ),
+            (
+                "invalid `split` in stage `eval`: stage `other` makes no `validation` split"
+                    .to_owned(),
+                "validation".to_owned()
+            )
+        ]
     );
 }
 
@@ -391,12 +404,8 @@ fn augmentation_and_robustness_settings_are_checked_at_their_place() {
             "  eval: { kind: evaluate, inputs: { model: tuned, data: data }, with: { robustness: { typo: 0 } } }\n  none: { kind: evaluate, inputs: { model: tuned, data: data }, with: { robustness: { seed: 1 } } }\n",
         );
     let found = located(&format!("{HEAD}{pipeline}"));
-    let summary: Vec<(&str, &str)> = found
-        .iter()
-        .map(|(message, at)| (message.as_str(), at.as_str()))
-        .collect();
     assert_eq!(
-        summary,
+        borrowed(&found),
         [
             ("invalid `augment.copies` in stage `data`: must be between 1 and 16", "0"),
             ("invalid `augment.ops.delete` in stage `data`: must be a rate from 0 to 1, not 1.5", "1.5"),
@@ -430,21 +439,5 @@ fn augmentation_and_robustness_settings_are_checked_at_their_place() {
     assert_eq!(
         (augment.copies, augment.seed, augment.ops.swap),
         (1, 7, 0.0)
-    );
-}
-
-#[test]
-fn an_ood_dataset_must_make_the_evaluated_split() {
-    let pipeline = TRAINED.replace(
-        "  eval: { kind: evaluate, inputs: { model: tuned, data: data } }\n",
-        "  other:\n    kind: prepare-data\n    inputs: { model: base }\n    with: { source: { path: o.csv }, split: { train: 0.5, validation: 0.5 } }\n  eval: { kind: evaluate, inputs: { model: tuned, data: data, ood: other } }\n",
-    );
-    let found = located(&format!("{HEAD}{pipeline}"));
-    assert_eq!(
-        found,
-        [(
-            "invalid `split` in stage `eval`: stage `other` makes no `test` split".to_owned(),
-            "eval".to_owned()
-        )]
     );
 }
