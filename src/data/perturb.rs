@@ -79,18 +79,17 @@ pub struct AugmentedText {
 /// RNG seeded with `settings.seed` serves the whole split, so the copies are a pure function of
 /// the texts, their order and the settings (no ops: no copies).
 pub fn augment(texts: &[&str], settings: &Augment) -> Vec<AugmentedText> {
-    let ops: Vec<Perturbation> = settings
-        .ops
-        .rates()
-        .into_iter()
-        .filter(|(_, rate)| *rate > 0.0)
-        .map(|(name, rate)| match name {
-            "delete" => Perturbation::Delete(rate),
-            "swap" => Perturbation::Swap(rate),
-            "insert" => Perturbation::Insert(rate),
-            _ => Perturbation::Typo(rate),
-        })
-        .collect();
+    let rates = &settings.ops;
+    let ops: Vec<Perturbation> = [
+        (rates.delete, Perturbation::Delete(rates.delete)),
+        (rates.swap, Perturbation::Swap(rates.swap)),
+        (rates.insert, Perturbation::Insert(rates.insert)),
+        (rates.typo, Perturbation::Typo(rates.typo)),
+    ]
+    .into_iter()
+    .filter(|(rate, _)| *rate > 0.0)
+    .map(|(_, op)| op)
+    .collect();
     if ops.is_empty() {
         return Vec::new();
     }

@@ -16,7 +16,7 @@ pub struct Evaluate {
 }
 
 /// `robustness: { typo: 0.05, delete: 0.1, casing: true, seed: 3 }`: one perturbed copy of the
-/// evaluated split per kind given (`crate::data::perturb` says what each does), each made with
+/// evaluated split per kind given (`data::perturb` in this crate says what each does), each made with
 /// its own RNG seeded with `seed`, so adding a kind leaves the others' texts unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -59,7 +59,7 @@ pub struct Augment {
     pub ops: AugmentOps,
 }
 
-/// Rates of the augmentation ops ([`crate::data::perturb`] says what each does); 0 (the
+/// Rates of the augmentation ops (`data::perturb` in this crate says what each does); 0 (the
 /// default) leaves an op out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
