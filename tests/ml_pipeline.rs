@@ -350,3 +350,80 @@ fn a_shallow_student_distils_from_its_teacher_and_deploys() {
     let predicted = project.taper(&["predict", "out/p/ship", "good"]);
     assert!(predicted.status.success(), "{}", text(&predicted));
 }
+
+/// Issue 13: augmentation, robustness and Houlsby adapters through `taper run` on the tiny
+/// model. The augmented training split is twice the plain one while the test split keeps its
+/// bytes; the adapter model learns the toy task, its robustness metrics reach the lock file and
+/// a deploy gate on `typo_drop` reads them; deploying it is refused with the reason (adapters
+/// cannot be merged into a HF checkpoint).
+#[test]
+fn augmentation_robustness_and_adapters_run_end_to_end() {
+    let project = sentiment_project();
+    let pipeline = PIPELINE
+        .replace(
+            "      max_length: 16\n",
+            "      max_length: 16\n  augmented:\n    kind: prepare-data\n    inputs: { model: base }\n    with:\n      source: { path: reviews.csv }\n      text_column: text\n      label_column: category\n      filter: [{ column: category, not_in: [plot] }]\n      labels: [neg, pos]\n      split: { train: 100, validation: 20, test: 40, seed: 3 }\n      max_length: 16\n      augment: { copies: 1, seed: 7, ops: { delete: 0.1, swap: 0.1, insert: 0.1, typo: 0.05 } }\n",
+        )
+        .replace(
+            "dropout: 0.0, seed: 11 }",
+            "dropout: 0.0, seed: 11, method: { name: adapter, size: 8 } }",
+        )
+        .replace("lr: 2e-3", "lr: 1e-2")
+        .replace("epochs: 4", "epochs: 8")
+        .replace(
+            "inputs: { model: base, data: reviews, config: hparams }",
+            "inputs: { model: base, data: augmented, config: hparams }",
+        )
+        .replace(
+            "    inputs: { model: finetune, data: reviews }\n  why:",
+            "    inputs: { model: finetune, data: reviews, ood: augmented }\n    with: { robustness: { typo: 0.3, delete: 0.2, casing: true, seed: 3 } }\n  gate:\n    kind: deploy\n    inputs: { model: finetune, metrics: test }\n    with: { require: { typo_drop: 1.0 } }\n  why:",
+        );
+    project.write("p.yaml", &pipeline);
+    let run = project.taper(&["run", "p.yaml"]);
+    assert!(!run.status.success(), "{}", text(&run));
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(
+        stderr.contains("cannot be merged") && stderr.contains("name: lora"),
+        "{}",
+        text(&run)
+    );
+
+    let plain = json(&project.path("out/p/reviews/stats.json"));
+    let augmented = json(&project.path("out/p/augmented/stats.json"));
+    assert_eq!(augmented["splits"]["train"]["augmented"], 100);
+    assert_eq!(augmented["splits"]["train"]["examples"], 200);
+    assert!(plain["splits"]["train"].get("augmented").is_none());
+    assert_eq!(
+        fs::read(project.path("out/p/reviews/test.bin")).expect("plain test"),
+        fs::read(project.path("out/p/augmented/test.bin")).expect("augmented test")
+    );
+
+    let metrics = json(&project.path("out/p/test/metrics.json"));
+    let accuracy = metrics["accuracy"].as_f64().expect("accuracy");
+    assert!(
+        accuracy >= 0.85,
+        "adapters did not learn: accuracy {accuracy}"
+    );
+    // A lowercasing tokenizer cannot see casing; the clean test split is the `ood` split.
+    assert_eq!(metrics["robustness"]["casing"]["drop"], 0.0);
+    assert_eq!(
+        metrics["robustness"]["ood"]["accuracy"],
+        metrics["accuracy"]
+    );
+    let locked = project.taper(&["metrics", "p.yaml"]);
+    let locked_text = String::from_utf8_lossy(&locked.stdout).into_owned();
+    for metric in [
+        "test.typo_accuracy ",
+        "test.typo_drop ",
+        "test.delete_drop ",
+        "test.ood_drop ",
+        "augmented.train_augmented ",
+    ] {
+        assert!(locked_text.contains(metric), "{metric}\n{}", text(&locked));
+    }
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("gate typo_drop"),
+        "{}",
+        text(&run)
+    );
+}

@@ -13,8 +13,9 @@ use candle_core::{Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::model::stages::Configure;
+use crate::model::stages::{Configure, Method};
 
+use super::adalora::{AdaLoraSchedule, RankAllocator};
 use super::classifier::{Batch, Classifier};
 use super::encoder::Ctx;
 use super::error::{io_error, MlError, Result};
@@ -66,6 +67,8 @@ pub struct Trainer {
     objective: Objective,
     /// The distillation teacher (`Trainer::set_teacher`), run at inference only.
     teacher: Option<Classifier>,
+    /// AdaLoRA's penalty and rank pruning; `None` for every other method (no extra work).
+    allocator: Option<RankAllocator>,
 }
 
 impl Trainer {
@@ -85,6 +88,33 @@ impl Trainer {
             configure.weight_decay,
             layer_decay,
         )?;
+        let allocator = match &configure.method {
+            Method::Adalora {
+                r,
+                target_r,
+                orth_reg,
+                beta1,
+                beta2,
+                tinit,
+                tfinal,
+                delta_t,
+                ..
+            } => Some(RankAllocator::new(
+                &classifier.params().vars,
+                AdaLoraSchedule {
+                    init_r: *r,
+                    target_r: *target_r,
+                    tinit: *tinit,
+                    tfinal: *tfinal,
+                    delta_t: *delta_t,
+                    beta1: *beta1,
+                    beta2: *beta2,
+                    orth_reg: *orth_reg,
+                    total_steps,
+                },
+            )?),
+            _ => None,
+        };
         let pending = vec![None; classifier.params().vars.len()];
         Ok(Self {
             optimizer,
@@ -102,6 +132,7 @@ impl Trainer {
             rng: rng::seeded(configure.seed, rng::DROPOUT_STREAM),
             objective: Objective::new(configure),
             teacher: None,
+            allocator,
             classifier,
         })
     }
@@ -140,13 +171,23 @@ impl Trainer {
     /// Loss and gradients of one batch with training-mode dropout.
     fn loss_and_grads(&mut self, batch: &Batch) -> Result<(f32, Vec<Option<Tensor>>)> {
         if !self.objective.is_plain() {
-            let output = objective::loss_and_grads(
+            let mut output = objective::loss_and_grads(
                 &self.objective,
                 &self.classifier,
                 self.teacher.as_ref(),
                 &mut self.rng,
                 batch,
             )?;
+            // AdaLoRA's penalty depends on the adapter weights alone: its gradient adds to the
+            // objective's (one more backward pass, only when both are on).
+            if let Some(allocator) = &self.allocator {
+                if let Some(penalty) = allocator.orthogonality_penalty(self.vars())? {
+                    output.loss += penalty.to_scalar::<f32>()?;
+                    let grads = penalty.backward()?;
+                    let extra = self.classifier.gradients(&grads, None)?;
+                    accumulate(&mut output.grads, extra)?;
+                }
+            }
             return Ok((output.loss, output.grads));
         }
         let labels = batch.label_tensor(self.classifier.device())?;
@@ -157,7 +198,12 @@ impl Trainer {
             attentions: None,
         };
         let (logits, word_leaf) = self.classifier.forward_training(batch, &mut ctx)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let mut loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        if let Some(allocator) = &self.allocator {
+            if let Some(penalty) = allocator.orthogonality_penalty(self.vars())? {
+                loss = (loss + penalty)?;
+            }
+        }
         let grads = loss.backward()?;
         let per_var = self.classifier.gradients(&grads, word_leaf.as_ref())?;
         Ok((loss.to_scalar::<f32>()?, per_var))
@@ -221,6 +267,10 @@ impl Trainer {
             self.optimizer_steps,
             grad_scale,
         )?;
+        if let Some(allocator) = &mut self.allocator {
+            let vars = &self.classifier.params().vars;
+            allocator.update_and_allocate(vars, &grads, grad_scale, self.optimizer_steps - 1)?;
+        }
         self.pending_batches = 0;
         Ok(norm)
     }
@@ -272,6 +322,9 @@ impl Trainer {
             let (first, second) = self.optimizer.moment_tensors(index, var.as_tensor())?;
             moments.insert(format!("m.{name}"), first);
             moments.insert(format!("v.{name}"), second);
+        }
+        if let Some(allocator) = &self.allocator {
+            moments.extend(allocator.state_tensors(self.vars()));
         }
         candle_core::safetensors::save(&params, dir.join(PARAMS_FILE))?;
         candle_core::safetensors::save(&moments, dir.join(OPTIMIZER_FILE))?;
@@ -362,11 +415,22 @@ impl Trainer {
             var.set(value)?;
         }
         self.optimizer.restore_moments(restored);
+        if let Some(allocator) = &mut self.allocator {
+            allocator.restore(&self.classifier.params().vars, &moments);
+        }
         self.optimizer_steps = state.optimizer_steps;
         self.rng = rng;
         self.pending = vec![None; names.len()];
         self.pending_batches = 0;
         Ok(())
+    }
+
+    /// Under AdaLoRA, the rank each adapted module has now, by module name; empty otherwise.
+    pub fn adapter_ranks(&self) -> Result<Vec<(String, usize)>> {
+        match &self.allocator {
+            Some(allocator) => allocator.ranks(self.vars()),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Writes the trained classifier for inference (see [`Classifier::export`]).

@@ -365,7 +365,13 @@ impl StageKind {
                 // The model `distillation` learns from (its settings live in `configure`).
                 (S::Teacher, A::TrainedModel, false),
             ],
-            StageKind::Evaluate | StageKind::Explain => &[
+            // `ood`: a second dataset, out of the training domain, evaluated on the same split.
+            StageKind::Evaluate => &[
+                (S::Model, A::TrainedModel, true),
+                (S::Data, A::Dataset, true),
+                (S::Ood, A::Dataset, false),
+            ],
+            StageKind::Explain => &[
                 (S::Model, A::TrainedModel, true),
                 (S::Data, A::Dataset, true),
             ],
@@ -394,15 +400,17 @@ pub enum InputSlot {
     Config,
     Metrics,
     Teacher,
+    Ood,
 }
 
 impl InputSlot {
-    pub const ALL: [InputSlot; 5] = [
+    pub const ALL: [InputSlot; 6] = [
         InputSlot::Model,
         InputSlot::Data,
         InputSlot::Config,
         InputSlot::Metrics,
         InputSlot::Teacher,
+        InputSlot::Ood,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -412,6 +420,7 @@ impl InputSlot {
             InputSlot::Config => "config",
             InputSlot::Metrics => "metrics",
             InputSlot::Teacher => "teacher",
+            InputSlot::Ood => "ood",
         }
     }
 }

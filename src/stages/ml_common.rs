@@ -126,9 +126,16 @@ pub enum MlStageError {
     #[error("deploy gate on `{metric}`: the metrics input does not report it")]
     #[diagnostic(
         code(taper::stages::gate_metric_missing),
-        help("`roc_auc` exists for two classes only; gate on another metric")
+        help("`roc_auc` exists for two classes only; `typo_*`, `delete_*` and `casing_*` need that kind in the evaluate stage's `robustness`, `ood_*` an `ood` input")
     )]
     GateMetricMissing { metric: String },
+
+    #[error("the `ood` dataset has the labels {ood}, the evaluated data {data}")]
+    #[diagnostic(
+        code(taper::stages::ood_labels),
+        help("the out-of-domain data must map the same label names to the same ids: give its `prepare-data` stage `labels: {data}`")
+    )]
+    OodLabels { data: String, ood: String },
 
     #[error("the dataset has no `{split}` split")]
     #[diagnostic(

@@ -255,6 +255,15 @@ impl TrainRun<'_> {
             checkpoints.save(&trainer, &progress)?;
         }
 
+        // AdaLoRA: where the rank budget went (none for other methods).
+        let ranks = trainer.adapter_ranks()?;
+        if !ranks.is_empty() {
+            let listed: Vec<String> = ranks
+                .iter()
+                .map(|(module, rank)| format!("{module} {rank}"))
+                .collect();
+            log(&format!("AdaLoRA ranks: {}", listed.join(", ")));
+        }
         let model_out = self.out_dir.join(TRAINED_MODEL_DIR);
         let best = checkpoints.best_dir();
         if config.early_stopping.is_some() && best.is_dir() {

@@ -19,11 +19,14 @@ pub use configure::{
     is_adapter_target, Configure, EarlyStopping, Method, Pooling, Problem, Schedule,
 };
 pub use deploy::{Deploy, Precision, GATE_METRICS};
-pub use evaluate::Evaluate;
+pub use evaluate::{Evaluate, Robustness};
 pub use explain::{
     Explain, ExplainBaseline, ExplainMethod, DEFAULT_STEPS as DEFAULT_EXPLAIN_STEPS,
 };
-pub use prepare_data::{Clean, DataFormat, PrepareData, RowFilter, Split, SplitName};
+pub use prepare_data::{
+    Augment, AugmentOps, Clean, DataFormat, PrepareData, RowFilter, Split, SplitName,
+    MAX_AUGMENT_COPIES,
+};
 pub use select_model::SelectModel;
 pub use source::Source;
 pub use techniques::{Adversarial, AdversarialMethod, Distillation, RDrop};

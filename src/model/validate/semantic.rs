@@ -38,7 +38,7 @@ pub(super) fn check_across_stages(
                 }
                 let missing: Vec<&str> = [InputSlot::Metrics, InputSlot::Data]
                     .into_iter()
-                    .filter(|slot| !inputs.contains_key(slot))
+                    .filter(|slot| !stage_inputs.contains_key(slot))
                     .map(InputSlot::as_str)
                     .collect();
                 if deploy.precision == Precision::Int8 && !missing.is_empty() {
@@ -56,14 +56,18 @@ pub(super) fn check_across_stages(
             }
             _ => continue,
         };
-        let Some(data) = stage_inputs.get(&InputSlot::Data) else {
-            continue;
-        };
-        let Some(StageSettings::PrepareData(prepare)) = settings_of(checked, data) else {
-            continue;
-        };
-        let made = prepare.split.made();
-        if !made.contains(&split) {
+        // The `ood` dataset of an `evaluate` is read at the same split as its `data`.
+        for slot in [InputSlot::Data, InputSlot::Ood] {
+            let Some(data) = stage_inputs.get(&slot) else {
+                continue;
+            };
+            let Some(StageSettings::PrepareData(prepare)) = settings_of(checked, data) else {
+                continue;
+            };
+            let made = prepare.split.made();
+            if made.contains(&split) {
+                continue;
+            }
             let names: Vec<String> = made
                 .iter()
                 .map(|name| format!("`{}`", name.as_str()))
