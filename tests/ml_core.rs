@@ -303,9 +303,9 @@ fn check_one_step(arch: &EncoderConfig, method: &str, expect_frozen: impl Fn(&st
     let (sequences, labels) = toy_data(8);
     let batch = &batches(&sequences, &labels, 8)[0];
     let mut trainer = Trainer::new(classifier, &settings, 10).expect("trainer");
-    let is_lora = method.contains("lora");
-    if is_lora {
-        // LoRA's B starts at zero, so A gets its first gradient only after B moved.
+    if method.contains("lora") || method.contains("adapter") {
+        // LoRA's B (an adapter's up-projection) starts at zero, so A (the down-projection)
+        // gets its first gradient only after B moved.
         trainer.step(batch).expect("warm-up step");
     }
     for (name, norm) in trainer.gradient_norms(batch).expect("grads") {
@@ -356,6 +356,19 @@ fn every_trainable_parameter_learns_and_frozen_ones_keep_their_bytes() {
     check_one_step(&bert, r#"{"name":"ia3"}"#, |n| {
         !n.starts_with("classifier.")
     });
+    check_one_step(&bert, r#"{"name":"adapter","size":4}"#, |n| {
+        !n.starts_with("classifier.")
+    });
+    // AdaLoRA's E starts at zero; the orthogonality penalty moves A and B from the first step.
+    check_one_step(&bert, r#"{"name":"adalora","r":4,"target_r":2}"#, |n| {
+        !n.starts_with("classifier.")
+    });
+    check_one_step(
+        &EncoderConfig::tiny_distilbert(),
+        r#"{"name":"adapter","size":4}"#,
+        // DistilBERT checkpoints have no `pre_classifier`: it is new, so it trains.
+        |n| !n.starts_with("classifier.") && !n.starts_with("pre_classifier."),
+    );
 }
 
 fn accuracy(trainer: &Trainer, batches: &[Batch]) -> f64 {
@@ -398,6 +411,35 @@ fn tiny_model_overfits_32_examples() {
     assert_eq!(reached, 1.0, "training accuracy stayed at {reached}");
 }
 
+/// Trains 4 epochs over `data` with a parameter-efficient `method` (calling `after_step` after
+/// each step) and checks that every base weight but the classifier kept its bytes.
+fn train_keeping_base(
+    classifier: Classifier,
+    settings: &Configure,
+    data: &[Batch],
+    method: &str,
+    mut after_step: impl FnMut(&Trainer),
+) -> Trainer {
+    let base_before = snapshot(classifier.base_tensors(false).expect("base"));
+    let mut trainer = Trainer::new(classifier, settings, 8).expect("trainer");
+    for _ in 0..4 {
+        for batch in data {
+            trainer.step(batch).expect("step");
+            after_step(&trainer);
+        }
+    }
+    let base_after = snapshot(trainer.classifier().base_tensors(false).expect("base"));
+    for (name, before) in &base_before {
+        if !name.starts_with("classifier.") {
+            assert_eq!(
+                before, &base_after[name],
+                "base weight `{name}` changed under {method}"
+            );
+        }
+    }
+    trainer
+}
+
 #[test]
 fn lora_keeps_base_weights_and_merges_exactly() {
     let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
@@ -407,7 +449,6 @@ fn lora_keeps_base_weights_and_merges_exactly() {
     );
     let classifier = Classifier::new(dir.path(), 2, &settings, DeviceChoice::Cpu).expect("load");
     assert!(classifier.trainable_parameters() < classifier.total_parameters() / 5);
-    let base_before = snapshot(classifier.base_tensors(false).expect("base"));
     let (sequences, labels) = toy_data(16);
     let data = batches(&sequences, &labels, 8);
     let logits_before = Trainer::new(
@@ -418,21 +459,7 @@ fn lora_keeps_base_weights_and_merges_exactly() {
     .expect("trainer")
     .eval_logits(&data[0])
     .expect("logits");
-    let mut trainer = Trainer::new(classifier, &settings, 8).expect("trainer");
-    for _ in 0..4 {
-        for batch in &data {
-            trainer.step(batch).expect("step");
-        }
-    }
-    let base_after = snapshot(trainer.classifier().base_tensors(false).expect("base"));
-    for (name, before) in &base_before {
-        if !name.starts_with("classifier.") {
-            assert_eq!(
-                before, &base_after[name],
-                "base weight `{name}` changed under LoRA"
-            );
-        }
-    }
+    let trainer = train_keeping_base(classifier, &settings, &data, "LoRA", |_| {});
     let unmerged = trainer.eval_logits(&data[0]).expect("logits");
     assert_ne!(unmerged, logits_before, "training changed nothing");
     let export = tempfile::tempdir().expect("temp dir");
@@ -473,11 +500,123 @@ fn ia3_merges_exactly() {
     );
 }
 
-fn run_resume_case(method: &str) {
+/// Houlsby adapters: a new one is the identity (the encoder's states equal the base model's,
+/// bit for bit), training leaves every base weight's bytes alone, the export carries the
+/// adapters and reloads to the same logits (they cannot be merged: the HF export refuses).
+#[test]
+fn adapter_starts_at_the_base_keeps_base_weights_and_reloads_exactly() {
+    let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
+    let settings =
+        configure(r#"{"method":{"name":"adapter","size":4},"learning_rate":0.01,"dropout":0.1}"#);
+    let classifier = Classifier::new(dir.path(), 2, &settings, DeviceChoice::Cpu).expect("load");
+    assert!(classifier.trainable_parameters() < classifier.total_parameters() / 5);
+    // 2 layers × 2 adapters × (down + up, weight + bias).
+    let adapters: Vec<String> = classifier
+        .trainable_names()
+        .into_iter()
+        .filter(|name| name.contains(".adapter."))
+        .collect();
+    assert_eq!(adapters.len(), 16, "{adapters:?}");
+    assert!(adapters.contains(&"encoder.layer.1.output.dense.adapter.up.weight".to_owned()));
+    let (sequences, labels) = toy_data(16);
+    let sequence_refs: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+    let full = Classifier::new(dir.path(), 2, &configure("{}"), DeviceChoice::Cpu).expect("load");
+    for differentiable in [false, true] {
+        assert_eq!(
+            our_hidden(&classifier, &sequence_refs, differentiable),
+            our_hidden(&full, &sequence_refs, differentiable),
+            "a new adapter changed the encoder"
+        );
+    }
+    let data = batches(&sequences, &labels, 8);
+    let trainer = train_keeping_base(classifier, &settings, &data, "adapters", |_| {});
+    assert_ne!(
+        our_hidden(trainer.classifier(), &sequence_refs, false),
+        our_hidden(&full, &sequence_refs, false),
+        "training did not move the adapters"
+    );
+    let unmerged = trainer.eval_logits(&data[0]).expect("logits");
+    let export = tempfile::tempdir().expect("temp dir");
+    trainer.export(export.path()).expect("export");
+    let reloaded =
+        Classifier::load_trained(export.path(), DeviceChoice::Cpu).expect("load trained");
+    assert_eq!(reloaded.trainable_parameters(), 0);
+    assert!(
+        reloaded.load_report().unused.is_empty()
+            && reloaded.load_report().freshly_initialised.is_empty()
+    );
+    let diff = max_abs_diff(
+        &unmerged.concat(),
+        &reloaded.logits(&data[0]).expect("logits").concat(),
+    );
+    assert!(diff < 1e-5, "exported and live logits differ by {diff}");
+    let hf = tempfile::tempdir().expect("temp dir");
+    let refused = reloaded
+        .export_hf(hf.path(), &["neg".to_owned(), "pos".to_owned()])
+        .expect_err("adapters cannot be merged");
+    assert!(
+        matches!(&refused, MlError::NotExportable { reason } if reason.contains("cannot be merged")),
+        "{refused}"
+    );
+}
+
+/// AdaLoRA: base weights keep their bytes, the rank budget ends at `target_r` per module on
+/// average (2 layers × 3 targets = 6 modules: 12 singular values left of 24), never rising on
+/// the way, and the export merges `B (E ⊙ A)` into the weights within 1e-5 of the live model.
+#[test]
+fn adalora_keeps_base_weights_prunes_to_target_and_merges_exactly() {
+    let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
+    let settings = configure(
+        r#"{"method":{"name":"adalora","r":4,"target_r":2,"targets":["query","value","intermediate.dense"],
+            "tinit":2,"tfinal":3},"learning_rate":0.01,"dropout":0.1}"#,
+    );
+    let classifier = Classifier::new(dir.path(), 2, &settings, DeviceChoice::Cpu).expect("load");
+    let (sequences, labels) = toy_data(16);
+    let data = batches(&sequences, &labels, 8);
+    let total_rank = |trainer: &Trainer| -> usize {
+        let ranks = trainer.adapter_ranks().expect("ranks");
+        assert_eq!(ranks.len(), 6, "{ranks:?}");
+        ranks.iter().map(|(_, rank)| rank).sum()
+    };
+    // E starts at zero: no singular value is nonzero before the first step.
+    let untrained = Trainer::new(
+        Classifier::new(dir.path(), 2, &settings, DeviceChoice::Cpu).expect("load"),
+        &settings,
+        8,
+    )
+    .expect("trainer");
+    assert_eq!(total_rank(&untrained), 0);
+    let mut budgets = Vec::new();
+    let trainer = train_keeping_base(classifier, &settings, &data, "AdaLoRA", |trainer| {
+        budgets.push(total_rank(trainer));
+    });
+    // Steps 0-2 keep all 24; from step 5 (= 8 − tfinal) exactly 12 remain.
+    assert_eq!(budgets[..2], [24, 24], "{budgets:?}");
+    assert!(budgets[5..].iter().all(|&total| total == 12), "{budgets:?}");
+    assert!(
+        budgets.windows(2).all(|pair| pair[1] <= pair[0]),
+        "{budgets:?}"
+    );
+    let export = tempfile::tempdir().expect("temp dir");
+    trainer.export(export.path()).expect("export");
+    let merged = Classifier::load_trained(export.path(), DeviceChoice::Cpu).expect("load trained");
+    assert!(merged.load_report().unused.is_empty());
+    let diff = max_abs_diff(
+        &trainer.eval_logits(&data[0]).expect("logits").concat(),
+        &merged.logits(&data[0]).expect("logits").concat(),
+    );
+    assert!(
+        diff < 1e-5,
+        "merged and unmerged AdaLoRA logits differ by {diff}"
+    );
+}
+
+/// `techniques`: more settings, as JSON members each starting with a comma.
+fn run_resume_case(method: &str, techniques: &str) {
     let dir = tiny_model(&EncoderConfig::tiny_bert(), NameStyle::Plain);
     let settings = configure(&format!(
         r#"{{"method":{method},"learning_rate":0.002,"gradient_accumulation":2,"warmup_ratio":0.2,
-            "schedule":"cosine","max_grad_norm":0.5,"dropout":0.2,"seed":9}}"#
+            "schedule":"cosine","max_grad_norm":0.5,"dropout":0.2,"seed":9{techniques}}}"#
     ));
     let (sequences, labels) = toy_data(48);
     let data = batches(&sequences, &labels, 4);
@@ -514,8 +653,25 @@ fn run_resume_case(method: &str) {
 
 #[test]
 fn resuming_gives_bitwise_identical_weights() {
-    run_resume_case(r#"{"name":"full"}"#);
-    run_resume_case(r#"{"name":"lora","dropout":0.1}"#);
+    run_resume_case(r#"{"name":"full"}"#, "");
+    run_resume_case(r#"{"name":"lora","dropout":0.1}"#, "");
+    // Issue 13: the extra dropout passes and attacks draw from the checkpointed RNG stream.
+    run_resume_case(
+        r#"{"name":"full"}"#,
+        r#","label_smoothing":0.1,"layer_decay":0.8,"rdrop":{"alpha":1.0},
+            "adversarial":{"method":"pgd","epsilon":1.0,"alpha":0.4,"steps":2}"#,
+    );
+    run_resume_case(r#"{"name":"adapter","size":8}"#, "");
+    // 6 optimizer steps, the checkpoint after 3: the rank pattern is fixed after it (scores
+    // must survive the resume), or before it (the pattern must).
+    run_resume_case(
+        r#"{"name":"adalora","r":4,"target_r":2,"tinit":0,"tfinal":1}"#,
+        "",
+    );
+    run_resume_case(
+        r#"{"name":"adalora","r":4,"target_r":2,"tinit":0,"tfinal":4}"#,
+        "",
+    );
 }
 
 #[test]

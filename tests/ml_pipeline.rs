@@ -373,3 +373,143 @@ fn sweep_experiments(project: &Project) {
         "{plan}"
     );
 }
+
+/// Issue 13: a 2-layer teacher is fine-tuned, then a 1-layer student (`select-model` with
+/// `layers: 1`) distils from it with label smoothing, layer decay and FGM on; the student
+/// learns the toy task, its exported config says one layer, and it deploys and predicts.
+#[test]
+fn a_shallow_student_distils_from_its_teacher_and_deploys() {
+    let project = sentiment_project();
+    let pipeline = PIPELINE
+        .split("  test:\n")
+        .next()
+        .expect("the pipeline has a test stage")
+        .replace("  finetune:\n", "  teacher:\n")
+        .to_owned()
+        + r#"  student-base:
+    kind: select-model
+    with: { source: { path: tiny-model }, layers: 1 }
+  student-config:
+    kind: configure
+    with:
+      learning_rate: 5e-3
+      epochs: 10
+      batch_size: 8
+      weight_decay: 0.0
+      dropout: 0.0
+      seed: 11
+      label_smoothing: 0.1
+      layer_decay: 0.9
+      adversarial: { method: fgm, epsilon: 0.5 }
+      distillation: { temperature: 2.0, weight: 0.5 }
+  student:
+    kind: train
+    inputs: { model: student-base, data: reviews, config: student-config, teacher: teacher }
+  test:
+    kind: evaluate
+    inputs: { model: student, data: reviews }
+  ship:
+    kind: deploy
+    inputs: { model: student, metrics: test }
+"#;
+    project.write("p.yaml", &pipeline);
+    let plan = project.taper(&["plan", "p.yaml"]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let run = project.taper(&["run", "p.yaml"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let log = fs::read_to_string(project.path("out/p/student.log")).expect("student log");
+    assert!(log.contains("distilling from a 2-layer teacher"), "{log}");
+    let record = json(&project.path("out/p/student-base/model.json"));
+    assert_eq!(record["layers"], 1);
+    let config = json(&project.path("out/p/student/model/config.json"));
+    assert_eq!(config["num_hidden_layers"], 1);
+    let bundle = json(&project.path("out/p/ship/config.json"));
+    assert_eq!(bundle["num_hidden_layers"], 1);
+    let accuracy = json(&project.path("out/p/test/metrics.json"))["accuracy"]
+        .as_f64()
+        .expect("accuracy");
+    assert!(
+        accuracy >= 0.85,
+        "student accuracy {accuracy}\n{log}\n{}",
+        fs::read_to_string(project.path("out/p/teacher.log")).unwrap_or_default()
+    );
+    let predicted = project.taper(&["predict", "out/p/ship", "good"]);
+    assert!(predicted.status.success(), "{}", text(&predicted));
+}
+
+/// Issue 13: augmentation, robustness and Houlsby adapters through `taper run` on the tiny
+/// model. The augmented training split is twice the plain one while the test split keeps its
+/// bytes; the adapter model learns the toy task, its robustness metrics reach the lock file and
+/// a deploy gate on `typo_drop` reads them; deploying it is refused with the reason (adapters
+/// cannot be merged into a HF checkpoint).
+#[test]
+fn augmentation_robustness_and_adapters_run_end_to_end() {
+    let project = sentiment_project();
+    let pipeline = PIPELINE
+        .replace(
+            "      max_length: 16\n",
+            "      max_length: 16\n  augmented:\n    kind: prepare-data\n    inputs: { model: base }\n    with:\n      source: { path: reviews.csv }\n      text_column: text\n      label_column: category\n      filter: [{ column: category, not_in: [plot] }]\n      labels: [neg, pos]\n      split: { train: 100, validation: 20, test: 40, seed: 3 }\n      max_length: 16\n      augment: { copies: 1, seed: 7, ops: { delete: 0.1, swap: 0.1, insert: 0.1, typo: 0.05 } }\n",
+        )
+        .replace(
+            "dropout: 0.0, seed: 11 }",
+            "dropout: 0.0, seed: 11, method: { name: adapter, size: 8 } }",
+        )
+        .replace("lr: 2e-3", "lr: 1e-2")
+        .replace("epochs: 4", "epochs: 8")
+        .replace(
+            "inputs: { model: base, data: reviews, config: hparams }",
+            "inputs: { model: base, data: augmented, config: hparams }",
+        )
+        .replace(
+            "    inputs: { model: finetune, data: reviews }\n  why:",
+            "    inputs: { model: finetune, data: reviews, ood: augmented }\n    with: { robustness: { typo: 0.3, delete: 0.2, casing: true, seed: 3 } }\n  gate:\n    kind: deploy\n    inputs: { model: finetune, metrics: test }\n    with: { require: { typo_drop: 1.0 } }\n  why:",
+        );
+    project.write("p.yaml", &pipeline);
+    let run = project.taper(&["run", "p.yaml"]);
+    assert!(!run.status.success(), "{}", text(&run));
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(
+        stderr.contains("cannot be merged") && stderr.contains("name: lora"),
+        "{}",
+        text(&run)
+    );
+
+    let plain = json(&project.path("out/p/reviews/stats.json"));
+    let augmented = json(&project.path("out/p/augmented/stats.json"));
+    assert_eq!(augmented["splits"]["train"]["augmented"], 100);
+    assert_eq!(augmented["splits"]["train"]["examples"], 200);
+    assert!(plain["splits"]["train"].get("augmented").is_none());
+    assert_eq!(
+        fs::read(project.path("out/p/reviews/test.bin")).expect("plain test"),
+        fs::read(project.path("out/p/augmented/test.bin")).expect("augmented test")
+    );
+
+    let metrics = json(&project.path("out/p/test/metrics.json"));
+    let accuracy = metrics["accuracy"].as_f64().expect("accuracy");
+    assert!(
+        accuracy >= 0.85,
+        "adapters did not learn: accuracy {accuracy}"
+    );
+    // A lowercasing tokenizer cannot see casing; the clean test split is the `ood` split.
+    assert_eq!(metrics["robustness"]["casing"]["drop"], 0.0);
+    assert_eq!(
+        metrics["robustness"]["ood"]["accuracy"],
+        metrics["accuracy"]
+    );
+    let locked = project.taper(&["metrics", "p.yaml"]);
+    let locked_text = String::from_utf8_lossy(&locked.stdout).into_owned();
+    for metric in [
+        "test.typo_accuracy ",
+        "test.typo_drop ",
+        "test.delete_drop ",
+        "test.ood_drop ",
+        "augmented.train_augmented ",
+    ] {
+        assert!(locked_text.contains(metric), "{metric}\n{}", text(&locked));
+    }
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("gate typo_drop"),
+        "{}",
+        text(&run)
+    );
+}

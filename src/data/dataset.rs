@@ -7,7 +7,8 @@
 //!   magic `TPDS0001`, `n: u64`, `tokens: u64`, then `n` × `u32` lengths, `n` × `u32` label ids,
 //!   `tokens` × `u32` token ids (examples back to back). Loading is one read and three slice
 //!   conversions: no parsing, no per-example allocation.
-//! - `<split>.jsonl`: one `{"text", "label", "line"}` object per example, same order, for
+//! - `<split>.jsonl`: one `{"text", "label", "line"}` object per example, same order (an
+//!   augmented copy also has `"copy": n`, n ≥ 1, and the `line` of its original), for
 //!   people and for the explain stage; never read by training.
 
 use std::collections::BTreeMap;
@@ -165,6 +166,29 @@ impl Dataset {
         }
         Ok(Dataset { info, splits })
     }
+}
+
+/// The texts of `<split>.jsonl` in `dir`, in dataset order (what `explain` shows and
+/// `evaluate` perturbs; training never reads them).
+pub fn read_texts(dir: &Path, split: SplitName) -> Result<Vec<String>, DataError> {
+    /// One line as `prepare-data` writes it; the other fields are not needed here.
+    #[derive(Deserialize)]
+    struct Line {
+        text: String,
+    }
+    let path = dir.join(format!("{}.jsonl", split.as_str()));
+    let text = fs::read_to_string(&path).map_err(|error| DataError::io(&path, error))?;
+    text.lines()
+        .enumerate()
+        .map(|(index, line)| {
+            serde_json::from_str::<Line>(line)
+                .map(|line| line.text)
+                .map_err(|error| DataError::Malformed {
+                    path: path.clone(),
+                    message: format!("line {}: {error}", index + 1),
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,12 +11,14 @@
 //! - [`tokenize`] encodes texts with a model's `tokenizer.json` in parallel, with the padding
 //!   and truncation baked into that file replaced by ours.
 //! - [`dataset`] is the on-disk dataset artifact (format documented there).
+//! - [`perturb`] owns the text perturbations of augmentation and robustness evaluation.
 //! - [`metrics`] computes classification metrics from labels and predicted probabilities.
 
 pub mod batching;
 pub mod dataset;
 pub mod error;
 pub mod metrics;
+pub mod perturb;
 pub mod sources;
 pub mod split;
 pub mod table;

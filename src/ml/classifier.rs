@@ -24,7 +24,8 @@ use crate::model::stages::{Configure, Method, Pooling, Precision};
 
 use super::config::{Architecture, EncoderConfig};
 use super::encoder::{
-    linear_module_names, matches_target, Adapter, AdapterSpec, Ctx, Encoder, EncoderPlan, Linear,
+    linear_module_names, matches_target, Adapter, AdapterSpec, BottleneckSpec, Ctx, Encoder,
+    EncoderPlan, Linear,
 };
 use super::error::{io_error, MlError, Result};
 use super::kernels;
@@ -215,6 +216,10 @@ struct ExportInfo {
     format: u32,
     num_labels: usize,
     pooling: Pooling,
+    /// The size of the Houlsby adapters the weights carry (they cannot be merged); absent for
+    /// every other method, so other exports keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    adapter_size: Option<usize>,
 }
 
 const EXPORT_INFO: &str = "taper-classifier.json";
@@ -223,19 +228,29 @@ const EXPORT_FORMAT: u32 = 1;
 /// The word rows of one training batch as a graph leaf, and where their gradient goes.
 pub(crate) struct WordLeaf {
     ids: Vec<u32>,
-    words: Var,
+    pub(crate) words: Var,
     vocab: usize,
-    /// Index of the word-embedding table in [`ParamStore::vars`].
-    pub(crate) param_index: usize,
+    /// Index of the word-embedding table in [`ParamStore::vars`]; `None` when it is frozen.
+    param_index: Option<usize>,
 }
 
 impl WordLeaf {
     /// The table's gradient `[vocab, hidden]` from the leaf's, if the leaf received one.
-    pub(crate) fn table_gradient(&self, grads: &GradStore) -> Result<Option<Tensor>> {
-        match grads.get(self.words.as_tensor()) {
-            Some(rows) => Ok(Some(kernels::scatter_rows(&self.ids, rows, self.vocab)?)),
-            None => Ok(None),
+    fn table_gradient(&self, grads: &GradStore) -> Result<Option<Tensor>> {
+        let Some(rows) = grads.get(self.words.as_tensor()) else {
+            return Ok(None);
+        };
+        if kernels::fused(rows) {
+            return Ok(Some(kernels::scatter_rows(&self.ids, rows, self.vocab)?));
         }
+        // Other devices: candle's own scatter (what `index_select`'s backward does).
+        let hidden = rows.dim(D::Minus1)?;
+        let rows = rows.reshape(((), hidden))?;
+        let ids = Tensor::from_slice(&self.ids, self.ids.len(), rows.device())?;
+        Ok(Some(
+            Tensor::zeros((self.vocab, hidden), rows.dtype(), rows.device())?
+                .index_add(&ids, &rows, 0)?,
+        ))
     }
 }
 
@@ -308,16 +323,24 @@ impl Classifier {
                 reason: format!("format {} (this taper reads {EXPORT_FORMAT})", info.format),
             });
         }
-        Self::load_frozen(dir, info.num_labels, info.pooling, device)
+        Self::load_frozen(
+            dir,
+            info.num_labels,
+            info.pooling,
+            info.adapter_size,
+            device,
+        )
     }
 
     /// A frozen, inference-only classifier from `dir`'s `config.json` and `model.safetensors`
-    /// (tensor names normalised, so both taper's export and a HF checkpoint load): the one
-    /// loading path of [`Self::load_trained`] and [`Self::load_hf`].
+    /// (tensor names normalised, so both taper's export and a HF checkpoint load), with Houlsby
+    /// adapters of `adapter_size` from the same file: the one loading path of
+    /// [`Self::load_trained`] and [`Self::load_hf`].
     pub(crate) fn load_frozen(
         dir: &Path,
         num_labels: usize,
         pooling: Pooling,
+        adapter_size: Option<usize>,
         device: DeviceChoice,
     ) -> Result<Self> {
         let config = EncoderConfig::from_file(&dir.join("config.json"))?;
@@ -327,6 +350,7 @@ impl Classifier {
             embeddings_trainable: false,
             layers_trainable: vec![false; config.num_hidden_layers],
             adapter: AdapterSpec::None,
+            bottleneck: adapter_size.map(|size| BottleneckSpec { size, train: false }),
         };
         let mut builder = ParamBuilder::new(source, 0, &device);
         let encoder = Encoder::new(&config, &mut builder, &plan)?;
@@ -459,29 +483,74 @@ impl Classifier {
         batch: &Batch,
         ctx: &mut Ctx,
     ) -> Result<(Tensor, Option<WordLeaf>)> {
+        if self.word_table_index().is_none() || !kernels::fused(self.encoder.word_table()) {
+            return Ok((self.forward(batch, ctx)?, None));
+        }
+        let leaf = self.word_leaf(batch, &self.batch_words(batch)?)?;
+        let logits = self.forward_words(batch, leaf.words.as_tensor(), ctx)?;
+        Ok((logits, Some(leaf)))
+    }
+
+    /// Index of the word-embedding table in the trainable parameters, when it trains.
+    fn word_table_index(&self) -> Option<usize> {
         let table = self.encoder.word_table();
-        let Some(param_index) = self
-            .params
+        self.params
             .vars
             .iter()
             .position(|(_, var)| var.as_tensor().id() == table.id())
-            .filter(|_| kernels::fused(table))
-        else {
-            return Ok((self.forward(batch, ctx)?, None));
-        };
+    }
+
+    /// The word rows `[batch, t, hidden]` of `batch`, outside the graph: what adversarial
+    /// training perturbs.
+    pub(crate) fn batch_words(&self, batch: &Batch) -> Result<Tensor> {
         self.check_ids(batch)?;
-        let input_ids = batch.input_ids(&self.device)?;
-        let mask = batch.attention_mask(&self.device)?;
-        let words = Var::from_tensor(&self.encoder.word_embeddings(&input_ids)?.detach())?;
-        let embeddings = self.encoder.embed_words(words.as_tensor(), ctx)?;
-        let logits = self.forward_embeddings(&embeddings, &mask, ctx)?;
-        let leaf = WordLeaf {
+        Ok(self
+            .encoder
+            .word_embeddings(&batch.input_ids(&self.device)?)?
+            .detach())
+    }
+
+    /// `words` (rows of `batch`, possibly perturbed) as a graph leaf.
+    pub(crate) fn word_leaf(&self, batch: &Batch, words: &Tensor) -> Result<WordLeaf> {
+        Ok(WordLeaf {
             ids: batch.input_ids.clone(),
-            words,
+            words: Var::from_tensor(words)?,
             vocab: self.encoder.config.vocab_size,
-            param_index,
-        };
-        Ok((logits, Some(leaf)))
+            param_index: self.word_table_index(),
+        })
+    }
+
+    /// Logits of `batch` from its word rows `words` `[batch, t, hidden]`.
+    pub(crate) fn forward_words(
+        &self,
+        batch: &Batch,
+        words: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let mask = batch.attention_mask(&self.device)?;
+        let embeddings = self.encoder.embed_words(words, ctx)?;
+        self.forward_embeddings(&embeddings, &mask, ctx)
+    }
+
+    /// Per-parameter gradients (in [`ParamStore::vars`] order) from one backward pass; the
+    /// word table's comes from `leaf` when the pass read the words from one.
+    pub(crate) fn gradients(
+        &self,
+        grads: &GradStore,
+        leaf: Option<&WordLeaf>,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let mut per_var: Vec<Option<Tensor>> = self
+            .params
+            .vars
+            .iter()
+            .map(|(_, var)| grads.get(var.as_tensor()).cloned())
+            .collect();
+        if let Some(leaf) = leaf {
+            if let Some(slot) = leaf.param_index.and_then(|index| per_var.get_mut(index)) {
+                *slot = leaf.table_gradient(grads)?;
+            }
+        }
+        Ok(per_var)
     }
 
     /// The rest of the model from token embeddings `[batch, t, hidden]` (see
@@ -536,8 +605,11 @@ impl Classifier {
     /// pretrained directory's tokenizer files into `dir`, for [`Classifier::load_trained`].
     pub fn export(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-        let map: std::collections::HashMap<String, Tensor> =
-            self.base_tensors(true)?.into_iter().collect();
+        let map: std::collections::HashMap<String, Tensor> = self
+            .base_tensors(true)?
+            .into_iter()
+            .chain(self.encoder.bottleneck_tensors())
+            .collect();
         candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
         let config_path = dir.join("config.json");
         std::fs::write(&config_path, self.encoder.config.to_hf_json())
@@ -559,6 +631,7 @@ impl Classifier {
             format: EXPORT_FORMAT,
             num_labels: self.num_labels,
             pooling: self.head.pooling,
+            adapter_size: self.encoder.bottleneck_size(),
         };
         let info_path = dir.join(EXPORT_INFO);
         let text = serde_json::to_string_pretty(&info).map_err(|source| MlError::Json {
@@ -632,12 +705,26 @@ fn plan_for(config: &EncoderConfig, method: &Method) -> Result<(EncoderPlan, boo
         }
         Ok(())
     };
+    // The parameter-efficient methods: the encoder and a pretrained pooler stay frozen; only
+    // the method's adapters and the classifier train.
+    let frozen_with = |adapter: AdapterSpec, bottleneck: Option<BottleneckSpec>| {
+        (
+            EncoderPlan {
+                embeddings_trainable: false,
+                layers_trainable: vec![false; layers],
+                adapter,
+                bottleneck,
+            },
+            false,
+        )
+    };
     Ok(match method {
         Method::Full => (
             EncoderPlan {
                 embeddings_trainable: true,
                 layers_trainable: vec![true; layers],
                 adapter: AdapterSpec::None,
+                bottleneck: None,
             },
             true,
         ),
@@ -653,6 +740,7 @@ fn plan_for(config: &EncoderConfig, method: &Method) -> Result<(EncoderPlan, boo
                     embeddings_trainable: false,
                     layers_trainable: (0..layers).map(|i| i >= frozen).collect(),
                     adapter: AdapterSpec::None,
+                    bottleneck: None,
                 },
                 true,
             )
@@ -669,31 +757,61 @@ fn plan_for(config: &EncoderConfig, method: &Method) -> Result<(EncoderPlan, boo
                 });
             }
             check_targets(targets)?;
-            (
-                EncoderPlan {
-                    embeddings_trainable: false,
-                    layers_trainable: vec![false; layers],
-                    adapter: AdapterSpec::Lora {
-                        r: *r,
-                        alpha: *alpha,
-                        dropout: *dropout,
-                        targets: targets.clone(),
-                    },
+            frozen_with(
+                AdapterSpec::Lora {
+                    r: *r,
+                    alpha: *alpha,
+                    dropout: *dropout,
+                    targets: targets.clone(),
                 },
-                false,
+                None,
             )
         }
         Method::Ia3 { targets } => {
             check_targets(targets)?;
-            (
-                EncoderPlan {
-                    embeddings_trainable: false,
-                    layers_trainable: vec![false; layers],
-                    adapter: AdapterSpec::Ia3 {
-                        targets: targets.clone(),
-                    },
+            frozen_with(
+                AdapterSpec::Ia3 {
+                    targets: targets.clone(),
                 },
-                false,
+                None,
+            )
+        }
+        Method::Adalora {
+            r,
+            target_r,
+            alpha,
+            dropout,
+            targets,
+            ..
+        } => {
+            if *r == 0 || *target_r == 0 || target_r > r {
+                return Err(MlError::BadMethod {
+                    reason: format!("AdaLoRA needs 1 ≤ `target_r` ≤ `r`, not {target_r} and {r}"),
+                });
+            }
+            check_targets(targets)?;
+            frozen_with(
+                AdapterSpec::AdaLora {
+                    r: *r,
+                    alpha: *alpha,
+                    dropout: *dropout,
+                    targets: targets.clone(),
+                },
+                None,
+            )
+        }
+        Method::Adapter { size } => {
+            if *size == 0 {
+                return Err(MlError::BadMethod {
+                    reason: "the adapter `size` must be positive".to_owned(),
+                });
+            }
+            frozen_with(
+                AdapterSpec::None,
+                Some(BottleneckSpec {
+                    size: *size,
+                    train: true,
+                }),
             )
         }
     })
@@ -777,7 +895,10 @@ mod tests {
                     ..Ctx::inference()
                 };
                 let logits = classifier.forward(&batch, &mut ctx).expect("forward");
-                logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("values")
+                logits
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .expect("values")
             };
             let f32_logits = classifier.logits(&batch).expect("f32").concat();
             let f32_differentiable = differentiable(&classifier);
@@ -790,7 +911,10 @@ mod tests {
                 .zip(&int8_logits)
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(diff > 0.0, "int8 must really run");
-            assert!(diff < 0.05 * scale, "int8 logits off by {diff} (scale {scale})");
+            assert!(
+                diff < 0.05 * scale,
+                "int8 logits off by {diff} (scale {scale})"
+            );
             assert_eq!(
                 differentiable(&classifier),
                 f32_differentiable,

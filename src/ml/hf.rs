@@ -111,6 +111,15 @@ impl Classifier {
                 hf_class_name(architecture)
             )));
         }
+        // A Houlsby adapter is `x + up(relu(down(x)))`, not a change of any weight, and
+        // `transformers` would load the checkpoint without it (dropping the tensors with a
+        // warning) and predict like the untrained base: refused rather than written.
+        if let Some(size) = self.encoder().bottleneck_size() {
+            return Err(refuse(format!(
+                "its bottleneck adapters (size {size}) cannot be merged into the weights of a `{}` (the `train` output still runs in taper's `evaluate` and `explain` stages and `taper explain`; to deploy, train with `method: {{ name: lora }}` or `ia3`, which merge)",
+                hf_class_name(architecture)
+            )));
+        }
         if labels.len() != self.num_labels() {
             return Err(refuse(format!(
                 "{} label names for a {}-class head",
@@ -168,7 +177,7 @@ impl Classifier {
     /// BERT/DistilBERT one with a pooler head), for inference. Returns the class names too.
     pub fn load_hf(dir: &Path, device: DeviceChoice) -> Result<(Self, Vec<String>)> {
         let labels = hf_labels(&dir.join("config.json"))?;
-        let classifier = Self::load_frozen(dir, labels.len(), Pooling::Pooler, device)?;
+        let classifier = Self::load_frozen(dir, labels.len(), Pooling::Pooler, None, device)?;
         Ok((classifier, labels))
     }
 }

@@ -1,6 +1,6 @@
 //! The ML core: a trainable BERT-family encoder on candle, classification heads, fine-tuning
-//! methods (full, frozen layers, LoRA, IA3), AdamW with parameter groups, schedules, clipping,
-//! gradient accumulation, checkpoints that resume bit for bit, and export for inference (taper's
+//! methods (full, frozen layers, LoRA, IA3, Houlsby adapters, AdaLoRA), AdamW with parameter
+//! groups, schedules, clipping, gradient accumulation, checkpoints that resume bit for bit, and export for inference (taper's
 //! own layout, or a standard HuggingFace sequence-classification checkpoint: `hf.rs`).
 //!
 //! Typical use by the train/evaluate runners (no candle types needed):
@@ -24,6 +24,7 @@
 //! Only this module imports candle. It may use `crate::model` (stage settings) and nothing
 //! else from the crate. Everything random comes from ChaCha8 streams of `Configure::seed`.
 
+mod adalora;
 mod classifier;
 mod config;
 mod encoder;
@@ -33,6 +34,7 @@ mod explain;
 pub mod fixtures;
 mod hf;
 mod kernels;
+mod objective;
 mod optim;
 mod rng;
 mod runtime;

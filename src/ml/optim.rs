@@ -18,6 +18,37 @@ pub(crate) fn decays(name: &str) -> bool {
     !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
 }
 
+/// A parameter's depth for layer-wise learning-rate decay: 0 for the embeddings, `n + 1` for
+/// encoder layer `n` (its adapters included), `layers + 1` for the head (pooler, classifier).
+pub(crate) fn depth(name: &str, layers: usize) -> usize {
+    if name.starts_with("embeddings.") {
+        return 0;
+    }
+    let mut parts = name.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("encoder" | "transformer"), Some("layer"), Some(index)) => {
+            index.parse::<usize>().map_or(layers + 1, |index| index + 1)
+        }
+        _ => layers + 1,
+    }
+}
+
+/// The learning-rate factor of each parameter: `decay^(layers + 1 − depth)`, so the head
+/// trains at the full rate, the top layer at `decay` times it and the embeddings at
+/// `decay^(layers + 1)` (BEiT's and ELECTRA's layer-wise decay); all 1 without decay.
+pub(crate) fn layer_scales(names: &[&str], layer_decay: Option<(f64, usize)>) -> Vec<f64> {
+    names
+        .iter()
+        .map(|name| match layer_decay {
+            Some((decay, layers)) => {
+                let below_head = (layers + 1).saturating_sub(depth(name, layers));
+                decay.powi(below_head as i32)
+            }
+            None => 1.0,
+        })
+        .collect()
+}
+
 /// The two moments of one parameter.
 pub(crate) enum Moments {
     /// CPU f32 parameters: vectors the fused kernel updates in the same pass as the weights.
@@ -30,6 +61,8 @@ pub(crate) enum Moments {
 pub(crate) struct AdamW {
     weight_decay: f64,
     decay: Vec<bool>,
+    /// Per-parameter learning-rate factors ([`layer_scales`]).
+    lr_scales: Vec<f64>,
     moments: Vec<Moments>,
 }
 
@@ -39,7 +72,12 @@ fn fused_update(param: &Tensor) -> bool {
 }
 
 impl AdamW {
-    pub(crate) fn new(vars: &[(String, Var)], weight_decay: f64) -> Result<Self> {
+    /// `layer_decay`: the decay factor and the encoder's layer count, for [`layer_scales`].
+    pub(crate) fn new(
+        vars: &[(String, Var)],
+        weight_decay: f64,
+        layer_decay: Option<(f64, usize)>,
+    ) -> Result<Self> {
         let moments = vars
             .iter()
             .map(|(_, var)| {
@@ -60,6 +98,13 @@ impl AdamW {
         Ok(Self {
             weight_decay,
             decay: vars.iter().map(|(name, _)| decays(name)).collect(),
+            lr_scales: layer_scales(
+                &vars
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>(),
+                layer_decay,
+            ),
             moments,
         })
     }
@@ -100,7 +145,8 @@ impl AdamW {
     fn scalars(&self, index: usize, lr: f64, t: usize, grad_scale: f64) -> AdamStep {
         let t = t as i32;
         AdamStep {
-            lr,
+            // A factor of exactly 1 without layer decay: the default path's bytes are unchanged.
+            lr: lr * self.lr_scales[index],
             weight_decay: if self.decay[index] {
                 self.weight_decay
             } else {
@@ -255,6 +301,64 @@ mod tests {
         assert!(!decays("transformer.layer.0.sa_layer_norm.weight"));
     }
 
+    /// MiniLM has 6 layers: with decay 0.5 the head trains at the full rate, layer 5 at 0.5,
+    /// layer 0 at 0.5⁶ and the embeddings at 0.5⁷; adapters take their layer's rate.
+    #[test]
+    fn layer_decay_gives_each_group_its_rate() {
+        let names = [
+            "classifier.weight",
+            "pooler.dense.bias",
+            "encoder.layer.5.output.dense.weight",
+            "encoder.layer.0.attention.self.query.lora_A.weight",
+            "transformer.layer.2.ffn.lin1.weight",
+            "embeddings.word_embeddings.weight",
+            "embeddings.LayerNorm.bias",
+        ];
+        let scales = layer_scales(&names, Some((0.5, 6)));
+        assert_eq!(
+            scales,
+            [
+                1.0,
+                1.0,
+                0.5,
+                0.5f64.powi(6),
+                0.5f64.powi(4),
+                0.5f64.powi(7),
+                0.5f64.powi(7)
+            ]
+        );
+        assert_eq!(layer_scales(&names, None), [1.0; 7]);
+    }
+
+    /// The scaled rate is the one the update uses: Adam's first step moves each weight by
+    /// exactly its learning rate.
+    #[test]
+    fn layer_decay_scales_the_update() {
+        let vars: Vec<(String, Var)> = [
+            "classifier.weight",
+            "encoder.layer.1.output.dense.weight",
+            "embeddings.word_embeddings.weight",
+        ]
+        .iter()
+        .map(|name| {
+            (
+                (*name).to_owned(),
+                Var::new(&[1.0f32], &Device::Cpu).expect("var"),
+            )
+        })
+        .collect();
+        let mut adam = AdamW::new(&vars, 0.0, Some((0.8, 2))).expect("adam");
+        let grads = vec![Tensor::new(&[1.0f32], &Device::Cpu).expect("grad"); 3];
+        adam.step(&vars, &grads, 0.1, 1, 1.0).expect("step");
+        let moved: Vec<f32> = vars
+            .iter()
+            .map(|(_, var)| 1.0 - var.as_tensor().to_vec1::<f32>().expect("value")[0])
+            .collect();
+        for (moved, expected) in moved.iter().zip([0.1, 0.1 * 0.8, 0.1 * 0.8f32.powi(3)]) {
+            assert!((moved - expected).abs() < 1e-6, "{moved} vs {expected}");
+        }
+    }
+
     #[test]
     fn clipping_scales_to_max_norm() {
         let grads = vec![Tensor::new(&[6.0f32, 8.0], &Device::Cpu).expect("tensor")];
@@ -273,7 +377,7 @@ mod tests {
         // (decay: p * (1 - 0.05); Adam's first step moves each weight by lr * sign(grad)).
         let var = Var::new(&[1.0f32, -2.0], &Device::Cpu).expect("var");
         let vars = vec![("w.weight".to_owned(), var)];
-        let mut adam = AdamW::new(&vars, 0.5).expect("adam");
+        let mut adam = AdamW::new(&vars, 0.5, None).expect("adam");
         let grad = Tensor::new(&[0.5f32, -0.25], &Device::Cpu).expect("grad");
         adam.step(&vars, &[grad], 0.1, 1, 1.0).expect("step");
         let values = vars[0].1.as_tensor().to_vec1::<f32>().expect("values");
@@ -295,7 +399,7 @@ mod tests {
             Var::from_vec(values.clone(), 1000, &Device::Cpu).expect("var"),
         )];
         let composite = Var::from_vec(values, 1000, &Device::Cpu).expect("var");
-        let mut adam = AdamW::new(&fused, 0.01).expect("adam");
+        let mut adam = AdamW::new(&fused, 0.01, None).expect("adam");
         let mut m = grad.zeros_like().expect("m");
         let mut v = grad.zeros_like().expect("v");
         for t in 1..=5 {

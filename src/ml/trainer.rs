@@ -13,18 +13,21 @@ use candle_core::{Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::model::stages::Configure;
+use crate::model::stages::{Configure, Method};
 
+use super::adalora::{AdaLoraSchedule, RankAllocator};
 use super::classifier::{Batch, Classifier};
 use super::encoder::Ctx;
 use super::error::{io_error, MlError, Result};
+use super::objective::{self, accumulate, Objective};
 use super::optim::{clip_coefficient, global_norm, AdamW, LrSchedule};
 use super::rng::{self, RngState};
 
 /// What one call to [`Trainer::step`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct StepStats {
-    /// Mean cross-entropy of this micro-batch.
+    /// The loss of this micro-batch: mean cross-entropy, or the configured objective (label
+    /// smoothing, R-Drop, distillation, plus the adversarial loss).
     pub loss: f32,
     /// The learning rate of the update this micro-batch contributes to.
     pub lr: f64,
@@ -61,6 +64,11 @@ pub struct Trainer {
     pending_batches: usize,
     optimizer_steps: usize,
     rng: ChaCha8Rng,
+    objective: Objective,
+    /// The distillation teacher (`Trainer::set_teacher`), run at inference only.
+    teacher: Option<Classifier>,
+    /// AdaLoRA's penalty and rank pruning; `None` for every other method (no extra work).
+    allocator: Option<RankAllocator>,
 }
 
 impl Trainer {
@@ -72,7 +80,41 @@ impl Trainer {
                 reason: "`gradient_accumulation` must be at least 1".to_owned(),
             });
         }
-        let optimizer = AdamW::new(&classifier.params().vars, configure.weight_decay)?;
+        let layer_decay = configure
+            .layer_decay
+            .map(|decay| (decay, classifier.config().num_hidden_layers));
+        let optimizer = AdamW::new(
+            &classifier.params().vars,
+            configure.weight_decay,
+            layer_decay,
+        )?;
+        let allocator = match &configure.method {
+            Method::Adalora {
+                r,
+                target_r,
+                orth_reg,
+                beta1,
+                beta2,
+                tinit,
+                tfinal,
+                delta_t,
+                ..
+            } => Some(RankAllocator::new(
+                &classifier.params().vars,
+                AdaLoraSchedule {
+                    init_r: *r,
+                    target_r: *target_r,
+                    tinit: *tinit,
+                    tfinal: *tfinal,
+                    delta_t: *delta_t,
+                    beta1: *beta1,
+                    beta2: *beta2,
+                    orth_reg: *orth_reg,
+                    total_steps,
+                },
+            )?),
+            _ => None,
+        };
         let pending = vec![None; classifier.params().vars.len()];
         Ok(Self {
             optimizer,
@@ -88,8 +130,26 @@ impl Trainer {
             pending_batches: 0,
             optimizer_steps: 0,
             rng: rng::seeded(configure.seed, rng::DROPOUT_STREAM),
+            objective: Objective::new(configure),
+            teacher: None,
+            allocator,
             classifier,
         })
+    }
+
+    /// The teacher whose logits `distillation` learns from; it must predict the same labels.
+    pub fn set_teacher(&mut self, teacher: Classifier) -> Result<()> {
+        if teacher.num_labels() != self.classifier.num_labels() {
+            return Err(MlError::BadMethod {
+                reason: format!(
+                    "the teacher predicts {} labels, the student {}",
+                    teacher.num_labels(),
+                    self.classifier.num_labels()
+                ),
+            });
+        }
+        self.teacher = Some(teacher);
+        Ok(())
     }
 
     pub fn classifier(&self) -> &Classifier {
@@ -110,6 +170,26 @@ impl Trainer {
 
     /// Loss and gradients of one batch with training-mode dropout.
     fn loss_and_grads(&mut self, batch: &Batch) -> Result<(f32, Vec<Option<Tensor>>)> {
+        if !self.objective.is_plain() {
+            let mut output = objective::loss_and_grads(
+                &self.objective,
+                &self.classifier,
+                self.teacher.as_ref(),
+                &mut self.rng,
+                batch,
+            )?;
+            // AdaLoRA's penalty depends on the adapter weights alone: its gradient adds to the
+            // objective's (one more backward pass, only when both are on).
+            if let Some(allocator) = &self.allocator {
+                if let Some(penalty) = allocator.orthogonality_penalty(self.vars())? {
+                    output.loss += penalty.to_scalar::<f32>()?;
+                    let grads = penalty.backward()?;
+                    let extra = self.classifier.gradients(&grads, None)?;
+                    accumulate(&mut output.grads, extra)?;
+                }
+            }
+            return Ok((output.loss, output.grads));
+        }
         let labels = batch.label_tensor(self.classifier.device())?;
         let dropout = self.classifier.dropout;
         let mut ctx = Ctx {
@@ -118,20 +198,14 @@ impl Trainer {
             attentions: None,
         };
         let (logits, word_leaf) = self.classifier.forward_training(batch, &mut ctx)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-        let grads = loss.backward()?;
-        let mut per_var: Vec<Option<Tensor>> = self
-            .classifier
-            .params()
-            .vars
-            .iter()
-            .map(|(_, var)| grads.get(var.as_tensor()).cloned())
-            .collect();
-        if let Some(leaf) = word_leaf {
-            if let Some(slot) = per_var.get_mut(leaf.param_index) {
-                *slot = leaf.table_gradient(&grads)?;
+        let mut loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        if let Some(allocator) = &self.allocator {
+            if let Some(penalty) = allocator.orthogonality_penalty(self.vars())? {
+                loss = (loss + penalty)?;
             }
         }
+        let grads = loss.backward()?;
+        let per_var = self.classifier.gradients(&grads, word_leaf.as_ref())?;
         Ok((loss.to_scalar::<f32>()?, per_var))
     }
 
@@ -139,15 +213,8 @@ impl Trainer {
     /// `gradient_accumulation` calls (gradients are averaged over the cycle).
     pub fn step(&mut self, batch: &Batch) -> Result<StepStats> {
         let (loss, grads) = self.loss_and_grads(batch)?;
-        for (slot, grad) in self.pending.iter_mut().zip(grads) {
-            // A parameter without a gradient (none in these models) contributes zero.
-            if let Some(grad) = grad {
-                *slot = Some(match slot.take() {
-                    Some(sum) => (sum + grad)?,
-                    None => grad,
-                });
-            }
-        }
+        // A parameter without a gradient (none in these models) contributes zero.
+        accumulate(&mut self.pending, grads)?;
         self.pending_batches += 1;
         let lr = self.schedule.lr(self.optimizer_steps);
         let grad_norm = if self.pending_batches == self.accumulation {
@@ -200,6 +267,10 @@ impl Trainer {
             self.optimizer_steps,
             grad_scale,
         )?;
+        if let Some(allocator) = &mut self.allocator {
+            let vars = &self.classifier.params().vars;
+            allocator.update_and_allocate(vars, &grads, grad_scale, self.optimizer_steps - 1)?;
+        }
         self.pending_batches = 0;
         Ok(norm)
     }
@@ -251,6 +322,9 @@ impl Trainer {
             let (first, second) = self.optimizer.moment_tensors(index, var.as_tensor())?;
             moments.insert(format!("m.{name}"), first);
             moments.insert(format!("v.{name}"), second);
+        }
+        if let Some(allocator) = &self.allocator {
+            moments.extend(allocator.state_tensors(self.vars()));
         }
         candle_core::safetensors::save(&params, dir.join(PARAMS_FILE))?;
         candle_core::safetensors::save(&moments, dir.join(OPTIMIZER_FILE))?;
@@ -341,11 +415,22 @@ impl Trainer {
             var.set(value)?;
         }
         self.optimizer.restore_moments(restored);
+        if let Some(allocator) = &mut self.allocator {
+            allocator.restore(&self.classifier.params().vars, &moments);
+        }
         self.optimizer_steps = state.optimizer_steps;
         self.rng = rng;
         self.pending = vec![None; names.len()];
         self.pending_batches = 0;
         Ok(())
+    }
+
+    /// Under AdaLoRA, the rank each adapted module has now, by module name; empty otherwise.
+    pub fn adapter_ranks(&self) -> Result<Vec<(String, usize)>> {
+        match &self.allocator {
+            Some(allocator) => allocator.ranks(self.vars()),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Writes the trained classifier for inference (see [`Classifier::export`]).

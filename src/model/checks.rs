@@ -1,7 +1,9 @@
 //! Checks of settings that types cannot express (ranges, combinations). Each issue names the
 //! path of the offending setting under the stage's settings, so validation can place it.
 
-use super::stages::{is_env_name, Command, Source, GATE_METRICS};
+use super::stages::{
+    is_env_name, Augment, Command, Robustness, Source, GATE_METRICS, MAX_AUGMENT_COPIES,
+};
 use super::StageSettings;
 use crate::spec::suggestion_help;
 
@@ -111,6 +113,9 @@ pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
                     ));
                 }
             }
+            if let Some(augment) = &prepare.augment {
+                issues.extend(augment_issues(augment));
+            }
             for (index, filter) in prepare.filter.iter().enumerate() {
                 if filter.is_in.is_some() == filter.not_in.is_some() {
                     issues.push(issue(
@@ -131,14 +136,27 @@ pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
                     "use `path`, `pip` or `hf` for a model",
                 ));
             }
+            if select.layers == Some(0) {
+                issues.push(issue(
+                    &["layers"],
+                    "must keep at least 1 layer",
+                    "zero",
+                    "e.g. `layers: 3` for half of a 6-layer model; remove it to keep all",
+                ));
+            }
         }
-        StageSettings::Evaluate(evaluate) if evaluate.batch_size == 0 => {
-            issues.push(issue(
-                &["batch_size"],
-                "must be at least 1",
-                "zero",
-                "use e.g. 32",
-            ));
+        StageSettings::Evaluate(evaluate) => {
+            if evaluate.batch_size == 0 {
+                issues.push(issue(
+                    &["batch_size"],
+                    "must be at least 1",
+                    "zero",
+                    "use e.g. 32",
+                ));
+            }
+            if let Some(robustness) = &evaluate.robustness {
+                issues.extend(robustness_issues(robustness));
+            }
         }
         StageSettings::Explain(explain) => {
             if explain.examples == 0 || explain.steps == 0 {
@@ -192,7 +210,69 @@ pub(crate) fn check(settings: &StageSettings) -> Vec<Issue> {
                 }
             }
         }
-        StageSettings::Evaluate(_) | StageSettings::Train(_) => {}
+        StageSettings::Train(_) => {}
+    }
+    issues
+}
+
+/// A rate is a probability; NaN lies in no range, so `.nan` is refused too.
+fn is_rate(rate: f64) -> bool {
+    (0.0..=1.0).contains(&rate)
+}
+
+fn augment_issues(augment: &Augment) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    if !(1..=MAX_AUGMENT_COPIES).contains(&augment.copies) {
+        issues.push(issue(
+            &["augment", "copies"],
+            &format!("must be between 1 and {MAX_AUGMENT_COPIES}"),
+            "out of range",
+            "each copy adds one perturbed example per training example; 1 to 4 is typical",
+        ));
+    }
+    let rates = augment.ops.rates();
+    for (name, rate) in rates {
+        if !is_rate(rate) {
+            issues.push(issue(
+                &["augment", "ops", name],
+                &format!("must be a rate from 0 to 1, not {rate}"),
+                "out of range",
+                "a rate is the share of words (or letters, for `typo`) an op changes, e.g. 0.1",
+            ));
+        }
+    }
+    if rates.iter().all(|(_, rate)| *rate == 0.0) {
+        issues.push(issue(
+            &["augment", "ops"],
+            "gives no op a rate above 0, so nothing would be augmented",
+            "no ops",
+            "write e.g. `ops: { delete: 0.1, swap: 0.1, insert: 0.1, typo: 0.05 }`, or remove `augment`",
+        ));
+    }
+    issues
+}
+
+fn robustness_issues(robustness: &Robustness) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    for (name, rate) in [("typo", robustness.typo), ("delete", robustness.delete)] {
+        if let Some(rate) = rate {
+            if !(is_rate(rate) && rate > 0.0) {
+                issues.push(issue(
+                    &["robustness", name],
+                    &format!("must be a rate above 0 and at most 1, not {rate}"),
+                    "out of range",
+                    &format!("e.g. `{name}: 0.05`; leave `{name}` out to skip this perturbation"),
+                ));
+            }
+        }
+    }
+    if robustness.typo.is_none() && robustness.delete.is_none() && !robustness.casing {
+        issues.push(issue(
+            &["robustness"],
+            "names no perturbation",
+            "nothing to perturb",
+            "give at least one of `typo`, `delete` and `casing: true`, e.g. `robustness: { typo: 0.05 }`",
+        ));
     }
     issues
 }

@@ -362,8 +362,16 @@ impl StageKind {
                 (S::Model, A::Model, true),
                 (S::Data, A::Dataset, true),
                 (S::Config, A::TrainingConfig, true),
+                // The model `distillation` learns from (its settings live in `configure`).
+                (S::Teacher, A::TrainedModel, false),
             ],
-            StageKind::Evaluate | StageKind::Explain => &[
+            // `ood`: a second dataset, out of the training domain, evaluated on the same split.
+            StageKind::Evaluate => &[
+                (S::Model, A::TrainedModel, true),
+                (S::Data, A::Dataset, true),
+                (S::Ood, A::Dataset, false),
+            ],
+            StageKind::Explain => &[
                 (S::Model, A::TrainedModel, true),
                 (S::Data, A::Dataset, true),
             ],
@@ -391,14 +399,18 @@ pub enum InputSlot {
     Data,
     Config,
     Metrics,
+    Teacher,
+    Ood,
 }
 
 impl InputSlot {
-    pub const ALL: [InputSlot; 4] = [
+    pub const ALL: [InputSlot; 6] = [
         InputSlot::Model,
         InputSlot::Data,
         InputSlot::Config,
         InputSlot::Metrics,
+        InputSlot::Teacher,
+        InputSlot::Ood,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -407,6 +419,8 @@ impl InputSlot {
             InputSlot::Data => "data",
             InputSlot::Config => "config",
             InputSlot::Metrics => "metrics",
+            InputSlot::Teacher => "teacher",
+            InputSlot::Ood => "ood",
         }
     }
 }

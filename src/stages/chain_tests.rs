@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use crate::exec::runner::{StageContext, StageOutcome, StageRunner};
 use crate::model::stages::{
-    Clean, Configure, Evaluate, Explain, ExplainBaseline, ExplainMethod, PrepareData, SelectModel,
-    Split, SplitName, Train,
+    Clean, Configure, Evaluate, Explain, ExplainBaseline, ExplainMethod, PrepareData, Robustness,
+    SelectModel, Split, SplitName, Train,
 };
 use crate::model::{InputSlot, Source, Stage, StageId, StageSettings};
 use crate::stages::configure::ConfigureRunner;
@@ -97,6 +97,7 @@ impl Chain {
                     path: "tiny-model".into(),
                 },
                 allow_pickle: false,
+                layers: None,
             }),
             &[],
             &SelectModelRunner,
@@ -124,6 +125,7 @@ impl Chain {
                     files: None,
                 },
                 max_length: 16,
+                augment: None,
             }),
             &[(InputSlot::Model, "model")],
             &PrepareDataRunner,
@@ -168,7 +170,11 @@ impl Chain {
     ) -> Result<StageOutcome, crate::exec::runner::StageError> {
         self.run(
             "evaluate",
-            StageSettings::Evaluate(Evaluate { split, batch_size }),
+            StageSettings::Evaluate(Evaluate {
+                split,
+                batch_size,
+                robustness: None,
+            }),
             &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
             &EvaluateRunner,
             log,
@@ -250,6 +256,71 @@ fn chain_learns_writes_artifacts_and_metrics() {
     assert_eq!(metrics["examples"], 40);
     assert_eq!(metrics["labels"], serde_json::json!(["neg", "pos"]));
     assert!(metrics["roc_auc"].as_f64().unwrap() > 0.5);
+}
+
+/// `robustness:` and an `ood` input on the trained sentiment model: casing cannot change what
+/// a lowercasing tokenizer sees (drop exactly 0), typos at rate 0.5 turn the sentiment words
+/// into `[UNK]` (a real drop), and the clean data given as `ood` reproduces clean accuracy.
+#[test]
+fn robustness_and_ood_accuracy_and_drops_are_headline_metrics() {
+    let mut chain = Chain::new();
+    chain.prepare();
+    chain.configure(settings());
+    chain.train(&|_| {}).unwrap();
+    let evaluate = Evaluate {
+        split: SplitName::Test,
+        batch_size: 16,
+        robustness: Some(Robustness {
+            typo: Some(0.5),
+            delete: Some(0.3),
+            casing: true,
+            seed: 3,
+        }),
+    };
+    let outcome = chain
+        .run(
+            "evaluate",
+            StageSettings::Evaluate(evaluate.clone()),
+            &[
+                (InputSlot::Model, "train"),
+                (InputSlot::Data, "data"),
+                (InputSlot::Ood, "data"),
+            ],
+            &EvaluateRunner,
+            &|_| {},
+        )
+        .unwrap();
+    let m = &outcome.metrics;
+    let clean = m["accuracy"];
+    assert!(clean >= 0.85, "{m:?}");
+    assert_eq!(m["casing_accuracy"], clean, "{m:?}");
+    assert_eq!(m["casing_drop"], 0.0);
+    assert!(m["typo_drop"] > 0.1, "{m:?}");
+    assert!((m["typo_accuracy"] + m["typo_drop"] - clean).abs() < 1e-12);
+    assert!(m.contains_key("delete_accuracy") && m.contains_key("delete_drop"));
+    assert_eq!((m["ood_accuracy"], m["ood_drop"]), (clean, 0.0));
+    let out = chain.outputs["evaluate"].clone();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["robustness"]["typo"]["examples"], 40);
+    let typos = fs::read_to_string(out.join("perturbed_typo.jsonl")).unwrap();
+    assert_eq!(typos.lines().count(), 40);
+    // Seeded: the same settings give the same perturbed texts.
+    let again = chain
+        .run(
+            "evaluate",
+            StageSettings::Evaluate(evaluate),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &EvaluateRunner,
+            &|_| {},
+        )
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(chain.outputs["evaluate"].join("perturbed_typo.jsonl")).unwrap(),
+        typos
+    );
+    assert_eq!(again.metrics["typo_accuracy"], m["typo_accuracy"]);
+    assert!(!again.metrics.contains_key("ood_accuracy"));
 }
 
 /// `explain` on the trained sentiment model: the three files, one line per example, and
@@ -456,6 +527,7 @@ fn quickstart_when_available() {
                     blake3: None,
                 },
                 allow_pickle: false,
+                layers: None,
             }),
             &[],
             &SelectModelRunner,

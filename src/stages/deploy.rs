@@ -29,16 +29,16 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::data::dataset::Dataset;
+use crate::data::metrics::Metrics;
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::fingerprint::manifest::hash_file_uncached;
-use crate::data::dataset::Dataset;
-use crate::data::metrics::Metrics;
 use crate::ml::{hf_class_name, Classifier, DeviceChoice};
 use crate::model::stages::Precision;
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::bundle::{relative_files, BundleManifest, FileRecord, BUNDLE_FORMAT, MANIFEST};
-use crate::stages::evaluate::{headline, MetricsFile, TRAINED_MODEL_DIR};
+use crate::stages::evaluate::{MetricsFile, TRAINED_MODEL_DIR};
 use crate::stages::ml_common::{
     input_dir, link_or_copy, predict, read_json, write_bytes, write_json, wrong_runner,
     MlStageError,
@@ -46,7 +46,14 @@ use crate::stages::ml_common::{
 use crate::stages::train::TrainSummary;
 
 /// Metrics where lower is better: their gate is a maximum.
-const LOWER_IS_BETTER: [&str; 2] = ["log_loss", "expected_calibration_error"];
+const LOWER_IS_BETTER: [&str; 6] = [
+    "log_loss",
+    "expected_calibration_error",
+    "typo_drop",
+    "delete_drop",
+    "casing_drop",
+    "ood_drop",
+];
 
 pub struct DeployRunner;
 
@@ -74,7 +81,8 @@ impl StageRunner for DeployRunner {
                     int8.metrics.accuracy,
                     f32_metrics.metrics.accuracy
                 ));
-                outcome.metrics = headline(&int8.metrics)
+                outcome.metrics = int8
+                    .headline()
                     .into_iter()
                     .map(|(name, value)| (format!("int8_{name}"), value))
                     .collect();
@@ -86,7 +94,7 @@ impl StageRunner for DeployRunner {
         };
         let headline = metrics
             .as_ref()
-            .map(|file| headline(&file.metrics))
+            .map(MetricsFile::headline)
             .unwrap_or_default();
         check_gates(&settings.require, &headline)?;
         for (metric, threshold) in &settings.require {
@@ -136,15 +144,19 @@ fn evaluate_int8(
         split.as_str(),
         started.elapsed().as_secs_f64()
     ));
-    let metrics = Metrics::compute(&data.labels, &probabilities, &dataset.info.labels)
-        .ok_or_else(|| MlStageError::InconsistentModel {
-            path: model_dir.clone(),
-            message: "the model's classes differ from the dataset's labels".to_owned(),
+    let metrics =
+        Metrics::compute(&data.labels, &probabilities, &dataset.info.labels).ok_or_else(|| {
+            MlStageError::InconsistentModel {
+                path: model_dir.clone(),
+                message: "the model's classes differ from the dataset's labels".to_owned(),
+            }
         })?;
+    // The perturbed copies are not scored again: at int8, gates read the clean metrics only.
     Ok(MetricsFile {
         split,
         labels: f32_metrics.labels.clone(),
         metrics,
+        robustness: BTreeMap::new(),
     })
 }
 
@@ -246,7 +258,7 @@ pub fn write_bundle(source: &BundleSource<'_>) -> Result<(), MlStageError> {
             precision: source.precision,
             metrics: source
                 .metrics
-                .map(|file| headline(&file.metrics))
+                .map(MetricsFile::headline)
                 .unwrap_or_default(),
             label_shares: source
                 .metrics

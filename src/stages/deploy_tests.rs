@@ -300,7 +300,10 @@ fn an_int8_deploy_is_evaluated_gated_and_served_at_int8() {
 
     let int8 = Bundle::open(&bundle_dir, DeviceChoice::Cpu, None).unwrap();
     let f32 = Bundle::open(&bundle_dir, DeviceChoice::Cpu, Some(Precision::F32)).unwrap();
-    assert_eq!((int8.precision(), f32.precision()), (Precision::Int8, Precision::F32));
+    assert_eq!(
+        (int8.precision(), f32.precision()),
+        (Precision::Int8, Precision::F32)
+    );
     let ids = int8
         .encode(&["the film was good".to_owned()], false)
         .unwrap();
@@ -312,5 +315,7 @@ fn an_int8_deploy_is_evaluated_gated_and_served_at_int8() {
 
     // A gate the int8 model misses fails the stage, whatever f32 scored.
     let error = deploy_at(&mut chain, &[("accuracy", 0.999_9)], Precision::Int8).unwrap_err();
-    assert!(error.to_string().starts_with("deploy gate failed: accuracy is "));
+    assert!(error
+        .to_string()
+        .starts_with("deploy gate failed: accuracy is "));
 }

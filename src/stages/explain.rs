@@ -26,7 +26,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use crate::data::dataset::Dataset;
+use crate::data::dataset::{read_texts, Dataset};
 use crate::data::tokenize::{encode_words, load_tokenizer};
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::ml::{edited_probabilities, Attribution, Baseline, Classifier, DeviceChoice};
@@ -76,13 +76,6 @@ pub enum ExplainError {
         help("give a text with at least one word")
     )]
     NoWords { text: String },
-
-    #[error("cannot read `{path}`: {message}")]
-    #[diagnostic(
-        code(taper::explain::bad_examples),
-        help("the dataset was written by an older taper or edited; rerun `prepare-data`")
-    )]
-    BadExamples { path: PathBuf, message: String },
 }
 
 impl From<ExplainError> for StageError {
@@ -364,12 +357,6 @@ pub struct ExplainMetrics {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// One example of the split's `.jsonl`, as `prepare-data` writes it.
-#[derive(Deserialize)]
-struct ExampleLine {
-    text: String,
-}
-
 pub struct ExplainRunner;
 
 impl StageRunner for ExplainRunner {
@@ -401,12 +388,7 @@ pub fn run_explain(
         .ok_or_else(|| MlStageError::MissingSplit {
             split: split.as_str().to_owned(),
         })?;
-    let texts_path = data_dir.join(format!("{}.jsonl", split.as_str()));
-    let texts =
-        std::fs::read_to_string(&texts_path).map_err(|error| ExplainError::BadExamples {
-            path: texts_path.clone(),
-            message: error.to_string(),
-        })?;
+    let texts = read_texts(data_dir, split)?;
     let explainer = Explainer::load(
         model_dir,
         dataset.info.labels.clone(),
@@ -415,13 +397,8 @@ pub fn run_explain(
     )?;
     let started = std::time::Instant::now();
     let mut examples = Vec::new();
-    for (index, line) in texts.lines().take(settings.examples).enumerate() {
-        let example: ExampleLine =
-            serde_json::from_str(line).map_err(|error| ExplainError::BadExamples {
-                path: texts_path.clone(),
-                message: format!("line {}: {error}", index + 1),
-            })?;
-        let explanation = explainer.explain(&example.text)?;
+    for (index, text) in texts.iter().take(settings.examples).enumerate() {
+        let explanation = explainer.explain(text)?;
         let faithfulness = explainer.faithfulness(&explanation, index as u64)?;
         let label = data
             .labels

@@ -74,6 +74,26 @@ pub enum MlStageError {
     )]
     InconsistentModel { path: PathBuf, message: String },
 
+    #[error("stage `{stage}` keeps `layers: {layers}` of a model that has {available} (`{path}`)")]
+    #[diagnostic(
+        code(taper::stages::too_many_layers),
+        help("set `layers` of `{stage}` to at most {available}; a student usually keeps half (`layers: {half}`)")
+    )]
+    TooManyLayers {
+        stage: String,
+        path: PathBuf,
+        layers: usize,
+        available: u64,
+        half: u64,
+    },
+
+    #[error("stage `{stage}` sets `layers`, which needs `model.safetensors`, but `{path}` has pickle weights only")]
+    #[diagnostic(
+        code(taper::stages::layers_need_safetensors),
+        help("convert the weights to safetensors, or remove `layers` from `{stage}`")
+    )]
+    LayersNeedSafetensors { stage: String, path: PathBuf },
+
     #[error("invalid training settings of stage `{stage}`: {problems}")]
     #[diagnostic(
         code(taper::stages::invalid_config),
@@ -106,9 +126,16 @@ pub enum MlStageError {
     #[error("deploy gate on `{metric}`: the metrics input does not report it")]
     #[diagnostic(
         code(taper::stages::gate_metric_missing),
-        help("`roc_auc` exists for two classes only; gate on another metric")
+        help("`roc_auc` exists for two classes only; `typo_*`, `delete_*` and `casing_*` need that kind in the evaluate stage's `robustness`, `ood_*` an `ood` input")
     )]
     GateMetricMissing { metric: String },
+
+    #[error("the `ood` dataset has the labels {ood}, the evaluated data {data}")]
+    #[diagnostic(
+        code(taper::stages::ood_labels),
+        help("the out-of-domain data must map the same label names to the same ids: give its `prepare-data` stage `labels: {data}`")
+    )]
+    OodLabels { data: String, ood: String },
 
     #[error("the dataset has no `{split}` split")]
     #[diagnostic(

@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::data::dataset::{DatasetInfo, SplitData, SplitInfo, FORMAT};
+use crate::data::perturb;
 use crate::data::sources::{hash_path, SourceResolver};
 use crate::data::split::{resolve_sizes, split_indices, SplitSizes};
 use crate::data::table::{label_names, map_labels, read_table, to_examples, CleanStats, Example};
@@ -40,6 +41,13 @@ pub struct SplitStats {
     pub tokens: LengthStats,
     pub truncated: usize,
     pub truncation_rate: f64,
+    /// Augmented copies among `examples` (train only; absent without `augment:`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub augmented: usize,
+}
+
+fn is_zero(count: &usize) -> bool {
+    *count == 0
 }
 
 /// Nearest-rank percentiles of the token lengths.
@@ -89,6 +97,12 @@ impl StageRunner for PrepareDataRunner {
         let mut metrics = BTreeMap::new();
         for (name, split) in &stats.splits {
             metrics.insert(format!("{}_examples", name.as_str()), split.examples as f64);
+            if split.augmented > 0 {
+                metrics.insert(
+                    format!("{}_augmented", name.as_str()),
+                    split.augmented as f64,
+                );
+            }
         }
         Ok(StageOutcome { metrics })
     }
@@ -229,7 +243,26 @@ pub fn prepare(
         splits: BTreeMap::new(),
     };
     let mut split_stats = BTreeMap::new();
-    for (name, examples, ids) in splits {
+    for (name, mut examples, mut ids) in splits {
+        // Augmented copies follow the originals; `copy` marks them in the `.jsonl`. Only the
+        // training split: a perturbed validation or test example would measure the noise.
+        let mut copies: Vec<usize> = vec![0; examples.len()];
+        if let (SplitName::Train, Some(augment)) = (name, &settings.augment) {
+            let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+            let augmented = perturb::augment(&texts, augment);
+            for copy in augmented {
+                let original = &examples[copy.original];
+                let example = Example {
+                    text: copy.text,
+                    label: original.label.clone(),
+                    line: original.line,
+                };
+                ids.push(ids[copy.original]);
+                copies.push(copy.copy);
+                examples.push(example);
+            }
+        }
+        let augmented = copies.iter().filter(|&&copy| copy > 0).count();
         let texts: Vec<String> = examples.iter().map(|e| e.text.clone()).collect();
         let encoded = encode_all(&tokenizer, &tokenizer_path, &texts)?;
         let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
@@ -243,11 +276,13 @@ pub fn prepare(
         );
         data.write(&out_dir.join(format!("{}.bin", name.as_str())))?;
         let mut jsonl = String::new();
-        for (example, &label) in examples.iter().zip(&ids) {
-            jsonl.push_str(
-                &serde_json::json!({"text": example.text, "label": label, "line": example.line})
-                    .to_string(),
-            );
+        for ((example, &label), &copy) in examples.iter().zip(&ids).zip(&copies) {
+            let mut line =
+                serde_json::json!({"text": example.text, "label": label, "line": example.line});
+            if copy > 0 {
+                line["copy"] = copy.into();
+            }
+            jsonl.push_str(&line.to_string());
             jsonl.push('\n');
         }
         write_bytes(
@@ -267,7 +302,14 @@ pub fn prepare(
             tokens: LengthStats::of(&lengths),
             truncated,
             truncation_rate: truncated as f64 / data.len().max(1) as f64,
+            augmented,
         };
+        if augmented > 0 {
+            log(&format!(
+                "{}: {augmented} augmented copies added",
+                name.as_str()
+            ));
+        }
         log(&format!(
             "{}: {} examples, tokens p50 {} / max {}, {:.1}% truncated",
             name.as_str(),
@@ -299,7 +341,7 @@ pub fn prepare(
 pub(crate) mod tests {
     use super::*;
     use crate::data::dataset::Dataset;
-    use crate::model::stages::{Clean, RowFilter, Split};
+    use crate::model::stages::{Augment, AugmentOps, Clean, RowFilter, Split};
     use crate::model::Source;
     use crate::stages::select_model::tests::tiny_model_dir;
     use std::fs;
@@ -331,6 +373,7 @@ pub(crate) mod tests {
             clean: Clean::default(),
             split,
             max_length,
+            augment: None,
         }
     }
 
@@ -451,6 +494,98 @@ pub(crate) mod tests {
                 "{file}"
             );
         }
+    }
+
+    /// `augment:` adds seeded copies to the training split only: the validation and test files
+    /// are byte-identical to those of a run without it, the stats count the copies, the same
+    /// seed gives the same bytes and another seed other copies.
+    #[test]
+    fn augmentation_adds_seeded_copies_to_the_training_split_only() {
+        let dir = setup();
+        let resolver = SourceResolver::new(dir.path(), dir.path());
+        let run = |name: &str, augment: Option<Augment>| {
+            let out = dir.path().join(name);
+            fs::create_dir_all(&out).unwrap();
+            let mut settings = settings(Split {
+                validation: Some(2.0),
+                ..split(None, Some(3.0))
+            });
+            settings.augment = augment;
+            let stats = prepare(
+                &settings,
+                &resolver,
+                &dir.path().join("model"),
+                &out,
+                &|_| {},
+            )
+            .unwrap();
+            (out, stats)
+        };
+        let augment = |seed| Augment {
+            copies: 2,
+            seed,
+            ops: AugmentOps {
+                delete: 0.3,
+                swap: 0.3,
+                insert: 0.3,
+                typo: 0.2,
+            },
+        };
+        let (plain, plain_stats) = run("plain", None);
+        let (first, stats) = run("first", Some(augment(7)));
+        let train = &stats.splits[&SplitName::Train];
+        let plain_train = &plain_stats.splits[&SplitName::Train];
+        assert_eq!(train.augmented, 2 * plain_train.examples);
+        assert_eq!(train.examples, 3 * plain_train.examples);
+        // The copies keep their original's label: the class counts triple.
+        for (label, count) in &plain_train.class_counts {
+            assert_eq!(train.class_counts[label], 3 * count);
+        }
+        for split in ["validation", "test"] {
+            for file in [format!("{split}.bin"), format!("{split}.jsonl")] {
+                assert_eq!(
+                    fs::read(plain.join(&file)).unwrap(),
+                    fs::read(first.join(&file)).unwrap(),
+                    "{file}"
+                );
+            }
+            assert_eq!(stats.splits[&SplitName::Validation].augmented, 0, "{split}");
+        }
+        // The originals come first, unchanged; copies carry their number.
+        let lines: Vec<serde_json::Value> = fs::read_to_string(first.join("train.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let originals = fs::read_to_string(plain.join("train.jsonl")).unwrap();
+        let n = plain_train.examples;
+        for (line, original) in lines.iter().zip(originals.lines()) {
+            assert_eq!(
+                line,
+                &serde_json::from_str::<serde_json::Value>(original).unwrap()
+            );
+        }
+        assert_eq!(lines[n]["copy"], 1);
+        assert_eq!(lines[2 * n]["copy"], 2);
+        assert_eq!(lines[n]["line"], lines[0]["line"]);
+        let stats_json = fs::read_to_string(first.join("stats.json")).unwrap();
+        assert!(stats_json.contains("\"augmented\": 10"), "{stats_json}");
+        assert!(!fs::read_to_string(plain.join("stats.json"))
+            .unwrap()
+            .contains("augmented"));
+        let (again, _) = run("again", Some(augment(7)));
+        let (other, _) = run("other", Some(augment(8)));
+        for file in ["train.bin", "train.jsonl", "stats.json"] {
+            assert_eq!(
+                fs::read(first.join(file)).unwrap(),
+                fs::read(again.join(file)).unwrap(),
+                "{file}"
+            );
+        }
+        assert_ne!(
+            fs::read(first.join("train.jsonl")).unwrap(),
+            fs::read(other.join("train.jsonl")).unwrap()
+        );
     }
 
     #[test]

@@ -53,12 +53,15 @@ impl StageRunner for SelectModelRunner {
             .resolve(&settings.source)
             .map_err(MlStageError::from)?;
         (ctx.log)(&format!("model source: {}", resolved.path.display()));
-        let record = select(
+        let mut record = select(
             &resolved.path,
             &resolved.blake3,
             settings.allow_pickle,
             ctx.out_dir,
         )?;
+        if let Some(layers) = settings.layers {
+            record = keep_layers(ctx.stage.id.as_str(), record, layers, ctx.out_dir)?;
+        }
         (ctx.log)(&format!(
             "{} model: {} layers, hidden {}, {} parameters",
             record.model_type, record.layers, record.hidden_size, record.parameters
@@ -222,6 +225,100 @@ pub fn select(
             .into_owned(),
         files,
     };
+    write_json(&out_dir.join("model.json"), &record)?;
+    Ok(record)
+}
+
+/// The encoder layer a tensor belongs to (`encoder.layer.3.…`, `transformer.layer.3.…`, with
+/// any prefix such as `bert.`), if any.
+fn layer_of(name: &str) -> Option<usize> {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.windows(3).find_map(|window| match window {
+        [stack, "layer", index] if *stack == "encoder" || *stack == "transformer" => {
+            index.parse().ok()
+        }
+        _ => None,
+    })
+}
+
+/// Rewrites the artifact in `out_dir` (from [`select`]) to its first `keep` encoder layers:
+/// `config.json` says `num_hidden_layers: keep` and `model.safetensors` loses the tensors of
+/// the layers above, so every later stage (`train`, `deploy`, `serve`) sees a plain, shallower
+/// model.
+///
+/// The first layers rather than DistilBERT's every other one: each kept layer then reads the
+/// very representation it was pretrained on, the model stays a prefix of the original (no
+/// renaming), and the student's embeddings and lower layers match its teacher's at step 0.
+pub fn keep_layers(
+    stage: &str,
+    mut record: ModelRecord,
+    keep: usize,
+    out_dir: &Path,
+) -> Result<ModelRecord, MlStageError> {
+    let weights = out_dir.join("model.safetensors");
+    if !weights.is_file() {
+        return Err(MlStageError::LayersNeedSafetensors {
+            stage: stage.to_owned(),
+            path: out_dir.join(&record.weights),
+        });
+    }
+    let config_path = out_dir.join("config.json");
+    if keep == 0 || keep as u64 > record.layers {
+        return Err(MlStageError::TooManyLayers {
+            stage: stage.to_owned(),
+            path: config_path,
+            layers: keep,
+            available: record.layers,
+            half: (record.layers / 2).max(1),
+        });
+    }
+    let mut config = read_config(&config_path)?;
+    config.insert("num_hidden_layers".to_owned(), keep.into());
+    let text = serde_json::to_string_pretty(&config)
+        .map_err(|error| malformed(&config_path, error.to_string()))?;
+    // Both files are hard links to the source: unlink before writing, or the source changes.
+    let replace = |path: &Path| {
+        fs::remove_file(path).map_err(|source| MlStageError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    replace(&config_path)?;
+    fs::write(&config_path, text).map_err(|source| MlStageError::Write {
+        path: config_path.clone(),
+        source,
+    })?;
+    let bytes = fs::read(&weights).map_err(|error| DataError::io(&weights, error))?;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|error| malformed(&weights, error.to_string()))?;
+    let kept: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| layer_of(name).is_none_or(|layer| layer < keep))
+        .collect();
+    let (mut parameters, count) = (0u64, kept.len());
+    for (_, view) in &kept {
+        if matches!(
+            view.dtype(),
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64
+        ) {
+            parameters += view.shape().iter().product::<usize>() as u64;
+        }
+    }
+    replace(&weights)?;
+    safetensors::tensor::serialize_to_file(kept, None, &weights)
+        .map_err(|error| malformed(&weights, error.to_string()))?;
+    for path in [&config_path, &weights] {
+        let name = path
+            .file_name()
+            .expect("joined file names have a last component")
+            .to_string_lossy()
+            .into_owned();
+        record.files.insert(name, hash_path(path)?);
+    }
+    record.layers = keep as u64;
+    record.parameters = parameters;
+    record.tensors = count;
     write_json(&out_dir.join("model.json"), &record)?;
     Ok(record)
 }
@@ -403,6 +500,71 @@ pub(crate) mod tests {
             error,
             MlStageError::UnsupportedArchitecture { .. }
         ));
+    }
+
+    /// `layers: 1` of a 2-layer model: the config says 1, the file keeps every tensor but
+    /// those of layer 1 (prefixed names too), byte for byte, the record matches the files,
+    /// and the source directory is left as it was (the artifact's files were hard links).
+    #[test]
+    fn keep_layers_drops_the_upper_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        tiny_model_dir(&model);
+        fs::write(
+            model.join("config.json"),
+            r#"{"model_type": "bert", "hidden_size": 4, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "vocab_size": 8, "max_position_embeddings": 16}"#,
+        )
+        .unwrap();
+        write_safetensors(
+            &model.join("model.safetensors"),
+            &[
+                ("embeddings.word_embeddings.weight", &[8, 4]),
+                ("encoder.layer.0.output.dense.weight", &[4, 4]),
+                ("encoder.layer.1.output.dense.weight", &[4, 4]),
+                ("bert.encoder.layer.1.output.LayerNorm.gamma", &[4]),
+                ("pooler.dense.bias", &[4]),
+            ],
+        );
+        let source_bytes = fs::read(model.join("model.safetensors")).unwrap();
+        let source_config = fs::read(model.join("config.json")).unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let record = select(&model, &Digest::of_bytes(b""), false, &out).unwrap();
+        let error = keep_layers("student", record.clone(), 3, &out).unwrap_err();
+        assert!(
+            matches!(error, MlStageError::TooManyLayers { available: 2, .. }),
+            "{error:?}"
+        );
+        let record = keep_layers("student", record, 1, &out).unwrap();
+        assert_eq!((record.layers, record.tensors), (1, 3));
+        assert_eq!(record.parameters, 8 * 4 + 16 + 4);
+        let header = read_safetensors_header(&out.join("model.safetensors")).unwrap();
+        let mut names: Vec<String> = header.tensors().into_keys().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "embeddings.word_embeddings.weight",
+                "encoder.layer.0.output.dense.weight",
+                "pooler.dense.bias"
+            ]
+        );
+        let config = read_config(&out.join("config.json")).unwrap();
+        assert_eq!(config["num_hidden_layers"], 1);
+        assert_eq!(config["hidden_size"], 4);
+        assert_eq!(
+            record.files["model.safetensors"],
+            hash_path(&out.join("model.safetensors")).unwrap()
+        );
+        let written: ModelRecord =
+            serde_json::from_str(&fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+        assert_eq!(written, record);
+        assert_eq!(
+            fs::read(model.join("model.safetensors")).unwrap(),
+            source_bytes
+        );
+        assert_eq!(fs::read(model.join("config.json")).unwrap(), source_config);
     }
 
     /// The real model, when the lead's CI provides it.

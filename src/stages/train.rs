@@ -2,7 +2,9 @@
 //!
 //! Contract:
 //! - Inputs: `model` (a `select-model` artifact), `data` (a dataset with a `train` split and
-//!   optionally `validation`), `config` (a `configure` artifact's `config.json`).
+//!   optionally `validation`), `config` (a `configure` artifact's `config.json`), and, when
+//!   `configure` sets `distillation`, `teacher` (another `train` stage's model, run at
+//!   inference to give the soft targets).
 //! - Outputs: `model/` (the exported classifier, the best one by validation loss when early
 //!   stopping is on), `train_log.jsonl`, `curves.svg` and `summary.json` (deterministic fields
 //!   only: wall-clock figures go to the log and the stage outcome, so a bit-identical rerun
@@ -64,6 +66,10 @@ impl StageRunner for TrainRunner {
             Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(MlStageError::from)?;
         let run = TrainRun {
             model_dir: input_dir(ctx, InputSlot::Model)?,
+            teacher_dir: ctx
+                .inputs
+                .get(&InputSlot::Teacher)
+                .map(|dir| dir.join(TRAINED_MODEL_DIR)),
             dataset: &dataset,
             config: &resolved.settings,
             max_steps: settings.max_steps,
@@ -77,6 +83,8 @@ impl StageRunner for TrainRunner {
 
 pub struct TrainRun<'a> {
     pub model_dir: PathBuf,
+    /// The exported model of the teacher, for `distillation`.
+    pub teacher_dir: Option<PathBuf>,
     pub dataset: &'a Dataset,
     pub config: &'a Configure,
     pub max_steps: Option<usize>,
@@ -124,6 +132,14 @@ impl TrainRun<'_> {
             total_steps = total_steps.min(max);
         }
         let mut trainer = Trainer::new(classifier, config, total_steps)?;
+        if let Some(teacher_dir) = &self.teacher_dir {
+            let teacher = Classifier::load_trained(teacher_dir, DeviceChoice::Auto)?;
+            log(&format!(
+                "distilling from a {}-layer teacher",
+                teacher.config().num_hidden_layers
+            ));
+            trainer.set_teacher(teacher)?;
+        }
 
         let checkpoints = Checkpoints {
             scratch_dir: self.scratch_dir,
@@ -239,6 +255,15 @@ impl TrainRun<'_> {
             checkpoints.save(&trainer, &progress)?;
         }
 
+        // AdaLoRA: where the rank budget went (none for other methods).
+        let ranks = trainer.adapter_ranks()?;
+        if !ranks.is_empty() {
+            let listed: Vec<String> = ranks
+                .iter()
+                .map(|(module, rank)| format!("{module} {rank}"))
+                .collect();
+            log(&format!("AdaLoRA ranks: {}", listed.join(", ")));
+        }
         let model_out = self.out_dir.join(TRAINED_MODEL_DIR);
         let best = checkpoints.best_dir();
         if config.early_stopping.is_some() && best.is_dir() {

@@ -47,6 +47,7 @@ fixtures!(
     cycle_self => "cycle-self",
     cycle_with_bystander => "cycle-with-bystander",
     deploy_gates => "deploy-gates",
+    distillation => "distillation",
     deeply_nested => "deeply-nested",
     deeply_nested_flow => "deeply-nested-flow",
     duplicate_key => "duplicate-key",

@@ -65,12 +65,22 @@ fn predict_scores_texts_and_jsonl_and_refuses_a_tampered_bundle() {
 
     // At int8 the scores move a little, not the shape of the answer; a bad precision is a
     // usage error naming the choices.
-    let output = taper(&["predict", bundle_arg, "--precision", "int8", "the film was good"])
-        .output()
-        .expect("taper runs");
+    let output = taper(&[
+        "predict",
+        bundle_arg,
+        "--precision",
+        "int8",
+        "the film was good",
+    ])
+    .output()
+    .expect("taper runs");
     assert!(output.status.success(), "{output:?}");
     let int8 = String::from_utf8(output.stdout).expect("utf-8");
-    assert_ne!(int8.lines().next(), stdout.lines().next(), "int8 must really run");
+    assert_ne!(
+        int8.lines().next(),
+        stdout.lines().next(),
+        "int8 must really run"
+    );
     let int8: serde_json::Value = serde_json::from_str(int8.trim()).expect("JSON line");
     assert_eq!(int8[0]["label"], lines[0][0]["label"]);
     let output = taper(&["predict", bundle_arg, "--precision", "int4", "good"])
@@ -141,7 +151,10 @@ fn a_spawned_server_answers_and_finishes_in_flight_requests_on_sigterm() {
         .next()
         .expect("address")
         .to_owned();
-    assert!(line.contains("serving bundle") && line.contains("(f32)"), "{line}");
+    assert!(
+        line.contains("serving bundle") && line.contains("(f32)"),
+        "{line}"
+    );
 
     let (status, body) = http(&address, "GET", "/health", "");
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));

@@ -144,7 +144,10 @@ impl Int8Linear {
         let mut acts = vec![0x8080_8080u32; rows * groups];
         let mut act_scales = Vec::with_capacity(rows);
         let mut bytes = vec![128u8; self.k_pad];
-        for (row, words) in x.chunks_exact(self.in_dim).zip(acts.chunks_exact_mut(groups)) {
+        for (row, words) in x
+            .chunks_exact(self.in_dim)
+            .zip(acts.chunks_exact_mut(groups))
+        {
             let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
             let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
             let inverse = 1.0 / scale;
@@ -223,8 +226,8 @@ mod vnni {
     #![allow(unsafe_code)]
 
     use std::arch::x86_64::{
-        __m512i, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32,
-        _mm512_setzero_si512, _mm512_storeu_si512,
+        __m512i, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_setzero_si512,
+        _mm512_storeu_si512,
     };
 
     use super::{Int8Linear, GROUP, ROW_BLOCK, TILE};
@@ -262,7 +265,8 @@ mod vnni {
             while tile < tiles {
                 let pair = (tiles - tile).min(2);
                 let first = &layer.packed[tile * tile_bytes..(tile + 1) * tile_bytes];
-                let second = &layer.packed[(tile + pair - 1) * tile_bytes..(tile + pair) * tile_bytes];
+                let second =
+                    &layer.packed[(tile + pair - 1) * tile_bytes..(tile + pair) * tile_bytes];
                 let mut acc = [[_mm512_setzero_si512(); 2]; ROW_BLOCK];
                 for group in 0..groups {
                     let at = group * TILE * GROUP;
@@ -344,7 +348,10 @@ mod tests {
             };
             let error = rms(&mut ours.iter().zip(&exact).map(|(a, b)| a - b));
             let size = rms(&mut exact.iter().copied());
-            assert!(error < 0.02 * size, "{rows}x{out_dim}x{in_dim}: rms {error} of {size}");
+            assert!(
+                error < 0.02 * size,
+                "{rows}x{out_dim}x{in_dim}: rms {error} of {size}"
+            );
 
             let (acts, _) = layer.quantize_rows(&x, rows);
             let width = layer.tiles() * TILE;

@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
 
+use super::techniques::{check, technique_problems, Adversarial, Distillation, RDrop};
+
 /// `kind: configure`: resolved training settings, validated as a whole (invalid combinations
 /// are validation errors, not run-time surprises).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +39,20 @@ pub struct Configure {
     /// Save a resumable checkpoint every this many optimizer steps.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
+    /// Training techniques (`techniques.rs`); each absent by default, so that it changes no
+    /// existing stage key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_smoothing: Option<f64>,
+    /// Layer-wise learning-rate decay: the head trains at the full rate, the layer below at
+    /// `decay` times it, and so on down to the embeddings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_decay: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdrop: Option<RDrop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversarial: Option<Adversarial>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<Distillation>,
 }
 
 fn default_learning_rate() -> f64 {
@@ -96,6 +112,27 @@ pub enum Method {
     },
     /// IA3: learned rescaling vectors on keys, values and the feed-forward activations.
     Ia3 { targets: Vec<String> },
+    /// Houlsby bottleneck adapters: `x + up(relu(down(x)))` with `down: hidden → size`, after
+    /// the attention output and after the feed-forward output of every layer; `up` starts at
+    /// zero, so training starts from the base model. Only the adapters and the head train.
+    Adapter { size: usize },
+    /// AdaLoRA (Zhang et al. 2023, PEFT semantics): `W x + (alpha / r) · B (E ⊙ A) x` with the
+    /// singular values `E` starting at zero, an orthogonality penalty on `A` and `B`, and a
+    /// total rank budget pruned from `r` to `target_r` per module on a cubic schedule between
+    /// `tinit` and the last `tfinal` optimizer steps, by EMA-smoothed sensitivity scores.
+    Adalora {
+        r: usize,
+        target_r: usize,
+        alpha: f64,
+        dropout: f64,
+        targets: Vec<String>,
+        orth_reg: f64,
+        beta1: f64,
+        beta2: f64,
+        tinit: usize,
+        tfinal: usize,
+        delta_t: usize,
+    },
 }
 
 /// `method:` as written: one flat block. serde reads an internally tagged enum by buffering
@@ -112,6 +149,14 @@ struct MethodSettings {
     alpha: Option<f64>,
     dropout: Option<f64>,
     targets: Option<Vec<String>>,
+    size: Option<usize>,
+    target_r: Option<usize>,
+    orth_reg: Option<f64>,
+    beta1: Option<f64>,
+    beta2: Option<f64>,
+    tinit: Option<usize>,
+    tfinal: Option<usize>,
+    delta_t: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -121,6 +166,8 @@ enum MethodName {
     Frozen,
     Lora,
     Ia3,
+    Adapter,
+    Adalora,
 }
 
 impl MethodName {
@@ -130,6 +177,8 @@ impl MethodName {
             MethodName::Frozen => "frozen",
             MethodName::Lora => "lora",
             MethodName::Ia3 => "ia3",
+            MethodName::Adapter => "adapter",
+            MethodName::Adalora => "adalora",
         }
     }
 
@@ -140,6 +189,11 @@ impl MethodName {
             MethodName::Frozen => &["layers"],
             MethodName::Lora => &["r", "alpha", "dropout", "targets"],
             MethodName::Ia3 => &["targets"],
+            MethodName::Adapter => &["size"],
+            MethodName::Adalora => &[
+                "r", "target_r", "alpha", "dropout", "targets", "orth_reg", "beta1", "beta2",
+                "tinit", "tfinal", "delta_t",
+            ],
         }
     }
 }
@@ -155,6 +209,14 @@ impl TryFrom<MethodSettings> for Method {
             alpha,
             dropout,
             targets,
+            size,
+            target_r,
+            orth_reg,
+            beta1,
+            beta2,
+            tinit,
+            tfinal,
+            delta_t,
         } = block;
         let given = [
             ("layers", layers.is_some()),
@@ -162,6 +224,14 @@ impl TryFrom<MethodSettings> for Method {
             ("alpha", alpha.is_some()),
             ("dropout", dropout.is_some()),
             ("targets", targets.is_some()),
+            ("size", size.is_some()),
+            ("target_r", target_r.is_some()),
+            ("orth_reg", orth_reg.is_some()),
+            ("beta1", beta1.is_some()),
+            ("beta2", beta2.is_some()),
+            ("tinit", tinit.is_some()),
+            ("tfinal", tfinal.is_some()),
+            ("delta_t", delta_t.is_some()),
         ];
         let foreign: Vec<String> = given
             .iter()
@@ -198,10 +268,31 @@ impl TryFrom<MethodSettings> for Method {
             MethodName::Ia3 => Method::Ia3 {
                 targets: targets.unwrap_or_else(default_ia3_targets),
             },
+            MethodName::Adapter => Method::Adapter {
+                size: size.unwrap_or_else(default_adapter_size),
+            },
+            // PEFT's `AdaLoraConfig` defaults, but `alpha` as taper's LoRA (PEFT: 8).
+            MethodName::Adalora => Method::Adalora {
+                r: r.unwrap_or(12),
+                target_r: target_r.unwrap_or(8),
+                alpha: alpha.unwrap_or_else(default_alpha),
+                dropout: dropout.unwrap_or_default(),
+                targets: targets.unwrap_or_else(default_targets),
+                orth_reg: orth_reg.unwrap_or(0.5),
+                beta1: beta1.unwrap_or(0.85),
+                beta2: beta2.unwrap_or(0.85),
+                tinit: tinit.unwrap_or_default(),
+                tfinal: tfinal.unwrap_or_default(),
+                delta_t: delta_t.unwrap_or(1),
+            },
         })
     }
 }
 
+/// Houlsby et al. (2019) report sizes 8 to 256 on BERT-base; 64 is their usual choice.
+fn default_adapter_size() -> usize {
+    64
+}
 fn default_rank() -> usize {
     8
 }
@@ -335,14 +426,7 @@ impl Configure {
     pub fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut check = |ok: bool, field: &str, message: &str, label: &'static str, help: &str| {
-            if !ok {
-                problems.push(Problem {
-                    field: field.to_owned(),
-                    message: message.to_owned(),
-                    label,
-                    help: help.to_owned(),
-                });
-            }
+            check(&mut problems, ok, field, message, label, help);
         };
         // Written so that NaN fails every check: `!(x >= 0.0)` and not `x < 0.0`.
         let fraction = |value: f64| (0.0..1.0).contains(&value);
@@ -449,6 +533,81 @@ impl Configure {
                 Some(targets)
             }
             Method::Ia3 { targets } => Some(targets),
+            Method::Adalora {
+                r,
+                target_r,
+                alpha,
+                dropout,
+                targets,
+                orth_reg,
+                beta1,
+                beta2,
+                delta_t,
+                ..
+            } => {
+                check(
+                    *r > 0,
+                    "method.r",
+                    "the initial AdaLoRA rank must be at least 1",
+                    "zero rank",
+                    "PEFT's default is 12",
+                );
+                check(
+                    *target_r > 0 && target_r <= r,
+                    "method.target_r",
+                    &format!("must be from 1 to `r` ({r})"),
+                    "out of range",
+                    "the average rank left per module after pruning, below `r`: e.g. `r: 12, target_r: 8`",
+                );
+                check(
+                    *alpha > 0.0 && alpha.is_finite(),
+                    "method.alpha",
+                    "must be a finite positive number",
+                    "out of range",
+                    "the update is scaled by `alpha / r`, e.g. 16",
+                );
+                check(
+                    fraction(*dropout),
+                    "method.dropout",
+                    "must be in [0, 1)",
+                    "out of range",
+                    "a fraction such as 0.05",
+                );
+                check(
+                    *orth_reg >= 0.0 && orth_reg.is_finite(),
+                    "method.orth_reg",
+                    "must be a finite number ≥ 0",
+                    "out of range",
+                    "the weight of the orthogonality penalty; PEFT's default is 0.5",
+                );
+                for (field, beta) in [("method.beta1", beta1), ("method.beta2", beta2)] {
+                    check(
+                        fraction(*beta),
+                        field,
+                        "must be in [0, 1)",
+                        "out of range",
+                        "an EMA factor of the importance scores; PEFT's default is 0.85",
+                    );
+                }
+                check(
+                    *delta_t > 0,
+                    "method.delta_t",
+                    "must be at least 1",
+                    "zero",
+                    "optimizer steps between two budget reallocations, e.g. 1 or 10",
+                );
+                Some(targets)
+            }
+            Method::Adapter { size } => {
+                check(
+                    *size > 0,
+                    "method.size",
+                    "the adapter's bottleneck size must be at least 1",
+                    "zero size",
+                    "typical sizes are 16 to 64, below the hidden size",
+                );
+                None
+            }
         };
         if let Some(targets) = targets {
             check(
@@ -470,6 +629,7 @@ impl Configure {
                 );
             }
         }
+        technique_problems(self, &mut problems);
         problems
     }
 }
@@ -519,6 +679,38 @@ mod tests {
         };
         let problems = config.problems();
         assert_eq!(problems[0].help, "did you mean `query`?");
+    }
+
+    #[test]
+    fn adapter_takes_a_size_only_and_defaults_it() {
+        let method = |json: &str| serde_json::from_str::<Method>(json).map_err(|e| e.to_string());
+        assert_eq!(
+            method(r#"{"name":"adapter"}"#),
+            Ok(Method::Adapter { size: 64 })
+        );
+        assert_eq!(
+            method(r#"{"name":"adapter","size":16}"#),
+            Ok(Method::Adapter { size: 16 })
+        );
+        let foreign = method(r#"{"name":"adapter","r":4}"#).expect_err("`r` is LoRA's");
+        assert!(
+            foreign.contains("`r` is not a setting of method `adapter` (it takes `size`)"),
+            "{foreign}"
+        );
+        assert!(method(r#"{"name":"lora","size":4}"#).is_err());
+        assert!(method(r#"{"name":"lora","target_r":4}"#).is_err());
+        let Ok(Method::Adalora {
+            r,
+            target_r,
+            targets,
+            tfinal,
+            ..
+        }) = method(r#"{"name":"adalora","tfinal":10}"#)
+        else {
+            panic!("adalora with defaults")
+        };
+        assert_eq!((r, target_r, tfinal), (12, 8, 10));
+        assert_eq!(targets, ["query", "value"]);
     }
 
     fn valid() -> Configure {
@@ -571,6 +763,43 @@ mod tests {
             (
                 |c| c.method = Method::Ia3 { targets: vec![] },
                 "method.targets",
+            ),
+            (|c| c.method = Method::Adapter { size: 0 }, "method.size"),
+            (
+                |c| {
+                    c.method = Method::Adalora {
+                        r: 4,
+                        target_r: 6,
+                        alpha: 16.0,
+                        dropout: 0.0,
+                        targets: vec!["query".into()],
+                        orth_reg: 0.5,
+                        beta1: 0.85,
+                        beta2: 0.85,
+                        tinit: 0,
+                        tfinal: 0,
+                        delta_t: 1,
+                    }
+                },
+                "method.target_r",
+            ),
+            (
+                |c| {
+                    c.method = Method::Adalora {
+                        r: 12,
+                        target_r: 8,
+                        alpha: 16.0,
+                        dropout: 0.0,
+                        targets: vec!["query".into()],
+                        orth_reg: 0.5,
+                        beta1: 1.0,
+                        beta2: 0.85,
+                        tinit: 0,
+                        tfinal: 0,
+                        delta_t: 1,
+                    }
+                },
+                "method.beta1",
             ),
             (
                 |c| {

@@ -41,12 +41,22 @@ impl Precision {
 }
 
 /// The metrics a gate may name, each with the range its values lie in: the headline metrics an
-/// `evaluate` stage reports (`stages::evaluate::headline`, whose tests check this list).
-pub const GATE_METRICS: [(&str, f64, f64); 6] = [
+/// `evaluate` stage reports (`stages::evaluate::MetricsFile::headline`, whose tests check this
+/// list). The `_accuracy`/`_drop` pairs come from `robustness:` and the `ood` input; a drop
+/// (clean accuracy minus perturbed accuracy) lies in [-1, 1].
+pub const GATE_METRICS: [(&str, f64, f64); 14] = [
     ("accuracy", 0.0, 1.0),
+    ("casing_accuracy", 0.0, 1.0),
+    ("casing_drop", -1.0, 1.0),
+    ("delete_accuracy", 0.0, 1.0),
+    ("delete_drop", -1.0, 1.0),
     ("expected_calibration_error", 0.0, 1.0),
     ("log_loss", 0.0, f64::INFINITY),
     ("macro_f1", 0.0, 1.0),
     ("micro_f1", 0.0, 1.0),
+    ("ood_accuracy", 0.0, 1.0),
+    ("ood_drop", -1.0, 1.0),
     ("roc_auc", 0.0, 1.0),
+    ("typo_accuracy", 0.0, 1.0),
+    ("typo_drop", -1.0, 1.0),
 ];

@@ -11,6 +11,7 @@ mod explain;
 mod prepare_data;
 mod select_model;
 mod source;
+mod techniques;
 mod train;
 
 pub use command::{committed_secrets, is_env_name, looks_secret, Command, CommittedSecret};
@@ -18,11 +19,15 @@ pub use configure::{
     is_adapter_target, Configure, EarlyStopping, Method, Pooling, Problem, Schedule,
 };
 pub use deploy::{Deploy, Precision, GATE_METRICS};
-pub use evaluate::Evaluate;
+pub use evaluate::{Evaluate, Robustness};
 pub use explain::{
     Explain, ExplainBaseline, ExplainMethod, DEFAULT_STEPS as DEFAULT_EXPLAIN_STEPS,
 };
-pub use prepare_data::{Clean, DataFormat, PrepareData, RowFilter, Split, SplitName};
+pub use prepare_data::{
+    Augment, AugmentOps, Clean, DataFormat, PrepareData, RowFilter, Split, SplitName,
+    MAX_AUGMENT_COPIES,
+};
 pub use select_model::SelectModel;
 pub use source::Source;
+pub use techniques::{Adversarial, AdversarialMethod, Distillation, RDrop};
 pub use train::Train;

@@ -31,6 +31,9 @@ pub struct PrepareData {
     /// Tokens per example after truncation (overrides what tokenizer.json bakes in).
     #[serde(default = "default_max_length")]
     pub max_length: usize,
+    /// Seeded, EDA-style copies of the training split; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
 }
 
 fn default_text_column() -> String {
@@ -41,6 +44,56 @@ fn default_label_column() -> String {
 }
 fn default_max_length() -> usize {
     128
+}
+
+/// `augment: { copies: 1, seed: 7, ops: { delete: 0.1, swap: 0.1, insert: 0.1, typo: 0.05 } }`:
+/// every training example gains `copies` perturbed copies, each made by one of the ops with a
+/// rate above 0, drawn by the seeded RNG (EDA applies one operation per augmented sentence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Augment {
+    #[serde(default = "default_copies")]
+    pub copies: usize,
+    #[serde(default = "default_augment_seed")]
+    pub seed: u64,
+    pub ops: AugmentOps,
+}
+
+/// Rates of the augmentation ops (`data::perturb` in this crate says what each does); 0 (the
+/// default) leaves an op out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentOps {
+    #[serde(default)]
+    pub delete: f64,
+    #[serde(default)]
+    pub swap: f64,
+    #[serde(default)]
+    pub insert: f64,
+    #[serde(default)]
+    pub typo: f64,
+}
+
+impl AugmentOps {
+    /// `(name, rate)` of every op, in a fixed order.
+    pub fn rates(&self) -> [(&'static str, f64); 4] {
+        [
+            ("delete", self.delete),
+            ("swap", self.swap),
+            ("insert", self.insert),
+            ("typo", self.typo),
+        ]
+    }
+}
+
+/// Largest `copies`: each copy grows the training split (and every epoch) by its size.
+pub const MAX_AUGMENT_COPIES: usize = 16;
+
+fn default_copies() -> usize {
+    1
+}
+fn default_augment_seed() -> u64 {
+    7
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

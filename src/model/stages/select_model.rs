@@ -11,4 +11,8 @@ pub struct SelectModel {
     /// Refuse pickle `.bin` weights unless this is set: unpickling runs arbitrary code.
     #[serde(default)]
     pub allow_pickle: bool,
+    /// Keep only the first `layers` encoder layers: a shallower student for `distillation`
+    /// (the artifact's `config.json` then says `layers`). Absent: every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
 }

@@ -189,10 +189,14 @@ pub(crate) fn validate(
 }
 
 impl Checked<'_> {
-    /// The error for a settings issue, labelled at the setting it names (at the `with` key when
-    /// the setting was left to its default).
+    /// The error for a settings issue, labelled at the setting it names, or at the nearest
+    /// block around it that is written (`adversarial:` for a missing `adversarial.alpha`; the
+    /// `with` key when the whole setting was left to its default).
     fn issue_error(&self, settings_node: &Node, issue: Issue) -> ModelError {
-        let node = settings_node.lookup(&issue.path).unwrap_or(settings_node);
+        let node = (1..=issue.path.len())
+            .rev()
+            .find_map(|written| settings_node.lookup(&issue.path[..written]))
+            .unwrap_or(settings_node);
         let span = if std::ptr::eq(node, settings_node) {
             self.settings_key_span
         } else {

@@ -94,6 +94,14 @@ fn located(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// [`located`]'s pairs as `&str`s, to compare with literals.
+fn borrowed(found: &[(String, String)]) -> Vec<(&str, &str)> {
+    found
+        .iter()
+        .map(|(message, at)| (message.as_str(), at.as_str()))
+        .collect()
+}
+
 fn command_paths(text: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let pipeline = load(text).expect("valid");
     let StageSettings::Command(command) = &pipeline.stages[0].settings else {
@@ -207,12 +215,8 @@ fn deploy_gates_name_known_metrics_in_range_and_need_metrics() {
     let found = located(&format!(
         "{HEAD}{TRAINED}  ship: {{ kind: deploy, inputs: {{ model: tuned, metrics: eval }}, with: {{ require: {{ accuracy: .nan, macro_f1: 1.5, acuracy: 0.8 }} }} }}\n  blind: {{ kind: deploy, inputs: {{ model: tuned }}, with: {{ require: {{ accuracy: 0.8 }} }} }}\n"
     ));
-    let summary: Vec<(&str, &str)> = found
-        .iter()
-        .map(|(message, at)| (message.as_str(), at.as_str()))
-        .collect();
     assert_eq!(
-        summary,
+        borrowed(&found),
         [
             ("invalid `require.accuracy` in stage `ship`: the minimum for `accuracy` must be a number from 0 to 1, not NaN", ".nan"),
             ("invalid `require.macro_f1` in stage `ship`: the minimum for `macro_f1` must be a number from 0 to 1, not 1.5", "1.5"),
@@ -250,7 +254,10 @@ fn an_int8_deploy_needs_metrics_and_data_to_evaluate_on() {
             ("invalid `precision` in stage `bare`: `precision: int8` evaluates the quantized model again, but the stage has no `metrics` or `data` input", "int8"),
         ]
     );
-    assert!(summary[2].0.contains("int4") && summary[2].1 == "int4", "{summary:?}");
+    assert!(
+        summary[2].0.contains("int4") && summary[2].1 == "int4",
+        "{summary:?}"
+    );
 }
 
 #[test]
@@ -267,17 +274,26 @@ fn split_fractions_over_one_are_refused() {
 
 #[test]
 fn evaluating_a_split_the_data_never_makes_is_refused() {
+    // An `ood` dataset is read at the same split as `data`: `other` makes no `validation`.
     let pipeline = TRAINED.replace(
         "  eval: { kind: evaluate, inputs: { model: tuned, data: data } }\n",
-        "  eval: { kind: evaluate, inputs: { model: tuned, data: data }, with: { split: validation } }\n  why: { kind: explain, inputs: { model: tuned, data: data } }\n",
+        "  other:\n    kind: prepare-data\n    inputs: { model: base }\n    with: { source: { path: o.csv }, split: { train: 0.5, test: 0.5 } }\n  eval: { kind: evaluate, inputs: { model: tuned, data: data, ood: other }, with: { split: validation } }\n  why: { kind: explain, inputs: { model: tuned, data: data } }\n",
     );
     let found = located(&format!("{HEAD}{pipeline}"));
     assert_eq!(
         found,
-        [(
-            "invalid `split` in stage `eval`: stage `data` makes no `validation` split".to_owned(),
-            "validation".to_owned()
-        )]
+        [
+            (
+                "invalid `split` in stage `eval`: stage `data` makes no `validation` split"
+                    .to_owned(),
+                "validation".to_owned()
+            ),
+            (
+                "invalid `split` in stage `eval`: stage `other` makes no `validation` split"
+                    .to_owned(),
+                "validation".to_owned()
+            )
+        ]
     );
 }
 
@@ -401,4 +417,54 @@ fn a_report_of_many_errors_renders_the_first_ones_and_counts_the_rest() {
     );
     assert!(out.contains("…and 10 more errors"), "{out}");
     assert!(out.contains("60 errors"), "{out}");
+}
+
+#[test]
+fn augmentation_and_robustness_settings_are_checked_at_their_place() {
+    let pipeline = TRAINED
+        .replace(
+            "split: { train: 0.8, test: 0.2 } }",
+            "split: { train: 0.8, test: 0.2 }, augment: { copies: 0, ops: { delete: 1.5, typo: .nan } } }",
+        )
+        .replace(
+            "  eval: { kind: evaluate, inputs: { model: tuned, data: data } }\n",
+            "  eval: { kind: evaluate, inputs: { model: tuned, data: data }, with: { robustness: { typo: 0 } } }\n  none: { kind: evaluate, inputs: { model: tuned, data: data }, with: { robustness: { seed: 1 } } }\n",
+        );
+    let found = located(&format!("{HEAD}{pipeline}"));
+    assert_eq!(
+        borrowed(&found),
+        [
+            ("invalid `augment.copies` in stage `data`: must be between 1 and 16", "0"),
+            ("invalid `augment.ops.delete` in stage `data`: must be a rate from 0 to 1, not 1.5", "1.5"),
+            ("invalid `augment.ops.typo` in stage `data`: must be a rate from 0 to 1, not NaN", ".nan"),
+            ("invalid `robustness.typo` in stage `eval`: must be a rate above 0 and at most 1, not 0", "0"),
+            ("invalid `robustness` in stage `none`: names no perturbation", "{ seed: 1 }"),
+        ]
+    );
+    let no_ops = TRAINED.replace(
+        "split: { train: 0.8, test: 0.2 } }",
+        "split: { train: 0.8, test: 0.2 }, augment: { ops: { swap: 0 } } }",
+    );
+    assert_eq!(
+        located(&format!("{HEAD}{no_ops}"))[0].0,
+        "invalid `augment.ops` in stage `data`: gives no op a rate above 0, so nothing would be augmented"
+    );
+    let valid = TRAINED
+        .replace(
+            "split: { train: 0.8, test: 0.2 } }",
+            "split: { train: 0.8, test: 0.2 }, augment: { ops: { delete: 0.1, typo: 0.05 } } }",
+        )
+        .replace(
+            "inputs: { model: tuned, data: data } }",
+            "inputs: { model: tuned, data: data }, with: { robustness: { casing: true } } }",
+        );
+    let pipeline = load(&format!("{HEAD}{valid}")).expect("valid");
+    let StageSettings::PrepareData(data) = &pipeline.stages[1].settings else {
+        panic!("prepare-data")
+    };
+    let augment = data.augment.as_ref().expect("augment");
+    assert_eq!(
+        (augment.copies, augment.seed, augment.ops.swap),
+        (1, 7, 0.0)
+    );
 }

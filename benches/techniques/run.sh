@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 13's results table (docs/techniques.md): runs benches/techniques/techniques.yaml with a
+# release taper, prints one Markdown row per technique (from each evaluate stage's
+# metrics.json and the run's stage times), then times the teacher's and the student's bundles
+# scoring the 1,000 test sentences with `taper predict`, alternated, ROUNDS times.
+#
+#   cargo build --release && benches/techniques/run.sh [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+taper=${TAPER:-${CARGO_TARGET_DIR:-target}/release/taper}
+rounds=${1:-2}
+pipeline=benches/techniques/techniques.yaml
+out=benches/techniques/out/techniques
+log=$(mktemp)
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+"$taper" run "$pipeline" -j 1 2>&1 | tee "$log"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$out" "$log" <<'PY'
+import json, re, sys
+from pathlib import Path
+out, log = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
+times = {m[1]: float(m[2]) for m in re.finditer(r"done\s+(\S+) in ([0-9.]+)s", log)}
+rows = ["full", "label-smoothing", "layer-decay", "rdrop", "fgm", "pgd", "augmentation",
+        "lora", "adapter", "adalora", "student"]
+print("| technique | accuracy | macro F1 | typo accuracy (drop) | deletion accuracy (drop) | train time |")
+print("|---|---|---|---|---|---|")
+for name in rows:
+    m = json.loads((out / f"test-{name}" / "metrics.json").read_text())
+    r = m.get("robustness", {})
+    shifted = lambda k: f"{r[k]['accuracy']:.3f} ({r[k]['drop']:+.3f})" if k in r else "—"
+    took = times.get(f"train-{name}")
+    print(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {shifted('typo')} | "
+          f"{shifted('delete')} | {f'{took:.0f} s' if took else 'cached'} |")
+PY
+sentences=$out/reviews/test.jsonl
+for round in $(seq "$rounds"); do
+  for side in full student; do
+    start=$(date +%s.%N)
+    "$taper" predict "$out/ship-$side" --input "$sentences" --precision f32 > /dev/null
+    end=$(date +%s.%N)
+    echo "round $round $side: $(python3 -c "print(f'{1000/($end-$start):.1f}')") sentences/s (load $(cut -d' ' -f1 /proc/loadavg))"
+  done
+done
