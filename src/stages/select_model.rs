@@ -578,5 +578,29 @@ pub(crate) mod tests {
         assert_eq!(record.layers, 6);
         assert_eq!(record.hidden_size, 384);
         assert_eq!(record.parameters, 22_713_216);
+
+        // Issue 13: its 3-layer student loads as a plain 3-layer BERT, every tensor used.
+        let student = keep_layers("student", record, 3, out.path()).unwrap();
+        assert_eq!(student.layers, 3);
+        // Each MiniLM layer holds 1,774,464 parameters.
+        assert_eq!(student.parameters, 22_713_216 - 3 * 1_774_464);
+        let settings: crate::model::Configure = serde_json::from_str("{}").unwrap();
+        let classifier =
+            crate::ml::Classifier::new(out.path(), 2, &settings, crate::ml::DeviceChoice::Cpu)
+                .unwrap();
+        assert_eq!(classifier.config().num_hidden_layers, 3);
+        let report = classifier.load_report();
+        assert_eq!(
+            report.freshly_initialised,
+            ["classifier.weight", "classifier.bias"]
+        );
+        assert!(
+            report
+                .unused
+                .iter()
+                .all(|name| name.contains("position_ids")),
+            "{:?}",
+            report.unused
+        );
     }
 }
