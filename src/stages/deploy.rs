@@ -30,7 +30,6 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::data::dataset::Dataset;
-use crate::data::metrics::Metrics;
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::fingerprint::manifest::hash_file_uncached;
@@ -38,9 +37,9 @@ use crate::ml::{hf_class_name, Classifier, DeviceChoice};
 use crate::model::stages::Precision;
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::bundle::{relative_files, BundleManifest, FileRecord, BUNDLE_FORMAT, MANIFEST};
-use crate::stages::evaluate::{MetricsFile, TRAINED_MODEL_DIR};
+use crate::stages::evaluate::{compute, MetricsFile, TRAINED_MODEL_DIR};
 use crate::stages::ml_common::{
-    input_dir, link_or_copy, predict, read_json, write_bytes, write_json, wrong_runner,
+    input_dir, link_or_copy, predict, read_json, split_of, write_bytes, write_json, wrong_runner,
     MlStageError,
 };
 use crate::stages::train::TrainSummary;
@@ -126,12 +125,7 @@ fn evaluate_int8(
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<MetricsFile, MlStageError> {
     let split = f32_metrics.split;
-    let data = dataset
-        .splits
-        .get(&split)
-        .ok_or_else(|| MlStageError::MissingSplit {
-            split: split.as_str().to_owned(),
-        })?;
+    let data = split_of(dataset, split)?;
     let model_dir = trained.join(TRAINED_MODEL_DIR);
     // The CPU: int8 is a CPU kernel, and the bundle must not depend on a GPU being there.
     let mut classifier = Classifier::load_trained(&model_dir, DeviceChoice::Cpu)?;
@@ -144,13 +138,12 @@ fn evaluate_int8(
         split.as_str(),
         started.elapsed().as_secs_f64()
     ));
-    let metrics =
-        Metrics::compute(&data.labels, &probabilities, &dataset.info.labels).ok_or_else(|| {
-            MlStageError::InconsistentModel {
-                path: model_dir.clone(),
-                message: "the model's classes differ from the dataset's labels".to_owned(),
-            }
-        })?;
+    let metrics = compute(
+        &model_dir,
+        &data.labels,
+        &probabilities,
+        &dataset.info.labels,
+    )?;
     // The perturbed copies are not scored again: at int8, gates read the clean metrics only.
     Ok(MetricsFile {
         split,

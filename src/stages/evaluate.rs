@@ -31,7 +31,7 @@ use crate::ml::{Classifier, DeviceChoice};
 use crate::model::stages::{Evaluate, Robustness, SplitName};
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::ml_common::{
-    input_dir, predict, write_bytes, write_json, wrong_runner, MlStageError,
+    input_dir, predict, split_of, write_bytes, write_json, wrong_runner, MlStageError,
 };
 
 /// Where `train` puts the exported model inside its artifact.
@@ -264,17 +264,8 @@ pub fn evaluate(
     Ok(file)
 }
 
-fn split_of(dataset: &Dataset, split: SplitName) -> Result<&SplitData, MlStageError> {
-    dataset
-        .splits
-        .get(&split)
-        .ok_or_else(|| MlStageError::MissingSplit {
-            split: split.as_str().to_owned(),
-        })
-}
-
 /// Metrics of `probabilities`; an error names the model when its classes and the labels differ.
-fn compute(
+pub(crate) fn compute(
     model_dir: &Path,
     labels: &[u32],
     probabilities: &[Vec<f32>],

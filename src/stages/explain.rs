@@ -35,7 +35,9 @@ use crate::model::{InputSlot, StageSettings};
 use crate::stages::bundle::{Bundle, BundleError, MANIFEST};
 use crate::stages::evaluate::TRAINED_MODEL_DIR;
 use crate::stages::explain_report::render_report;
-use crate::stages::ml_common::{input_dir, write_bytes, write_json, wrong_runner, MlStageError};
+use crate::stages::ml_common::{
+    input_dir, split_of, write_bytes, write_json, wrong_runner, MlStageError,
+};
 
 /// Random top-k stand-ins per example for the faithfulness baselines.
 pub const RANDOM_DRAWS: usize = 5;
@@ -382,12 +384,7 @@ pub fn run_explain(
 ) -> Result<BTreeMap<String, f64>, ExplainError> {
     let dataset = Dataset::load(data_dir)?;
     let split = settings.split;
-    let data = dataset
-        .splits
-        .get(&split)
-        .ok_or_else(|| MlStageError::MissingSplit {
-            split: split.as_str().to_owned(),
-        })?;
+    let data = split_of(&dataset, split)?;
     let texts = read_texts(data_dir, split)?;
     let explainer = Explainer::load(
         model_dir,

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::data::batching::{eval_batches, lengths};
-use crate::data::dataset::SplitData;
+use crate::data::dataset::{Dataset, SplitData};
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError};
 use crate::ml::{Batch, Classifier};
+use crate::model::stages::SplitName;
 use crate::model::InputSlot;
 
 /// The typed errors of the ML stage runners (data, model and their own); a runner returns them
@@ -223,6 +224,16 @@ pub fn wrong_runner(ctx: &StageContext<'_>, runner: &'static str) -> MlStageErro
 /// padded per batch, scattered back, so the result does not depend on the batch size beyond
 /// float rounding. `train` (validation loss, early stopping) and `evaluate` (log loss, metrics)
 /// both call this, so the two losses are computed from the same probabilities.
+/// The examples of `split`, or the error naming a split the dataset does not have.
+pub fn split_of(dataset: &Dataset, split: SplitName) -> Result<&SplitData, MlStageError> {
+    dataset
+        .splits
+        .get(&split)
+        .ok_or_else(|| MlStageError::MissingSplit {
+            split: split.as_str().to_owned(),
+        })
+}
+
 pub fn predict(
     classifier: &Classifier,
     data: &SplitData,
