@@ -82,7 +82,7 @@ impl Int8Linear {
         let mut scales = Vec::with_capacity(out_dim);
         let mut offsets = Vec::with_capacity(out_dim);
         for (n, row) in weight.chunks_exact(in_dim).take(out_dim).enumerate() {
-            let amax = row.iter().fold(0f32, |m, w| m.max(w.abs()));
+            let amax = max_abs(row);
             let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
             let (tile, lane) = (n / TILE, n % TILE);
             let mut sum = 0i32;
@@ -148,7 +148,7 @@ impl Int8Linear {
             .chunks_exact(self.in_dim)
             .zip(acts.chunks_exact_mut(groups))
         {
-            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let amax = max_abs(row);
             let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
             let inverse = 1.0 / scale;
             for (q, v) in bytes.iter_mut().zip(row) {
@@ -175,9 +175,12 @@ impl Int8Linear {
             .zip(sums.chunks_exact(width))
             .zip(act_scales)
         {
-            for (n, value) in out_row.iter_mut().enumerate() {
-                let exact = sum_row[n] - self.offsets[n];
-                *value = exact as f32 * (act_scale * self.scales[n]) + self.bias[n];
+            // Zipped, not indexed: without bounds checks the loop vectorizes.
+            let per_channel = self.offsets.iter().zip(&self.scales).zip(&self.bias);
+            for ((value, sum), ((offset, scale), bias)) in
+                out_row.iter_mut().zip(sum_row).zip(per_channel)
+            {
+                *value = (sum - offset) as f32 * (act_scale * scale) + bias;
             }
         }
     }
@@ -189,6 +192,19 @@ impl Int8Linear {
     fn groups(&self) -> usize {
         self.k_pad / GROUP
     }
+}
+
+/// The largest `|v|` of `values`. Compared as bit patterns: with the sign bit cleared, a
+/// non-negative float's bits order as its value, and an integer maximum vectorizes where
+/// `f32::max` (which must honour NaN) does not.
+fn max_abs(values: &[f32]) -> f32 {
+    f32::from_bits(
+        values
+            .iter()
+            .map(|v| v.to_bits() & 0x7fff_ffff)
+            .max()
+            .unwrap_or(0),
+    )
 }
 
 /// `sums[r][n] = Σ_k acts[r][k] · q[n][k]` (offset not yet removed), over all padded channels.
