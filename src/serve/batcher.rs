@@ -5,8 +5,9 @@
 //! Why: a model call on 32 sentences costs far less than 32 calls on one (the GEMMs get rows
 //! to work with), so under load concurrent requests share calls: those that arrive while a
 //! round runs form the next one. A fixed wait adds its length to every lone request and, in
-//! the load test (docs/benchmarks.md, "Serving"), bought no throughput, so it is 0 unless set. Inside a round, [`Bundle::logits`] sorts the sequences by length and packs
-//! them into calls of at most `max_batch_tokens` padded tokens, as training buckets by length.
+//! the load test (docs/benchmarks.md, "Serving"), bought no throughput, so it is 0 unless set.
+//! Inside a round, [`Bundle::logits`] sorts the sequences by length and packs them into calls
+//! of at most `max_batch_tokens` padded tokens, as training buckets by length.
 //! Rounds run one at a time: the model already uses every core, two rounds would only
 //! contend. Admission (how many requests may wait) is bounded by the caller, not here.
 
