@@ -261,6 +261,11 @@ impl TryFrom<HfConfig> for EncoderConfig {
         if config.vocab_size == 0 || config.num_hidden_layers == 0 {
             return Err("`vocab_size` and the number of layers must be positive".to_owned());
         }
+        // A zero width leaves every linear layer with empty rows: the int8 kernel divides the
+        // input into rows of that width, and nothing could be learned from it anyway.
+        if config.hidden_size == 0 || config.intermediate_size == 0 {
+            return Err("the hidden and intermediate sizes must be positive".to_owned());
+        }
         Ok(config)
     }
 }
@@ -346,5 +351,13 @@ mod tests {
             "num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":8}"#;
         let error = serde_json::from_str::<EncoderConfig>(text).expect_err("9 % 2 != 0");
         assert!(error.to_string().contains("multiple"), "{error}");
+        for (hidden, intermediate) in [(0, 8), (8, 0)] {
+            let text = format!(
+                r#"{{"model_type":"bert","vocab_size":10,"hidden_size":{hidden},
+                "num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":{intermediate}}}"#
+            );
+            let error = serde_json::from_str::<EncoderConfig>(&text).expect_err("zero width");
+            assert!(error.to_string().contains("must be positive"), "{error}");
+        }
     }
 }
