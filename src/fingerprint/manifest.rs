@@ -34,16 +34,19 @@
 //! point they are old enough to record.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::CStr;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Statx, StatxFlags, CWD};
 use serde::{Deserialize, Serialize};
 
 use super::Digest;
@@ -274,6 +277,30 @@ impl Stat {
         }
     }
 
+    /// The stat of a `statx` result, equal to [`Stat::of`] of the same file's `Metadata` (std
+    /// fills `st_dev` with the same `makedev` of the major and minor numbers).
+    fn of_statx(statx: &Statx) -> Stat {
+        let nanos = |time: &rustix::fs::StatxTimestamp| {
+            i128::from(time.tv_sec) * 1_000_000_000 + i128::from(time.tv_nsec)
+        };
+        Stat {
+            device: rustix::fs::makedev(statx.stx_dev_major, statx.stx_dev_minor),
+            inode: statx.stx_ino,
+            size: statx.stx_size,
+            mtime_ns: nanos(&statx.stx_mtime),
+            ctime_ns: nanos(&statx.stx_ctime),
+            mode: u32::from(statx.stx_mode),
+        }
+    }
+
+    fn file_type(&self) -> FileType {
+        FileType::from_raw_mode(self.mode)
+    }
+
+    fn executable(&self) -> bool {
+        self.mode & 0o111 != 0
+    }
+
     /// Whether the file's times are old enough, at `now`, to trust its digest on stat alone
     /// (see the module doc). A time in the future is never settled.
     fn settled(&self, now: SystemTime, window: Duration) -> bool {
@@ -325,20 +352,41 @@ struct DirRecord {
     digest: Digest,
 }
 
-/// A regular file found by a directory walk.
+/// The regular files under a directory, in walk order (names sorted at each level), each with
+/// its stat. The relative paths sit back to back in one string: a no-op run over a 10,000-file
+/// dep never needs a path, and allocating two paths and a full `Metadata` per file was a
+/// quarter of its time (page faults and copies).
+#[derive(Debug)]
+struct Walk {
+    root: PathBuf,
+    paths: String,
+    files: Vec<Walked>,
+}
+
+/// One file of a [`Walk`]: its relative path is `paths[start..end]`.
 #[derive(Debug)]
 struct Walked {
-    relative: String,
-    absolute: PathBuf,
-    metadata: fs::Metadata,
+    start: usize,
+    end: usize,
+    stat: Stat,
+}
+
+impl Walk {
+    fn relative(&self, file: &Walked) -> &str {
+        &self.paths[file.start..file.end]
+    }
 }
 
 /// Remembers file and directory digests by stat so that unchanged content is never rehashed
-/// (see the module doc for what is trusted when). Saved by the store as `hashcache-v3.bin`.
+/// (see the module doc for what is trusted when). Saved by the store as `hashcache-v4.bin`.
 #[derive(Debug)]
 pub struct HashCache {
+    /// Where the loaded cache's file records are, read when one is first needed: a no-op run
+    /// over a directory dep is answered by its directory record alone, and reading and
+    /// checking 10,000 file records it would not use was a tenth of such a run.
+    source: Option<SavedSource>,
     /// The file records of the loaded cache, searched in place.
-    saved: SavedFiles,
+    saved: OnceLock<SavedFiles>,
     /// File records made since loading; they take precedence over `saved`.
     files: RwLock<HashMap<PathBuf, FileRecord>>,
     dirs: RwLock<HashMap<PathBuf, DirRecord>>,
@@ -353,8 +401,36 @@ impl Default for HashCache {
 }
 
 /// First bytes of a saved hash cache; the version is in it (a format change bumps it, and an
-/// old file then reads as an empty cache).
-const MAGIC: &[u8] = b"taper hash cache v3\n";
+/// old file then reads as an empty cache). The layout: `MAGIC`, the byte lengths of the
+/// directory and file sections (u64 each), the directory section, the blake3 of everything
+/// before it, the file section, its blake3. Each section is checked when it is read.
+const MAGIC: &[u8] = b"taper hash cache v4\n";
+
+/// Bytes before the directory section.
+const HEADER_BYTES: usize = MAGIC.len() + 16;
+
+/// The file section of a saved cache, still on disk. The open handle keeps reading the file
+/// that was loaded even if another run saves a new one meanwhile (saves replace by rename).
+#[derive(Debug)]
+struct SavedSource {
+    file: fs::File,
+    offset: u64,
+    length: usize,
+}
+
+impl SavedSource {
+    /// The file records, or `None` when the section is unreadable or damaged.
+    fn read(&self) -> Option<SavedFiles> {
+        let mut bytes = vec![0; self.length.checked_add(32)?];
+        self.file.read_exact_at(&mut bytes, self.offset).ok()?;
+        let (body, checksum) = bytes.split_at(self.length);
+        if Digest::of_bytes(body).0.as_slice() != checksum {
+            return None;
+        }
+        bytes.truncate(self.length);
+        decode_files(bytes)
+    }
+}
 
 /// Reads the saved format; every read is bounds-checked, so a truncated file is `None`.
 struct Reader<'a> {
@@ -403,7 +479,8 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl HashCache {
     fn with_racy_window(racy_window: Duration) -> HashCache {
         HashCache {
-            saved: SavedFiles::default(),
+            source: None,
+            saved: OnceLock::new(),
             files: RwLock::default(),
             dirs: RwLock::default(),
             dirty: AtomicBool::new(false),
@@ -411,25 +488,34 @@ impl HashCache {
         }
     }
 
-    /// Loads a saved cache; a missing, unreadable, truncated, corrupt or foreign file is an
-    /// empty cache (a cache fault only costs a rehash). The trailing blake3 of the content
-    /// guards against a damaged file, which could otherwise pair a stat with a wrong digest and
-    /// have a changed input pass as unchanged.
+    /// Loads a saved cache's directory records, and where its file records are; a missing,
+    /// unreadable, truncated, corrupt or foreign file (or section) is an empty one (a cache
+    /// fault only costs a rehash). The blake3 of each section guards against a damaged file,
+    /// which could otherwise pair a stat with a wrong digest and have a changed input pass as
+    /// unchanged.
     pub fn load(path: &Path) -> HashCache {
         let mut cache = HashCache::default();
-        if let Ok(bytes) = fs::read(path) {
-            if let Some((saved, dirs)) = decode(bytes) {
-                cache.saved = saved;
-                *write(&cache.dirs) = dirs;
-            }
+        if let Some((dirs, source)) = open_saved(path) {
+            *write(&cache.dirs) = dirs;
+            cache.source = Some(source);
         }
         cache
+    }
+
+    /// The loaded cache's file records, read on first use.
+    fn saved(&self) -> &SavedFiles {
+        self.saved.get_or_init(|| {
+            self.source
+                .as_ref()
+                .and_then(SavedSource::read)
+                .unwrap_or_default()
+        })
     }
 
     /// The record of the file at `absolute`, newest first.
     fn file_record(&self, absolute: &Path) -> Option<FileRecord> {
         let added = read(&self.files).get(absolute).copied();
-        added.or_else(|| self.saved.get(absolute))
+        added.or_else(|| self.saved().get(absolute))
     }
 
     /// Whether entries were added since loading.
@@ -442,9 +528,8 @@ impl HashCache {
     pub fn to_bytes(&self) -> Vec<u8> {
         let added = read(&self.files);
         let dirs = read(&self.dirs);
-        let mut out = MAGIC.to_vec();
         let mut live_files: Vec<(PathBuf, FileRecord)> = self
-            .saved
+            .saved()
             .iter()
             .filter(|(path, _)| !added.contains_key(path))
             .chain(added.iter().map(|(path, record)| (path.clone(), *record)))
@@ -456,21 +541,27 @@ impl HashCache {
                 .as_bytes()
                 .cmp(right.as_os_str().as_bytes())
         });
-        out.extend_from_slice(&(live_files.len() as u64).to_le_bytes());
+        let mut files_section = (live_files.len() as u64).to_le_bytes().to_vec();
         for (path, record) in &live_files {
-            encode_path(path, &mut out);
-            record.stat.encode(&mut out);
-            out.extend_from_slice(&record.digest.0);
+            encode_path(path, &mut files_section);
+            record.stat.encode(&mut files_section);
+            files_section.extend_from_slice(&record.digest.0);
         }
         let live_dirs: Vec<_> = dirs.iter().filter(|(path, _)| path.is_dir()).collect();
-        out.extend_from_slice(&(live_dirs.len() as u64).to_le_bytes());
+        let mut dirs_section = (live_dirs.len() as u64).to_le_bytes().to_vec();
         for (path, record) in live_dirs {
-            encode_path(path, &mut out);
-            out.extend_from_slice(&record.fingerprint.0);
-            out.extend_from_slice(&record.digest.0);
+            encode_path(path, &mut dirs_section);
+            dirs_section.extend_from_slice(&record.fingerprint.0);
+            dirs_section.extend_from_slice(&record.digest.0);
         }
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&(dirs_section.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(files_section.len() as u64).to_le_bytes());
+        out.extend_from_slice(&dirs_section);
         let checksum = Digest::of_bytes(&out);
         out.extend_from_slice(&checksum.0);
+        out.extend_from_slice(&files_section);
+        out.extend_from_slice(&Digest::of_bytes(&files_section).0);
         out
     }
 
@@ -481,15 +572,14 @@ impl HashCache {
         if !metadata.is_file() {
             return Err(not_content(&absolute, &metadata));
         }
-        let (digest, _) = self.file_digest(&absolute, &metadata)?;
+        let (digest, _) = self.file_digest(&absolute, Stat::of(&metadata))?;
         Ok((digest, metadata))
     }
 
     /// The digest of the file at `absolute` whose stat was `metadata`, and whether it is
     /// trusted: served from the cache, or hashed and recorded (old enough, unchanged while
     /// read).
-    fn file_digest(&self, absolute: &Path, metadata: &fs::Metadata) -> io::Result<(Digest, bool)> {
-        let stat = Stat::of(metadata);
+    fn file_digest(&self, absolute: &Path, stat: Stat) -> io::Result<(Digest, bool)> {
         if let Some(record) = self.file_record(absolute) {
             if record.stat == stat {
                 return Ok((record.digest, true));
@@ -511,15 +601,16 @@ impl HashCache {
         let absolute = std::path::absolute(path)?;
         let metadata = fs::metadata(&absolute)?;
         if metadata.is_file() {
-            let (digest, _) = self.file_digest(&absolute, &metadata)?;
-            let entries = BTreeMap::from([(String::new(), file_entry(digest, &metadata))]);
+            let stat = Stat::of(&metadata);
+            let (digest, _) = self.file_digest(&absolute, stat)?;
+            let entries = BTreeMap::from([(String::new(), file_entry(digest, &stat))]);
             return Ok(Manifest { entries });
         }
         if !metadata.is_dir() {
             return Err(not_content(&absolute, &metadata));
         }
-        let files = walk(&absolute, &metadata)?;
-        Ok(self.hash_walked(&files)?.0)
+        let walk = walk(&absolute, &Stat::of(&metadata))?;
+        Ok(self.hash_walked(&walk)?.0)
     }
 
     /// The content digest of a file or directory on disk. For a directory whose files all kept
@@ -528,20 +619,20 @@ impl HashCache {
         let absolute = std::path::absolute(path)?;
         let metadata = fs::metadata(&absolute)?;
         if metadata.is_file() {
-            let (digest, _) = self.file_digest(&absolute, &metadata)?;
+            let (digest, _) = self.file_digest(&absolute, Stat::of(&metadata))?;
             return Ok(ContentDigest::File(digest));
         }
         if !metadata.is_dir() {
             return Err(not_content(&absolute, &metadata));
         }
-        let files = walk(&absolute, &metadata)?;
-        let fingerprint = fingerprint(&files);
+        let walk = walk(&absolute, &Stat::of(&metadata))?;
+        let fingerprint = fingerprint(&walk);
         if let Some(record) = read(&self.dirs).get(&absolute) {
             if record.fingerprint == fingerprint {
                 return Ok(ContentDigest::Directory(record.digest));
             }
         }
-        let (manifest, trusted) = self.hash_walked(&files)?;
+        let (manifest, trusted) = self.hash_walked(&walk)?;
         let digest = manifest.digest();
         if trusted {
             write(&self.dirs).insert(
@@ -558,21 +649,24 @@ impl HashCache {
 
     /// The manifest of walked files (hashed in parallel, cache first), and whether every digest
     /// in it is trusted.
-    fn hash_walked(&self, files: &[Walked]) -> io::Result<(Manifest, bool)> {
-        let hashed = files
+    fn hash_walked(&self, walk: &Walk) -> io::Result<(Manifest, bool)> {
+        let hashed = walk
+            .files
             .par_iter()
             .map(|file| {
+                let absolute = walk.root.join(walk.relative(file));
                 let (digest, trusted) = self
-                    .file_digest(&file.absolute, &file.metadata)
-                    .map_err(|error| at(&file.absolute, error))?;
-                Ok((file_entry(digest, &file.metadata), trusted))
+                    .file_digest(&absolute, file.stat)
+                    .map_err(|error| at(&absolute, error))?;
+                Ok((file_entry(digest, &file.stat), trusted))
             })
             .collect::<io::Result<Vec<_>>>()?;
         let trusted = hashed.iter().all(|(_, trusted)| *trusted);
-        let entries = files
+        let entries = walk
+            .files
             .iter()
             .zip(hashed)
-            .map(|(file, (entry, _))| (file.relative.clone(), entry))
+            .map(|(file, (entry, _))| (walk.relative(file).to_owned(), entry))
             .collect();
         Ok((Manifest { entries }, trusted))
     }
@@ -621,30 +715,47 @@ impl SavedFiles {
     }
 }
 
-/// A saved cache's file records and directory records, or `None` when the bytes are not a
-/// complete, intact cache (checksum, structure, file records in strictly increasing order).
-fn decode(mut bytes: Vec<u8>) -> Option<(SavedFiles, HashMap<PathBuf, DirRecord>)> {
-    let body_length = bytes.len().checked_sub(32)?;
-    let (body, checksum) = bytes.split_at(body_length);
-    if Digest::of_bytes(body).0.as_slice() != checksum || !body.starts_with(MAGIC) {
+/// A saved cache's directory records and where its file section is, or `None` when the file
+/// is not a complete cache with an intact directory section.
+fn open_saved(path: &Path) -> Option<(HashMap<PathBuf, DirRecord>, SavedSource)> {
+    let file = fs::File::open(path).ok()?;
+    let mut header = [0; HEADER_BYTES];
+    file.read_exact_at(&mut header, 0).ok()?;
+    let mut reader = Reader { bytes: &header };
+    if reader.take(MAGIC.len())? != MAGIC {
         return None;
     }
-    let mut reader = Reader { bytes: body };
-    reader.take(MAGIC.len())?;
-    let file_count = reader.count()?;
-    // Bounded by what the bytes can hold, so a corrupt count cannot reserve gigabytes.
-    let mut offsets = Vec::with_capacity(file_count.min(body.len() / (8 + STAT_BYTES + 32)));
-    let mut previous: Option<&[u8]> = None;
-    for _ in 0..file_count {
-        offsets.push(body_length - reader.bytes.len());
-        let length = reader.count()?;
-        let path = reader.take(length)?;
-        if previous.is_some_and(|previous| previous >= path) {
-            return None;
-        }
-        previous = Some(path);
-        reader.take(STAT_BYTES + 32)?;
+    let dirs_length = reader.count()?;
+    let files_length = reader.count()?;
+    // Checked against the file's size before anything is allocated, so a corrupt length
+    // cannot reserve gigabytes.
+    let expected = HEADER_BYTES
+        .checked_add(dirs_length)?
+        .checked_add(files_length)?
+        .checked_add(64)?;
+    if u64::try_from(expected).ok()? != file.metadata().ok()?.len() {
+        return None;
     }
+    let mut section = vec![0; dirs_length + 32];
+    file.read_exact_at(&mut section, HEADER_BYTES as u64).ok()?;
+    let (body, checksum) = section.split_at(dirs_length);
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&header);
+    hasher.update(body);
+    if hasher.finalize().as_bytes().as_slice() != checksum {
+        return None;
+    }
+    let dirs = decode_dirs(body)?;
+    let source = SavedSource {
+        file,
+        offset: u64::try_from(HEADER_BYTES + dirs_length + 32).ok()?,
+        length: files_length,
+    };
+    Some((dirs, source))
+}
+
+fn decode_dirs(body: &[u8]) -> Option<HashMap<PathBuf, DirRecord>> {
+    let mut reader = Reader { bytes: body };
     let dir_count = reader.count()?;
     let mut dirs = HashMap::with_capacity(dir_count.min(body.len() / 72));
     for _ in 0..dir_count {
@@ -659,116 +770,188 @@ fn decode(mut bytes: Vec<u8>) -> Option<(SavedFiles, HashMap<PathBuf, DirRecord>
             },
         );
     }
+    reader.bytes.is_empty().then_some(dirs)
+}
+
+/// The file records of a checked file section, or `None` when its structure is broken (records
+/// must be in strictly increasing path order, as the binary search needs).
+fn decode_files(bytes: Vec<u8>) -> Option<SavedFiles> {
+    let mut reader = Reader { bytes: &bytes };
+    let file_count = reader.count()?;
+    // Bounded by what the bytes can hold, so a corrupt count cannot reserve gigabytes.
+    let mut offsets = Vec::with_capacity(file_count.min(bytes.len() / (8 + STAT_BYTES + 32)));
+    let mut previous: Option<&[u8]> = None;
+    for _ in 0..file_count {
+        offsets.push(bytes.len() - reader.bytes.len());
+        let length = reader.count()?;
+        let path = reader.take(length)?;
+        if previous.is_some_and(|previous| previous >= path) {
+            return None;
+        }
+        previous = Some(path);
+        reader.take(STAT_BYTES + 32)?;
+    }
     if !reader.bytes.is_empty() {
         return None;
     }
-    bytes.truncate(body_length);
-    Some((SavedFiles { bytes, offsets }, dirs))
+    Some(SavedFiles { bytes, offsets })
 }
 
-fn file_entry(digest: Digest, metadata: &fs::Metadata) -> FileEntry {
+fn file_entry(digest: Digest, stat: &Stat) -> FileEntry {
     FileEntry {
         digest,
-        size: metadata.len(),
-        executable: metadata.permissions().mode() & 0o111 != 0,
+        size: stat.size,
+        executable: stat.executable(),
     }
 }
 
 /// The stat of every walked file, in walk order, with its relative path: equal fingerprints
 /// mean the same names with the same stats, so the same content (see the module doc).
-fn fingerprint(files: &[Walked]) -> Digest {
+fn fingerprint(walk: &Walk) -> Digest {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"taper directory stat v1\n");
     let mut encoded = Vec::with_capacity(STAT_BYTES);
-    for file in files {
-        hasher.update(file.relative.as_bytes());
+    for file in &walk.files {
+        hasher.update(walk.relative(file).as_bytes());
         hasher.update(b"\0");
         encoded.clear();
-        Stat::of(&file.metadata).encode(&mut encoded);
+        file.stat.encode(&mut encoded);
         hasher.update(&encoded);
     }
     hasher.finalize().into()
 }
 
-/// The regular files under the directory `root` (whose stat is `metadata`), in a fixed order
+/// The regular files under the directory `root` (whose stat is `stat`), in a fixed order
 /// (names sorted at each level), symlinks followed.
-fn walk(root: &Path, metadata: &fs::Metadata) -> io::Result<Vec<Walked>> {
-    let mut ancestors = vec![(metadata.dev(), metadata.ino())];
-    let mut files = Vec::new();
-    walk_dir(root, "", &mut ancestors, &mut files)?;
-    Ok(files)
+fn walk(root: &Path, stat: &Stat) -> io::Result<Walk> {
+    let mut walk = Walk {
+        root: root.to_path_buf(),
+        paths: String::new(),
+        files: Vec::new(),
+    };
+    let mut ancestors = vec![(stat.device, stat.inode)];
+    let fd = open_dir(CWD, root).map_err(|error| at(root, error.into()))?;
+    walk_dir(fd, root, "", &mut ancestors, &mut walk)?;
+    Ok(walk)
 }
 
+/// Opens a directory for reading its entries, following a symlink (the walk follows links).
+fn open_dir<P: rustix::path::Arg>(parent: impl AsFd, path: P) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        parent,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Walks the open directory `fd` (at `dir`, whose files' relative paths start with `prefix`):
+/// one `getdents` pass collects the names into one buffer, then one `statx` per entry relative
+/// to the open directory (no path lookup from the root), in parallel: those `statx` calls are
+/// what a no-op run over a big directory costs.
 fn walk_dir(
+    fd: OwnedFd,
     dir: &Path,
     prefix: &str,
     ancestors: &mut Vec<(u64, u64)>,
-    out: &mut Vec<Walked>,
+    walk: &mut Walk,
 ) -> io::Result<()> {
-    let mut entries = fs::read_dir(dir)
-        .and_then(|entries| {
-            entries
-                .map(|entry| entry.map(|entry| (entry.file_name(), entry)))
-                .collect::<io::Result<Vec<_>>>()
-        })
-        .map_err(|error| at(dir, error))?;
-    entries.sort_unstable_by(|(left, _), (right, _)| left.cmp(right));
-    // The `stat`s are the cost of a no-op run over a big directory (one `fstatat` per file on
-    // the open directory); they are independent, so they run in parallel, in order.
-    let stats: Vec<io::Result<(fs::FileType, fs::Metadata)>> = entries
+    let mut entries = Dir::new(fd).map_err(|error| at(dir, error.into()))?;
+    // Names back to back, each with its NUL (so each is a `CStr` for `statx`), and where each
+    // starts and ends (without the NUL).
+    let mut names = Vec::new();
+    let mut bounds = Vec::new();
+    for entry in entries.by_ref() {
+        let entry = entry.map_err(|error| at(dir, error.into()))?;
+        let name = entry.file_name().to_bytes_with_nul();
+        if name == b".\0" || name == b"..\0" {
+            continue;
+        }
+        bounds.push((names.len(), names.len() + name.len() - 1));
+        names.extend_from_slice(name);
+    }
+    bounds.sort_unstable_by(|&(a, a_end), &(b, b_end)| names[a..a_end].cmp(&names[b..b_end]));
+    let dir_fd = entries.fd().map_err(|error| at(dir, error.into()))?;
+    let c_name = |&(start, end): &(usize, usize)| {
+        CStr::from_bytes_with_nul(&names[start..=end]).map_err(io::Error::other)
+    };
+    let stats: Vec<io::Result<Stat>> = bounds
         .par_iter()
         .with_min_len(256)
-        .map(|(_, entry)| entry_stat(entry))
+        .map(|bound| {
+            let statx = rustix::fs::statx(
+                dir_fd,
+                c_name(bound)?,
+                AtFlags::SYMLINK_NOFOLLOW,
+                StatxFlags::BASIC_STATS,
+            )?;
+            Ok(Stat::of_statx(&statx))
+        })
         .collect();
-    for ((name, entry), stat) in entries.into_iter().zip(stats) {
-        let path = entry.path();
-        let Some(name) = name.to_str() else {
+    walk.files.reserve(bounds.len());
+    for (bound, stat) in bounds.iter().zip(stats) {
+        let name = &names[bound.0..bound.1];
+        let path = || dir.join(std::ffi::OsStr::from_bytes(name));
+        let Ok(name) = std::str::from_utf8(name) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
                     "the name of `{}` is not valid UTF-8: taper records file names as text; rename the file",
-                    escaped(&path)
+                    escaped(&path())
                 ),
             ));
         };
-        let (file_type, metadata) = stat.map_err(|error| at(&path, error))?;
+        let mut stat = stat.map_err(|error| at(&path(), error))?;
         // A link is followed by path, so its target is what gets hashed.
-        let metadata = if file_type.is_symlink() {
-            fs::metadata(&path).map_err(|error| symlink_error(&path, error))?
-        } else {
-            metadata
-        };
-        let relative = if prefix.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        if metadata.is_dir() {
-            let id = (metadata.dev(), metadata.ino());
-            if ancestors.contains(&id) {
-                return Err(io::Error::other(format!(
-                    "`{}` leads back to a directory that contains it (a symlink loop): remove the link or point it elsewhere",
-                    escaped(&path)
-                )));
+        if stat.file_type() == FileType::Symlink {
+            let statx = rustix::fs::statx(
+                dir_fd,
+                c_name(bound)?,
+                AtFlags::empty(),
+                StatxFlags::BASIC_STATS,
+            )
+            .map_err(|error| symlink_error(&path(), error.into()))?;
+            stat = Stat::of_statx(&statx);
+        }
+        match stat.file_type() {
+            FileType::Directory => {
+                let path = path();
+                let id = (stat.device, stat.inode);
+                if ancestors.contains(&id) {
+                    return Err(io::Error::other(format!(
+                        "`{}` leads back to a directory that contains it (a symlink loop): remove the link or point it elsewhere",
+                        escaped(&path)
+                    )));
+                }
+                let relative = if prefix.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                let sub =
+                    open_dir(dir_fd, c_name(bound)?).map_err(|error| at(&path, error.into()))?;
+                ancestors.push(id);
+                walk_dir(sub, &path, &relative, ancestors, walk)?;
+                ancestors.pop();
             }
-            ancestors.push(id);
-            walk_dir(&path, &relative, ancestors, out)?;
-            ancestors.pop();
-        } else if metadata.is_file() {
-            out.push(Walked {
-                relative,
-                absolute: path,
-                metadata,
-            });
+            FileType::RegularFile => {
+                let start = walk.paths.len();
+                if !prefix.is_empty() {
+                    walk.paths.push_str(prefix);
+                    walk.paths.push('/');
+                }
+                walk.paths.push_str(name);
+                walk.files.push(Walked {
+                    start,
+                    end: walk.paths.len(),
+                    stat,
+                });
+            }
+            // FIFOs, sockets and devices hold no content (see the module doc).
+            _ => {}
         }
     }
     Ok(())
-}
-
-/// The type and stat of a directory entry, the link itself for a symlink: `DirEntry::metadata`
-/// does not follow links and is a cheaper `fstatat` on the open directory than a `stat` by path.
-fn entry_stat(entry: &fs::DirEntry) -> io::Result<(fs::FileType, fs::Metadata)> {
-    Ok((entry.file_type()?, entry.metadata()?))
 }
 
 /// A symlink that cannot be followed, said as such (a bare "no such file" for a path that
@@ -790,6 +973,7 @@ fn symlink_error(path: &Path, error: io::Error) -> io::Error {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::os::unix::fs::PermissionsExt;
 
     use crate::fingerprint::canonical::canonical_json;
 
@@ -981,20 +1165,59 @@ mod tests {
         }
         let mut reloaded = reloaded(&cache, temp.path());
         reloaded.racy_window = Duration::ZERO;
-        assert_eq!(reloaded.saved.offsets.len(), digests.len());
+        assert_eq!(reloaded.saved().offsets.len(), digests.len());
         for (path, digest) in &digests {
-            let record = reloaded.saved.get(path).expect("saved record");
+            let record = reloaded.saved().get(path).expect("saved record");
             assert_eq!(&record.digest, digest, "{}", path.display());
         }
-        assert!(reloaded.saved.get(&temp.path().join("f.txt")).is_none());
+        assert!(reloaded.saved().get(&temp.path().join("f.txt")).is_none());
 
         let edited = temp.path().join("f3.txt");
         fs::write(&edited, "a longer text").expect("edit");
         let (digest, _) = reloaded.hash_file(&edited).expect("hash");
         assert_eq!(digest, Digest::of_bytes(b"a longer text"));
         let again = super::tests::reloaded(&reloaded, temp.path());
-        assert_eq!(again.saved.get(&edited).expect("record").digest, digest);
-        assert_eq!(again.saved.offsets.len(), digests.len());
+        assert_eq!(again.saved().get(&edited).expect("record").digest, digest);
+        assert_eq!(again.saved().offsets.len(), digests.len());
+    }
+
+    /// The walk's `statx` gives the stat std's `Metadata` gives (device numbers included), so
+    /// a walked file and the same file hashed by path share one cache record.
+    #[test]
+    fn a_walk_stats_files_as_std_does() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        fs::create_dir_all(temp.path().join("sub")).expect("mkdir");
+        fs::write(temp.path().join("a"), "a").expect("write");
+        fs::write(temp.path().join("sub/b"), "bb").expect("write");
+        std::os::unix::fs::symlink("a", temp.path().join("link")).expect("symlink");
+        let root = fs::metadata(temp.path()).expect("stat");
+        let walked = walk(temp.path(), &Stat::of(&root)).expect("walk");
+        let relatives: Vec<&str> = walked.files.iter().map(|f| walked.relative(f)).collect();
+        assert_eq!(relatives, ["a", "link", "sub/b"]);
+        for file in &walked.files {
+            let path = temp.path().join(walked.relative(file));
+            assert_eq!(file.stat, Stat::of(&fs::metadata(&path).expect("stat")));
+        }
+    }
+
+    /// A no-op over a directory is answered by its directory record: the saved file records
+    /// are not even read (see `HashCache::source`), and an edit is still seen.
+    #[test]
+    fn a_directory_hit_reads_no_file_record() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().join("data");
+        fs::create_dir_all(dir.join("sub")).expect("mkdir");
+        for name in ["a", "b", "sub/c"] {
+            fs::write(dir.join(name), name).expect("write");
+        }
+        let cache = HashCache::with_racy_window(Duration::ZERO);
+        let first = cache.content_digest(&dir).expect("hash");
+        let reloaded = super::tests::reloaded(&cache, temp.path());
+        assert_eq!(reloaded.content_digest(&dir).expect("hash"), first);
+        assert!(reloaded.saved.get().is_none(), "file records were read");
+        fs::write(dir.join("sub/c"), "edited").expect("edit");
+        assert_ne!(reloaded.content_digest(&dir).expect("hash"), first);
+        assert_eq!(reloaded.saved().offsets.len(), 3);
     }
 
     #[test]
@@ -1007,14 +1230,14 @@ mod tests {
         let mut bytes = cache.to_bytes();
         let saved = temp.path().join("hashcache.bin");
         fs::write(&saved, &bytes).expect("save");
-        assert_eq!(HashCache::load(&saved).saved.offsets.len(), 1);
+        assert_eq!(HashCache::load(&saved).saved().offsets.len(), 1);
         // A flipped bit in a stored digest would otherwise be trusted.
-        let flipped = MAGIC.len() + 8 + 8 + path.as_os_str().len() + STAT_BYTES;
+        let flipped = HEADER_BYTES + 8 + 32 + 8 + 8 + path.as_os_str().len() + STAT_BYTES;
         bytes[flipped] ^= 1;
         fs::write(&saved, &bytes).expect("save");
-        assert!(HashCache::load(&saved).saved.offsets.is_empty());
+        assert!(HashCache::load(&saved).saved().offsets.is_empty());
         fs::write(&saved, &bytes[..bytes.len() / 2]).expect("save");
-        assert!(HashCache::load(&saved).saved.offsets.is_empty());
+        assert!(HashCache::load(&saved).saved().offsets.is_empty());
     }
 
     #[test]
