@@ -338,12 +338,14 @@ pub enum CacheCommand {
     },
     /// Disk usage per bucket.
     Du,
-    /// Upload every cached result the remote lacks (objects first, then action records).
+    /// Upload every cached result the remote lacks (objects first, then action records), then
+    /// every experiment record it lacks.
     Push {
         #[command(flatten)]
         remote: RemoteArgs,
     },
-    /// Download every result on the remote that the local store lacks, checking each object.
+    /// Download every result and experiment record on the remote that the local store lacks,
+    /// checking each object (a local experiment record is never replaced).
     Pull {
         #[command(flatten)]
         remote: RemoteArgs,
