@@ -9,7 +9,7 @@
 //! taper serve pipelines/out/quickstart/deploy &   # a release build, for real figures
 //! # the client needs no optimisation: `--profile dev` builds no optimised taper
 //! cargo bench --profile dev --bench serve_load -- --url 127.0.0.1:8080 \
-//!     --input pipelines/out/quickstart/reviews/test.jsonl --clients 16 --seconds 30
+//!     --input pipelines/out/quickstart/data/test.jsonl --clients 16 --seconds 30
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -28,7 +28,7 @@ struct Options {
 fn options() -> Options {
     let mut options = Options {
         address: "127.0.0.1:8080".to_owned(),
-        input: "pipelines/out/quickstart/reviews/test.jsonl".to_owned(),
+        input: "pipelines/out/quickstart/data/test.jsonl".to_owned(),
         clients: 16,
         seconds: 30,
     };

@@ -291,6 +291,103 @@ impl Drop for S3Server {
     }
 }
 
+/// The ids of `taper exp show --json` in `project`.
+fn experiment_ids(project: &Project) -> Vec<String> {
+    let show = project.taper(&["exp", "show", "--json"]);
+    assert!(show.status.success(), "{}", project.show(&show));
+    let json: serde_json::Value = serde_json::from_slice(&show.stdout).expect("JSON");
+    json["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| row["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+/// Experiment records travel with `cache push` and `cache pull` (issue 11): B's `exp show` lists
+/// A's run; a record B already has with other bytes (B ran the same work itself) is kept and
+/// reported; a record edited on the remote is reported and not stored.
+#[test]
+fn experiments_travel_with_push_and_pull() {
+    let remote = tempfile::tempdir().expect("remote dir");
+    let url = remote.path().display().to_string();
+    let a = machine_a(&[], &url);
+    let ids = experiment_ids(&a);
+    assert_eq!(ids.len(), 1);
+    let pushed = remote
+        .path()
+        .join(format!("experiments-v1/{}.json", ids[0]));
+    let record = fs::read(&pushed).expect("the pushed record");
+    assert_eq!(
+        record,
+        fs::read(a.path(&format!("cache/experiments-v1/{}.json", ids[0]))).expect("A's record")
+    );
+    // A's second push (in `machine_a`) found it there.
+    let again = a.taper(&["cache", "push", "--remote", &url]);
+    assert!(
+        stderr(&again).contains("pushed 0 experiment records to ")
+            && stderr(&again).contains("; 1 already there"),
+        "{}",
+        a.show(&again)
+    );
+
+    let b = machine_b();
+    let pull = b.taper(&["cache", "pull", "--remote", &url]);
+    assert!(pull.status.success(), "{}", b.show(&pull));
+    assert!(
+        stderr(&pull).contains("pulled 1 experiment records from "),
+        "{}",
+        b.show(&pull)
+    );
+    assert_eq!(experiment_ids(&b), ids);
+    assert_eq!(
+        fs::read(b.path(&format!("cache/experiments-v1/{}.json", ids[0]))).expect("B's copy"),
+        record
+    );
+    let again = b.taper(&["cache", "pull", "--remote", &url]);
+    assert!(
+        stderr(&again).contains("pulled 0 experiment records")
+            && stderr(&again).contains("; 1 already there"),
+        "{}",
+        b.show(&again)
+    );
+
+    // C ran the same work itself: the same experiment id, other times. Its record stays.
+    let c = machine_b();
+    let run = c.taper(&["run", "p.yaml"]);
+    assert!(run.status.success(), "{}", c.show(&run));
+    assert_eq!(experiment_ids(&c), ids);
+    let own = c.path(&format!("cache/experiments-v1/{}.json", ids[0]));
+    let before = fs::read(&own).expect("C's record");
+    assert_ne!(before, record);
+    let pull = c.taper(&["cache", "pull", "--remote", &url]);
+    assert!(pull.status.success(), "{}", c.show(&pull));
+    assert!(
+        stderr(&pull).contains(&format!("kept 1 local experiment records that differ from the remote's record of the same experiment (another run of the same work): {}", ids[0])),
+        "{}",
+        c.show(&pull)
+    );
+    assert_eq!(fs::read(&own).expect("C's record"), before);
+
+    // A record edited on the remote (here: claiming no overrides were given, under another id)
+    // is not A's run any more: reported, not stored.
+    let mut edited: serde_json::Value = serde_json::from_slice(&record).expect("JSON");
+    edited["wall_ms"] = serde_json::json!(1);
+    edited["overrides"] = serde_json::json!(["first.run=true"]);
+    let forged = remote.path().join("experiments-v1/0123abcd.json");
+    edited["id"] = serde_json::json!("0123abcd");
+    fs::write(&forged, serde_json::to_vec(&edited).expect("JSON")).expect("forge");
+    let d = machine_b();
+    let pull = d.taper(&["cache", "pull", "--remote", &url]);
+    assert_eq!(pull.status.code(), Some(1), "{}", d.show(&pull));
+    assert!(
+        stderr(&pull).contains("remote experiment 0123abcd does not match its id: not used"),
+        "{}",
+        d.show(&pull)
+    );
+    assert_eq!(experiment_ids(&d), ids);
+}
+
 #[test]
 fn s3_remote_shares_results_detects_corruption_and_refuses_wrong_credentials() {
     let Some(server) = S3Server::start() else {

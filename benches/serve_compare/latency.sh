@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bundle=pipelines/out/quickstart/deploy
-input=pipelines/out/quickstart/reviews/test.jsonl
+input=pipelines/out/quickstart/data/test.jsonl
 taper=${TAPER:-${CARGO_TARGET_DIR:-target}/release/taper}
 port=${PORT:-18090}
 rounds=${1:-2}

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -114,20 +115,58 @@ impl ExperimentRecord {
     }
 }
 
+/// Whether `id` can name a record: hex digits only, so it can never name a path outside the
+/// bucket (`../x`).
+pub(super) fn is_experiment_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// A record another machine pushed, as `<id>.json`: used only when it parses as a record of
+/// this schema whose id is `id` and is the digest of what it records (a record edited on the
+/// remote to claim other stage keys would otherwise hold gc roots and show false history).
+/// The problem, worded to follow "remote experiment <id>".
+pub(super) fn check_pulled(id: &str, bytes: &[u8]) -> Result<ExperimentRecord, &'static str> {
+    let record: ExperimentRecord =
+        serde_json::from_slice(bytes).map_err(|_| "is not an experiment record")?;
+    if record.schema != EXPERIMENT_SCHEMA {
+        return Err("is a record format this taper does not read");
+    }
+    if record.id != id || record.clone().with_id().id != id {
+        return Err("does not match its id");
+    }
+    Ok(record)
+}
+
 impl Store {
     /// Stores `record` unless an experiment with its id exists (see the module docs); returns
     /// whether it was new. A read-only store records nothing.
     pub fn record_experiment(&self, record: &ExperimentRecord) -> Result<bool, CacheError> {
+        let bytes = serde_json::to_vec_pretty(record).expect("an experiment record serializes");
+        self.write_experiment(&record.id, &bytes)
+    }
+
+    /// Stores a record pulled from a remote, its bytes as they were (checked by
+    /// [`check_pulled`]), unless a record with its id exists; returns whether it was new.
+    pub(super) fn import_experiment(&self, id: &str, bytes: &[u8]) -> Result<bool, CacheError> {
+        self.writable("store a pulled experiment")?;
+        self.write_experiment(id, bytes)
+    }
+
+    fn write_experiment(&self, id: &str, bytes: &[u8]) -> Result<bool, CacheError> {
         if self.read_only {
             return Ok(false);
         }
-        let path = self.root.join(BUCKET).join(format!("{}.json", record.id));
+        let path = self.experiment_path(id);
         if fs::symlink_metadata(&path).is_ok() {
             return Ok(false);
         }
-        let bytes = serde_json::to_vec_pretty(record).expect("an experiment record serializes");
-        write_atomic(&self.root, &path, &bytes)?;
+        write_atomic(&self.root, &path, bytes)?;
         Ok(true)
+    }
+
+    /// Where the record `id` lives (`id` is hex: see [`is_experiment_id`]).
+    pub(super) fn experiment_path(&self, id: &str) -> PathBuf {
+        self.root.join(BUCKET).join(format!("{id}.json"))
     }
 
     /// Every readable record, oldest first.
@@ -147,11 +186,10 @@ impl Store {
     /// Deletes the record `id` (a full id); `false` when there is none.
     pub fn remove_experiment(&self, id: &str) -> Result<bool, CacheError> {
         self.writable("remove an experiment")?;
-        // Ids are hex: anything else could name a path outside the bucket.
-        if id.is_empty() || !id.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        if !is_experiment_id(id) {
             return Ok(false);
         }
-        let path = self.root.join(BUCKET).join(format!("{id}.json"));
+        let path = self.experiment_path(id);
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -220,5 +258,44 @@ mod tests {
         assert!(!store.remove_experiment("../x").expect("refused"));
         assert!(store.remove_experiment(&first.id).expect("removed"));
         assert!(store.experiments().is_empty());
+    }
+
+    /// A pulled record is stored byte for byte when it is what its name says, and refused when
+    /// it is not a record, names another id, or was edited after it was named.
+    #[test]
+    fn a_pulled_record_must_be_what_its_name_says() {
+        let record = record(1);
+        let bytes = serde_json::to_vec_pretty(&record).expect("serializes");
+        assert_eq!(check_pulled(&record.id, &bytes), Ok(record.clone()));
+        assert_eq!(
+            check_pulled(&record.id, b"{}"),
+            Err("is not an experiment record")
+        );
+        assert_eq!(
+            check_pulled("00000000", &bytes),
+            Err("does not match its id")
+        );
+        let mut edited = record.clone();
+        edited.overrides.clear();
+        let edited = serde_json::to_vec(&edited).expect("serializes");
+        assert_eq!(
+            check_pulled(&record.id, &edited),
+            Err("does not match its id")
+        );
+        let mut newer = record.clone();
+        newer.schema = EXPERIMENT_SCHEMA + 1;
+        let newer = serde_json::to_vec(&newer).expect("serializes");
+        assert_eq!(
+            check_pulled(&record.id, &newer),
+            Err("is a record format this taper does not read")
+        );
+
+        let temp = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&temp.path().join("store")).expect("store");
+        assert!(store.import_experiment(&record.id, &bytes).expect("import"));
+        assert!(!store.import_experiment(&record.id, b"other").expect("kept"));
+        let stored = fs::read(store.experiment_path(&record.id)).expect("stored");
+        assert_eq!(stored, bytes);
+        assert!(!is_experiment_id("../x") && !is_experiment_id(""));
     }
 }

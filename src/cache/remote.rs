@@ -18,6 +18,14 @@
 //!   those name no key, from the `AWS_PROFILE` section of `~/.aws/credentials`. taper holds
 //!   them only inside the client: no error, log line, lock file or store object contains them.
 //!
+//! A whole-store `cache push`/`cache pull` also carries the experiment records
+//! (`experiments-v1/<id>.json`), so `taper exp show` on a teammate's clone lists the runs they
+//! pulled. A record is named by what it records (pipeline, commit, overrides, stage keys), not
+//! by its bytes: two machines that ran the same work hold the same id with other times. So a
+//! record is never replaced on either side: push is create-only, pull stores only ids the local
+//! store lacks and reports (keeps) a local record whose bytes differ from the remote's. A pulled
+//! record is checked like any object: it must parse and be the digest its id names.
+//!
 //! Locks, scratch space, run records and the hash cache stay local: they describe one
 //! machine's runs, not results.
 
@@ -32,7 +40,8 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use object_store::path::Path as RemotePath;
 use object_store::{ObjectStoreExt as _, PutMode, PutPayload};
 
-use super::{ActionRecord, CacheError, ObjectStore as _, Store};
+use super::experiments::{check_pulled, is_experiment_id, BUCKET as EXPERIMENTS};
+use super::{io_error, ActionRecord, CacheError, ObjectStore as _, Store};
 use crate::fingerprint::{Digest, Manifest};
 
 /// Transfers in flight at once: enough to hide an object store's per-request latency, few
@@ -136,9 +145,26 @@ pub struct TransferReport {
     pub bytes: u64,
     /// Objects the destination already had.
     pub present: usize,
-    /// Actions that could not be transferred, each with why (a corrupt object, a failed
-    /// request); the others were.
+    /// Experiment records copied (whole-store push and pull only), and those the destination
+    /// already had.
+    pub experiments: usize,
+    pub experiments_present: usize,
+    /// Ids of local experiment records whose bytes differ from the remote's record of the same
+    /// experiment (the same work recorded by another run): kept as they are.
+    pub experiments_kept: Vec<String>,
+    /// Actions and experiment records that could not be transferred, each with why (a corrupt
+    /// object, a failed request); the others were.
     pub failures: Vec<RemoteError>,
+}
+
+/// What pulling one remote experiment record did.
+enum PulledExperiment {
+    Stored,
+    Same,
+    /// The local record of that id has other bytes; it stays.
+    Kept(String),
+    /// Deleted from the remote between the listing and the download.
+    Vanished,
 }
 
 /// Progress of a transfer, for a progress bar.
@@ -289,6 +315,13 @@ impl Remote {
         self.name("actions-v1", key, ".json")
     }
 
+    fn experiment_name(&self, id: &str) -> RemotePath {
+        self.prefix
+            .clone()
+            .join(EXPERIMENTS)
+            .join(format!("{id}.json"))
+    }
+
     /// Maps a failed request to a typed error; 401 and 403 are a credentials problem.
     fn failed(
         &self,
@@ -320,13 +353,15 @@ impl Remote {
     }
 
     /// Uploads the results of `keys` (every action record of `store` when `None`) that the
-    /// remote lacks: blobs and manifests first, then each record.
+    /// remote lacks: blobs and manifests first, then each record; with `None`, then also every
+    /// experiment record the remote lacks.
     pub fn push(
         &self,
         store: &Store,
         keys: Option<&[Digest]>,
         progress: &dyn Fn(Progress),
     ) -> Result<TransferReport, RemoteError> {
+        let whole_store = keys.is_none();
         let keys: Vec<Digest> = match keys {
             Some(keys) => keys.to_vec(),
             None => store
@@ -440,9 +475,45 @@ impl Remote {
                     Err(error) => report.failures.push(error),
                 }
             }
+            if whole_store {
+                self.push_experiments(store, &mut report).await?;
+            }
             Ok::<_, RemoteError>(())
         })?;
         Ok(report)
+    }
+
+    /// Uploads the store's experiment records the remote lacks, create-only (after the results:
+    /// a record is history, readable without them, so a failed result does not hold it back).
+    async fn push_experiments(
+        &self,
+        store: &Store,
+        report: &mut TransferReport,
+    ) -> Result<(), RemoteError> {
+        let records: Vec<Upload> = store
+            .experiments()
+            .iter()
+            .map(|record| Upload {
+                name: self.experiment_name(&record.id),
+                local: store.experiment_path(&record.id),
+            })
+            .collect();
+        let count = records.len();
+        let missing = self.missing(records).await?;
+        report.experiments_present += count - missing.len();
+        let results: Vec<_> = stream::iter(missing)
+            .map(|upload| async move { self.upload(&upload).await })
+            .buffer_unordered(PARALLEL_TRANSFERS)
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Ok(Some(_)) => report.experiments += 1,
+                Ok(None) => report.experiments_present += 1,
+                Err(error) => report.failures.push(error),
+            }
+        }
+        Ok(())
     }
 
     /// Remote names of the objects `record` references.
@@ -552,6 +623,7 @@ impl Remote {
 
     /// Downloads the results of `keys` (every result on the remote when `None`) that `store`
     /// lacks, checking every object; a result with a bad object is reported and not stored.
+    /// With `None`, then also every experiment record the store lacks.
     pub fn pull(
         &self,
         store: &Store,
@@ -559,6 +631,7 @@ impl Remote {
         progress: &dyn Fn(Progress),
     ) -> Result<TransferReport, RemoteError> {
         let mut report = TransferReport::default();
+        let whole_store = keys.is_none();
         self.runtime.block_on(async {
             let keys = match keys {
                 Some(keys) => keys.to_vec(),
@@ -599,9 +672,94 @@ impl Remote {
                     Err(error) => report.failures.push(error),
                 }
             }
+            if whole_store {
+                self.pull_experiments(store, &mut report).await?;
+            }
             Ok::<_, RemoteError>(())
         })?;
         Ok(report)
+    }
+
+    /// Downloads the remote's experiment records the store lacks; a record the store has is
+    /// compared, and kept when it differs (see the module docs).
+    async fn pull_experiments(
+        &self,
+        store: &Store,
+        report: &mut TransferReport,
+    ) -> Result<(), RemoteError> {
+        let bucket = self.prefix.clone().join(EXPERIMENTS);
+        let listed: Vec<object_store::ObjectMeta> = self
+            .objects
+            .list(Some(&bucket))
+            .try_collect()
+            .await
+            .map_err(|error| self.failed("list", &bucket, error))?;
+        // Anything else in the bucket (a client's temporary file) is not a record.
+        let ids: Vec<(String, u64)> = listed
+            .iter()
+            .filter_map(|meta| {
+                let id = meta.location.filename()?.strip_suffix(".json")?;
+                is_experiment_id(id).then(|| (id.to_owned(), meta.size))
+            })
+            .collect();
+        let results: Vec<_> = stream::iter(ids)
+            .map(|(id, size)| async move { self.pull_experiment(store, id, size).await })
+            .buffer_unordered(PARALLEL_TRANSFERS)
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Ok(PulledExperiment::Stored) => report.experiments += 1,
+                Ok(PulledExperiment::Same) => report.experiments_present += 1,
+                Ok(PulledExperiment::Vanished) => {}
+                Ok(PulledExperiment::Kept(id)) => {
+                    report.experiments_present += 1;
+                    report.experiments_kept.push(id);
+                }
+                Err(error) => report.failures.push(error),
+            }
+        }
+        report.experiments_kept.sort();
+        Ok(())
+    }
+
+    /// Pulls the record `id` (`size` bytes on the remote) unless the store has it.
+    async fn pull_experiment(
+        &self,
+        store: &Store,
+        id: String,
+        size: u64,
+    ) -> Result<PulledExperiment, RemoteError> {
+        let local = store.experiment_path(&id);
+        let local_bytes = match fs::read(&local) {
+            Ok(bytes) => Some(bytes),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(io_error("read", &local)(error).into()),
+        };
+        // Another size is other bytes: no need to download it to know.
+        if local_bytes
+            .as_ref()
+            .is_some_and(|bytes| bytes.len() as u64 != size)
+        {
+            return Ok(PulledExperiment::Kept(id));
+        }
+        let name = self.experiment_name(&id);
+        let Some(bytes) = self.download(&name).await? else {
+            return Ok(PulledExperiment::Vanished);
+        };
+        match local_bytes {
+            Some(local_bytes) if local_bytes == bytes => Ok(PulledExperiment::Same),
+            Some(_) => Ok(PulledExperiment::Kept(id)),
+            None => {
+                check_pulled(&id, &bytes)
+                    .map_err(|problem| self.corrupt(format!("experiment {id}"), problem))?;
+                if store.import_experiment(&id, &bytes)? {
+                    Ok(PulledExperiment::Stored)
+                } else {
+                    Ok(PulledExperiment::Same)
+                }
+            }
+        }
     }
 
     /// Pulls one result: its record, manifest and missing blobs, each checked, then the record

@@ -338,12 +338,14 @@ pub enum CacheCommand {
     },
     /// Disk usage per bucket.
     Du,
-    /// Upload every cached result the remote lacks (objects first, then action records).
+    /// Upload every cached result the remote lacks (objects first, then action records), then
+    /// every experiment record it lacks.
     Push {
         #[command(flatten)]
         remote: RemoteArgs,
     },
-    /// Download every result on the remote that the local store lacks, checking each object.
+    /// Download every result and experiment record on the remote that the local store lacks,
+    /// checking each object (a local experiment record is never replaced).
     Pull {
         #[command(flatten)]
         remote: RemoteArgs,
@@ -424,7 +426,7 @@ pub enum MetricsCommand {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PredictArgs {
-    /// A bundle directory written by a `deploy` stage (e.g. `out/quickstart/ship`).
+    /// A bundle directory written by a `deploy` stage (e.g. `out/quickstart/deploy`).
     #[arg(value_name = "BUNDLE")]
     pub bundle: PathBuf,
     /// Texts to score (or use `--input`).
@@ -454,7 +456,7 @@ pub struct PredictArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// A bundle directory written by a `deploy` stage (e.g. `out/quickstart/ship`).
+    /// A bundle directory written by a `deploy` stage (e.g. `out/quickstart/deploy`).
     #[arg(value_name = "BUNDLE")]
     pub bundle: PathBuf,
     /// The address to listen on.
@@ -514,7 +516,7 @@ fn seconds(text: &str) -> Result<std::time::Duration, String> {
 pub struct ExplainArgs {
     /// The model: a deploy bundle (e.g. `out/quickstart/deploy`), a `train` stage's output
     /// directory or its `model/` directory, or `PIPELINE.yaml:STAGE` naming a `train` or
-    /// `deploy` stage (e.g. `quickstart.yaml:finetune`), read from its output directory.
+    /// `deploy` stage (e.g. `quickstart.yaml:train`), read from its output directory.
     #[arg(value_name = "TARGET")]
     pub target: PathBuf,
     /// The text to explain.

@@ -150,9 +150,15 @@ fn explain_takes_a_bundle_or_a_pipeline_stage() {
     taper::stages::fixtures::write_tiny_bundle(work, &bundle, "key").expect("tiny bundle");
     let trained = work.join("trained");
     std::fs::create_dir_all(&out).expect("out dir");
-    std::fs::rename(&trained, out.join("finetune")).expect("move the trained model");
+    std::fs::rename(&trained, out.join("train")).expect("move the trained model");
     let pipeline = work.join("quickstart.yaml");
     std::fs::copy("pipelines/quickstart.yaml", &pipeline).expect("pipeline copy");
+    std::fs::create_dir(work.join("specs")).expect("specs dir");
+    std::fs::copy(
+        "pipelines/specs/text-classification.yaml",
+        work.join("specs/text-classification.yaml"),
+    )
+    .expect("spec copy");
     let text = "the film was good";
     let explain = |target: &str| {
         let (code, stdout, stderr) = taper(&["explain", target, text, "--steps", "16", "--json"]);
@@ -169,7 +175,7 @@ fn explain_takes_a_bundle_or_a_pipeline_stage() {
     let pipeline = pipeline.to_str().expect("utf-8 path");
     let from_deploy = explain(&format!("{pipeline}:deploy"));
     assert_eq!(from_deploy, from_bundle);
-    let from_train = explain(&format!("{pipeline}:finetune"));
+    let from_train = explain(&format!("{pipeline}:train"));
     assert_eq!(from_train["words"], from_bundle["words"]);
     let scores = |value: &serde_json::Value| -> Vec<f64> {
         value["scores"]
@@ -186,7 +192,7 @@ fn explain_takes_a_bundle_or_a_pipeline_stage() {
     let (code, _, stderr) = taper(&["explain", &format!("{pipeline}:nope"), text]);
     assert_eq!(code, 2);
     assert!(stderr.contains("taper::explain::no_such_stage"), "{stderr}");
-    assert!(stderr.contains("finetune"), "{stderr}");
+    assert!(stderr.contains("train"), "{stderr}");
 
     std::fs::write(bundle.join("vocab.txt"), "tampered").expect("tamper");
     let (code, _, stderr) = taper(&["explain", bundle.to_str().expect("utf-8 path"), text]);

@@ -131,14 +131,15 @@ fn huge_file_is_refused() {
     insta::assert_snapshot!("huge-file", rendered);
 }
 
-/// A bad override is reported like a bad line of the file, pointing at the override text.
+/// A bad override is reported like a bad line of the file, pointing at the override text; one
+/// that breaks a stage from a `use:` points at the spec's line and at the `use:` entry.
 #[test]
 fn bad_overrides_point_at_the_override_text() {
     let overrides: Vec<Override> = [
-        "hparams.epochs=many",
+        "config.epochs=many",
         "nope.epochs=1",
         "params.rate=1",
-        "hparams.method.r=4",
+        "config.method.r=4",
     ]
     .iter()
     .map(|text| text.parse().expect("well-formed"))
@@ -147,15 +148,16 @@ fn bad_overrides_point_at_the_override_text() {
     insta::assert_snapshot!("bad-overrides", render(&error));
 }
 
-/// Overrides apply to the raw layer: params, nested settings and command stage keys.
+/// Overrides apply to the raw layer after `use:` expansion: settings of a spec's stages (by
+/// their expanded names), nested settings and command stage keys.
 #[test]
-fn overrides_change_params_settings_and_commands() {
+fn overrides_change_spec_stages_settings_and_commands() {
     use taper::model::StageSettings;
     let overrides: Vec<Override> = [
-        "params.lr=0.00002",
-        "hparams.epochs=3",
+        "config.learning_rate=0.00002",
+        "config.epochs=3",
         "report.run=make report",
-        "reviews.split.seed=7",
+        "data.split.seed=7",
     ]
     .iter()
     .map(|text| text.parse().expect("well-formed"))
@@ -169,7 +171,7 @@ fn overrides_change_params_settings_and_commands() {
             .expect("stage")
             .settings
     };
-    let StageSettings::Configure(configure) = settings("hparams") else {
+    let StageSettings::Configure(configure) = settings("config") else {
         panic!("configure")
     };
     assert_eq!(configure.epochs, 3);
@@ -178,7 +180,7 @@ fn overrides_change_params_settings_and_commands() {
         panic!("command")
     };
     assert_eq!(command.run, "make report");
-    let StageSettings::PrepareData(prepare) = settings("reviews") else {
+    let StageSettings::PrepareData(prepare) = settings("data") else {
         panic!("prepare-data")
     };
     assert_eq!(prepare.split.seed, 7);

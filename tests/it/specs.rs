@@ -1,6 +1,7 @@
 //! Shared specs (`use:`), sweeps (`matrix:`) and `taper spec`: the fixtures are in
 //! `tests/fixtures/specs/`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -45,6 +46,92 @@ fn a_spec_use_equals_the_pipeline_written_out() {
     assert_eq!(used.specs.len(), 1);
     assert_eq!(used.specs[0].name, "greet");
     assert_eq!(used.specs[0].blake3.len(), 64);
+}
+
+/// What makes a stage's key, stage names aside: its kind, its settings' digest and where its
+/// inputs come from (upstream named through `rename`).
+fn key_parts(
+    pipeline: &taper::model::Pipeline,
+    rename: impl Fn(&str) -> String,
+) -> BTreeMap<String, (String, String, Vec<String>)> {
+    pipeline
+        .stages
+        .iter()
+        .map(|stage| {
+            let mut edges: Vec<String> = pipeline
+                .dependencies()
+                .iter()
+                .filter(|edge| edge.downstream == stage.id)
+                .map(|edge| format!("{} via {:?}", rename(edge.upstream.as_str()), edge.via))
+                .collect();
+            edges.sort();
+            let parts = (
+                stage.kind().to_string(),
+                settings_digest(&settings_value(stage)).to_string(),
+                edges,
+            );
+            (rename(stage.id.as_str()), parts)
+        })
+        .collect()
+}
+
+/// The quickstart `use:`s the text-classification spec; each of its stages has the kind,
+/// settings and edges of the stage it replaced in the quickstart written out in full (kept as
+/// `tests/fixtures/written-out/quickstart.yaml`), so the same keys: the spec's names are the
+/// only change (`reviews` → `data`, `hparams` → `config`, `finetune` → `train`).
+#[test]
+fn the_quickstart_through_the_spec_keeps_the_written_out_keys() {
+    let used = load_file(Path::new("pipelines/quickstart.yaml"), &[]).expect("valid");
+    let full =
+        load_file(Path::new("tests/fixtures/written-out/quickstart.yaml"), &[]).expect("valid");
+    let renamed = |name: &str| {
+        match name {
+            "reviews" => "data",
+            "hparams" => "config",
+            "finetune" => "train",
+            other => other,
+        }
+        .to_owned()
+    };
+    let used_parts = key_parts(&used, str::to_owned);
+    assert_eq!(used_parts.len(), 8);
+    assert_eq!(used_parts, key_parts(&full, renamed));
+    assert_eq!(used.specs.len(), 1);
+    assert_eq!(used.specs[0].name, "text-classification");
+}
+
+/// The committed `pipelines/quickstart.lock` is the lock of the committed quickstart: the same
+/// stages with the same kinds and settings digests, and the spec's current content hash (a
+/// changed pipeline or spec without a regenerated lock fails here).
+#[test]
+fn the_committed_quickstart_lock_matches_the_pipeline() {
+    let pipeline = load_file(Path::new("pipelines/quickstart.yaml"), &[]).expect("valid");
+    let lock = taper::cache::LockFile::load(Path::new("pipelines/quickstart.lock"))
+        .expect("a readable lock file");
+    let locked: BTreeMap<String, (String, String)> = lock
+        .stages
+        .iter()
+        .map(|(name, stage)| {
+            let digest = stage.settings_digest.to_string();
+            (name.clone(), (stage.kind.to_string(), digest))
+        })
+        .collect();
+    let expected: BTreeMap<String, (String, String)> = pipeline
+        .stages
+        .iter()
+        .map(|stage| {
+            let digest = settings_digest(&settings_value(stage)).to_string();
+            (stage.id.to_string(), (stage.kind().to_string(), digest))
+        })
+        .collect();
+    assert_eq!(locked, expected);
+    let spec = std::fs::read("pipelines/specs/text-classification.yaml").expect("the spec");
+    let recorded: Vec<&str> = lock
+        .specs
+        .values()
+        .map(|spec| spec.blake3.as_str())
+        .collect();
+    assert_eq!(recorded, [blake3::hash(&spec).to_hex().as_str()]);
 }
 
 /// A bad name, type, range and choice in a `use:`: each error at the `use:` line and at the

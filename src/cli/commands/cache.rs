@@ -184,6 +184,19 @@ fn summarize(remote: &Remote, report: TransferReport, push: bool, printer: &Prin
         remote.url(),
         report.present
     ));
+    printer.status(&format!(
+        "{verb} {} experiment records {direction} {}; {} already there",
+        report.experiments,
+        remote.url(),
+        report.experiments_present
+    ));
+    if !report.experiments_kept.is_empty() {
+        printer.status(&format!(
+            "kept {} local experiment records that differ from the remote's record of the same experiment (another run of the same work): {}",
+            report.experiments_kept.len(),
+            report.experiments_kept.join(", ")
+        ));
+    }
     let failed = !report.failures.is_empty();
     for failure in report.failures {
         printer.diagnostic(failure);
