@@ -408,8 +408,15 @@ impl ModelError {
                 ..
             } => {
                 if let Some(definition) = param.filter(|definition| far(definition, span)) {
+                    // A spec's param is defined in the spec file, which the line alone would
+                    // not say.
+                    let file = if source.segment_index(definition.offset()) == 0 {
+                        String::new()
+                    } else {
+                        format!(" of `{}`", source.segment_name(definition.offset()))
+                    };
                     help.push_str(&format!(
-                        " (the param is defined on line {})",
+                        " (the param is defined on line {}{file})",
                         line(&definition)
                     ));
                     *param = None;

@@ -137,7 +137,13 @@ impl RawPipeline {
                     format!("the pipeline has no param `{}`", spec.path[1..].join(".")),
                     1,
                     "unknown param",
-                    suggestion_help(name, &candidates, "param"),
+                    if candidates.is_empty() {
+                        format!(
+                            "this pipeline declares no params: add `{name}` under a top-level `params:` block, or override a stage setting with `<stage>.<key>=<value>`"
+                        )
+                    } else {
+                        suggestion_help(name, &candidates, "param")
+                    },
                 ));
             }
             if let Some(Node {

@@ -402,7 +402,7 @@ fn setting_error(error: DeError, root: &Node, id: &Key, kind: StageKind) -> Mode
         .unwrap_or_default();
     let is_missing = message.starts_with("missing setting");
     let help = match (help, from_param) {
-        (_, Some(_)) => "the value comes from a param; change the param, or use `${params.<name>}` only where its type fits".to_owned(),
+        (_, Some(_)) => "the value comes from a param: change the param's value, or use the param only where its type fits".to_owned(),
         (Some(help), None) => help,
         (None, None) => format!("see the `{kind}` settings in docs/spec.md"),
     };
