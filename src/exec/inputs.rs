@@ -32,7 +32,8 @@ pub struct Dag {
     downstream: Vec<Vec<usize>>,
     /// Per stage: typed inputs (slot name → producer).
     slots: Vec<Vec<(InputSlot, usize)>>,
-    /// Per stage: its `command` deps (display path, source).
+    /// Per stage: the paths it reads, `command` deps and `path:` sources (display path,
+    /// source).
     deps: Vec<Vec<(String, DepSource)>>,
     order: Vec<usize>,
 }
@@ -131,9 +132,10 @@ impl Dag {
             .stages
             .iter()
             .zip(&reads)
-            .map(|(stage, reads)| match &stage.settings {
-                StageSettings::Command(command) => command
-                    .deps
+            .map(|(stage, reads)| {
+                stage
+                    .settings
+                    .read_paths()
                     .iter()
                     .map(|dep| {
                         let path = normalize(dep);
@@ -143,8 +145,7 @@ impl Dag {
                             .unwrap_or_else(|| DepSource::External(path.clone()));
                         (path, source)
                     })
-                    .collect(),
-                _ => Vec::new(),
+                    .collect()
             })
             .collect();
         let upstream: Vec<Vec<usize>> = upstream.into_iter().map(Vec::from_iter).collect();
@@ -251,13 +252,7 @@ impl Dag {
                 }
             }
         }
-        let external_paths: Vec<String> = if self.deps[index].is_empty() {
-            stage
-                .external_paths()
-                .iter()
-                .map(|path| normalize(path))
-                .collect()
-        } else {
+        let external_paths: Vec<String> = {
             let mut paths = Vec::new();
             for (path, source) in &self.deps[index] {
                 match source {

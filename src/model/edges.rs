@@ -9,7 +9,8 @@
 //!
 //! The rule: stage `b` depends on stage `a` when
 //! - a typed input of `b` names `a` (`inputs: { model: a }`), or
-//! - a `command` dep of `b` overlaps an output of `a` (DVC's rule: either path contains the
+//! - a path `b` reads (a `command` dep, or a `path:` source of an ML stage: [`StageSettings::read_paths`])
+//!   overlaps an output of `a` (DVC's rule: either path contains the
 //!   other): `a`'s `outs`, or, for kinds other than `command`, `out/<file stem>/<a>/`
 //!   ([`super::stage_output_dir`]) where taper materializes their artifacts; or
 //! - a `command` dep of `b` lies inside `out/<file stem>/<a>/` for a `command` stage `a`: the
@@ -69,7 +70,8 @@ pub(crate) struct StageEnds<'a, T> {
     pub outs: Vec<&'a Path>,
     /// Typed inputs: slot and the position of the stage that fills it.
     pub inputs: Vec<(InputSlot, usize, T)>,
-    /// `command` deps, normalized.
+    /// Paths the stage reads ([`StageSettings::read_paths`]: `command` deps, `path:` sources),
+    /// normalized.
     pub deps: Vec<(&'a Path, T)>,
 }
 
@@ -240,8 +242,12 @@ impl Pipeline {
             .enumerate()
             .map(|(index, stage)| (&stage.id, index))
             .collect();
+        let read: Vec<Vec<PathBuf>> = stages
+            .iter()
+            .map(|stage| stage.settings.read_paths())
+            .collect();
         let mut ends = Vec::with_capacity(stages.len());
-        for stage in &stages {
+        for (stage, read) in stages.iter().zip(&read) {
             let mut inputs = Vec::new();
             for (slot, upstream) in &stage.inputs {
                 let Some(position) = index_of.get(upstream) else {
@@ -252,13 +258,13 @@ impl Pipeline {
                 };
                 inputs.push((*slot, *position, ()));
             }
-            let (outs, deps) = match &stage.settings {
-                StageSettings::Command(command) => (
-                    command.outs.iter().map(PathBuf::as_path).collect(),
-                    command.deps.iter().map(|dep| (dep.as_path(), ())).collect(),
-                ),
-                _ => (Vec::new(), Vec::new()),
+            let outs = match &stage.settings {
+                StageSettings::Command(command) => {
+                    command.outs.iter().map(PathBuf::as_path).collect()
+                }
+                _ => Vec::new(),
             };
+            let deps = read.iter().map(|dep| (dep.as_path(), ())).collect();
             ends.push(StageEnds {
                 id: stage.id.as_str(),
                 materialized: stage.kind() != StageKind::Command,

@@ -225,7 +225,7 @@ impl Pipeline {
     }
 
     /// The local paths stage `id` reads that no other stage produces: its
-    /// [`Stage::external_paths`] minus the `command` deps that are edges (overlapping another
+    /// [`StageSettings::read_paths`] minus those that are edges (overlapping another
     /// stage's outputs). Those must not be hashed from disk before the upstream stage runs:
     /// they may not exist yet, and their content comes from the upstream stage.
     pub fn external_paths(&self, id: &StageId) -> Vec<PathBuf> {
@@ -242,7 +242,8 @@ impl Pipeline {
             })
             .collect();
         stage
-            .external_paths()
+            .settings
+            .read_paths()
             .into_iter()
             .filter(|path| !produced.contains(&path))
             .collect()
@@ -519,25 +520,26 @@ impl StageKind {
     }
 }
 
-impl Stage {
-    /// Local files and directories this stage reads that no upstream stage produces, relative
-    /// to the pipeline root: `command` deps and `path:` sources. Their content is part of the
-    /// stage key.
-    pub fn external_paths(&self) -> Vec<PathBuf> {
+impl StageSettings {
+    /// Local files and directories a stage reads, relative to the pipeline root and
+    /// normalized: `command` deps and `path:` sources (of a model, data or split files). One
+    /// under another stage's outputs is an edge (`model/edges.rs`); the others are hashed from
+    /// disk. Their content is part of the stage key either way.
+    pub fn read_paths(&self) -> Vec<PathBuf> {
         fn source_path(source: &Source) -> Option<PathBuf> {
             match source {
-                Source::Path { path } => Some(path.clone()),
+                Source::Path { path } => Some(paths::normalize(path)),
                 Source::Pip { .. } | Source::Hf { .. } | Source::Url { .. } => None,
             }
         }
-        match &self.settings {
+        match self {
             StageSettings::SelectModel(select) => source_path(&select.source).into_iter().collect(),
             StageSettings::PrepareData(prepare) => {
-                let mut paths: Vec<PathBuf> = source_path(&prepare.source).into_iter().collect();
+                let mut read: Vec<PathBuf> = source_path(&prepare.source).into_iter().collect();
                 if let Some(files) = &prepare.split.files {
-                    paths.extend(files.values().cloned());
+                    read.extend(files.values().map(|path| paths::normalize(path)));
                 }
-                paths
+                read
             }
             StageSettings::Command(command) => command.deps.clone(),
             StageSettings::Configure(_)

@@ -61,7 +61,8 @@ struct Checked<'a> {
     /// after typing (an empty map for a command stage), and the key they sit under.
     settings_node: Node,
     settings_key_span: Span,
-    /// Normalized `deps` and `outs` of a command stage, with spans.
+    /// Normalized paths the stage reads (a command's `deps`, an ML stage's `path:` sources)
+    /// and a command's `outs`, with spans.
     deps: Vec<(PathBuf, Span)>,
     outs: Vec<(PathBuf, Span)>,
 }

@@ -235,6 +235,17 @@ pub(super) fn check_stage<'a>(
         }
     };
     checked.settings_key_span = key_span;
+    // A `path:` source is read like a `command` dep: one under another stage's outputs is an
+    // edge (a model trained upstream, a split it wrote), so it must wait for that stage and
+    // key on what it produced, not on what an earlier run left on disk.
+    if kind != StageKind::Command {
+        if let Some(settings) = &typed.value {
+            let read = settings.read_paths();
+            checked
+                .deps
+                .extend(read.into_iter().map(|path| (path, key_span)));
+        }
+    }
     // Range checks run on what could be read even when a value was wrong (that entry then has
     // its default), so a block with a wrong type and an out-of-range value reports both; an
     // issue about a left-out entry would only repeat its error.

@@ -468,3 +468,31 @@ fn augmentation_and_robustness_settings_are_checked_at_their_place() {
         (1, 7, 0.0)
     );
 }
+
+/// A `path:` source under another stage's outputs is an edge, as a `command` dep there is:
+/// a 3-layer student cut from the model `train` writes must wait for it (and key on it), not
+/// read what an earlier run left in `out/p/train/`.
+#[test]
+fn a_path_source_under_a_stage_output_is_an_edge() {
+    let pipeline = load(&format!(
+        "{HEAD}  base: {{ kind: select-model, with: {{ source: {{ path: models/minilm }} }} }}\n  data: {{ kind: prepare-data, inputs: {{ model: base }}, with: {{ source: {{ path: ./d/../reviews.csv }}, labels: [a, b], split: {{ train: 0.5, test: 0.5 }} }} }}\n  cfg: {{ kind: configure }}\n  train: {{ kind: train, inputs: {{ model: base, data: data, config: cfg }} }}\n  student: {{ kind: select-model, with: {{ source: {{ path: out/p/train/model }}, layers: 3 }} }}\n"
+    ))
+    .expect("valid");
+    let edges: Vec<(&str, &str, String)> = pipeline
+        .dependencies()
+        .iter()
+        .filter(|edge| edge.downstream.as_str() == "student")
+        .map(|edge| {
+            let via = format!("{:?}", edge.via);
+            (edge.upstream.as_str(), edge.downstream.as_str(), via)
+        })
+        .collect();
+    assert_eq!(
+        edges,
+        [("train", "student", "Path(\"out/p/train/model\")".to_owned())]
+    );
+    let external = |id: &str| pipeline.external_paths(&crate::model::StageId(id.to_owned()));
+    assert!(external("student").is_empty());
+    assert_eq!(external("data"), [PathBuf::from("reviews.csv")]);
+    assert_eq!(external("base"), [PathBuf::from("models/minilm")]);
+}
