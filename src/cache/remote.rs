@@ -458,12 +458,7 @@ impl Remote {
                     })
                 })
                 .collect();
-            let results: Vec<_> = stream::iter(complete)
-                .map(|upload| async move { self.upload(&upload).await })
-                .buffer_unordered(PARALLEL_TRANSFERS)
-                .collect()
-                .await;
-            for result in results {
+            for result in self.upload_all(complete).await {
                 match result {
                     Ok(Some(bytes)) => {
                         report.actions += 1;
@@ -501,12 +496,7 @@ impl Remote {
         let count = records.len();
         let missing = self.missing(records).await?;
         report.experiments_present += count - missing.len();
-        let results: Vec<_> = stream::iter(missing)
-            .map(|upload| async move { self.upload(&upload).await })
-            .buffer_unordered(PARALLEL_TRANSFERS)
-            .collect()
-            .await;
-        for result in results {
+        for result in self.upload_all(missing).await {
             match result {
                 Ok(Some(_)) => report.experiments += 1,
                 Ok(None) => report.experiments_present += 1,
@@ -514,6 +504,16 @@ impl Remote {
             }
         }
         Ok(())
+    }
+
+    /// Uploads each of `uploads` (create-only, [`PARALLEL_TRANSFERS`] at a time): the bytes
+    /// sent, or `None` where the remote already had the object.
+    async fn upload_all(&self, uploads: Vec<Upload>) -> Vec<Result<Option<u64>, RemoteError>> {
+        stream::iter(uploads)
+            .map(|upload| async move { self.upload(&upload).await })
+            .buffer_unordered(PARALLEL_TRANSFERS)
+            .collect()
+            .await
     }
 
     /// Remote names of the objects `record` references.
