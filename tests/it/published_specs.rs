@@ -131,8 +131,25 @@ fn a_url_spec_keys_like_the_path_spec_and_is_fetched_once() {
         let (code, _, stderr) = taper(&[command, "url.yaml"], dir.path(), &[]);
         assert_eq!(code, 0, "{command}: {stderr}");
     }
+    let (code, by_path, stderr) = taper(&["spec", "show", "greet.yaml"], dir.path(), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, published, stderr) = taper(
+        &["spec", "show", "--url", &url, "--blake3", &pin()],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(published, by_path);
     assert_eq!(requests.load(Ordering::SeqCst), 1, "served from the store");
     assert!(dir.path().join("cache/downloads-v1").is_dir());
+    let wrong = "0".repeat(64);
+    let (code, _, stderr) = taper(
+        &["spec", "show", "--url", &url, "--blake3", &wrong],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("taper::data::hash_mismatch"), "{stderr}");
 }
 
 /// A wrong pin and an unreachable spec are each one diagnostic at the `use:` line.
