@@ -1226,6 +1226,22 @@ stages:
         );
         assert!(raw.use_failed);
 
+        // An error inside a published spec is shown in a segment named by its URL.
+        let bad = "spec: s\nbogus: 1\nstages: {}\n";
+        std::fs::write(dir.path().join("bad.yaml"), bad).expect("write");
+        let bad_pin = blake3::hash(bad.as_bytes()).to_hex().to_string();
+        let pipeline =
+            format!("stages:\n  u: {{ use: {{ url: http://h/s.yaml, blake3: {bad_pin} }} }}\n");
+        let mut source = SourceText::new("p.yaml", &pipeline, &[]);
+        let (raw, mut errors) = parse(&source);
+        let mut raw = raw.expect("a pipeline");
+        let fetcher = FileFetcher(dir.path().join("bad.yaml"));
+        expand_uses(&mut raw, &mut source, dir.path(), &fetcher, &mut errors);
+        let [SpecError::UnknownKey { span, .. }] = errors.as_slice() else {
+            panic!("{errors:?}");
+        };
+        assert_eq!(source.location(span.offset()), "http://h/s.yaml:2");
+
         let (_, messages) = run(&pin, &NoFetcher);
         assert_eq!(messages.len(), 1);
         assert!(
