@@ -29,10 +29,19 @@ pub struct LockFile {
     pub stages: BTreeMap<String, LockedStage>,
 }
 
-/// A spec file a pipeline used, as it was when the lock file was written.
+/// A spec file a pipeline used, as it was when the lock file was written: from a `path`, or
+/// published (`pip` + `member`, or `url`). Only the fields of its source are written, so the
+/// lock files of path specs are what they were before published specs existed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockedSpec {
-    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     pub spec: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -45,8 +54,22 @@ pub struct LockedSpec {
 
 impl LockedSpec {
     pub fn of(used: &crate::spec::SpecUse) -> LockedSpec {
+        use crate::spec::SpecSource;
+        let (mut path, mut pip, mut member, mut url) = (None, None, None, None);
+        match &used.source {
+            SpecSource::Path(written) => path = Some(written.clone()),
+            SpecSource::Pip {
+                pip: package,
+                member: file,
+                ..
+            } => (pip, member) = (Some(package.clone()), Some(file.clone())),
+            SpecSource::Url { url: address, .. } => url = Some(address.clone()),
+        }
         LockedSpec {
-            path: used.path.clone(),
+            path,
+            pip,
+            member,
+            url,
             spec: used.name.clone(),
             version: used.version.clone(),
             blake3: used.blake3.clone(),

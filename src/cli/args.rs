@@ -179,9 +179,26 @@ pub struct SpecArgs {
 pub enum SpecCommand {
     /// Document a spec's params (type, default, allowed values, description).
     Show {
-        /// The spec file.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
+        /// The spec file (or a published spec: `--url`, or `--pip` and `--member`, with
+        /// `--blake3`).
+        #[arg(value_name = "FILE", required_unless_present_any = ["url", "pip"], conflicts_with_all = ["url", "pip"])]
+        file: Option<PathBuf>,
+        /// A spec published at a URL (fetched once into the store, as a `use:` would).
+        #[arg(long, requires = "blake3", conflicts_with = "pip")]
+        url: Option<String>,
+        /// A spec inside a wheel: the requirement (`team-specs==1.2.0`).
+        #[arg(long, requires_all = ["member", "blake3"])]
+        pip: Option<String>,
+        /// The spec's path inside the `--pip` wheel.
+        #[arg(long, requires = "pip")]
+        member: Option<String>,
+        /// The blake3 pin of a published spec's bytes.
+        #[arg(long)]
+        blake3: Option<String>,
+        /// The store published specs are downloaded into [default: `cache/` in the project
+        /// root of the current directory]
+        #[arg(long, env = "TAPER_STORE", value_name = "DIR")]
+        store: Option<PathBuf>,
         /// Markdown, for a team's docs.
         #[arg(long)]
         md: bool,

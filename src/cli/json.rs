@@ -76,7 +76,7 @@ pub fn plan(pipeline: &str, plans: &[StagePlan], specs: &[SpecUse]) -> String {
         .map(|used| {
             serde_json::json!({
                 "entry": used.entry,
-                "spec": used.path,
+                "spec": used.source.to_string(),
                 "variants": used.variants.iter().map(|variant| serde_json::json!({
                     "label": variant.label,
                     "params": variant.params,

@@ -222,6 +222,36 @@ impl SourceResolver {
     }
 }
 
+/// Published specs (`use: { pip | url, blake3 }`) are fetched like model and data sources:
+/// once into the downloads bucket, checked against their pin, offline after that.
+impl crate::spec::SpecFetcher for SourceResolver {
+    fn fetch(&self, source: &crate::spec::SpecSource) -> Result<PathBuf, crate::spec::FetchError> {
+        use crate::spec::{FetchError, SpecSource};
+        let source = match source {
+            SpecSource::Path(path) => Source::Path { path: path.into() },
+            SpecSource::Pip {
+                pip,
+                member,
+                blake3,
+            } => Source::Pip {
+                pip: pip.clone(),
+                member: member.clone(),
+                blake3: Some(blake3.clone()),
+            },
+            SpecSource::Url { url, blake3 } => Source::Url {
+                url: url.clone(),
+                blake3: blake3.clone(),
+            },
+        };
+        self.resolve(&source)
+            .map(|resolved| resolved.path)
+            .map_err(|error| match error {
+                DataError::HashMismatch { actual, .. } => FetchError::Mismatch { found: actual },
+                other => FetchError::Failed(other.to_string()),
+            })
+    }
+}
+
 fn short_key(parts: &[&str]) -> String {
     let mut hasher = blake3::Hasher::new();
     for part in parts {

@@ -240,7 +240,7 @@ pub fn render_spec_changes(
             let _ = writeln!(
                 out,
                 "spec `{}` ({}) changed since the lock file; no param value did",
-                used.name, used.path
+                used.name, used.source
             );
         }
     }
@@ -266,7 +266,7 @@ pub fn render_expansion(specs: &[crate::spec::SpecUse]) -> String {
             out,
             "sweep `{}` ({}): {} variants; shared: {}",
             used.entry,
-            used.path,
+            used.source,
             used.variants.len(),
             quoted_list(&shared)
         );

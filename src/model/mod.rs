@@ -37,8 +37,18 @@ use crate::spec;
 pub const MAX_FILE_SIZE: u64 = 8 * 1024 * 1024;
 
 /// Reads, parses and validates a pipeline file, applying `-S` overrides to the raw layer
-/// first. Relative paths in the pipeline resolve against the file's directory.
+/// first. Relative paths in the pipeline resolve against the file's directory. A `use:` of a
+/// published spec is an error here: see [`load_file_with`].
 pub fn load_file(path: &Path, overrides: &[Override]) -> Result<Pipeline, LoadError> {
+    load_file_with(path, overrides, &spec::NoFetcher)
+}
+
+/// [`load_file`], fetching published specs (`use: { url: …, blake3: … }`) through `fetcher`.
+pub fn load_file_with(
+    path: &Path,
+    overrides: &[Override],
+    fetcher: &dyn spec::SpecFetcher,
+) -> Result<Pipeline, LoadError> {
     let read_error = |source| LoadError::Read {
         path: path.to_path_buf(),
         source,
@@ -69,7 +79,7 @@ pub fn load_file(path: &Path, overrides: &[Override]) -> Result<Pipeline, LoadEr
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    load_str(path, &text, root, overrides)
+    load_str_with(path, &text, root, overrides, fetcher)
 }
 
 /// Reads and checks a spec file on its own, for `taper spec show` (its stages are checked
@@ -100,6 +110,17 @@ pub fn load_str(
     root: PathBuf,
     overrides: &[Override],
 ) -> Result<Pipeline, LoadError> {
+    load_str_with(path, text, root, overrides, &spec::NoFetcher)
+}
+
+/// [`load_str`], fetching published specs through `fetcher`.
+pub fn load_str_with(
+    path: &Path,
+    text: &str,
+    root: PathBuf,
+    overrides: &[Override],
+    fetcher: &dyn spec::SpecFetcher,
+) -> Result<Pipeline, LoadError> {
     let name = path.display().to_string();
     // Editors on Windows may start a UTF-8 file with a byte-order mark; it is not part of the
     // first key.
@@ -116,7 +137,7 @@ pub fn load_str(
         // Overrides address the pipeline as written (`-S tc-train.epochs=3` names an expanded
         // stage only after expansion), so specs are expanded first.
         let mut use_errors = Vec::new();
-        spec::expand_uses(&mut raw, &mut source, &root, &mut use_errors);
+        spec::expand_uses(&mut raw, &mut source, &root, fetcher, &mut use_errors);
         errors.extend(use_errors.into_iter().map(ModelError::from));
         for (index, item) in overrides.iter().enumerate() {
             let base = source

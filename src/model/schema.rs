@@ -297,14 +297,29 @@ fn stage(kind: StageKind) -> Value {
     })
 }
 
-/// The schema as a JSON value.
 /// A `use:` entry in `stages:` (see `spec::expand_uses`): replaced by a spec's stages.
 fn use_entry() -> Value {
+    let blake3 = json!({ "type": "string", "pattern": "^[0-9A-Fa-f]{64}$", "description": "The blake3 of the spec file's bytes (hex); required, so a re-published spec cannot change the pipeline silently." });
+    let spec_source = json!({
+        "description": "The spec: a file relative to the pipeline, or a published spec pinned by its blake3.",
+        "oneOf": [
+            string("The spec file, relative to the pipeline."),
+            object("A spec inside a wheel fetched with `pip download --no-deps` (cached in the store).", json!({
+                "pip": string("Requirement, pinned: `name==version`."),
+                "member": string("Path of the spec file inside the wheel."),
+                "blake3": blake3,
+            }), &["pip", "member", "blake3"]),
+            object("A spec at a URL (fetched once, cached in the store).", json!({
+                "url": string("HTTP(S) URL."),
+                "blake3": blake3,
+            }), &["url", "blake3"]),
+        ]
+    });
     let values = json!({ "type": "object", "description": "Spec param → value.", "propertyNames": { "pattern": "^[A-Za-z_][A-Za-z0-9_-]*$" } });
     object(
         "Use a shared spec: its stages are added here, with these param values.",
         json!({
-            "use": string("The spec file, relative to the pipeline."),
+            "use": spec_source,
             "description": string("What this use is for."),
             "with": values,
             "prefix": string("Prepended to the name of each of the spec's stages."),
@@ -323,6 +338,7 @@ fn use_entry() -> Value {
     )
 }
 
+/// The schema as a JSON value.
 pub fn schema() -> Value {
     let branches: Vec<Value> = StageKind::ALL
         .iter()

@@ -13,6 +13,7 @@ mod error;
 mod node;
 mod raw;
 mod source_text;
+mod spec_source;
 mod uses;
 
 pub use docs::{document, STARTER_SPEC};
@@ -24,6 +25,7 @@ pub use node::{
 };
 pub use raw::{Override, OverrideParseError, RawPipeline, TOP_LEVEL_KEYS};
 pub use source_text::{SourceText, Span, Spanned};
+pub use spec_source::{parse_source, FetchError, NoFetcher, SpecFetcher, SpecSource, SOURCE_KEYS};
 pub use uses::{
     expand_uses, parse_spec, ParamDecl, SpecFile, SpecUse, Variant, MAX_VARIANTS, PARAM_TYPES,
     USE_KEYS,

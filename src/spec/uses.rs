@@ -17,6 +17,7 @@ use super::error::{SpecError, SpecNote};
 use super::node::{parse_yaml, Key, Node, ScalarValue, Value};
 use super::raw::RawPipeline;
 use super::source_text::{SourceText, Span, Spanned};
+use super::spec_source::{parse_source, FetchError, SpecFetcher, SpecSource};
 use super::suggestion_help;
 
 /// The keys of a `use:` entry in a pipeline's `stages:`.
@@ -64,8 +65,8 @@ pub struct ParamDecl {
 pub struct SpecUse {
     /// The `use:` entry's name in the pipeline.
     pub entry: String,
-    /// As written, relative to the pipeline's directory.
-    pub path: String,
+    /// Where the spec was read from (a path as written, relative to the pipeline's directory).
+    pub source: SpecSource,
     pub name: String,
     pub version: Option<String>,
     /// blake3 of the spec file's bytes.
@@ -349,11 +350,13 @@ fn bad_spec(message: &str, span: Span, label: &str, help: &str) -> SpecError {
 }
 
 /// Replaces every `use:` entry of the pipeline's stages by the spec's stages, appending each
-/// spec file read to `source`; paths are relative to `root` (the pipeline's directory).
+/// spec file read to `source`; paths are relative to `root` (the pipeline's directory), and
+/// published specs are fetched through `fetcher`.
 pub fn expand_uses(
     raw: &mut RawPipeline,
     source: &mut SourceText,
     root: &Path,
+    fetcher: &dyn SpecFetcher,
     errors: &mut Vec<SpecError>,
 ) {
     let Some((
@@ -376,7 +379,7 @@ pub fn expand_uses(
             continue;
         }
         let before = errors.len();
-        let used = expand_one(&key, &body, source, root, &mut expanded, errors);
+        let used = expand_one(&key, &body, source, root, fetcher, &mut expanded, errors);
         raw.use_failed |= errors.len() > before;
         raw.uses.extend(used);
     }
@@ -389,6 +392,7 @@ fn expand_one(
     body: &Node,
     source: &mut SourceText,
     root: &Path,
+    fetcher: &dyn SpecFetcher,
     out: &mut Vec<(Key, Node)>,
     errors: &mut Vec<SpecError>,
 ) -> Option<SpecUse> {
@@ -414,34 +418,9 @@ fn expand_one(
         }
     }
     let path_node = path_node?;
-    let Some(path) = text_of(path_node).filter(|path| !path.is_empty()) else {
-        errors.push(bad_spec(
-            "`use:` takes the path of a spec file",
-            path_node.span,
-            "not a path",
-            "write e.g. `use: specs/text-classification.yaml` (relative to the pipeline)",
-        ));
-        return None;
-    };
-    // Named as the user would type it: `specs/x.yaml` beside a pipeline in `.`, not `./specs/…`.
-    let full_path = if root == Path::new(".") {
-        Path::new(&path).to_path_buf()
-    } else {
-        root.join(&path)
-    };
-    let text = match read_spec(&full_path) {
-        Ok(text) => text,
-        Err(reason) => {
-            errors.push(bad_spec(
-                &format!("cannot read spec `{path}`: {reason}"),
-                path_node.span,
-                "this spec",
-                "the path is relative to the pipeline file's directory",
-            ));
-            return None;
-        }
-    };
-    let base = source.push_segment(&full_path.display().to_string(), &text);
+    let spec_source = parse_source(path_node, errors)?;
+    let (segment, text) = read_source(&spec_source, path_node, root, fetcher, errors)?;
+    let base = source.push_segment(&segment, &text);
     let (spec, spec_errors) = parse_spec(&text, base);
     let failed = !spec_errors.is_empty();
     errors.extend(spec_errors);
@@ -476,7 +455,7 @@ fn expand_one(
     let varies = varying_stages(&spec, &swept);
     let mut used = SpecUse {
         entry: entry.value.clone(),
-        path,
+        source: spec_source,
         name: spec.name.clone(),
         version: spec.version.clone(),
         blake3: blake3::hash(text.as_bytes()).to_hex().to_string(),
@@ -537,6 +516,83 @@ fn expand_one(
         });
     }
     Some(used)
+}
+
+/// The spec's text and the name its [`SourceText`] segment gets: the path as the user would
+/// type it, or the published source (a store path would mean nothing to the reader).
+fn read_source(
+    spec_source: &SpecSource,
+    site: &Node,
+    root: &Path,
+    fetcher: &dyn SpecFetcher,
+    errors: &mut Vec<SpecError>,
+) -> Option<(String, String)> {
+    let pinned_error = |found: &str, pin: &str| {
+        bad_spec(
+            &format!(
+                "the blake3 of spec `{spec_source}` is `{found}`, but the `use:` pins `{pin}`"
+            ),
+            site.span,
+            "pinned here",
+            "the published spec changed; review it, then pin the new digest if it is expected",
+        )
+    };
+    let (segment, read) = match spec_source {
+        SpecSource::Path(path) => {
+            // Named as the user would type it: `specs/x.yaml` beside a pipeline in `.`, not
+            // `./specs/…`.
+            let full_path = if root == Path::new(".") {
+                Path::new(path).to_path_buf()
+            } else {
+                root.join(path)
+            };
+            (full_path.display().to_string(), read_spec(&full_path))
+        }
+        SpecSource::Pip { .. } | SpecSource::Url { .. } => {
+            let read = match fetcher.fetch(spec_source) {
+                Ok(fetched) => read_spec(&fetched),
+                Err(FetchError::Mismatch { found }) => {
+                    errors.push(pinned_error(&found, spec_source.pin().unwrap_or_default()));
+                    return None;
+                }
+                Err(FetchError::Failed(reason)) => Err(reason),
+            };
+            (spec_source.to_string(), read)
+        }
+    };
+    let text = match read {
+        Ok(text) => text,
+        Err(reason) => {
+            let (verb, help) = match spec_source {
+                SpecSource::Path(_) => (
+                    "read",
+                    "the path is relative to the pipeline file's directory",
+                ),
+                SpecSource::Pip { .. } | SpecSource::Url { .. } => (
+                    "fetch",
+                    "a published spec is downloaded once into the store (`downloads-v1/`) and \
+                     read from there offline; check the URL or the package (pip reads `PIP_*`)",
+                ),
+            };
+            errors.push(bad_spec(
+                &format!("cannot {verb} spec `{spec_source}`: {reason}"),
+                site.span,
+                "this spec",
+                help,
+            ));
+            return None;
+        }
+    };
+    // Also when the fetcher said nothing: a fetcher that did not check cannot let a
+    // re-published spec through.
+    if let Some(pin) = spec_source.pin() {
+        let found = blake3::hash(text.as_bytes()).to_hex().to_string();
+        if found != pin {
+            errors.push(pinned_error(&found, pin));
+            return None;
+        }
+    }
+    Some((segment, text))
 }
 
 fn read_spec(path: &Path) -> Result<String, String> {
@@ -1022,7 +1078,7 @@ fn rename_inputs(stage: &mut Node, spec: &SpecFile, stage_name: &dyn Fn(&str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::parse;
+    use crate::spec::{parse, NoFetcher};
 
     const SPEC: &str = "spec: s
 params:
@@ -1046,7 +1102,7 @@ stages:
         let mut source = SourceText::new("p.yaml", pipeline, &[]);
         let (raw, mut errors) = parse(&source);
         let mut raw = raw.expect("a pipeline");
-        expand_uses(&mut raw, &mut source, dir.path(), &mut errors);
+        expand_uses(&mut raw, &mut source, dir.path(), &NoFetcher, &mut errors);
         (raw, errors)
     }
 
@@ -1124,6 +1180,74 @@ stages:
             ["cannot read spec `/dev/zero`: not a regular file"]
         );
         assert!(raw.use_failed);
+    }
+
+    /// Serves every published spec from one local file, unchecked.
+    struct FileFetcher(std::path::PathBuf);
+
+    impl SpecFetcher for FileFetcher {
+        fn fetch(&self, _source: &SpecSource) -> Result<std::path::PathBuf, FetchError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// A published spec expands like the path spec; bytes that miss the pin are refused even
+    /// when the fetcher did not check them; without a fetcher, the `use:` says how to load.
+    #[test]
+    fn published_specs_are_checked_against_their_pin() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("fetched.yaml");
+        std::fs::write(&file, SPEC).expect("write");
+        let pin = blake3::hash(SPEC.as_bytes()).to_hex().to_string();
+        let run = |pin: &str, fetcher: &dyn SpecFetcher| {
+            let pipeline = format!(
+                "stages:\n  u: {{ use: {{ url: http://h/s.yaml, blake3: {pin} }}, with: {{ word: a }} }}\n"
+            );
+            let mut source = SourceText::new("p.yaml", &pipeline, &[]);
+            let (raw, mut errors) = parse(&source);
+            let mut raw = raw.expect("a pipeline");
+            expand_uses(&mut raw, &mut source, dir.path(), fetcher, &mut errors);
+            let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            (raw, messages)
+        };
+        let (raw, messages) = run(&pin, &FileFetcher(file.clone()));
+        assert!(messages.is_empty(), "{messages:?}");
+        assert!(stage(&raw, "one").is_some());
+        assert_eq!(raw.uses[0].blake3, pin);
+        assert_eq!(raw.uses[0].source.to_string(), "http://h/s.yaml");
+
+        let wrong = "1".repeat(64);
+        let (raw, messages) = run(&wrong, &FileFetcher(file));
+        assert_eq!(
+            messages,
+            [format!(
+                "the blake3 of spec `http://h/s.yaml` is `{pin}`, but the `use:` pins `{wrong}`"
+            )]
+        );
+        assert!(raw.use_failed);
+
+        // An error inside a published spec is shown in a segment named by its URL.
+        let bad = "spec: s\nbogus: 1\nstages: {}\n";
+        std::fs::write(dir.path().join("bad.yaml"), bad).expect("write");
+        let bad_pin = blake3::hash(bad.as_bytes()).to_hex().to_string();
+        let pipeline =
+            format!("stages:\n  u: {{ use: {{ url: http://h/s.yaml, blake3: {bad_pin} }} }}\n");
+        let mut source = SourceText::new("p.yaml", &pipeline, &[]);
+        let (raw, mut errors) = parse(&source);
+        let mut raw = raw.expect("a pipeline");
+        let fetcher = FileFetcher(dir.path().join("bad.yaml"));
+        expand_uses(&mut raw, &mut source, dir.path(), &fetcher, &mut errors);
+        let [SpecError::UnknownKey { span, .. }] = errors.as_slice() else {
+            panic!("{errors:?}");
+        };
+        assert_eq!(source.location(span.offset()), "http://h/s.yaml:2");
+
+        let (_, messages) = run(&pin, &NoFetcher);
+        assert_eq!(messages.len(), 1);
+        assert!(
+            messages[0].starts_with("cannot fetch spec `http://h/s.yaml`: published specs"),
+            "{messages:?}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod diagnostics;
 mod fuzz;
 mod hostile;
 mod layering;
+mod published_specs;
 mod schema;
 mod serve;
 mod specs;

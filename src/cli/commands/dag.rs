@@ -4,10 +4,9 @@ use crate::cli::args::{DagArgs, DagFormatArg};
 use crate::cli::printer::Printer;
 use crate::cli::ExitStatus;
 use crate::graph::{render, DagFormat, PipelineGraph};
-use crate::model::load_file;
 
 pub fn run(args: &DagArgs, printer: &Printer) -> ExitStatus {
-    let pipeline = match load_file(&args.file, &args.overrides) {
+    let pipeline = match super::load_pipeline(&args.file, &args.overrides, None) {
         Ok(pipeline) => pipeline,
         Err(error) => return super::report_load_error(error, printer),
     };

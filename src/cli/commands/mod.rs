@@ -15,7 +15,7 @@ pub mod serve;
 pub mod spec;
 pub mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::args::{RemoteArgs, StoreArgs};
 use super::printer::Printer;
@@ -23,7 +23,8 @@ use super::ExitStatus;
 use crate::cache::locate::{default_store_dir, project_root_of};
 use crate::cache::remote::{configured_remote, Remote, RemoteError};
 use crate::cache::Store;
-use crate::model::LoadError;
+use crate::data::sources::SourceResolver;
+use crate::model::{LoadError, Override, Pipeline};
 
 /// Reports a load error; a file that cannot be read is a usage error, an invalid one a failure.
 pub(crate) fn report_load_error(error: LoadError, printer: &Printer) -> ExitStatus {
@@ -57,14 +58,37 @@ pub(crate) fn finish<E: miette::Diagnostic + Send + Sync + 'static>(
     }
 }
 
+/// Loads a pipeline file, fetching published specs (`use: { url | pip, blake3 }`) into the
+/// downloads bucket of the store `store` names, else `TAPER_STORE`'s, else the project's (the
+/// commands without `--store` still find the specs a `run` fetched).
+pub(crate) fn load_pipeline(
+    file: &Path,
+    overrides: &[Override],
+    store: Option<&Path>,
+) -> Result<Pipeline, LoadError> {
+    let store_root = store
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("TAPER_STORE").map(PathBuf::from))
+        .unwrap_or_else(|| default_store_dir(Some(file)));
+    let root = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    crate::model::load_file_with(file, overrides, &SourceResolver::new(root, &store_root))
+}
+
 /// Loads the pipeline and opens the store, reporting failures; `Err` carries the exit status.
 pub(crate) fn load_with_store(
     selection: &super::args::SelectionArgs,
     store: &StoreArgs,
     printer: &Printer,
 ) -> Result<(crate::model::Pipeline, Store), ExitStatus> {
-    let pipeline = crate::model::load_file(&selection.file, &selection.overrides)
-        .map_err(|error| report_load_error(error, printer))?;
+    let pipeline = load_pipeline(
+        &selection.file,
+        &selection.overrides,
+        store.store.as_deref(),
+    )
+    .map_err(|error| report_load_error(error, printer))?;
     let store = open_store(store, Some(selection.file.as_path()), printer)?;
     Ok((pipeline, store))
 }

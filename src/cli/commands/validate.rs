@@ -4,12 +4,12 @@ use crate::cli::args::ValidateArgs;
 use crate::cli::printer::Printer;
 use crate::cli::ExitStatus;
 use crate::model::stages::committed_secrets;
-use crate::model::{load_file, LoadError};
+use crate::model::LoadError;
 
 pub fn run(args: &ValidateArgs, printer: &Printer) -> ExitStatus {
     let mut status = ExitStatus::Success;
     for file in &args.files {
-        let loaded = load_file(file, &args.overrides);
+        let loaded = super::load_pipeline(file, &args.overrides, None);
         if args.json {
             let (record, file_status) = match &loaded {
                 Ok(pipeline) => (
