@@ -66,7 +66,7 @@ impl DeError {
                 (Value::Scalar(_), _) | (_, None) => node.span,
                 (Value::Map(_) | Value::Seq(_), Some(key)) => key,
             });
-            self.from_param = node.from_param;
+            self.from_param = node.from_param.as_deref().copied();
         }
         self
     }
@@ -391,7 +391,7 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
                         .filter(|(key, _)| !fields.contains(&key.value.as_str()))
                         .filter(|(key, _)| !self.skipped.contains(&key.span))
                         .map(|(key, _)| UnknownField {
-                            key: key.value.clone(),
+                            key: key.value.to_string(),
                             span: key.span,
                             expected: fields,
                         }),

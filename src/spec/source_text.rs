@@ -75,14 +75,16 @@ struct Inner {
 
 impl SourceText {
     /// `name` is the file name shown in diagnostics; each extra segment is `(name, text)`.
-    pub fn new(name: &str, file_text: &str, extra: &[(String, String)]) -> SourceText {
-        let mut text = String::with_capacity(file_text.len() + 64);
+    /// A `String` given as `file_text` becomes the buffer, not copied: the file's text is
+    /// the largest thing a pipeline of a few values holds.
+    pub fn new(name: &str, file_text: impl Into<String>, extra: &[(String, String)]) -> SourceText {
+        let mut text: String = file_text.into();
+        let file_end = text.len();
         let mut segments = Vec::with_capacity(1 + extra.len());
-        text.push_str(file_text);
         segments.push(Segment {
             name: name.to_owned(),
             start: 0,
-            end: file_text.len(),
+            end: file_end,
         });
         for (segment_name, segment_text) in extra {
             // A newline between segments keeps a segment's line numbers independent of the

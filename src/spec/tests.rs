@@ -44,6 +44,44 @@ fn every_duplicate_key_is_reported_and_the_first_value_kept() {
 }
 
 #[test]
+fn duplicates_are_found_among_many_keys_and_point_at_the_first() {
+    let mut text: String = (0..1000)
+        .map(|index| format!("k{index}: {index}\n"))
+        .collect();
+    text.push_str("k500: again\n");
+    let (root, errors) = parse_yaml(&text);
+    let [SpecError::DuplicateKey { key, first, .. }] = &errors[..] else {
+        panic!("{errors:?}");
+    };
+    assert_eq!(key, "k500");
+    let first = first.expect("the first definition is labelled");
+    assert_eq!(&text[first.offset()..first.offset() + first.len()], "k500");
+    assert_eq!(root.expect("a tree").as_map().map(<[_]>::len), Some(1000));
+}
+
+#[test]
+fn a_list_may_hold_the_limit_of_entries_and_not_one_more() {
+    let list = |entries: usize| format!("deps: [{}]\n", vec!["a"; entries].join(","));
+    let root = parse_ok(&list(MAX_LIST_ENTRIES));
+    let deps = root.get("deps").expect("deps");
+    assert!(matches!(&deps.value, Value::Seq(items) if items.len() == MAX_LIST_ENTRIES));
+
+    // Reported once, at the list's opening bracket, however far past the limit it goes.
+    let (root, errors) = parse_yaml(&list(MAX_LIST_ENTRIES + 5));
+    let [SpecError::TooManyEntries { limit, span }] = &errors[..] else {
+        panic!("{errors:?}");
+    };
+    assert_eq!(
+        (*limit, span.offset(), span.len()),
+        (MAX_LIST_ENTRIES, 6, 1)
+    );
+    let deps = root.expect("the tree is kept").get("deps").cloned();
+    assert!(
+        matches!(deps.map(|deps| deps.value), Some(Value::Seq(items)) if items.len() == MAX_LIST_ENTRIES)
+    );
+}
+
+#[test]
 fn deep_nesting_is_an_error_not_a_stack_overflow() {
     let text = format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000));
     let (root, errors) = parse_yaml(&text);

@@ -35,8 +35,8 @@ pub(super) fn check_output_clashes<'a>(
             {
                 errors.push(ModelError::DuplicateOutput {
                     path: out.display().to_string(),
-                    first: checked[*first].id.value.clone(),
-                    second: stage.id.value.clone(),
+                    first: checked[*first].id.value.to_string(),
+                    second: stage.id.value.to_string(),
                     first_span: Some((*first_span).into()),
                     note: String::new(),
                     second_span: (*span).into(),
@@ -82,7 +82,7 @@ pub(super) fn check_outs(
     }
     let ids: Vec<StageId> = checked
         .iter()
-        .map(|stage| StageId(stage.id.value.clone()))
+        .map(|stage| StageId(stage.id.value.to_string()))
         .collect();
     for (index, (stage, id)) in checked.iter().zip(&ids).enumerate() {
         reserved.insert(
