@@ -703,7 +703,10 @@ mod tests {
             .iter()
             .map(|error| {
                 let span = error.span.expect("placed");
-                (text[span.start..span.end].to_owned(), error.message.clone())
+                (
+                    text[span.start()..span.end()].to_owned(),
+                    error.message.clone(),
+                )
             })
             .collect()
     }
@@ -852,7 +855,7 @@ mod tests {
         let (result, _) = configure(text);
         let error = result.expect_err("`two` is not an integer");
         let span = error.span.expect("placed");
-        assert_eq!(&text[span.start..span.end], "two");
+        assert_eq!(&text[span.start()..span.end()], "two");
         assert_eq!(
             error.message,
             "expected a whole number ≥ 0, found the string `two`"

@@ -181,7 +181,7 @@ impl Node {
     /// Moves every span of the tree `by` bytes later: a spec file is parsed on its own and
     /// then placed after the pipeline in one [`super::SourceText`].
     pub fn shift(&mut self, by: usize) {
-        let moved = |span: Span| Span::new(span.start + by, span.end + by);
+        let moved = |span: Span| Span::new(span.start() + by, span.end() + by);
         self.span = moved(self.span);
         if let Some(param) = &mut self.from_param {
             **param = moved(**param);

@@ -11,12 +11,12 @@ fn scalar_spans_are_byte_ranges_with_non_ascii_text() {
     let text = "name: \"héllo\"\nstages: { a: ünïcode }\n";
     let root = parse_ok(text);
     let name = root.get("name").expect("name");
-    assert_eq!(&text[name.span.start..name.span.end], "\"héllo\"");
+    assert_eq!(&text[name.span.start()..name.span.end()], "\"héllo\"");
     let stage = root
         .get("stages")
         .and_then(|stages| stages.get("a"))
         .expect("a");
-    assert_eq!(&text[stage.span.start..stage.span.end], "ünïcode");
+    assert_eq!(&text[stage.span.start()..stage.span.end()], "ünïcode");
 }
 
 #[test]
@@ -150,7 +150,7 @@ fn flow_collections_end_at_their_closing_bracket() {
     let span_of = |path: &[&str]| {
         let path: Vec<String> = path.iter().map(|step| (*step).to_owned()).collect();
         let node = root.lookup(&path).expect("present");
-        &text[node.span.start..node.span.end]
+        &text[node.span.start()..node.span.end()]
     };
     assert_eq!(span_of(&["a"]), "{ b: 1, c: [x, y] }");
     assert_eq!(span_of(&["a", "c"]), "[x, y]");

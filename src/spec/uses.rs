@@ -171,7 +171,7 @@ pub fn parse_spec(text: &str, base: usize) -> (Option<SpecFile>, Vec<SpecError>)
     if !has_name {
         errors.push(bad_spec(
             "the spec has no `spec:` name",
-            Span::new(root.span.start, root.span.start),
+            Span::new(root.span.start(), root.span.start()),
             "add `spec: <name>` here",
             "the name is shown by `taper spec show` and recorded in lock files",
         ));
@@ -485,7 +485,7 @@ fn expand_one(
             .filter(|(name, _)| !swept.contains(name.as_str()))
             .map(|(name, node)| {
                 let origin =
-                    source.location(node.from_param.as_deref().unwrap_or(&node.span).start);
+                    source.location(node.from_param.as_deref().unwrap_or(&node.span).start());
                 (name.clone(), (node.flow_text(), origin))
             })
             .collect(),

@@ -111,7 +111,7 @@ pub(crate) fn validate(
     .into_iter()
     .flatten()
     .map(|(key, _)| key.span)
-    .min_by_key(|span| span.start)
+    .min_by_key(|span| span.start())
     .unwrap_or(raw.span);
 
     match &raw.version {
