@@ -72,6 +72,10 @@ pub(super) fn check_outs(
         Log(usize),
         Artifacts(usize),
     }
+    // The index holds a path per stage: built only when there is an out to look up in it.
+    if checked.iter().all(|stage| stage.outs.is_empty()) {
+        return;
+    }
     let mut reserved: PathIndex<Reserved> = PathIndex::new();
     reserved.insert(Path::new(crate::model::DEFAULT_STORE_DIR), Reserved::Store);
     let file = pipeline_file.file_name().map(Path::new);
