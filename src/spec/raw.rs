@@ -151,7 +151,7 @@ impl RawPipeline {
             }) = params
             {
                 for (key, node) in entries.iter_mut() {
-                    if &key.value == name {
+                    if key.value == name {
                         *node = value_node.clone();
                     }
                 }

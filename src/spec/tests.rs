@@ -134,7 +134,7 @@ fn a_megabyte_key_is_abbreviated_in_messages() {
         panic!("{} errors", errors.len())
     };
     assert_eq!(shown.chars().count(), 41, "40 characters and `…`");
-    let source = SourceText::new("p.yaml", &format!("{{ {key}: 1, version: 1 }}\n"), &[]);
+    let source = SourceText::new("p.yaml", format!("{{ {key}: 1, version: 1 }}\n"), &[]);
     let (_, errors) = parse(&source);
     assert!(
         matches!(&errors[..], [SpecError::UnknownKey { key, .. }] if key.len() < 50),

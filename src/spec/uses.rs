@@ -761,7 +761,7 @@ fn expand_matrix(
                 if let Some(default) = spec
                     .params
                     .iter()
-                    .find(|decl| &decl.key.value == name)
+                    .find(|decl| decl.key.value == name)
                     .and_then(|decl| decl.default.clone())
                 {
                     variant.insert(name.clone(), default);

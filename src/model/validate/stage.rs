@@ -295,7 +295,7 @@ impl<T> Typed<T> {
         let mut node = node;
         for step in path {
             let next = match &node.value {
-                Value::Map(entries) => entries.iter().find(|(key, _)| &key.value == step),
+                Value::Map(entries) => entries.iter().find(|(key, _)| key.value == step),
                 Value::Seq(_) | Value::Scalar(_) => None,
             };
             match next {
