@@ -11,7 +11,7 @@ fn configure_stage(settings: Value) -> Stage {
     let configure: Configure = serde_json::from_value(settings).expect("valid configure settings");
     Stage {
         id: StageId("hparams".to_owned()),
-        settings: StageSettings::Configure(configure),
+        settings: StageSettings::Configure(Box::new(configure)),
         inputs: BTreeMap::new(),
     }
 }

@@ -66,7 +66,7 @@ impl DeError {
                 (Value::Scalar(_), _) | (_, None) => node.span,
                 (Value::Map(_) | Value::Seq(_), Some(key)) => key,
             });
-            self.from_param = node.from_param;
+            self.from_param = node.from_param.as_deref().copied();
         }
         self
     }
@@ -391,7 +391,7 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
                         .filter(|(key, _)| !fields.contains(&key.value.as_str()))
                         .filter(|(key, _)| !self.skipped.contains(&key.span))
                         .map(|(key, _)| UnknownField {
-                            key: key.value.clone(),
+                            key: key.value.to_string(),
                             span: key.span,
                             expected: fields,
                         }),
@@ -703,7 +703,10 @@ mod tests {
             .iter()
             .map(|error| {
                 let span = error.span.expect("placed");
-                (text[span.start..span.end].to_owned(), error.message.clone())
+                (
+                    text[span.start()..span.end()].to_owned(),
+                    error.message.clone(),
+                )
             })
             .collect()
     }
@@ -852,7 +855,7 @@ mod tests {
         let (result, _) = configure(text);
         let error = result.expect_err("`two` is not an integer");
         let span = error.span.expect("placed");
-        assert_eq!(&text[span.start..span.end], "two");
+        assert_eq!(&text[span.start()..span.end()], "two");
         assert_eq!(
             error.message,
             "expected a whole number ≥ 0, found the string `two`"

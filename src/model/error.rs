@@ -169,6 +169,27 @@ pub struct MoreErrors {
     shown: usize,
 }
 
+/// A typed input that reads a stage of the wrong output type.
+#[derive(Debug, Error, Diagnostic, Clone, PartialEq)]
+#[error(
+    "input `{slot}` of stage `{stage}` takes a {expected}, but `{upstream}`{note} produces a {found}"
+)]
+#[diagnostic(code(taper::model::input_type_mismatch))]
+pub struct InputTypeMismatch {
+    pub stage: String,
+    pub slot: String,
+    pub expected: String,
+    pub upstream: String,
+    pub found: String,
+    #[label("a {found}, not a {expected}")]
+    pub span: SourceSpan,
+    #[label("`{upstream}` is defined here")]
+    pub upstream_span: Option<SourceSpan>,
+    pub note: String,
+    #[help]
+    pub help: String,
+}
+
 /// One problem of a pipeline, placed at the YAML node it is about.
 #[derive(Debug, Error, Diagnostic, Clone, PartialEq)]
 pub enum ModelError {
@@ -259,24 +280,10 @@ pub enum ModelError {
         help: String,
     },
 
-    #[error(
-        "input `{slot}` of stage `{stage}` takes a {expected}, but `{upstream}`{note} produces a {found}"
-    )]
-    #[diagnostic(code(taper::model::input_type_mismatch))]
-    InputTypeMismatch {
-        stage: String,
-        slot: String,
-        expected: String,
-        upstream: String,
-        found: String,
-        #[label("a {found}, not a {expected}")]
-        span: SourceSpan,
-        #[label("`{upstream}` is defined here")]
-        upstream_span: Option<SourceSpan>,
-        note: String,
-        #[help]
-        help: String,
-    },
+    /// Boxed: the largest variant by far, and a file can hold 100,000 errors.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    InputTypeMismatch(Box<InputTypeMismatch>),
 
     #[error("the stages depend on each other in a cycle: {path}")]
     #[diagnostic(
@@ -387,12 +394,13 @@ impl ModelError {
                     *first = None;
                 }
             }
-            ModelError::InputTypeMismatch {
-                upstream_span,
-                note,
-                span,
-                ..
-            } => {
+            ModelError::InputTypeMismatch(mismatch) => {
+                let InputTypeMismatch {
+                    upstream_span,
+                    note,
+                    span,
+                    ..
+                } = &mut **mismatch;
                 if let Some(upstream) = upstream_span.filter(|upstream| far(upstream, span)) {
                     *note = format!(" (line {})", line(&upstream));
                     *upstream_span = None;

@@ -79,7 +79,7 @@ pub fn load_file_with(
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    load_str_with(path, &text, root, overrides, fetcher)
+    load_str_with(path, text, root, overrides, fetcher)
 }
 
 /// Reads and checks a spec file on its own, for `taper spec show` (its stages are checked
@@ -106,7 +106,7 @@ pub fn load_spec_file(path: &Path) -> Result<spec::SpecFile, LoadError> {
 /// Parses and validates pipeline text; `path` names it in diagnostics and in [`Pipeline::path`].
 pub fn load_str(
     path: &Path,
-    text: &str,
+    text: impl Into<String>,
     root: PathBuf,
     overrides: &[Override],
 ) -> Result<Pipeline, LoadError> {
@@ -116,15 +116,18 @@ pub fn load_str(
 /// [`load_str`], fetching published specs through `fetcher`.
 pub fn load_str_with(
     path: &Path,
-    text: &str,
+    text: impl Into<String>,
     root: PathBuf,
     overrides: &[Override],
     fetcher: &dyn spec::SpecFetcher,
 ) -> Result<Pipeline, LoadError> {
     let name = path.display().to_string();
+    let mut text: String = text.into();
     // Editors on Windows may start a UTF-8 file with a byte-order mark; it is not part of the
     // first key.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
     let segments: Vec<(String, String)> = overrides
         .iter()
         .map(|item| ("command-line override".to_owned(), item.text.clone()))
@@ -498,8 +501,10 @@ impl fmt::Display for ArtifactKind {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum StageSettings {
     SelectModel(SelectModel),
-    PrepareData(PrepareData),
-    Configure(Configure),
+    /// Boxed, as is `Configure`: both are over 300 bytes, the other kinds at most 144, and
+    /// every stage of a pipeline holds one `StageSettings`.
+    PrepareData(Box<PrepareData>),
+    Configure(Box<Configure>),
     Train(Train),
     Evaluate(Evaluate),
     Explain(Explain),

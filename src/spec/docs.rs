@@ -29,7 +29,7 @@ pub fn document(spec: &SpecFile, markdown: bool) -> String {
                 (None, true) => String::new(),
             };
             [
-                decl.key.value.clone(),
+                decl.key.value.to_string(),
                 decl.ty.clone(),
                 decl.default
                     .as_ref()

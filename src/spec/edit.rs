@@ -58,10 +58,10 @@ pub fn apply_edits(text: &str, edits: &[Edit]) -> Result<String, EditError> {
             } => matrix_change(&raw, entry, param, value)?,
         });
     }
-    changes.sort_by_key(|(span, _)| std::cmp::Reverse(span.start));
+    changes.sort_by_key(|(span, _)| std::cmp::Reverse(span.start()));
     let mut edited = text.to_owned();
     for (span, replacement) in changes {
-        edited.replace_range(span.start..span.end, &replacement);
+        edited.replace_range(span.start()..span.end(), &replacement);
     }
     Ok(edited)
 }
@@ -153,21 +153,23 @@ fn insertion(
     keys: &[&str],
     value: &str,
 ) -> Option<(Span, String)> {
-    if text.as_bytes().get(span.start) == Some(&b'{') {
+    if text.as_bytes().get(span.start()) == Some(&b'{') {
         let mut nested = value.to_owned();
         for key in keys[1..].iter().rev() {
             nested = format!("{{ {key}: {nested} }}");
         }
         let separator = if entries.is_empty() { " " } else { ", " };
-        let close = span.end.checked_sub(1)?;
+        let close = span.end().checked_sub(1)?;
         let before = text[..close].trim_end().len();
         let insert = format!("{separator}{}: {nested} ", keys[0]);
         return Some((Span::new(before, close), insert));
     }
     let (first, _) = entries.first()?;
     let (_, last) = entries.last()?;
-    let line_start = text[..first.span.start].rfind('\n').map_or(0, |at| at + 1);
-    let indent = &text[line_start..first.span.start];
+    let line_start = text[..first.span.start()]
+        .rfind('\n')
+        .map_or(0, |at| at + 1);
+    let indent = &text[line_start..first.span.start()];
     if !indent.bytes().all(|byte| byte == b' ') {
         return None;
     }
@@ -180,9 +182,9 @@ fn insertion(
             lines.push_str(&format!("{pad}{key}:\n"));
         }
     }
-    let at = text[last.span.end..]
+    let at = text[last.span.end()..]
         .find('\n')
-        .map_or(text.len(), |offset| last.span.end + offset + 1);
+        .map_or(text.len(), |offset| last.span.end() + offset + 1);
     if at == text.len() && !text.ends_with('\n') {
         lines.insert(0, '\n');
     }

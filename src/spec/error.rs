@@ -50,6 +50,17 @@ pub enum SpecError {
         span: SourceSpan,
     },
 
+    #[error("a list holds more than {limit} entries")]
+    #[diagnostic(
+        code(taper::spec::too_many_entries),
+        help("a stage lists a few paths; list the directory that holds these files as one entry instead")
+    )]
+    TooManyEntries {
+        limit: usize,
+        #[label("this list has more than {limit} entries")]
+        span: SourceSpan,
+    },
+
     #[error("mapping keys must be plain strings")]
     #[diagnostic(
         code(taper::spec::non_scalar_key),
@@ -164,6 +175,7 @@ impl SpecError {
             | SpecError::MultipleDocuments { span }
             | SpecError::Unsupported { span, .. }
             | SpecError::TooDeep { span, .. }
+            | SpecError::TooManyEntries { span, .. }
             | SpecError::NonScalarKey { span }
             | SpecError::NotAMapping { span, .. }
             | SpecError::UnknownKey { span, .. }

@@ -20,8 +20,8 @@ pub use docs::{document, STARTER_SPEC};
 pub use edit::{apply_edits, Edit, EditError};
 pub use error::{SpecError, SpecNote};
 pub use node::{
-    abbreviate, parse_yaml, resolve_plain, Key, Node, Scalar, ScalarStyle, ScalarValue, Value,
-    MAX_DEPTH,
+    abbreviate, parse_yaml, resolve_plain, Key, Node, Scalar, ScalarStyle, ScalarValue, Text,
+    Value, MAX_DEPTH, MAX_LIST_ENTRIES,
 };
 pub use raw::{Override, OverrideParseError, RawPipeline, TOP_LEVEL_KEYS};
 pub use source_text::{SourceText, Span, Spanned};

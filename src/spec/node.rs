@@ -6,6 +6,7 @@
 //! whole, and aliases would let one node appear at two places with one span.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -16,15 +17,26 @@ use super::source_text::{Span, Spanned};
 /// Deepest nesting of sequences and mappings accepted. Real pipelines stay below 8.
 pub const MAX_DEPTH: usize = 64;
 
+/// Most entries one list may hold. Real pipelines list a few paths per stage (a directory
+/// counts as one dep); without a bound, a file of one-character items (`[a,a,a,…]`, 4 million
+/// of them in 8 MiB) took 1.4 GB to validate, over a hundred bytes per two bytes of text.
+pub const MAX_LIST_ENTRIES: usize = 100_000;
+
+/// The text of a scalar or key: inline up to 24 bytes, on the heap beyond. Most values of a
+/// pipeline are short (`command`, `deps`, `out/data`), and a `String` per value cost a 32-byte
+/// heap block even for one character.
+pub type Text = compact_str::CompactString;
+
 /// A mapping key.
-pub type Key = Spanned<String>;
+pub type Key = Spanned<Text>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub span: Span,
     pub value: Value,
     /// Set when this node was substituted from `${params.<name>}`: the param's definition.
-    pub from_param: Option<Span>,
+    /// Boxed: rarely set, and inline it made every node of the tree 16 bytes larger.
+    pub from_param: Option<Box<Span>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +48,7 @@ pub enum Value {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scalar {
-    pub text: String,
+    pub text: Text,
     pub style: ScalarStyle,
 }
 
@@ -112,7 +124,7 @@ pub fn resolve_plain(text: &str) -> ScalarValue<'_> {
 }
 
 impl Node {
-    pub fn scalar(text: impl Into<String>, style: ScalarStyle, span: Span) -> Node {
+    pub fn scalar(text: impl Into<Text>, style: ScalarStyle, span: Span) -> Node {
         Node {
             span,
             value: Value::Scalar(Scalar {
@@ -169,9 +181,11 @@ impl Node {
     /// Moves every span of the tree `by` bytes later: a spec file is parsed on its own and
     /// then placed after the pipeline in one [`super::SourceText`].
     pub fn shift(&mut self, by: usize) {
-        let moved = |span: Span| Span::new(span.start + by, span.end + by);
+        let moved = |span: Span| Span::new(span.start() + by, span.end() + by);
         self.span = moved(self.span);
-        self.from_param = self.from_param.map(moved);
+        if let Some(param) = &mut self.from_param {
+            **param = moved(**param);
+        }
         match &mut self.value {
             Value::Scalar(_) => {}
             Value::Seq(items) => items.iter_mut().for_each(|item| item.shift(by)),
@@ -187,7 +201,7 @@ impl Node {
     /// The value as one line of flow YAML (`{ name: lora, r: 8 }`), for docs and lock files.
     pub fn flow_text(&self) -> String {
         match &self.value {
-            Value::Scalar(scalar) => scalar.text.clone(),
+            Value::Scalar(scalar) => scalar.text.to_string(),
             Value::Seq(items) => format!(
                 "[{}]",
                 items
@@ -319,6 +333,9 @@ enum Frame {
     Seq {
         start: usize,
         items: Vec<Node>,
+        /// Set once the list passed [`MAX_LIST_ENTRIES`] (reported once); later items are
+        /// read and dropped.
+        overflowed: bool,
     },
     Map {
         start: usize,
@@ -326,7 +343,10 @@ enum Frame {
         /// The key waiting for its value; `false` when it duplicates an earlier key, so its
         /// value is dropped (the error was recorded when the key was read).
         pending_key: Option<(Key, bool)>,
-        seen: HashMap<String, Span>,
+        /// Hash of each key → its position in `entries`, to find a duplicate without
+        /// comparing every pair. Hashes, not copies of the keys: the copies were a third of
+        /// the parser's memory for the 50,000 keys of a large `stages:`.
+        seen: HashMap<u64, usize>,
     },
 }
 
@@ -350,6 +370,7 @@ fn parse_into(text: &str, errors: &mut Vec<SpecError>) -> Result<Option<Node>, S
     let mut stack: Vec<Frame> = Vec::new();
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
+    let key_hasher = RandomState::new();
 
     loop {
         let (event, marker) = match parser.next_token() {
@@ -402,7 +423,7 @@ fn parse_into(text: &str, errors: &mut Vec<SpecError>) -> Result<Option<Node>, S
                     TScalarStyle::Literal | TScalarStyle::Folded => ScalarStyle::Block,
                 };
                 let node = Node::scalar(value, style, Span::new(at, end));
-                push_value(&mut stack, &mut root, node, errors)?;
+                push_value(&mut stack, &mut root, node, &key_hasher, errors)?;
             }
             Event::SequenceStart(anchor, ref tag) | Event::MappingStart(anchor, ref tag) => {
                 let is_sequence = matches!(event, Event::SequenceStart(..));
@@ -417,6 +438,7 @@ fn parse_into(text: &str, errors: &mut Vec<SpecError>) -> Result<Option<Node>, S
                     Frame::Seq {
                         start: at,
                         items: Vec::new(),
+                        overflowed: false,
                     }
                 } else {
                     Frame::Map {
@@ -441,7 +463,9 @@ fn parse_into(text: &str, errors: &mut Vec<SpecError>) -> Result<Option<Node>, S
                 // Exact capacities: the doubling growth left up to half of every list unused,
                 // a fifth of the tree's memory for a file of many small mappings.
                 let node = match frame {
-                    Frame::Seq { start, mut items } => {
+                    Frame::Seq {
+                        start, mut items, ..
+                    } => {
                         items.shrink_to_fit();
                         Node {
                             span: Span::new(start, end(start)),
@@ -460,7 +484,7 @@ fn parse_into(text: &str, errors: &mut Vec<SpecError>) -> Result<Option<Node>, S
                         }
                     }
                 };
-                push_value(&mut stack, &mut root, node, errors)?;
+                push_value(&mut stack, &mut root, node, &key_hasher, errors)?;
             }
         }
     }
@@ -499,11 +523,26 @@ fn push_value(
     stack: &mut [Frame],
     root: &mut Option<Node>,
     node: Node,
+    key_hasher: &RandomState,
     errors: &mut Vec<SpecError>,
 ) -> Result<(), SpecError> {
     match stack.last_mut() {
         None => *root = Some(node),
-        Some(Frame::Seq { items, .. }) => items.push(node),
+        Some(Frame::Seq {
+            start,
+            items,
+            overflowed,
+        }) => {
+            if items.len() < MAX_LIST_ENTRIES {
+                items.push(node);
+            } else if !*overflowed {
+                *overflowed = true;
+                errors.push(SpecError::TooManyEntries {
+                    limit: MAX_LIST_ENTRIES,
+                    span: Span::new(*start, *start + 1).into(),
+                });
+            }
+        }
         Some(Frame::Map {
             entries,
             pending_key,
@@ -525,18 +564,32 @@ fn push_value(
                     value: scalar.text,
                     span: node.span,
                 };
-                if let Some(first) = seen.get(&key.value) {
+                let hash = key_hasher.hash_one(&key.value);
+                // Two keys with one hash are compared in full; different keys with equal
+                // 64-bit keyed hashes are found by the scan and cost only time.
+                let first = match seen.get(&hash) {
+                    Some(&position) if entries[position].0.value == key.value => {
+                        Some(entries[position].0.span)
+                    }
+                    Some(_) => entries
+                        .iter()
+                        .find(|(other, _)| other.value == key.value)
+                        .map(|(other, _)| other.span),
+                    None => None,
+                };
+                if let Some(first) = first {
                     // Keep parsing so every duplicate in the file is reported in one pass.
                     errors.push(SpecError::DuplicateKey {
                         // A generated key can be megabytes long; the label shows where it is.
                         key: abbreviate(&key.value),
-                        first: Some((*first).into()),
+                        first: Some(first.into()),
                         note: String::new(),
                         second: key.span.into(),
                     });
                     *pending_key = Some((key, false));
                 } else {
-                    seen.insert(key.value.clone(), key.span);
+                    // The value arrives next and is pushed at this position.
+                    seen.entry(hash).or_insert(entries.len());
                     *pending_key = Some((key, true));
                 }
             }

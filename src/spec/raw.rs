@@ -128,7 +128,12 @@ impl RawPipeline {
             let names: Vec<String> = params
                 .as_ref()
                 .and_then(|node| node.as_map())
-                .map(|entries| entries.iter().map(|(key, _)| key.value.clone()).collect())
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .map(|(key, _)| key.value.to_string())
+                        .collect()
+                })
                 .unwrap_or_default();
             let name = &spec.path[1];
             if spec.path.len() != 2 || !names.contains(name) {
@@ -152,7 +157,7 @@ impl RawPipeline {
             }) = params
             {
                 for (key, node) in entries.iter_mut() {
-                    if &key.value == name {
+                    if key.value == name {
                         *node = value_node.clone();
                     }
                 }
@@ -164,7 +169,12 @@ impl RawPipeline {
             .stages
             .as_ref()
             .and_then(|(_, node)| node.as_map())
-            .map(|entries| entries.iter().map(|(key, _)| key.value.clone()).collect())
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|(key, _)| key.value.to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         let stage_entry = self
             .stages
@@ -223,7 +233,7 @@ impl RawPipeline {
             ));
         };
         let key = Spanned {
-            value: spec.path[last].clone(),
+            value: spec.path[last].as_str().into(),
             span: path_span(last),
         };
         match entries
@@ -250,7 +260,7 @@ fn child_map<'a>(node: &'a mut Node, key: &str, span: Span) -> Option<&'a mut No
         None => {
             entries.push((
                 Spanned {
-                    value: key.to_owned(),
+                    value: key.to_owned().into(),
                     span,
                 },
                 Node::empty_map(span),

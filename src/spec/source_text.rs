@@ -10,24 +10,37 @@ use std::sync::Arc;
 use miette::{MietteError, MietteSpanContents, SourceCode, SourceSpan, SpanContents};
 
 /// A byte range into a [`SourceText`]; `start == end` marks a position.
+///
+/// Offsets are `u32`: a source is at most an 8 MiB file plus its overrides and specs, and
+/// every node, key and stage of a validated file carries spans (8 bytes each instead of 16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Span {
-    pub start: usize,
-    pub end: usize,
+    start: u32,
+    end: u32,
 }
 
 impl Span {
+    /// Offsets past `u32::MAX` (no source gets near) are clamped rather than wrapped.
     pub fn new(start: usize, end: usize) -> Span {
+        let offset = |at: usize| u32::try_from(at).unwrap_or(u32::MAX);
         Span {
-            start,
-            end: end.max(start),
+            start: offset(start),
+            end: offset(end.max(start)),
         }
+    }
+
+    pub fn start(self) -> usize {
+        self.start as usize
+    }
+
+    pub fn end(self) -> usize {
+        self.end as usize
     }
 }
 
 impl From<Span> for SourceSpan {
     fn from(span: Span) -> SourceSpan {
-        SourceSpan::new(span.start.into(), span.end - span.start)
+        SourceSpan::new(span.start().into(), span.end() - span.start())
     }
 }
 
@@ -75,14 +88,16 @@ struct Inner {
 
 impl SourceText {
     /// `name` is the file name shown in diagnostics; each extra segment is `(name, text)`.
-    pub fn new(name: &str, file_text: &str, extra: &[(String, String)]) -> SourceText {
-        let mut text = String::with_capacity(file_text.len() + 64);
+    /// A `String` given as `file_text` becomes the buffer, not copied: the file's text is
+    /// the largest thing a pipeline of a few values holds.
+    pub fn new(name: &str, file_text: impl Into<String>, extra: &[(String, String)]) -> SourceText {
+        let mut text: String = file_text.into();
+        let file_end = text.len();
         let mut segments = Vec::with_capacity(1 + extra.len());
-        text.push_str(file_text);
         segments.push(Segment {
             name: name.to_owned(),
             start: 0,
-            end: file_text.len(),
+            end: file_end,
         });
         for (segment_name, segment_text) in extra {
             // A newline between segments keeps a segment's line numbers independent of the
@@ -166,7 +181,7 @@ impl SourceText {
 
     /// The text of a span (empty when out of range).
     pub fn slice(&self, span: Span) -> &str {
-        self.inner.text.get(span.start..span.end).unwrap_or("")
+        self.inner.text.get(span.start()..span.end()).unwrap_or("")
     }
 
     /// 1-based line of a byte offset within its segment: a binary search, for sorting and

@@ -89,7 +89,7 @@ impl SpecFetcher for NoFetcher {
 pub fn parse_source(node: &Node, errors: &mut Vec<SpecError>) -> Option<SpecSource> {
     let fields = match &node.value {
         Value::Scalar(scalar) if !scalar.text.is_empty() => {
-            return Some(SpecSource::Path(scalar.text.clone()))
+            return Some(SpecSource::Path(scalar.text.to_string()))
         }
         Value::Map(fields) => fields,
         Value::Scalar(_) | Value::Seq(_) => {
@@ -107,7 +107,7 @@ pub fn parse_source(node: &Node, errors: &mut Vec<SpecError>) -> Option<SpecSour
     let mut text = |key: &str| -> Option<String> {
         let (_, value) = fields.iter().find(|(name, _)| name.value == key)?;
         match value.as_scalar() {
-            Some(scalar) if !scalar.text.is_empty() => Some(scalar.text.clone()),
+            Some(scalar) if !scalar.text.is_empty() => Some(scalar.text.to_string()),
             _ => {
                 errors.push(bad_source(
                     &format!("`{key}` of a published spec must be a string"),

@@ -11,12 +11,12 @@ fn scalar_spans_are_byte_ranges_with_non_ascii_text() {
     let text = "name: \"héllo\"\nstages: { a: ünïcode }\n";
     let root = parse_ok(text);
     let name = root.get("name").expect("name");
-    assert_eq!(&text[name.span.start..name.span.end], "\"héllo\"");
+    assert_eq!(&text[name.span.start()..name.span.end()], "\"héllo\"");
     let stage = root
         .get("stages")
         .and_then(|stages| stages.get("a"))
         .expect("a");
-    assert_eq!(&text[stage.span.start..stage.span.end], "ünïcode");
+    assert_eq!(&text[stage.span.start()..stage.span.end()], "ünïcode");
 }
 
 #[test]
@@ -40,6 +40,44 @@ fn every_duplicate_key_is_reported_and_the_first_value_kept() {
             .and_then(Node::as_scalar)
             .map(|s| s.text.as_str()),
         Some("1")
+    );
+}
+
+#[test]
+fn duplicates_are_found_among_many_keys_and_point_at_the_first() {
+    let mut text: String = (0..1000)
+        .map(|index| format!("k{index}: {index}\n"))
+        .collect();
+    text.push_str("k500: again\n");
+    let (root, errors) = parse_yaml(&text);
+    let [SpecError::DuplicateKey { key, first, .. }] = &errors[..] else {
+        panic!("{errors:?}");
+    };
+    assert_eq!(key, "k500");
+    let first = first.expect("the first definition is labelled");
+    assert_eq!(&text[first.offset()..first.offset() + first.len()], "k500");
+    assert_eq!(root.expect("a tree").as_map().map(<[_]>::len), Some(1000));
+}
+
+#[test]
+fn a_list_may_hold_the_limit_of_entries_and_not_one_more() {
+    let list = |entries: usize| format!("deps: [{}]\n", vec!["a"; entries].join(","));
+    let root = parse_ok(&list(MAX_LIST_ENTRIES));
+    let deps = root.get("deps").expect("deps");
+    assert!(matches!(&deps.value, Value::Seq(items) if items.len() == MAX_LIST_ENTRIES));
+
+    // Reported once, at the list's opening bracket, however far past the limit it goes.
+    let (root, errors) = parse_yaml(&list(MAX_LIST_ENTRIES + 5));
+    let [SpecError::TooManyEntries { limit, span }] = &errors[..] else {
+        panic!("{errors:?}");
+    };
+    assert_eq!(
+        (*limit, span.offset(), span.len()),
+        (MAX_LIST_ENTRIES, 6, 1)
+    );
+    let deps = root.expect("the tree is kept").get("deps").cloned();
+    assert!(
+        matches!(deps.map(|deps| deps.value), Some(Value::Seq(items)) if items.len() == MAX_LIST_ENTRIES)
     );
 }
 
@@ -96,7 +134,7 @@ fn a_megabyte_key_is_abbreviated_in_messages() {
         panic!("{} errors", errors.len())
     };
     assert_eq!(shown.chars().count(), 41, "40 characters and `…`");
-    let source = SourceText::new("p.yaml", &format!("{{ {key}: 1, version: 1 }}\n"), &[]);
+    let source = SourceText::new("p.yaml", format!("{{ {key}: 1, version: 1 }}\n"), &[]);
     let (_, errors) = parse(&source);
     assert!(
         matches!(&errors[..], [SpecError::UnknownKey { key, .. }] if key.len() < 50),
@@ -112,7 +150,7 @@ fn flow_collections_end_at_their_closing_bracket() {
     let span_of = |path: &[&str]| {
         let path: Vec<String> = path.iter().map(|step| (*step).to_owned()).collect();
         let node = root.lookup(&path).expect("present");
-        &text[node.span.start..node.span.end]
+        &text[node.span.start()..node.span.end()]
     };
     assert_eq!(span_of(&["a"]), "{ b: 1, c: [x, y] }");
     assert_eq!(span_of(&["a", "c"]), "[x, y]");

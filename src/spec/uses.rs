@@ -172,7 +172,7 @@ pub fn parse_spec(text: &str, base: usize) -> (Option<SpecFile>, Vec<SpecError>)
     if !has_name {
         errors.push(bad_spec(
             "the spec has no `spec:` name",
-            Span::new(root.span.start, root.span.start),
+            Span::new(root.span.start(), root.span.start()),
             "add `spec: <name>` here",
             "the name is shown by `taper spec show` and recorded in lock files",
         ));
@@ -314,7 +314,7 @@ impl ParamDecl {
                 .map(|choice| {
                     choice
                         .as_scalar()
-                        .map_or_else(|| choice.describe(), |scalar| scalar.text.clone())
+                        .map_or_else(|| choice.describe(), |scalar| scalar.text.to_string())
                 })
                 .collect();
             return Err(format!(
@@ -336,7 +336,7 @@ fn number(node: &Node) -> Option<f64> {
 }
 
 fn text_of(node: &Node) -> Option<String> {
-    node.as_scalar().map(|scalar| scalar.text.clone())
+    node.as_scalar().map(|scalar| scalar.text.to_string())
 }
 
 fn bad_spec(message: &str, span: Span, label: &str, help: &str) -> SpecError {
@@ -454,7 +454,7 @@ fn expand_one(
         .collect();
     let varies = varying_stages(&spec, &swept);
     let mut used = SpecUse {
-        entry: entry.value.clone(),
+        entry: entry.value.to_string(),
         source: spec_source,
         name: spec.name.clone(),
         version: spec.version.clone(),
@@ -463,7 +463,8 @@ fn expand_one(
             .iter()
             .filter(|(name, _)| !swept.contains(name.as_str()))
             .map(|(name, node)| {
-                let origin = source.location(node.from_param.unwrap_or(node.span).start);
+                let origin =
+                    source.location(node.from_param.as_deref().unwrap_or(&node.span).start());
                 (name.clone(), (node.flow_text(), origin))
             })
             .collect(),
@@ -500,7 +501,7 @@ fn expand_one(
             rename_inputs(&mut stage, &spec, &stage_name);
             out.push((
                 Spanned {
-                    value: name,
+                    value: name.into(),
                     span: key.span,
                 },
                 stage,
@@ -652,18 +653,18 @@ fn check_settings(
             continue;
         }
         let mut node = value.clone();
-        node.from_param = Some(value.span);
-        values.insert(key.value.clone(), node);
+        node.from_param = Some(Box::new(value.span));
+        values.insert(key.value.to_string(), node);
     }
     for decl in &spec.params {
-        if values.contains_key(&decl.key.value) {
+        if values.contains_key(decl.key.value.as_str()) {
             continue;
         }
         match &decl.default {
             Some(default) => {
                 let mut node = default.clone();
-                node.from_param = Some(default.span);
-                values.insert(decl.key.value.clone(), node);
+                node.from_param = Some(Box::new(default.span));
+                values.insert(decl.key.value.to_string(), node);
             }
             None if settings.iter().any(|(key, _)| key.value == decl.key.value) => {}
             None => errors.push(SpecError::UseSpec {
@@ -785,14 +786,14 @@ fn expand_matrix(
         let mut variant = BTreeMap::new();
         for (name, items) in axes.iter().rev() {
             let mut node = items[rest % items.len()].clone();
-            node.from_param = Some(node.span);
+            node.from_param = Some(Box::new(node.span));
             variant.insert(name.clone(), node);
             rest /= items.len();
         }
         let excluded = exclude.iter().any(|pattern| {
             pattern.iter().all(|(key, value)| {
                 variant
-                    .get(&key.value)
+                    .get(key.value.as_str())
                     .is_some_and(|node| scalar_text(node) == scalar_text(value))
             })
         });
@@ -803,8 +804,8 @@ fn expand_matrix(
     for extra in include {
         let mut variant = BTreeMap::new();
         for (key, mut value) in extra {
-            value.from_param = Some(value.span);
-            variant.insert(key.value, value);
+            value.from_param = Some(Box::new(value.span));
+            variant.insert(key.value.to_string(), value);
         }
         variants.push(variant);
     }
@@ -816,7 +817,7 @@ fn expand_matrix(
                 if let Some(default) = spec
                     .params
                     .iter()
-                    .find(|decl| &decl.key.value == name)
+                    .find(|decl| decl.key.value == name)
                     .and_then(|decl| decl.default.clone())
                 {
                     variant.insert(name.clone(), default);
@@ -855,7 +856,7 @@ fn declared<'a>(
 /// A scalar's text (the YAML of anything else), for labels and comparisons.
 fn scalar_text(node: &Node) -> String {
     node.as_scalar()
-        .map_or_else(|| node.describe(), |scalar| scalar.text.clone())
+        .map_or_else(|| node.describe(), |scalar| scalar.text.to_string())
 }
 
 /// `lr1e-4-rank8`: the swept values in a stage name (letters, digits, `_`, `-` only).
@@ -984,7 +985,7 @@ fn substitute(
             if let Some(name) = whole {
                 if let Some(value) = lookup(name, node.span, spec, values, errors) {
                     node.value = value.value.clone();
-                    node.from_param = value.from_param;
+                    node.from_param = value.from_param.clone();
                 }
                 return;
             }
@@ -1021,7 +1022,7 @@ fn substitute(
             }
             output.push_str(rest);
             node.value = Value::Scalar(super::node::Scalar {
-                text: output,
+                text: output.into(),
                 style: super::node::ScalarStyle::Quoted,
             });
         }
@@ -1068,7 +1069,7 @@ fn rename_inputs(stage: &mut Node, spec: &SpecFile, stage_name: &dyn Fn(&str) ->
                     .iter()
                     .any(|(name, _)| name.value == scalar.text)
                 {
-                    scalar.text = stage_name(&scalar.text);
+                    scalar.text = stage_name(&scalar.text).into();
                 }
             }
         }

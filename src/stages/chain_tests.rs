@@ -106,7 +106,7 @@ impl Chain {
         .unwrap();
         self.run(
             "data",
-            StageSettings::PrepareData(PrepareData {
+            StageSettings::PrepareData(Box::new(PrepareData {
                 source: Source::Path {
                     path: "reviews.csv".into(),
                 },
@@ -126,7 +126,7 @@ impl Chain {
                 },
                 max_length: 16,
                 augment: None,
-            }),
+            })),
             &[(InputSlot::Model, "model")],
             &PrepareDataRunner,
             &quiet,
@@ -137,7 +137,7 @@ impl Chain {
     pub(super) fn configure(&mut self, configure: Configure) {
         self.run(
             "config",
-            StageSettings::Configure(configure),
+            StageSettings::Configure(Box::new(configure)),
             &[],
             &ConfigureRunner,
             &|_| {},
@@ -537,7 +537,9 @@ fn quickstart_when_available() {
     chain
         .run(
             "data",
-            StageSettings::PrepareData(crate::stages::prepare_data::tests::quickstart_data(64)),
+            StageSettings::PrepareData(Box::new(
+                crate::stages::prepare_data::tests::quickstart_data(64),
+            )),
             &[(InputSlot::Model, "model")],
             &PrepareDataRunner,
             &log,

@@ -11,7 +11,7 @@ use miette::LabeledSpan;
 
 use super::{invalid, Checked};
 use crate::model::edges::{self, Edge, StageEnds};
-use crate::model::error::ModelError;
+use crate::model::error::{InputTypeMismatch, ModelError};
 use crate::model::{ArtifactKind, InputSlot, StageId, StageKind};
 use crate::spec::{suggestion_help, ScalarValue, Span};
 
@@ -57,7 +57,7 @@ pub(super) fn resolve_inputs(checked: &[Checked<'_>], errors: &mut Vec<ModelErro
                 let names: Vec<&str> = slots.iter().map(|(slot, _, _)| slot.as_str()).collect();
                 errors.push(ModelError::UnknownInput {
                     kind: kind.to_string(),
-                    slot: slot_key.value.clone(),
+                    slot: slot_key.value.to_string(),
                     span: slot_key.span.into(),
                     help: if names.is_empty() {
                         format!("`{kind}` stages take no inputs; remove `inputs`")
@@ -86,7 +86,7 @@ pub(super) fn resolve_inputs(checked: &[Checked<'_>], errors: &mut Vec<ModelErro
             };
             let Some(upstream) = stages_by_id.get(reference_name) else {
                 errors.push(ModelError::UnknownStage {
-                    stage: stage.id.value.clone(),
+                    stage: stage.id.value.to_string(),
                     reference: reference_name.to_owned(),
                     span: reference.span.into(),
                     help: suggestion_help(reference_name, &stage_names, "stage"),
@@ -99,8 +99,8 @@ pub(super) fn resolve_inputs(checked: &[Checked<'_>], errors: &mut Vec<ModelErro
                 continue;
             };
             if upstream_kind.output() != *expected {
-                errors.push(ModelError::InputTypeMismatch {
-                    stage: stage.id.value.clone(),
+                errors.push(ModelError::InputTypeMismatch(Box::new(InputTypeMismatch {
+                    stage: stage.id.value.to_string(),
                     slot: slot.to_string(),
                     expected: expected.to_string(),
                     upstream: reference_name.to_owned(),
@@ -109,7 +109,7 @@ pub(super) fn resolve_inputs(checked: &[Checked<'_>], errors: &mut Vec<ModelErro
                     upstream_span: Some(upstream.kind_span.into()),
                     note: String::new(),
                     help: mismatch_help(*slot, *expected, checked),
-                });
+                })));
             }
         }
         for (slot, expected, required) in slots {
@@ -121,7 +121,7 @@ pub(super) fn resolve_inputs(checked: &[Checked<'_>], errors: &mut Vec<ModelErro
             {
                 errors.push(ModelError::MissingInput {
                     kind: kind.to_string(),
-                    stage: stage.id.value.clone(),
+                    stage: stage.id.value.to_string(),
                     slot: slot.to_string(),
                     expected: format!("a {expected}"),
                     span: stage.inputs_span.unwrap_or(stage.id.span).into(),

@@ -20,6 +20,7 @@ mod params;
 mod semantic;
 mod stage;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use super::checks::Issue;
@@ -58,13 +59,40 @@ struct Checked<'a> {
     inputs: Vec<(&'a Key, &'a Node)>,
     inputs_span: Option<Span>,
     /// The settings of an ML stage as written (after substitution), to place errors found
-    /// after typing (an empty map for a command stage), and the key they sit under.
-    settings_node: Node,
+    /// after typing (the stage itself for a command stage), and the key they sit under.
+    settings_node: SettingsNode<'a>,
     settings_key_span: Span,
     /// Normalized paths the stage reads (a command's `deps`, an ML stage's `path:` sources)
     /// and a command's `outs`, with spans.
     deps: Vec<(PathBuf, Span)>,
     outs: Vec<(PathBuf, Span)>,
+}
+
+/// A stage's settings node: the file's own, or a copy with `${params.…}` substituted. Not a
+/// `Cow`, which holds an owned `Node` inline: every stage has one, and most borrow.
+enum SettingsNode<'a> {
+    Written(&'a Node),
+    Substituted(Box<Node>),
+}
+
+impl<'a> From<Cow<'a, Node>> for SettingsNode<'a> {
+    fn from(node: Cow<'a, Node>) -> SettingsNode<'a> {
+        match node {
+            Cow::Borrowed(node) => SettingsNode::Written(node),
+            Cow::Owned(node) => SettingsNode::Substituted(Box::new(node)),
+        }
+    }
+}
+
+impl std::ops::Deref for SettingsNode<'_> {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        match self {
+            SettingsNode::Written(node) => node,
+            SettingsNode::Substituted(node) => node,
+        }
+    }
 }
 
 pub(crate) fn validate(
@@ -84,7 +112,7 @@ pub(crate) fn validate(
     .into_iter()
     .flatten()
     .map(|(key, _)| key.span)
-    .min_by_key(|span| span.start)
+    .min_by_key(|span| span.start())
     .unwrap_or(raw.span);
 
     match &raw.version {
@@ -167,7 +195,7 @@ pub(crate) fn validate(
         .zip(inputs.by_slot)
         .map(|(stage, inputs)| {
             Some(Stage {
-                id: StageId(stage.id.value.clone()),
+                id: StageId(stage.id.value.to_string()),
                 settings: *stage.settings?,
                 inputs,
             })
@@ -212,7 +240,7 @@ impl Checked<'_> {
             ),
             span: span.into(),
             label: issue.label,
-            param: node.from_param.map(Into::into),
+            param: node.from_param.as_deref().copied().map(Into::into),
             help: issue.help,
         }
     }
@@ -233,14 +261,14 @@ fn invalid(message: String, node: &Node, label: &str, help: String) -> ModelErro
         message,
         span: node.span.into(),
         label: label.to_owned(),
-        param: node.from_param.map(Into::into),
+        param: node.from_param.as_deref().copied().map(Into::into),
         help,
     }
 }
 
 fn string_value(node: &Node, what: &str, errors: &mut Vec<ModelError>) -> Option<String> {
     match node.as_scalar() {
-        Some(scalar) if scalar.resolve() != ScalarValue::Null => Some(scalar.text.clone()),
+        Some(scalar) if scalar.resolve() != ScalarValue::Null => Some(scalar.text.to_string()),
         _ => {
             errors.push(invalid(
                 format!("{what} must be text, not {}", node.describe()),
@@ -260,7 +288,7 @@ fn to_json(node: &Node) -> serde_json::Value {
             ScalarValue::Bool(value) => serde_json::Value::Bool(value),
             ScalarValue::Int(value) => serde_json::Value::from(value),
             ScalarValue::Float(value) => serde_json::Number::from_f64(value).map_or_else(
-                || serde_json::Value::String(scalar.text.clone()),
+                || serde_json::Value::String(scalar.text.to_string()),
                 serde_json::Value::Number,
             ),
             ScalarValue::Str(text) => serde_json::Value::String(text.to_owned()),
@@ -269,7 +297,7 @@ fn to_json(node: &Node) -> serde_json::Value {
         Value::Map(entries) => serde_json::Value::Object(
             entries
                 .iter()
-                .map(|(key, value)| (key.value.clone(), to_json(value)))
+                .map(|(key, value)| (key.value.to_string(), to_json(value)))
                 .collect(),
         ),
     }

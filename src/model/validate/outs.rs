@@ -35,8 +35,8 @@ pub(super) fn check_output_clashes<'a>(
             {
                 errors.push(ModelError::DuplicateOutput {
                     path: out.display().to_string(),
-                    first: checked[*first].id.value.clone(),
-                    second: stage.id.value.clone(),
+                    first: checked[*first].id.value.to_string(),
+                    second: stage.id.value.to_string(),
                     first_span: Some((*first_span).into()),
                     note: String::new(),
                     second_span: (*span).into(),
@@ -72,6 +72,10 @@ pub(super) fn check_outs(
         Log(usize),
         Artifacts(usize),
     }
+    // The index holds a path per stage: built only when there is an out to look up in it.
+    if checked.iter().all(|stage| stage.outs.is_empty()) {
+        return;
+    }
     let mut reserved: PathIndex<Reserved> = PathIndex::new();
     reserved.insert(Path::new(crate::model::DEFAULT_STORE_DIR), Reserved::Store);
     let file = pipeline_file.file_name().map(Path::new);
@@ -82,7 +86,7 @@ pub(super) fn check_outs(
     }
     let ids: Vec<StageId> = checked
         .iter()
-        .map(|stage| StageId(stage.id.value.clone()))
+        .map(|stage| StageId(stage.id.value.to_string()))
         .collect();
     for (index, (stage, id)) in checked.iter().zip(&ids).enumerate() {
         reserved.insert(

@@ -50,7 +50,7 @@ pub(super) fn check_params(
             continue;
         }
         params.insert(
-            key.value.clone(),
+            key.value.to_string(),
             Param {
                 key_span: key.span,
                 node: value.clone(),
@@ -244,6 +244,15 @@ pub(super) fn substitute(
     }
 }
 
+/// Whether `node` or a node under it would be changed by [`substitute`].
+pub(super) fn mentions_param(node: &Node) -> bool {
+    match &node.value {
+        Value::Scalar(scalar) => scalar.text.contains("${"),
+        Value::Seq(items) => items.iter().any(mentions_param),
+        Value::Map(entries) => entries.iter().any(|(_, value)| mentions_param(value)),
+    }
+}
+
 /// Text of a value whose `${…}` could not be resolved (already reported).
 pub(super) const UNRESOLVED: &str = "\u{0}unresolved";
 
@@ -268,7 +277,7 @@ fn substitute_text(
         return Some(Node {
             span: use_span,
             value: params.value(name)?.value,
-            from_param: Some(param.key_span),
+            from_param: Some(Box::new(param.key_span)),
         });
     }
     let mut output = String::with_capacity(text.len());
@@ -347,7 +356,7 @@ fn substitute_text(
         };
         params.spend(name, scalar.text.len(), use_span, errors)?;
         output.push_str(&scalar.text);
-        from_param = Some(param.key_span);
+        from_param = Some(Box::new(param.key_span));
         rest = &reference[end + 1..];
     }
     if failed {
@@ -357,7 +366,7 @@ fn substitute_text(
     Some(Node {
         span: use_span,
         value: Value::Scalar(crate::spec::Scalar {
-            text: output,
+            text: output.into(),
             style: ScalarStyle::Quoted,
         }),
         from_param,

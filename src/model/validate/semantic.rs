@@ -120,7 +120,7 @@ fn check_teacher(
     match (configure.distillation.is_some(), inputs.get(&InputSlot::Teacher)) {
         (true, None) => errors.push(ModelError::MissingInput {
             kind: "train".to_owned(),
-            stage: stage.id.value.clone(),
+            stage: stage.id.value.to_string(),
             slot: InputSlot::Teacher.to_string(),
             expected: format!("a trained model, because `{config}` sets `distillation`"),
             span: stage.inputs_span.unwrap_or(stage.id.span).into(),
