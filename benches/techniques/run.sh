@@ -2,7 +2,8 @@
 # Issue 13's results table (docs/techniques.md): runs benches/techniques/techniques.yaml with a
 # release taper, prints one Markdown row per technique (from each evaluate stage's
 # metrics.json and the run's stage times), then times the teacher's and the student's bundles
-# scoring the 1,000 test sentences with `taper predict`, alternated, ROUNDS times.
+# scoring the 1,000 test sentences with `taper predict`, alternated, ROUNDS times (the shipped
+# student is `train-student-init`, the best of the four).
 #
 #   cargo build --release && benches/techniques/run.sh [ROUNDS]
 set -euo pipefail
@@ -21,7 +22,8 @@ from pathlib import Path
 out, log = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
 times = {m[1]: float(m[2]) for m in re.finditer(r"done\s+(\S+) in ([0-9.]+)s", log)}
 rows = ["full", "label-smoothing", "layer-decay", "rdrop", "fgm", "pgd", "augmentation",
-        "lora", "adapter", "adalora", "student"]
+        "typo-aug", "typo-aug-2", "lora", "adapter", "adalora", "student", "student-long",
+        "student-transfer", "student-init"]
 print("| technique | accuracy | macro F1 | typo accuracy (drop) | deletion accuracy (drop) | train time |")
 print("|---|---|---|---|---|---|")
 for name in rows:
