@@ -600,15 +600,19 @@ impl Remote {
         Ok(Some(bytes.to_vec()))
     }
 
-    /// The stage keys the remote has results for (by the names under `actions-v1/`).
-    async fn remote_keys(&self) -> Result<Vec<Digest>, RemoteError> {
-        let bucket = self.prefix.clone().join("actions-v1");
-        let listed: Vec<object_store::ObjectMeta> = self
-            .objects
+    /// Every object under the remote's `bucket/`.
+    async fn list(&self, bucket: &str) -> Result<Vec<object_store::ObjectMeta>, RemoteError> {
+        let bucket = self.prefix.clone().join(bucket);
+        self.objects
             .list(Some(&bucket))
             .try_collect()
             .await
-            .map_err(|error| self.failed("list", &bucket, error))?;
+            .map_err(|error| self.failed("list", &bucket, error))
+    }
+
+    /// The stage keys the remote has results for (by the names under `actions-v1/`).
+    async fn remote_keys(&self) -> Result<Vec<Digest>, RemoteError> {
+        let listed = self.list("actions-v1").await?;
         Ok(listed
             .iter()
             .filter_map(|meta| {
@@ -687,13 +691,7 @@ impl Remote {
         store: &Store,
         report: &mut TransferReport,
     ) -> Result<(), RemoteError> {
-        let bucket = self.prefix.clone().join(EXPERIMENTS);
-        let listed: Vec<object_store::ObjectMeta> = self
-            .objects
-            .list(Some(&bucket))
-            .try_collect()
-            .await
-            .map_err(|error| self.failed("list", &bucket, error))?;
+        let listed = self.list(EXPERIMENTS).await?;
         // Anything else in the bucket (a client's temporary file) is not a record.
         let ids: Vec<(String, u64)> = listed
             .iter()
