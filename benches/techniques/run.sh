@@ -22,7 +22,7 @@ from pathlib import Path
 out, log = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
 times = {m[1]: float(m[2]) for m in re.finditer(r"done\s+(\S+) in ([0-9.]+)s", log)}
 rows = ["full", "label-smoothing", "layer-decay", "rdrop", "fgm", "pgd", "augmentation",
-        "typo-aug", "typo-aug-2", "lora", "adapter", "adalora", "student", "student-long",
+        "typo-aug", "typo-aug-pgd", "typo-aug-2", "lora", "adapter", "adalora", "student", "student-long",
         "student-transfer", "student-init"]
 print("| technique | accuracy | macro F1 | typo accuracy (drop) | deletion accuracy (drop) | train time |")
 print("|---|---|---|---|---|---|")
