@@ -15,6 +15,10 @@
 # tool's median; the last line is the range of DVC / taper ratios over the rounds. Everything is
 # generated under ${TMPDIR:-/tmp} and removed at the end; nothing is written into the repository.
 set -euo pipefail
+if [ -z "${EPOCHREALTIME:-}" ]; then
+  echo "benches/dir_deps/run.sh needs bash 5 or later (\$EPOCHREALTIME)" >&2
+  exit 2
+fi
 taper="$(realpath "${1:-target/release/taper}")"
 other="${2:+$(realpath "$2")}"
 dvc="$(realpath "${DVC:-.venv-bench/bin/dvc}")"
@@ -25,15 +29,19 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/taper-dir-deps-XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 median_ms() { # dir command... ; runs it $launches times in dir, prints the median wall time in ms
-  local dir="$1" times=()
+  # Timed with bash's own clock ($EPOCHREALTIME, microseconds) around a plain launch: timing
+  # with `date` added two process starts (1-2 ms) to every figure, which hid most of a
+  # ~10 ms tool's time in the harness.
+  local dir="$1" times=() start end
   shift
+  pushd "$dir" > /dev/null
   for _ in $(seq "$launches"); do
-    local start end
-    start=$(date +%s%N)
-    (cd "$dir" && "$@" > /dev/null 2>&1)
-    end=$(date +%s%N)
-    times+=($(( (end - start) / 1000 )))
+    start=$EPOCHREALTIME
+    "$@" > /dev/null 2>&1
+    end=$EPOCHREALTIME
+    times+=($(( ${end/[.,]/} - ${start/[.,]/} )))
   done
+  popd > /dev/null
   printf '%s\n' "${times[@]}" | sort -n |
     awk '{a[NR]=$1} END {m = NR % 2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2; printf "%.1f", m/1000}'
 }

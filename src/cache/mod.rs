@@ -39,7 +39,7 @@
 //! downloads-v1/                   reserved for source fetchers
 //! quarantine-v1/                  objects `taper cache verify` found corrupt
 //! tmp/                            temp files, renamed into place when complete
-//! hashcache-v4.bin                (path, stat) → blake3, (dir, stat fingerprint) → manifest digest
+//! hashcache-v5.bin                (path, stat) → blake3, (dir, stat fingerprint) → manifest digest
 //! gc.lock                         shared by runs, exclusive for gc
 //! CACHEDIR.TAG                    tells backup tools to skip the store
 //! taper-store-v1                  the marker: this directory is a taper store (written last)
@@ -202,13 +202,14 @@ pub const MARKER: &str = "taper-store-v1";
 const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n# created by taper\n";
 
 /// Files taper itself keeps at the top of a store (besides the buckets).
-const OWN_FILES: [&str; 7] = [
+const OWN_FILES: [&str; 8] = [
     "CACHEDIR.TAG",
     "gc.lock",
     "hashcache-v1.json",
     "hashcache-v2.bin",
     "hashcache-v3.bin",
     "hashcache-v4.bin",
+    "hashcache-v5.bin",
     MARKER,
 ];
 
@@ -340,7 +341,7 @@ impl Store {
     }
 
     pub fn hash_cache_path(&self) -> PathBuf {
-        self.root.join("hashcache-v4.bin")
+        self.root.join("hashcache-v5.bin")
     }
 
     pub fn load_hash_cache(&self) -> HashCache {
