@@ -168,9 +168,10 @@ impl Dataset {
     }
 }
 
-/// The texts of `<split>.jsonl` in `dir`, in dataset order (what `explain` shows and
-/// `evaluate` perturbs; training never reads them).
-pub fn read_texts(dir: &Path, split: SplitName) -> Result<Vec<String>, DataError> {
+/// The texts of `<split>.jsonl` in `dir`, in dataset order (what `explain` shows, `evaluate`
+/// perturbs and `consistency` training gives typos), which must be one per example of the
+/// tokenized split (`examples` of them).
+pub fn read_texts(dir: &Path, split: SplitName, examples: usize) -> Result<Vec<String>, DataError> {
     /// One line as `prepare-data` writes it; the other fields are not needed here.
     #[derive(Deserialize)]
     struct Line {
@@ -178,7 +179,8 @@ pub fn read_texts(dir: &Path, split: SplitName) -> Result<Vec<String>, DataError
     }
     let path = dir.join(format!("{}.jsonl", split.as_str()));
     let text = fs::read_to_string(&path).map_err(|error| DataError::io(&path, error))?;
-    text.lines()
+    let texts = text
+        .lines()
         .enumerate()
         .map(|(index, line)| {
             serde_json::from_str::<Line>(line)
@@ -188,7 +190,17 @@ pub fn read_texts(dir: &Path, split: SplitName) -> Result<Vec<String>, DataError
                     message: format!("line {}: {error}", index + 1),
                 })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    if texts.len() != examples {
+        return Err(DataError::Malformed {
+            message: format!(
+                "{} texts for {examples} examples; rerun `prepare-data`",
+                texts.len()
+            ),
+            path,
+        });
+    }
+    Ok(texts)
 }
 
 #[cfg(test)]

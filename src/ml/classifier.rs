@@ -533,11 +533,12 @@ impl Classifier {
     }
 
     /// Per-parameter gradients (in [`ParamStore::vars`] order) from one backward pass; the
-    /// word table's comes from `leaf` when the pass read the words from one.
+    /// word table's is the sum of what `leaves` received, for a pass that read its words from
+    /// leaves (two with `consistency`: the clean batch's and the perturbed batch's).
     pub(crate) fn gradients(
         &self,
         grads: &GradStore,
-        leaf: Option<&WordLeaf>,
+        leaves: &[&WordLeaf],
     ) -> Result<Vec<Option<Tensor>>> {
         let mut per_var: Vec<Option<Tensor>> = self
             .params
@@ -545,9 +546,22 @@ impl Classifier {
             .iter()
             .map(|(_, var)| grads.get(var.as_tensor()).cloned())
             .collect();
-        if let Some(leaf) = leaf {
-            if let Some(slot) = leaf.param_index.and_then(|index| per_var.get_mut(index)) {
-                *slot = leaf.table_gradient(grads)?;
+        // (the table's index, the sum so far), once a leaf of a trainable table was seen.
+        let mut table: Option<(usize, Option<Tensor>)> = None;
+        for leaf in leaves {
+            let Some(index) = leaf.param_index else {
+                continue;
+            };
+            let gradient = leaf.table_gradient(grads)?;
+            let sum = match (table.take().and_then(|(_, sum)| sum), gradient) {
+                (Some(sum), Some(gradient)) => Some((sum + gradient)?),
+                (sum, gradient) => sum.or(gradient),
+            };
+            table = Some((index, sum));
+        }
+        if let Some((index, sum)) = table {
+            if let Some(slot) = per_var.get_mut(index) {
+                *slot = sum;
             }
         }
         Ok(per_var)

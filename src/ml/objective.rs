@@ -1,5 +1,6 @@
-//! Training objectives beyond plain cross-entropy (issue 13): label smoothing, R-Drop,
-//! adversarial training on the word embeddings (FGM, PGD) and knowledge distillation.
+//! Training objectives beyond plain cross-entropy (issue 13): label smoothing, R-Drop, typo
+//! consistency, adversarial training on the word embeddings (FGM, PGD) and knowledge
+//! distillation.
 //!
 //! Contract:
 //! - [`Objective::is_plain`] settings never reach this file: the trainer keeps its one-pass
@@ -27,6 +28,8 @@ use super::error::{MlError, Result};
 pub(crate) struct Objective {
     pub(crate) label_smoothing: f64,
     pub(crate) rdrop: Option<f64>,
+    /// The weight of the clean/perturbed KL; the perturbed batch is the caller's.
+    pub(crate) consistency: Option<f64>,
     pub(crate) adversarial: Option<Adversarial>,
     pub(crate) distillation: Option<Distillation>,
 }
@@ -36,6 +39,7 @@ impl Objective {
         Self {
             label_smoothing: configure.label_smoothing.unwrap_or(0.0),
             rdrop: configure.rdrop.map(|rdrop| rdrop.alpha),
+            consistency: configure.consistency.map(|consistency| consistency.alpha),
             adversarial: configure.adversarial,
             distillation: configure.distillation,
         }
@@ -45,6 +49,7 @@ impl Objective {
     pub(crate) fn is_plain(&self) -> bool {
         self.label_smoothing == 0.0
             && self.rdrop.is_none()
+            && self.consistency.is_none()
             && self.adversarial.is_none()
             && self.distillation.is_none()
     }
@@ -163,13 +168,15 @@ pub(crate) fn accumulate(sums: &mut [Option<Tensor>], more: Vec<Option<Tensor>>)
 }
 
 /// Loss and gradients of one batch under `objective`, with training-mode dropout from `rng`.
-/// `teacher` must be given when the objective distils.
+/// `teacher` must be given when the objective distils, and `perturbed` (the same examples with
+/// typos, in the same order) when it asks for consistency.
 pub(crate) fn loss_and_grads(
     objective: &Objective,
     classifier: &Classifier,
     teacher: Option<&Classifier>,
     rng: &mut ChaCha8Rng,
     batch: &Batch,
+    perturbed: Option<&Batch>,
 ) -> Result<Output> {
     let labels = batch.label_tensor(classifier.device())?;
     let teacher_logits = match (objective.distillation, teacher) {
@@ -188,7 +195,7 @@ pub(crate) fn loss_and_grads(
         distillation: teacher_logits.as_ref().zip(objective.distillation),
     };
     let dropout = classifier.dropout;
-    let pass = |leaf: &WordLeaf, rng: &mut ChaCha8Rng| -> Result<Tensor> {
+    let pass_on = |batch: &Batch, leaf: &WordLeaf, rng: &mut ChaCha8Rng| -> Result<Tensor> {
         let mut ctx = Ctx {
             differentiable: true,
             dropout: Some((rng, dropout)),
@@ -196,23 +203,47 @@ pub(crate) fn loss_and_grads(
         };
         classifier.forward_words(batch, leaf.words.as_tensor(), &mut ctx)
     };
+    let pass = |leaf: &WordLeaf, rng: &mut ChaCha8Rng| pass_on(batch, leaf, rng);
 
     let words = classifier.batch_words(batch)?;
     // Both R-Drop passes read the same leaf, so its gradient is the clean objective's.
     let leaf = classifier.word_leaf(batch, &words)?;
     let first = pass(&leaf, rng)?;
-    let clean = match objective.rdrop {
+    // The second pass of R-Drop or consistency, with the leaf it read from.
+    let second = match (objective.rdrop, objective.consistency, perturbed) {
+        (Some(alpha), _, _) => Some((alpha, pass(&leaf, rng)?, None)),
+        (None, Some(alpha), Some(perturbed)) => {
+            if perturbed.labels() != batch.labels() {
+                return Err(MlError::BadMethod {
+                    reason: "the perturbed batch of `consistency` must hold the same examples"
+                        .to_owned(),
+                });
+            }
+            let perturbed_leaf =
+                classifier.word_leaf(perturbed, &classifier.batch_words(perturbed)?)?;
+            let logits = pass_on(perturbed, &perturbed_leaf, rng)?;
+            Some((alpha, logits, Some(perturbed_leaf)))
+        }
+        (None, Some(_), None) => {
+            return Err(MlError::BadMethod {
+                reason: "`consistency` needs the perturbed copy of each batch".to_owned(),
+            })
+        }
+        (None, None, _) => None,
+    };
+    let clean = match &second {
         None => task.of(&first)?,
-        Some(alpha) => {
-            let second = pass(&leaf, rng)?;
-            let both = ((task.of(&first)? + task.of(&second)?)? * 0.5)?;
-            (both + (symmetric_kl(&first, &second)? * alpha)?)?
+        Some((alpha, second, _)) => {
+            let both = ((task.of(&first)? + task.of(second)?)? * 0.5)?;
+            (both + (symmetric_kl(&first, second)? * *alpha)?)?
         }
     };
     let clean_grads = clean.backward()?;
+    let mut leaves = vec![&leaf];
+    leaves.extend(second.as_ref().and_then(|(_, _, leaf)| leaf.as_ref()));
     let mut output = Output {
         loss: clean.to_scalar::<f32>()?,
-        grads: classifier.gradients(&clean_grads, Some(&leaf))?,
+        grads: classifier.gradients(&clean_grads, &leaves)?,
         perturbation_norms: Vec::new(),
     };
     let Some(adversarial) = objective.adversarial else {
@@ -242,7 +273,7 @@ pub(crate) fn loss_and_grads(
             output.loss += loss.to_scalar::<f32>()?;
             accumulate(
                 &mut output.grads,
-                classifier.gradients(&grads, Some(&attacked))?,
+                classifier.gradients(&grads, &[&attacked])?,
             )?;
         } else if let Some(gradient) = grads.get(attacked.words.as_tensor()) {
             direction = gradient.clone();
@@ -446,6 +477,72 @@ mod tests {
         assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
     }
 
+    /// Consistency on a tiny model, dropout off: the reported loss is the mean cross-entropy
+    /// of the clean and the perturbed batch plus `alpha` times the symmetric KL of their
+    /// logits; the word table learns from both batches' tokens; a missing or mismatched
+    /// perturbed batch is refused.
+    #[test]
+    fn trainer_loss_with_consistency_is_the_hand_computed_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let settings =
+            configure(r#"{"dropout": 0.0, "consistency": {"typo": 0.05, "alpha": 0.5}}"#);
+        let (classifier, batch) = tiny(dir.path(), 5, &settings);
+        // Token 43 and 70 are only in the perturbed copy.
+        let perturbed =
+            Batch::new(&[&[1, 17, 43, 9, 2], &[1, 66, 70, 2]], &[2, 0], 0).expect("batch");
+        let clean = classifier.logits(&batch).expect("logits");
+        let noisy = classifier.logits(&perturbed).expect("logits");
+        let mut expected = 0.0;
+        for ((c, n), label) in clean.iter().zip(&noisy).zip(batch.labels()) {
+            let c = softmax64(&c.iter().map(|x| f64::from(*x)).collect::<Vec<_>>());
+            let n = softmax64(&n.iter().map(|x| f64::from(*x)).collect::<Vec<_>>());
+            let ce = -(c[*label as usize].ln() + n[*label as usize].ln()) / 2.0;
+            let kl = (kl64(&c, &n) + kl64(&n, &c)) / 2.0;
+            expected += (ce + 0.5 * kl) / 2.0;
+        }
+
+        let objective = Objective::new(&settings);
+        let mut rng = rng::seeded(1, rng::DROPOUT_STREAM);
+        let output = loss_and_grads(
+            &objective,
+            &classifier,
+            None,
+            &mut rng,
+            &batch,
+            Some(&perturbed),
+        )
+        .expect("loss");
+        let table = classifier
+            .params()
+            .vars
+            .iter()
+            .position(|(name, _)| name == "embeddings.word_embeddings.weight")
+            .expect("the word table trains under `full`");
+        let rows = output.grads[table].as_ref().expect("a table gradient");
+        for token in [17, 43, 66, 70] {
+            let row = rows.get(token).expect("row");
+            assert!(
+                norm(&row).expect("norm") > 0.0,
+                "token {token} got no gradient"
+            );
+        }
+
+        let mut trainer = Trainer::new(classifier, &settings, 10).expect("trainer");
+        assert!(trainer.step(&batch).is_err(), "no perturbed batch");
+        let other_labels =
+            Batch::new(&[&[1, 17, 43, 9, 2], &[1, 66, 70, 2]], &[0, 0], 0).expect("batch");
+        assert!(trainer
+            .step_with_perturbed(&batch, Some(&other_labels))
+            .is_err());
+        let loss = f64::from(
+            trainer
+                .step_with_perturbed(&batch, Some(&perturbed))
+                .expect("step")
+                .loss,
+        );
+        assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
+    }
+
     /// With temperature T and weight 1, training drives the student's tempered probabilities
     /// to the teacher's soft targets (not to the labels, which here disagree with the teacher).
     #[test]
@@ -511,7 +608,7 @@ mod tests {
             let (classifier, batch) = tiny(dir.path(), 5, &settings);
             let objective = Objective::new(&settings);
             let mut rng = rng::seeded(1, rng::DROPOUT_STREAM);
-            let output = loss_and_grads(&objective, &classifier, None, &mut rng, &batch)
+            let output = loss_and_grads(&objective, &classifier, None, &mut rng, &batch, None)
                 .expect("adversarial step");
             assert_eq!(output.perturbation_norms.len(), steps);
             for norm in &output.perturbation_norms {
@@ -533,16 +630,30 @@ mod tests {
         let plain = configure(r#"{"dropout": 0.0}"#);
         let (classifier, batch) = tiny(dir.path(), 5, &plain);
         let mut rng = rng::seeded(1, rng::DROPOUT_STREAM);
-        let clean = loss_and_grads(&Objective::new(&plain), &classifier, None, &mut rng, &batch)
-            .expect("clean")
-            .loss;
+        let clean = loss_and_grads(
+            &Objective::new(&plain),
+            &classifier,
+            None,
+            &mut rng,
+            &batch,
+            None,
+        )
+        .expect("clean")
+        .loss;
         let loss_at = |epsilon: f64, rng: &mut ChaCha8Rng| {
             let settings = configure(&format!(
                 r#"{{"dropout": 0.0, "adversarial": {{"method": "fgm", "epsilon": {epsilon}}}}}"#
             ));
-            loss_and_grads(&Objective::new(&settings), &classifier, None, rng, &batch)
-                .expect("adversarial")
-                .loss
+            loss_and_grads(
+                &Objective::new(&settings),
+                &classifier,
+                None,
+                rng,
+                &batch,
+                None,
+            )
+            .expect("adversarial")
+            .loss
         };
         let tiny_step = loss_at(1e-6, &mut rng);
         assert!(

@@ -168,8 +168,13 @@ impl Trainer {
         &self.classifier.params().vars
     }
 
-    /// Loss and gradients of one batch with training-mode dropout.
-    fn loss_and_grads(&mut self, batch: &Batch) -> Result<(f32, Vec<Option<Tensor>>)> {
+    /// Loss and gradients of one batch with training-mode dropout (`perturbed`: see
+    /// [`Trainer::step_with_perturbed`]).
+    fn loss_and_grads(
+        &mut self,
+        batch: &Batch,
+        perturbed: Option<&Batch>,
+    ) -> Result<(f32, Vec<Option<Tensor>>)> {
         if !self.objective.is_plain() {
             let mut output = objective::loss_and_grads(
                 &self.objective,
@@ -177,6 +182,7 @@ impl Trainer {
                 self.teacher.as_ref(),
                 &mut self.rng,
                 batch,
+                perturbed,
             )?;
             // AdaLoRA's penalty depends on the adapter weights alone: its gradient adds to the
             // objective's (one more backward pass, only when both are on).
@@ -184,7 +190,7 @@ impl Trainer {
                 if let Some(penalty) = allocator.orthogonality_penalty(self.vars())? {
                     output.loss += penalty.to_scalar::<f32>()?;
                     let grads = penalty.backward()?;
-                    let extra = self.classifier.gradients(&grads, None)?;
+                    let extra = self.classifier.gradients(&grads, &[])?;
                     accumulate(&mut output.grads, extra)?;
                 }
             }
@@ -205,14 +211,25 @@ impl Trainer {
             }
         }
         let grads = loss.backward()?;
-        let per_var = self.classifier.gradients(&grads, word_leaf.as_ref())?;
+        let leaves: Vec<_> = word_leaf.iter().collect();
+        let per_var = self.classifier.gradients(&grads, &leaves)?;
         Ok((loss.to_scalar::<f32>()?, per_var))
     }
 
     /// Forward and backward on `batch`; updates the weights after every
     /// `gradient_accumulation` calls (gradients are averaged over the cycle).
     pub fn step(&mut self, batch: &Batch) -> Result<StepStats> {
-        let (loss, grads) = self.loss_and_grads(batch)?;
+        self.step_with_perturbed(batch, None)
+    }
+
+    /// [`Trainer::step`] with the batch's perturbed copy (the same examples, in the same
+    /// order, with typos), which `consistency` needs and other settings ignore.
+    pub fn step_with_perturbed(
+        &mut self,
+        batch: &Batch,
+        perturbed: Option<&Batch>,
+    ) -> Result<StepStats> {
+        let (loss, grads) = self.loss_and_grads(batch, perturbed)?;
         // A parameter without a gradient (none in these models) contributes zero.
         accumulate(&mut self.pending, grads)?;
         self.pending_batches += 1;
@@ -279,7 +296,7 @@ impl Trainer {
     /// RNG state: the check that every trainable parameter receives a gradient.
     pub fn gradient_norms(&mut self, batch: &Batch) -> Result<Vec<(String, f32)>> {
         let saved = self.rng.clone();
-        let result = self.loss_and_grads(batch);
+        let result = self.loss_and_grads(batch, None);
         self.rng = saved;
         let (_, grads) = result?;
         let mut out = Vec::with_capacity(grads.len());

@@ -189,6 +189,10 @@ fn settings(kind: StageKind) -> Value {
                 "rdrop": object("R-Drop: two dropout passes, their mean cross-entropy plus `alpha` times their symmetric KL.", json!({
                     "alpha": number("Weight of the symmetric KL.", None),
                 }), &["alpha"]),
+                "consistency": object("Typo consistency: each batch also runs on a copy of its texts with typos (fresh every epoch); the mean cross-entropy of both passes plus `alpha` times their symmetric KL.", json!({
+                    "typo": number("Share of letters of the copy given a keyboard typo, in (0, 0.5).", None),
+                    "alpha": number("Weight of the symmetric KL.", Some(1.0)),
+                }), &["typo"]),
                 "adversarial": object("Adversarial training on the word embeddings; the adversarial loss is added to the clean one.", json!({
                     "method": one_of_names("FGM (one step) or PGD (`steps` projected steps of size `alpha`).", &["fgm", "pgd"], "fgm"),
                     "epsilon": number("L2 bound of the perturbation of a batch's word embeddings.", Some(1.0)),

@@ -193,18 +193,7 @@ pub fn evaluate(
     };
     let mut robustness = BTreeMap::new();
     if let Some(robustness_settings) = &settings.robustness {
-        let texts = read_texts(data_dir, split)?;
-        if texts.len() != data.len() {
-            return Err(crate::data::DataError::Malformed {
-                path: data_dir.join(format!("{}.jsonl", split.as_str())),
-                message: format!(
-                    "{} texts for {} examples; rerun `prepare-data`",
-                    texts.len(),
-                    data.len()
-                ),
-            }
-            .into());
-        }
+        let texts = read_texts(data_dir, split, data.len())?;
         let tokenizer_path = model_dir.join("tokenizer.json");
         let tokenizer = load_tokenizer(&tokenizer_path, dataset.info.max_length)?;
         for perturbation in perturbations(robustness_settings) {

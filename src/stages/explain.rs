@@ -385,7 +385,7 @@ pub fn run_explain(
     let dataset = Dataset::load(data_dir)?;
     let split = settings.split;
     let data = split_of(&dataset, split)?;
-    let texts = read_texts(data_dir, split)?;
+    let texts = read_texts(data_dir, split, data.len())?;
     let explainer = Explainer::load(
         model_dir,
         dataset.info.labels.clone(),

@@ -14,6 +14,11 @@
 //!
 //! Resuming and early stopping: [`crate::stages::checkpoint`] (every `checkpoint_every` optimizer
 //! steps and at each epoch end).
+//!
+//! `consistency`: every epoch, the train split's texts (`train.jsonl`) get typos from
+//! [`crate::data::perturb`] with an RNG seeded by the training seed and the epoch, and are
+//! encoded with the model's tokenizer; each batch then also runs on its examples' copies. A
+//! pure function of (seed, epoch), like the batches, so a resumed run sees the same copies.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -22,9 +27,15 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokenizers::Tokenizer;
+
 use crate::data::batching::{fill_rate, lengths, train_batches};
-use crate::data::dataset::Dataset;
+use crate::data::dataset::{read_texts, Dataset, SplitData};
 use crate::data::metrics;
+use crate::data::perturb::Perturbation;
+use crate::data::tokenize::{encode_all, load_tokenizer};
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::ml::{Batch, Classifier, DeviceChoice, Trainer};
@@ -62,10 +73,11 @@ impl StageRunner for TrainRunner {
         };
         let config_path = input_dir(ctx, InputSlot::Config)?.join("config.json");
         let resolved: ResolvedConfig = read_json(&config_path)?;
-        let dataset =
-            Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(MlStageError::from)?;
+        let data_dir = input_dir(ctx, InputSlot::Data)?;
+        let dataset = Dataset::load(&data_dir).map_err(MlStageError::from)?;
         let run = TrainRun {
             model_dir: input_dir(ctx, InputSlot::Model)?,
+            data_dir,
             teacher_dir: ctx
                 .inputs
                 .get(&InputSlot::Teacher)
@@ -83,6 +95,8 @@ impl StageRunner for TrainRunner {
 
 pub struct TrainRun<'a> {
     pub model_dir: PathBuf,
+    /// The dataset's directory (its texts, for `consistency`).
+    pub data_dir: PathBuf,
     /// The exported model of the teacher, for `distillation`.
     pub teacher_dir: Option<PathBuf>,
     pub dataset: &'a Dataset,
@@ -165,6 +179,27 @@ impl TrainRun<'_> {
             100.0 * batch_fill_rate
         ));
 
+        let copies = match config.consistency {
+            Some(consistency) => Some(TypoCopies {
+                texts: read_texts(&self.data_dir, SplitName::Train, train.len())?,
+                tokenizer_path: self.model_dir.join("tokenizer.json"),
+                tokenizer: load_tokenizer(
+                    &self.model_dir.join("tokenizer.json"),
+                    self.dataset.info.max_length,
+                )?,
+                labels: &train.labels,
+                rate: consistency.typo,
+                seed: config.seed,
+            }),
+            None => None,
+        };
+        if let Some(copies) = &copies {
+            log(&format!(
+                "consistency: every batch also runs on its texts with typos in {:.0}% of letters, fresh each epoch",
+                100.0 * copies.rate
+            ));
+        }
+
         let started = Instant::now();
         let mut trained_samples = 0usize;
         let mut epoch_seconds = Vec::new();
@@ -175,6 +210,10 @@ impl TrainRun<'_> {
             let epoch = progress.epoch;
             let epoch_started = Instant::now();
             let batches = train_batches(&lengths, config.batch_size, config.seed, epoch as u64);
+            let perturbed = copies
+                .as_ref()
+                .map(|copies| copies.of_epoch(epoch))
+                .transpose()?;
             let mut window = (Instant::now(), 0usize);
             for indices in batches.iter().skip(progress.batch) {
                 if trainer.optimizer_steps() >= total_steps {
@@ -182,7 +221,18 @@ impl TrainRun<'_> {
                 }
                 let sequences: Vec<&[u32]> = indices.iter().map(|&i| train.example(i)).collect();
                 let labels: Vec<u32> = indices.iter().map(|&i| train.labels[i]).collect();
-                let stats = trainer.step(&Batch::new(&sequences, &labels, pad)?)?;
+                let perturbed_batch = match &perturbed {
+                    Some(copies) => {
+                        let sequences: Vec<&[u32]> =
+                            indices.iter().map(|&i| copies.example(i)).collect();
+                        Some(Batch::new(&sequences, &labels, pad)?)
+                    }
+                    None => None,
+                };
+                let stats = trainer.step_with_perturbed(
+                    &Batch::new(&sequences, &labels, pad)?,
+                    perturbed_batch.as_ref(),
+                )?;
                 progress.batch += 1;
                 trained_samples += indices.len();
                 window.1 += indices.len();
@@ -315,6 +365,39 @@ impl TrainRun<'_> {
             metrics.insert("validation_loss".to_owned(), loss);
         }
         Ok(StageOutcome { metrics })
+    }
+}
+
+/// The typo copies of the train split for `consistency`, one set per epoch.
+struct TypoCopies<'a> {
+    texts: Vec<String>,
+    tokenizer: Tokenizer,
+    tokenizer_path: PathBuf,
+    labels: &'a [u32],
+    rate: f64,
+    seed: u64,
+}
+
+impl TypoCopies<'_> {
+    /// Epoch `epoch`'s copies, tokenized: a pure function of the texts, the seed and the
+    /// epoch (the RNG's stream is the epoch, so no two epochs share typos).
+    fn of_epoch(&self, epoch: usize) -> Result<SplitData, DataError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(epoch as u64 + 1);
+        let typo = Perturbation::Typo(self.rate);
+        let texts: Vec<String> = self
+            .texts
+            .iter()
+            .map(|text| typo.apply(text, &mut rng))
+            .collect();
+        let encoded = encode_all(&self.tokenizer, &self.tokenizer_path, &texts)?;
+        Ok(SplitData::from_examples(
+            &encoded
+                .into_iter()
+                .zip(self.labels)
+                .map(|(encoded, &label)| (encoded.ids, label))
+                .collect::<Vec<_>>(),
+        ))
     }
 }
 

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::techniques::{check, technique_problems, Adversarial, Distillation, RDrop};
+use super::techniques::{check, technique_problems, Adversarial, Consistency, Distillation, RDrop};
 
 /// `kind: configure`: resolved training settings, validated as a whole (invalid combinations
 /// are validation errors, not run-time surprises).
@@ -49,6 +49,8 @@ pub struct Configure {
     pub layer_decay: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdrop: Option<RDrop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adversarial: Option<Adversarial>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -29,5 +29,5 @@ pub use prepare_data::{
 };
 pub use select_model::SelectModel;
 pub use source::Source;
-pub use techniques::{Adversarial, AdversarialMethod, Distillation, RDrop};
+pub use techniques::{Adversarial, AdversarialMethod, Consistency, Distillation, RDrop};
 pub use train::Train;

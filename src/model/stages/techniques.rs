@@ -1,6 +1,6 @@
 //! `configure` settings for training techniques beyond plain fine-tuning (issue 13): label
-//! smoothing, layer-wise learning-rate decay, R-Drop, adversarial training (FGM, PGD) and
-//! knowledge distillation. Each is absent by default and then serializes to nothing, so the
+//! smoothing, layer-wise learning-rate decay, R-Drop, typo consistency, adversarial training
+//! (FGM, PGD) and knowledge distillation. Each is absent by default and then serializes to nothing, so the
 //! stage keys of pipelines that do not use them are unchanged.
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,24 @@ use super::configure::{Configure, Problem};
 #[serde(deny_unknown_fields)]
 pub struct RDrop {
     pub alpha: f64,
+}
+
+/// `consistency:` each batch also runs on a copy of its texts with typos (fresh ones every
+/// epoch); the loss is the mean cross-entropy of both passes plus `alpha` times their
+/// symmetric KL, so the model learns to give a text with typos the prediction of the clean
+/// one (R-Drop's loss, with the second pass on the perturbed copy).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consistency {
+    /// Each letter of the copy gets a keyboard typo with this probability (as `augment.typo`
+    /// and `robustness.typo`).
+    pub typo: f64,
+    #[serde(default = "default_consistency_alpha")]
+    pub alpha: f64,
+}
+
+fn default_consistency_alpha() -> f64 {
+    1.0
 }
 
 /// `adversarial:` a perturbation of the word embeddings (the lookup's output, before
@@ -130,6 +148,32 @@ pub(super) fn technique_problems(configure: &Configure, problems: &mut Vec<Probl
             "set `dropout: 0.1`, or remove `rdrop`",
         );
     }
+    if let Some(consistency) = &configure.consistency {
+        check(
+            problems,
+            consistency.typo > 0.0 && consistency.typo < 0.5,
+            "consistency.typo",
+            "must be in (0, 0.5)",
+            "out of range",
+            "the share of letters with a typo; evaluate's `robustness.typo` rate (e.g. 0.05) is a start",
+        );
+        check(
+            problems,
+            positive(consistency.alpha),
+            "consistency.alpha",
+            "must be a finite positive number",
+            "out of range",
+            "the weight of the KL term; 1.0 is a start",
+        );
+        check(
+            problems,
+            configure.rdrop.is_none(),
+            "consistency",
+            "cannot be combined with `rdrop`: both add a second pass to every batch",
+            "second pass taken twice",
+            "keep one of `rdrop` and `consistency`",
+        );
+    }
     if let Some(adversarial) = &configure.adversarial {
         check(
             problems,
@@ -217,6 +261,7 @@ mod tests {
             "label_smoothing",
             "layer_decay",
             "rdrop",
+            "consistency",
             "adversarial",
             "distillation",
         ] {
@@ -226,6 +271,10 @@ mod tests {
 
     #[test]
     fn valid_techniques_pass() {
+        assert_eq!(
+            fields(r#"{"consistency": {"typo": 0.05}, "adversarial": {"method": "fgm"}}"#),
+            Vec::<String>::new()
+        );
         let json = r#"{"label_smoothing": 0.1, "layer_decay": 0.9, "rdrop": {"alpha": 1.0},
             "adversarial": {"method": "pgd", "epsilon": 1.0, "alpha": 0.3, "steps": 3},
             "distillation": {"temperature": 2.0, "weight": 1.0}}"#;
@@ -245,6 +294,16 @@ mod tests {
             (r#"{"layer_decay": 1.5}"#, "layer_decay"),
             (r#"{"rdrop": {"alpha": 0.0}}"#, "rdrop.alpha"),
             (r#"{"rdrop": {"alpha": 1.0}, "dropout": 0.0}"#, "rdrop"),
+            (r#"{"consistency": {"typo": 0.0}}"#, "consistency.typo"),
+            (r#"{"consistency": {"typo": 0.5}}"#, "consistency.typo"),
+            (
+                r#"{"consistency": {"typo": 0.05, "alpha": -1.0}}"#,
+                "consistency.alpha",
+            ),
+            (
+                r#"{"consistency": {"typo": 0.05}, "rdrop": {"alpha": 1.0}}"#,
+                "consistency",
+            ),
             (
                 r#"{"adversarial": {"method": "fgm", "epsilon": 0.0}}"#,
                 "adversarial.epsilon",
