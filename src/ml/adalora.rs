@@ -26,18 +26,12 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor, Var};
 
 use super::error::{MlError, Result};
+use crate::model::stages::AdaLora;
 
-/// The settings of `Method::Adalora` the allocation needs, and the run's optimizer steps.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The settings of `Method::Adalora`, and the run's optimizer steps.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct AdaLoraSchedule {
-    pub(crate) init_r: usize,
-    pub(crate) target_r: usize,
-    pub(crate) tinit: usize,
-    pub(crate) tfinal: usize,
-    pub(crate) delta_t: usize,
-    pub(crate) beta1: f64,
-    pub(crate) beta2: f64,
-    pub(crate) orth_reg: f64,
+    pub(crate) settings: AdaLora,
     pub(crate) total_steps: usize,
 }
 
@@ -82,12 +76,11 @@ impl RankAllocator {
                 reason: "AdaLoRA found no adapted module".to_owned(),
             });
         }
-        let AdaLoraSchedule {
-            tinit,
-            tfinal,
-            total_steps,
-            ..
-        } = schedule;
+        let (tinit, tfinal, total_steps) = (
+            schedule.settings.tinit,
+            schedule.settings.tfinal,
+            schedule.total_steps,
+        );
         if tinit + tfinal >= total_steps {
             return Err(MlError::BadMethod {
                 reason: format!(
@@ -105,15 +98,15 @@ impl RankAllocator {
 
     /// The total rank budget after step `step`, and whether that step prunes to it.
     pub(crate) fn budget(&self, step: usize) -> (usize, bool) {
-        let s = &self.schedule;
+        let (s, total_steps) = (&self.schedule.settings, self.schedule.total_steps);
         let modules = self.triplets.len();
-        let (initial, target) = (s.init_r * modules, s.target_r * modules);
+        let (initial, target) = (s.r * modules, s.target_r * modules);
         if step <= s.tinit {
             (initial, false)
-        } else if step >= s.total_steps - s.tfinal {
+        } else if step >= total_steps - s.tfinal {
             (target, true)
         } else {
-            let progress = (step - s.tinit) as f64 / (s.total_steps - s.tfinal - s.tinit) as f64;
+            let progress = (step - s.tinit) as f64 / (total_steps - s.tfinal - s.tinit) as f64;
             let budget = ((initial - target) as f64 * (1.0 - progress).powi(3)) as usize + target;
             (budget, step.is_multiple_of(s.delta_t))
         }
@@ -121,7 +114,7 @@ impl RankAllocator {
 
     /// `orth_reg · mean ‖P Pᵀ − I‖_F` over every `A` (`P Pᵀ`, `[r, r]`) and `B` (`PᵀP`).
     pub(crate) fn orthogonality_penalty(&self, vars: &[(String, Var)]) -> Result<Option<Tensor>> {
-        if self.schedule.orth_reg == 0.0 {
+        if self.schedule.settings.orth_reg == 0.0 {
             return Ok(None);
         }
         let mut total: Option<Tensor> = None;
@@ -144,7 +137,7 @@ impl RankAllocator {
         }
         let count = 2 * self.triplets.len();
         Ok(match total {
-            Some(sum) => Some((sum * (self.schedule.orth_reg / count as f64))?),
+            Some(sum) => Some((sum * (self.schedule.settings.orth_reg / count as f64))?),
             None => None,
         })
     }
@@ -159,7 +152,7 @@ impl RankAllocator {
         grad_scale: f64,
         step: usize,
     ) -> Result<()> {
-        let fixed_at = self.schedule.total_steps - self.schedule.tfinal;
+        let fixed_at = self.schedule.total_steps - self.schedule.settings.tfinal;
         if step > fixed_at {
             if let Some(pattern) = &self.pattern {
                 for (triplet, keep) in self.triplets.iter().zip(pattern) {
@@ -186,7 +179,7 @@ impl RankAllocator {
         grads: &[Tensor],
         grad_scale: f64,
     ) -> Result<()> {
-        let (beta1, beta2) = (self.schedule.beta1, self.schedule.beta2);
+        let (beta1, beta2) = (self.schedule.settings.beta1, self.schedule.settings.beta2);
         for triplet in &self.triplets {
             for position in [triplet.a, triplet.b, triplet.e] {
                 let param = vars[position].1.as_tensor();
@@ -328,14 +321,19 @@ mod tests {
 
     fn schedule(total_steps: usize) -> AdaLoraSchedule {
         AdaLoraSchedule {
-            init_r: 12,
-            target_r: 8,
-            tinit: 10,
-            tfinal: 20,
-            delta_t: 1,
-            beta1: 0.85,
-            beta2: 0.85,
-            orth_reg: 0.5,
+            settings: AdaLora {
+                r: 12,
+                target_r: 8,
+                alpha: 16.0,
+                dropout: 0.0,
+                targets: vec!["query".to_owned()],
+                tinit: 10,
+                tfinal: 20,
+                delta_t: 1,
+                beta1: 0.85,
+                beta2: 0.85,
+                orth_reg: 0.5,
+            },
             total_steps,
         }
     }
@@ -360,15 +358,10 @@ mod tests {
     #[test]
     fn pruning_keeps_the_budget_by_score() {
         let vars = vars(2, 4);
-        let mut allocator = RankAllocator::new(
-            &vars,
-            AdaLoraSchedule {
-                init_r: 4,
-                target_r: 2,
-                ..schedule(100)
-            },
-        )
-        .unwrap();
+        let mut schedule = schedule(100);
+        schedule.settings.r = 4;
+        schedule.settings.target_r = 2;
+        let mut allocator = RankAllocator::new(&vars, schedule).unwrap();
         // Gradients that make entry i of module m0 score ∝ (i + 1)², of m1 ∝ 9 (i + 1)²: the top
         // three are m1's entries 1 to 3 (scores 36, 81, 144; m0's best is 16).
         let grads: Vec<Tensor> = vars

@@ -20,7 +20,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
-use crate::model::stages::{Configure, Method, Pooling, Precision};
+use crate::model::stages::{AdaLora, Configure, Method, Pooling, Precision};
 
 use super::config::{Architecture, EncoderConfig};
 use super::encoder::{
@@ -790,14 +790,14 @@ fn plan_for(config: &EncoderConfig, method: &Method) -> Result<(EncoderPlan, boo
                 None,
             )
         }
-        Method::Adalora {
+        Method::Adalora(AdaLora {
             r,
             target_r,
             alpha,
             dropout,
             targets,
             ..
-        } => {
+        }) => {
             if *r == 0 || *target_r == 0 || target_r > r {
                 return Err(MlError::BadMethod {
                     reason: format!("AdaLoRA needs 1 ≤ `target_r` ≤ `r`, not {target_r} and {r}"),

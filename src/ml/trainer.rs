@@ -89,27 +89,10 @@ impl Trainer {
             layer_decay,
         )?;
         let allocator = match &configure.method {
-            Method::Adalora {
-                r,
-                target_r,
-                orth_reg,
-                beta1,
-                beta2,
-                tinit,
-                tfinal,
-                delta_t,
-                ..
-            } => Some(RankAllocator::new(
+            Method::Adalora(settings) => Some(RankAllocator::new(
                 &classifier.params().vars,
                 AdaLoraSchedule {
-                    init_r: *r,
-                    target_r: *target_r,
-                    tinit: *tinit,
-                    tfinal: *tfinal,
-                    delta_t: *delta_t,
-                    beta1: *beta1,
-                    beta2: *beta2,
-                    orth_reg: *orth_reg,
+                    settings: settings.clone(),
                     total_steps,
                 },
             )?),

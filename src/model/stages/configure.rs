@@ -122,19 +122,31 @@ pub enum Method {
     /// singular values `E` starting at zero, an orthogonality penalty on `A` and `B`, and a
     /// total rank budget pruned from `r` to `target_r` per module on a cubic schedule between
     /// `tinit` and the last `tfinal` optimizer steps, by EMA-smoothed sensitivity scores.
-    Adalora {
-        r: usize,
-        target_r: usize,
-        alpha: f64,
-        dropout: f64,
-        targets: Vec<String>,
-        orth_reg: f64,
-        beta1: f64,
-        beta2: f64,
-        tinit: usize,
-        tfinal: usize,
-        delta_t: usize,
-    },
+    Adalora(AdaLora),
+}
+
+/// The settings of [`Method::Adalora`]: one struct that `ml`'s rank allocator reads as it is
+/// (a copy of these fields there drifted from this one once).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdaLora {
+    /// The initial rank of every module.
+    pub r: usize,
+    /// The average rank per module left after pruning.
+    pub target_r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: Vec<String>,
+    /// Weight of the orthogonality penalty on `A` and `B`.
+    pub orth_reg: f64,
+    /// EMA factors of the sensitivity and of its uncertainty.
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Optimizer steps at the full budget before pruning starts.
+    pub tinit: usize,
+    /// Final optimizer steps at the target budget, with the rank pattern fixed.
+    pub tfinal: usize,
+    /// Optimizer steps between two budget reallocations.
+    pub delta_t: usize,
 }
 
 /// `method:` as written: one flat block. serde reads an internally tagged enum by buffering
@@ -274,7 +286,7 @@ impl TryFrom<MethodSettings> for Method {
                 size: size.unwrap_or_else(default_adapter_size),
             },
             // PEFT's `AdaLoraConfig` defaults, but `alpha` as taper's LoRA (PEFT: 8).
-            MethodName::Adalora => Method::Adalora {
+            MethodName::Adalora => Method::Adalora(AdaLora {
                 r: r.unwrap_or(12),
                 target_r: target_r.unwrap_or(8),
                 alpha: alpha.unwrap_or_else(default_alpha),
@@ -286,7 +298,7 @@ impl TryFrom<MethodSettings> for Method {
                 tinit: tinit.unwrap_or_default(),
                 tfinal: tfinal.unwrap_or_default(),
                 delta_t: delta_t.unwrap_or(1),
-            },
+            }),
         })
     }
 }
@@ -535,7 +547,7 @@ impl Configure {
                 Some(targets)
             }
             Method::Ia3 { targets } => Some(targets),
-            Method::Adalora {
+            Method::Adalora(AdaLora {
                 r,
                 target_r,
                 alpha,
@@ -546,7 +558,7 @@ impl Configure {
                 beta2,
                 delta_t,
                 ..
-            } => {
+            }) => {
                 check(
                     *r > 0,
                     "method.r",
@@ -701,13 +713,13 @@ mod tests {
         );
         assert!(method(r#"{"name":"lora","size":4}"#).is_err());
         assert!(method(r#"{"name":"lora","target_r":4}"#).is_err());
-        let Ok(Method::Adalora {
+        let Ok(Method::Adalora(AdaLora {
             r,
             target_r,
             targets,
             tfinal,
             ..
-        }) = method(r#"{"name":"adalora","tfinal":10}"#)
+        })) = method(r#"{"name":"adalora","tfinal":10}"#)
         else {
             panic!("adalora with defaults")
         };
@@ -769,7 +781,7 @@ mod tests {
             (|c| c.method = Method::Adapter { size: 0 }, "method.size"),
             (
                 |c| {
-                    c.method = Method::Adalora {
+                    c.method = Method::Adalora(AdaLora {
                         r: 4,
                         target_r: 6,
                         alpha: 16.0,
@@ -781,13 +793,13 @@ mod tests {
                         tinit: 0,
                         tfinal: 0,
                         delta_t: 1,
-                    }
+                    })
                 },
                 "method.target_r",
             ),
             (
                 |c| {
-                    c.method = Method::Adalora {
+                    c.method = Method::Adalora(AdaLora {
                         r: 12,
                         target_r: 8,
                         alpha: 16.0,
@@ -799,7 +811,7 @@ mod tests {
                         tinit: 0,
                         tfinal: 0,
                         delta_t: 1,
-                    }
+                    })
                 },
                 "method.beta1",
             ),

@@ -16,7 +16,7 @@ mod train;
 
 pub use command::{committed_secrets, is_env_name, looks_secret, Command, CommittedSecret};
 pub use configure::{
-    is_adapter_target, Configure, EarlyStopping, Method, Pooling, Problem, Schedule,
+    is_adapter_target, AdaLora, Configure, EarlyStopping, Method, Pooling, Problem, Schedule,
 };
 pub use deploy::{Deploy, Precision, GATE_METRICS};
 pub use evaluate::{Evaluate, Robustness};
