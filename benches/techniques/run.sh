@@ -21,7 +21,8 @@ import json, re, sys
 from pathlib import Path
 out, log = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
 times = {m[1]: float(m[2]) for m in re.finditer(r"done\s+(\S+) in ([0-9.]+)s", log)}
-rows = ["full", "label-smoothing", "layer-decay", "rdrop", "fgm", "pgd", "augmentation",
+rows = ["full", "label-smoothing", "layer-decay", "rdrop", "consistency", "consistency-strong",
+        "consistency-noisy", "fgm", "pgd", "augmentation",
         "typo-aug", "typo-aug-pgd", "typo-aug-2", "lora", "adapter", "adalora", "student", "student-long",
         "student-transfer", "student-init"]
 print("| technique | accuracy | macro F1 | typo accuracy (drop) | deletion accuracy (drop) | train time |")
