@@ -440,14 +440,21 @@ fn a_shallow_student_distils_from_its_teacher_and_deploys() {
 /// Issue 13: `consistency` through `taper run` on the tiny model. Training on each batch's
 /// clean and typo copies learns the toy task, the log says so, and the same pipeline in two
 /// projects gives bit-identical models (the copies are a function of the seed and the epoch),
-/// while another `typo` rate gives another model.
+/// while another `typo` rate, or adversarial typos (the worst of 3 copies), give other models.
+/// Adversarial typos often hit the one word that decides this toy task, so that model is only
+/// held to beat the majority class (3 of 5).
 #[test]
 fn consistency_training_learns_and_is_reproducible() {
-    let trained = |typo: &str| {
+    let trained = |settings: &str| {
+        let least = if settings.contains("candidates") {
+            0.65
+        } else {
+            0.85
+        };
         let project = sentiment_project();
         let pipeline = PIPELINE.replace(
             "dropout: 0.0, seed: 11 }",
-            &format!("dropout: 0.0, seed: 11, consistency: {{ typo: {typo}, alpha: 1.0 }} }}"),
+            &format!("dropout: 0.0, seed: 11, consistency: {{ {settings} }} }}"),
         );
         project.write("p.yaml", &pipeline);
         let run = project.taper(&["run", "p.yaml", "test"]);
@@ -455,16 +462,33 @@ fn consistency_training_learns_and_is_reproducible() {
         let metrics = json(&project.path("out/p/test/metrics.json"));
         let accuracy = metrics["accuracy"].as_f64().expect("accuracy");
         assert!(
-            accuracy >= 0.85,
-            "consistency did not learn: accuracy {accuracy}"
+            accuracy >= least,
+            "{settings}: accuracy {accuracy}, the model did not learn"
         );
         let log = fs::read_to_string(project.path("out/p/finetune.log")).expect("train log");
         assert!(log.contains("typos in"), "{log}");
+        if settings.contains("candidates") {
+            assert!(log.contains("the worst of 3 copies"), "{log}");
+        }
         fs::read(project.path("out/p/finetune/model/model.safetensors")).expect("model")
     };
-    let first = trained("0.03");
-    assert_eq!(first, trained("0.03"), "two runs gave different models");
-    assert_ne!(first, trained("0.06"), "the typo rate changed nothing");
+    let first = trained("typo: 0.03");
+    assert_eq!(
+        first,
+        trained("typo: 0.03"),
+        "two runs gave different models"
+    );
+    assert_ne!(
+        first,
+        trained("typo: 0.06"),
+        "the typo rate changed nothing"
+    );
+    let adversarial = trained("typo: 0.03, candidates: 3");
+    assert_ne!(
+        first, adversarial,
+        "choosing among 3 copies changed nothing"
+    );
+    assert_eq!(adversarial, trained("typo: 0.03, candidates: 3"));
 }
 
 /// Issue 13: augmentation, robustness and Houlsby adapters through `taper run` on the tiny

@@ -192,6 +192,7 @@ fn settings(kind: StageKind) -> Value {
                 "consistency": object("Typo consistency: each batch also runs on a copy of its texts with typos (fresh every epoch); the mean cross-entropy of both passes plus `alpha` times their symmetric KL.", json!({
                     "typo": number("Share of letters of the copy given a keyboard typo, in (0, 0.5).", None),
                     "alpha": number("Weight of the symmetric KL.", Some(1.0)),
+                    "candidates": integer("Typo copies drawn per example and batch; the one the model gets most wrong is trained on (adversarial typos). 1 draws one copy.", 1, Some(1)),
                 }), &["typo"]),
                 "adversarial": object("Adversarial training on the word embeddings; the adversarial loss is added to the clean one.", json!({
                     "method": one_of_names("FGM (one step) or PGD (`steps` projected steps of size `alpha`).", &["fgm", "pgd"], "fgm"),

@@ -38,7 +38,7 @@ use crate::data::perturb::Perturbation;
 use crate::data::tokenize::{encode_all, load_tokenizer};
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
-use crate::ml::{Batch, Classifier, DeviceChoice, Trainer};
+use crate::ml::{softmax, Batch, Classifier, DeviceChoice, MlError, Trainer};
 use crate::model::stages::{Configure, SplitName};
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::checkpoint::{Checkpoints, Progress, Verdict};
@@ -189,14 +189,20 @@ impl TrainRun<'_> {
                 )?,
                 labels: &train.labels,
                 rate: consistency.typo,
+                candidates: consistency.candidates,
                 seed: config.seed,
             }),
             None => None,
         };
         if let Some(copies) = &copies {
             log(&format!(
-                "consistency: every batch also runs on its texts with typos in {:.0}% of letters, fresh each epoch",
-                100.0 * copies.rate
+                "consistency: every batch also runs on its texts with typos in {:.0}% of letters, fresh each epoch{}",
+                100.0 * copies.rate,
+                if copies.candidates > 1 {
+                    format!(", the worst of {} copies per text", copies.candidates)
+                } else {
+                    String::new()
+                }
             ));
         }
 
@@ -222,11 +228,7 @@ impl TrainRun<'_> {
                 let sequences: Vec<&[u32]> = indices.iter().map(|&i| train.example(i)).collect();
                 let labels: Vec<u32> = indices.iter().map(|&i| train.labels[i]).collect();
                 let perturbed_batch = match &perturbed {
-                    Some(copies) => {
-                        let sequences: Vec<&[u32]> =
-                            indices.iter().map(|&i| copies.example(i)).collect();
-                        Some(Batch::new(&sequences, &labels, pad)?)
-                    }
+                    Some(copies) => Some(worst_copies(&trainer, copies, indices, &labels, pad)?),
                     None => None,
                 };
                 let stats = trainer.step_with_perturbed(
@@ -368,37 +370,80 @@ impl TrainRun<'_> {
     }
 }
 
-/// The typo copies of the train split for `consistency`, one set per epoch.
+/// The typo copies of the train split for `consistency`: `candidates` sets per epoch.
 struct TypoCopies<'a> {
     texts: Vec<String>,
     tokenizer: Tokenizer,
     tokenizer_path: PathBuf,
     labels: &'a [u32],
     rate: f64,
+    candidates: usize,
     seed: u64,
 }
 
 impl TypoCopies<'_> {
-    /// Epoch `epoch`'s copies, tokenized: a pure function of the texts, the seed and the
-    /// epoch (the RNG's stream is the epoch, so no two epochs share typos).
-    fn of_epoch(&self, epoch: usize) -> Result<SplitData, DataError> {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        rng.set_stream(epoch as u64 + 1);
+    /// Epoch `epoch`'s copies, tokenized, one split per candidate: a pure function of the
+    /// texts, the seed and the epoch (each (epoch, candidate) has its own RNG stream, so no
+    /// two share typos; candidate 0's stream is `epoch + 1`).
+    fn of_epoch(&self, epoch: usize) -> Result<Vec<SplitData>, DataError> {
         let typo = Perturbation::Typo(self.rate);
-        let texts: Vec<String> = self
-            .texts
-            .iter()
-            .map(|text| typo.apply(text, &mut rng))
-            .collect();
-        let encoded = encode_all(&self.tokenizer, &self.tokenizer_path, &texts)?;
-        Ok(SplitData::from_examples(
-            &encoded
-                .into_iter()
-                .zip(self.labels)
-                .map(|(encoded, &label)| (encoded.ids, label))
-                .collect::<Vec<_>>(),
-        ))
+        (0..self.candidates)
+            .map(|candidate| {
+                let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+                rng.set_stream(((candidate as u64) << 32) | (epoch as u64 + 1));
+                let texts: Vec<String> = self
+                    .texts
+                    .iter()
+                    .map(|text| typo.apply(text, &mut rng))
+                    .collect();
+                let encoded = encode_all(&self.tokenizer, &self.tokenizer_path, &texts)?;
+                Ok(SplitData::from_examples(
+                    &encoded
+                        .into_iter()
+                        .zip(self.labels)
+                        .map(|(encoded, &label)| (encoded.ids, label))
+                        .collect::<Vec<_>>(),
+                ))
+            })
+            .collect()
     }
+}
+
+/// The typo copies of the examples `indices` as one batch: with one candidate set its
+/// copies; with several, per example the copy the model now gives the lowest probability of
+/// its label (the highest loss), scored in inference mode.
+fn worst_copies(
+    trainer: &Trainer,
+    candidates: &[SplitData],
+    indices: &[usize],
+    labels: &[u32],
+    pad: u32,
+) -> Result<Batch, MlStageError> {
+    fn of<'a>(copies: &'a SplitData, indices: &[usize]) -> Vec<&'a [u32]> {
+        indices.iter().map(|&i| copies.example(i)).collect()
+    }
+    let Some((first, others)) = candidates.split_first() else {
+        return Err(MlError::BadMethod {
+            reason: "`consistency` needs at least one typo copy".to_owned(),
+        }
+        .into());
+    };
+    let mut chosen = of(first, indices);
+    if !others.is_empty() {
+        let mut lowest = vec![f32::INFINITY; indices.len()];
+        for copies in candidates {
+            let sequences = of(copies, indices);
+            let logits = trainer.eval_logits(&Batch::new(&sequences, &[], pad)?)?;
+            for (slot, (row, &label)) in logits.iter().zip(labels).enumerate() {
+                let probability = softmax(row).get(label as usize).copied().unwrap_or(0.0);
+                if probability < lowest[slot] {
+                    lowest[slot] = probability;
+                    chosen[slot] = sequences[slot];
+                }
+            }
+        }
+    }
+    Ok(Batch::new(&chosen, labels, pad)?)
 }
 
 fn mean(values: &[f64]) -> f64 {

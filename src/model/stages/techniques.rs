@@ -27,10 +27,21 @@ pub struct Consistency {
     pub typo: f64,
     #[serde(default = "default_consistency_alpha")]
     pub alpha: f64,
+    /// Typo copies drawn per example and batch; the one the model currently gets most wrong
+    /// (highest cross-entropy) is trained on: adversarial typos, a discrete analogue of PGD.
+    /// 1 (the default) trains on a random copy.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub candidates: usize,
 }
 
 fn default_consistency_alpha() -> f64 {
     1.0
+}
+fn one() -> usize {
+    1
+}
+fn is_one(value: &usize) -> bool {
+    *value == 1
 }
 
 /// `adversarial:` a perturbation of the word embeddings (the lookup's output, before
@@ -167,6 +178,14 @@ pub(super) fn technique_problems(configure: &Configure, problems: &mut Vec<Probl
         );
         check(
             problems,
+            (1..=16).contains(&consistency.candidates),
+            "consistency.candidates",
+            "must be from 1 to 16",
+            "out of range",
+            "each candidate costs an inference pass per batch; 4 is a start, 1 draws one copy",
+        );
+        check(
+            problems,
             configure.rdrop.is_none(),
             "consistency",
             "cannot be combined with `rdrop`: both add a second pass to every batch",
@@ -296,6 +315,10 @@ mod tests {
             (r#"{"rdrop": {"alpha": 1.0}, "dropout": 0.0}"#, "rdrop"),
             (r#"{"consistency": {"typo": 0.0}}"#, "consistency.typo"),
             (r#"{"consistency": {"typo": 0.5}}"#, "consistency.typo"),
+            (
+                r#"{"consistency": {"typo": 0.05, "candidates": 0}}"#,
+                "consistency.candidates",
+            ),
             (
                 r#"{"consistency": {"typo": 0.05, "alpha": -1.0}}"#,
                 "consistency.alpha",
