@@ -147,6 +147,45 @@ fn a_corrupt_remote_object_is_reported_and_not_used() {
     assert_eq!(b.read("second.txt"), "OLLEH\n");
 }
 
+/// A remote object far larger than a record can be is refused without being held in memory
+/// whole (the download stops at the limit); the other result is still pulled.
+#[test]
+fn an_oversized_remote_record_is_refused() {
+    let remote = tempfile::tempdir().expect("remote dir");
+    let url = remote.path().display().to_string();
+    let _a = machine_a(&[], &url);
+    let record = walkdir(&remote.path().join("actions-v1"))
+        .into_iter()
+        .find(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .expect("a pushed action record");
+    fs::remove_file(&record).expect("the pushed record");
+    fs::write(&record, vec![b' '; 17 << 20]).expect("an oversized record");
+    let b = machine_b();
+    let pull = b.taper(&["cache", "pull", "--remote", &url]);
+    assert_eq!(pull.status.code(), Some(1), "{}", b.show(&pull));
+    let text = stderr(&pull);
+    assert!(text.contains("pulled 1 results"), "{}", b.show(&pull));
+    assert!(
+        text.contains("is larger than a record or manifest can be"),
+        "{}",
+        b.show(&pull)
+    );
+}
+
+/// Every file under `dir`.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(walkdir(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[test]
 fn no_remote_configured_is_a_clear_usage_error() {
     let a = Project::new(PIPELINE);

@@ -48,6 +48,18 @@ use crate::fingerprint::{Digest, Manifest};
 /// enough not to open hundreds of connections or files.
 const PARALLEL_TRANSFERS: usize = 16;
 
+/// The most bytes a pulled action or experiment record may have. Records and manifests are
+/// read whole into memory to be checked, so without a bound a remote serving a huge object
+/// (broken or hostile) would make `cache pull` allocate all of it. Records are kilobytes.
+const RECORD_LIMIT: u64 = 16 << 20;
+
+/// The most bytes a pulled manifest may have: one entry per output file is about 150 bytes,
+/// so this is well over a million files.
+const MANIFEST_LIMIT: u64 = 256 << 20;
+
+/// What a download larger than its limit is reported as.
+const TOO_LARGE: &str = "is larger than a record or manifest can be";
+
 /// Where a project names its remote when neither `--remote` nor `TAPER_REMOTE` does.
 pub const CONFIG_FILE: &str = ".taper/config.yaml";
 
@@ -586,18 +598,32 @@ impl Remote {
         }
     }
 
-    /// Downloads one object; `None` when the remote does not have it.
-    async fn download(&self, name: &RemotePath) -> Result<Option<Vec<u8>>, RemoteError> {
+    /// Downloads one object (`object` names it in errors) of at most `limit` bytes; `None`
+    /// when the remote does not have it. The download stops as soon as it passes the limit.
+    async fn download(
+        &self,
+        name: &RemotePath,
+        object: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, RemoteError> {
         let result = match self.objects.get(name).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(error) => return Err(self.failed("download", name, error)),
         };
-        let bytes = result
-            .bytes()
-            .await
-            .map_err(|error| self.failed("download", name, error))?;
-        Ok(Some(bytes.to_vec()))
+        if result.meta.size > limit {
+            return Err(self.corrupt(object.to_owned(), TOO_LARGE));
+        }
+        let mut bytes = Vec::new();
+        let mut chunks = result.into_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|error| self.failed("download", name, error))?;
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Err(self.corrupt(object.to_owned(), TOO_LARGE));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Some(bytes))
     }
 
     /// Every object under the remote's `bucket/`.
@@ -742,15 +768,18 @@ impl Remote {
             return Ok(PulledExperiment::Kept(id));
         }
         let name = self.experiment_name(&id);
-        let Some(bytes) = self.download(&name).await? else {
+        let object = format!("experiment {id}");
+        if size > RECORD_LIMIT {
+            return Err(self.corrupt(object, TOO_LARGE));
+        }
+        let Some(bytes) = self.download(&name, &object, RECORD_LIMIT).await? else {
             return Ok(PulledExperiment::Vanished);
         };
         match local_bytes {
             Some(local_bytes) if local_bytes == bytes => Ok(PulledExperiment::Same),
             Some(_) => Ok(PulledExperiment::Kept(id)),
             None => {
-                check_pulled(&id, &bytes)
-                    .map_err(|problem| self.corrupt(format!("experiment {id}"), problem))?;
+                check_pulled(&id, &bytes).map_err(|problem| self.corrupt(object, problem))?;
                 if store.import_experiment(&id, &bytes)? {
                     Ok(PulledExperiment::Stored)
                 } else {
@@ -769,26 +798,23 @@ impl Remote {
         staging: &Path,
     ) -> Result<Option<(usize, u64)>, RemoteError> {
         let name = self.action_name(key);
-        let Some(bytes) = self.download(&name).await? else {
+        let object = format!("action {}", key.short());
+        let Some(bytes) = self.download(&name, &object, RECORD_LIMIT).await? else {
             return Ok(None);
         };
         let mut objects = 1;
         let mut total = bytes.len() as u64;
-        let record: ActionRecord = serde_json::from_slice(&bytes).map_err(|_| {
-            self.corrupt(format!("action {}", key.short()), "is not an action record")
-        })?;
+        let record: ActionRecord = serde_json::from_slice(&bytes)
+            .map_err(|_| self.corrupt(object.clone(), "is not an action record"))?;
         if record.key != *key || record.version != 1 {
-            return Err(self.corrupt(
-                format!("action {}", key.short()),
-                "names another stage key or format",
-            ));
+            return Err(self.corrupt(object, "names another stage key or format"));
         }
         let manifest = match store.get_manifest(&record.outputs) {
             Some(manifest) => manifest,
             None => {
                 let object = format!("manifest {}", record.outputs.short());
                 let name = self.manifest_name(&record.outputs);
-                let Some(bytes) = self.download(&name).await? else {
+                let Some(bytes) = self.download(&name, &object, MANIFEST_LIMIT).await? else {
                     return Err(
                         self.corrupt(object, "is missing (the record's outputs are incomplete)")
                     );
