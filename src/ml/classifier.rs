@@ -191,7 +191,13 @@ impl Head {
     }
 
     fn forward(&self, hidden: &Tensor, mask: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let pooled = match (self.pooling, &self.pooler) {
+        let pooled = self.pool(hidden, mask, ctx)?;
+        self.classify(&pooled, ctx)
+    }
+
+    /// The sentence vector `[batch, hidden]` the classifier reads (before its dropout).
+    fn pool(&self, hidden: &Tensor, mask: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        Ok(match (self.pooling, &self.pooler) {
             (Pooling::Pooler, Some(pooler)) => {
                 let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
                 let dense = pooler.forward(&cls, ctx)?;
@@ -204,8 +210,11 @@ impl Head {
                 let summed = hidden.broadcast_mul(&mask.unsqueeze(D::Minus1)?)?.sum(1)?;
                 summed.broadcast_div(&mask.sum_keepdim(1)?)?
             }
-        };
-        let pooled = ctx.dropout(&pooled)?;
+        })
+    }
+
+    fn classify(&self, pooled: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let pooled = ctx.dropout(pooled)?;
         self.classifier.forward(&pooled, ctx)
     }
 }
@@ -530,6 +539,22 @@ impl Classifier {
         let mask = batch.attention_mask(&self.device)?;
         let embeddings = self.encoder.embed_words(words, ctx)?;
         self.forward_embeddings(&embeddings, &mask, ctx)
+    }
+
+    /// [`Classifier::forward_words`] that also gives the sentence vectors `[batch, hidden]`
+    /// the head classified (what `consistency` with `term: cosine` compares).
+    pub(crate) fn forward_words_pooled(
+        &self,
+        batch: &Batch,
+        words: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<(Tensor, Tensor)> {
+        let mask = batch.attention_mask(&self.device)?;
+        let embeddings = self.encoder.embed_words(words, ctx)?;
+        let hidden = self.encoder.forward_embeddings(&embeddings, &mask, ctx)?;
+        let pooled = self.head.pool(&hidden, &mask, ctx)?;
+        let logits = self.head.classify(&pooled, ctx)?;
+        Ok((pooled, logits))
     }
 
     /// Per-parameter gradients (in [`ParamStore::vars`] order) from one backward pass; the

@@ -17,7 +17,9 @@ use candle_core::{Tensor, D};
 use candle_nn::ops::log_softmax;
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::stages::{Adversarial, AdversarialMethod, Configure, Distillation};
+use crate::model::stages::{
+    Adversarial, AdversarialMethod, Configure, Consistency, ConsistencyTerm, Distillation,
+};
 
 use super::classifier::{Batch, Classifier, WordLeaf};
 use super::encoder::Ctx;
@@ -28,8 +30,8 @@ use super::error::{MlError, Result};
 pub(crate) struct Objective {
     pub(crate) label_smoothing: f64,
     pub(crate) rdrop: Option<f64>,
-    /// The weight of the clean/perturbed KL; the perturbed batch is the caller's.
-    pub(crate) consistency: Option<f64>,
+    /// The clean/perturbed consistency term; the perturbed batch is the caller's.
+    pub(crate) consistency: Option<Consistency>,
     pub(crate) adversarial: Option<Adversarial>,
     pub(crate) distillation: Option<Distillation>,
 }
@@ -39,7 +41,7 @@ impl Objective {
         Self {
             label_smoothing: configure.label_smoothing.unwrap_or(0.0),
             rdrop: configure.rdrop.map(|rdrop| rdrop.alpha),
-            consistency: configure.consistency.map(|consistency| consistency.alpha),
+            consistency: configure.consistency,
             adversarial: configure.adversarial,
             distillation: configure.distillation,
         }
@@ -82,6 +84,16 @@ pub(crate) fn symmetric_kl(first: &Tensor, second: &Tensor) -> Result<Tensor> {
     let first = log_softmax(first, D::Minus1)?;
     let second = log_softmax(second, D::Minus1)?;
     Ok(((kl_divergence(&first, &second)? + kl_divergence(&second, &first)?)? * 0.5)?)
+}
+
+/// `mean over the batch of 1 − cos(anchor, other)` of sentence vectors `[batch, hidden]`,
+/// with `anchor` held fixed (no gradient).
+pub(crate) fn cosine_distance(anchor: &Tensor, other: &Tensor) -> Result<Tensor> {
+    let anchor = anchor.detach();
+    let dot = (&anchor * other)?.sum(D::Minus1)?;
+    let norms = (anchor.sqr()?.sum(D::Minus1)?.sqrt()? * other.sqr()?.sum(D::Minus1)?.sqrt()?)?;
+    let cosine = (dot / (norms + 1e-8)?)?;
+    Ok(cosine.affine(-1.0, 1.0)?.mean_all()?)
 }
 
 /// Hinton's distillation term: `T² · KL(softmax(t/T) ‖ softmax(s/T))` of student logits `s`
@@ -204,15 +216,38 @@ pub(crate) fn loss_and_grads(
         classifier.forward_words(batch, leaf.words.as_tensor(), &mut ctx)
     };
     let pass = |leaf: &WordLeaf, rng: &mut ChaCha8Rng| pass_on(batch, leaf, rng);
+    // Sentence vectors and logits, for the cosine term.
+    let pass_pooled =
+        |batch: &Batch, leaf: &WordLeaf, rng: &mut ChaCha8Rng| -> Result<(Tensor, Tensor)> {
+            let mut ctx = Ctx {
+                differentiable: true,
+                dropout: Some((rng, dropout)),
+                attentions: None,
+            };
+            classifier.forward_words_pooled(batch, leaf.words.as_tensor(), &mut ctx)
+        };
+    let cosine = objective
+        .consistency
+        .is_some_and(|consistency| consistency.term == ConsistencyTerm::Cosine);
 
     let words = classifier.batch_words(batch)?;
     // Both R-Drop passes read the same leaf, so its gradient is the clean objective's.
     let leaf = classifier.word_leaf(batch, &words)?;
-    let first = pass(&leaf, rng)?;
-    // The second pass of R-Drop or consistency, with the leaf it read from.
+    let (first_pooled, first) = if cosine {
+        let (pooled, logits) = pass_pooled(batch, &leaf, rng)?;
+        (Some(pooled), logits)
+    } else {
+        (None, pass(&leaf, rng)?)
+    };
+    // The second pass of R-Drop or consistency (its logits and consistency term), with the
+    // leaf it read from.
     let second = match (objective.rdrop, objective.consistency, perturbed) {
-        (Some(alpha), _, _) => Some((alpha, pass(&leaf, rng)?, None)),
-        (None, Some(alpha), Some(perturbed)) => {
+        (Some(alpha), _, _) => {
+            let second = pass(&leaf, rng)?;
+            let term = (symmetric_kl(&first, &second)? * alpha)?;
+            Some((second, term, None))
+        }
+        (None, Some(consistency), Some(perturbed)) => {
             if perturbed.labels() != batch.labels() {
                 return Err(MlError::BadMethod {
                     reason: "the perturbed batch of `consistency` must hold the same examples"
@@ -221,8 +256,18 @@ pub(crate) fn loss_and_grads(
             }
             let perturbed_leaf =
                 classifier.word_leaf(perturbed, &classifier.batch_words(perturbed)?)?;
-            let logits = pass_on(perturbed, &perturbed_leaf, rng)?;
-            Some((alpha, logits, Some(perturbed_leaf)))
+            let (logits, term) = match &first_pooled {
+                Some(first_pooled) => {
+                    let (pooled, logits) = pass_pooled(perturbed, &perturbed_leaf, rng)?;
+                    (logits, cosine_distance(first_pooled, &pooled)?)
+                }
+                None => {
+                    let logits = pass_on(perturbed, &perturbed_leaf, rng)?;
+                    let term = symmetric_kl(&first, &logits)?;
+                    (logits, term)
+                }
+            };
+            Some((logits, (term * consistency.alpha)?, Some(perturbed_leaf)))
         }
         (None, Some(_), None) => {
             return Err(MlError::BadMethod {
@@ -233,9 +278,9 @@ pub(crate) fn loss_and_grads(
     };
     let clean = match &second {
         None => task.of(&first)?,
-        Some((alpha, second, _)) => {
+        Some((second, term, _)) => {
             let both = ((task.of(&first)? + task.of(second)?)? * 0.5)?;
-            (both + (symmetric_kl(&first, second)? * *alpha)?)?
+            (both + term)?
         }
     };
     let clean_grads = clean.backward()?;
@@ -475,6 +520,29 @@ mod tests {
         trainer.set_teacher(teacher).expect("same labels");
         let loss = f64::from(trainer.step(&batch).expect("step").loss);
         assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
+    }
+
+    /// `1 − cos` by hand, averaged over the batch; the anchor gets no gradient, the other
+    /// side does.
+    #[test]
+    fn cosine_distance_matches_hand_computation() {
+        let anchor = Var::from_tensor(&tensor(&[[1.0, 2.0, 0.5], [0.2, -1.0, 3.0]])).expect("var");
+        let other = Var::from_tensor(&tensor(&[[2.0, 1.0, 0.0], [0.2, -1.0, 3.0]])).expect("var");
+        let distance =
+            cosine_distance(anchor.as_tensor(), other.as_tensor()).expect("cosine distance");
+        let cos0 = (2.0 + 2.0) / ((1.0f64 + 4.0 + 0.25).sqrt() * 5.0f64.sqrt());
+        let expected = ((1.0 - cos0) + 0.0) / 2.0;
+        assert!(
+            (scalar(&distance) - expected).abs() < 1e-6,
+            "{} vs {expected}",
+            scalar(&distance)
+        );
+        let grads = distance.backward().expect("backward");
+        assert!(
+            grads.get(anchor.as_tensor()).is_none(),
+            "the anchor is held fixed"
+        );
+        assert!(norm(grads.get(other.as_tensor()).expect("gradient")).expect("norm") > 0.0);
     }
 
     /// Consistency on a tiny model, dropout off: the reported loss is the mean cross-entropy

@@ -193,6 +193,7 @@ fn settings(kind: StageKind) -> Value {
                     "typo": number("Share of letters of the copy given a keyboard typo, in (0, 0.5).", None),
                     "alpha": number("Weight of the symmetric KL.", Some(1.0)),
                     "candidates": integer("Typo copies drawn per example and batch; the one the model gets most wrong is trained on (adversarial typos). 1 draws one copy.", 1, Some(1)),
+                    "term": one_of_names("What pulls the two passes together: the symmetric KL of their predictions, or 1 − cos between the copy's sentence vector and the clean one's.", &["kl", "cosine"], "kl"),
                 }), &["typo"]),
                 "adversarial": object("Adversarial training on the word embeddings; the adversarial loss is added to the clean one.", json!({
                     "method": one_of_names("FGM (one step) or PGD (`steps` projected steps of size `alpha`).", &["fgm", "pgd"], "fgm"),

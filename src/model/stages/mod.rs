@@ -29,5 +29,7 @@ pub use prepare_data::{
 };
 pub use select_model::SelectModel;
 pub use source::Source;
-pub use techniques::{Adversarial, AdversarialMethod, Consistency, Distillation, RDrop};
+pub use techniques::{
+    Adversarial, AdversarialMethod, Consistency, ConsistencyTerm, Distillation, RDrop,
+};
 pub use train::Train;

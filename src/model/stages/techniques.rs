@@ -32,6 +32,29 @@ pub struct Consistency {
     /// 1 (the default) trains on a random copy.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub candidates: usize,
+    /// What pulls the two passes together.
+    #[serde(default, skip_serializing_if = "ConsistencyTerm::is_kl")]
+    pub term: ConsistencyTerm,
+}
+
+/// `consistency.term`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsistencyTerm {
+    /// The symmetric KL of the two passes' predictions (R-Drop's term).
+    #[default]
+    Kl,
+    /// `1 − cos` between the typo copy's sentence vector and the clean one's, the clean one
+    /// held fixed: the encoder learns to map a text with typos where the clean text goes (with
+    /// two labels, matching predictions constrains one number per text; matching the sentence
+    /// vector constrains all of its dimensions).
+    Cosine,
+}
+
+impl ConsistencyTerm {
+    fn is_kl(&self) -> bool {
+        *self == ConsistencyTerm::Kl
+    }
 }
 
 fn default_consistency_alpha() -> f64 {
