@@ -22,7 +22,9 @@ from pathlib import Path
 out, log = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
 times = {m[1]: float(m[2]) for m in re.finditer(r"done\s+(\S+) in ([0-9.]+)s", log)}
 rows = ["full", "label-smoothing", "layer-decay", "rdrop", "consistency", "consistency-strong",
-        "consistency-noisy", "fgm", "pgd", "augmentation",
+        "consistency-noisy", "consistency-adversarial",
+        "consistency-adversarial-8", "consistency-cosine",
+        "consistency-cosine-strong", "fgm", "pgd", "augmentation",
         "typo-aug", "typo-aug-pgd", "typo-aug-2", "lora", "adapter", "adalora", "student", "student-long",
         "student-transfer", "student-init"]
 print("| technique | accuracy | macro F1 | typo accuracy (drop) | deletion accuracy (drop) | train time |")
@@ -34,6 +36,16 @@ for name in rows:
     took = times.get(f"train-{name}")
     print(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {shifted('typo')} | "
           f"{shifted('delete')} | {f'{took:.0f} s' if took else 'cached'} |")
+# The typo drop under three typo draws (robustness seeds 3, 4, 5) for the rows that cut it.
+print()
+print("| technique | typo drop, seed 3 | seed 4 | seed 5 | mean |")
+print("|---|---|---|---|---|")
+for name in ["full", "typo-aug", "consistency-adversarial", "consistency-adversarial-8"]:
+    drops = []
+    for suffix in ["", "-seed4", "-seed5"]:
+        m = json.loads((out / f"test-{name}{suffix}" / "metrics.json").read_text())
+        drops.append(100 * m["robustness"]["typo"]["drop"])
+    print(f"| {name} | " + " | ".join(f"{d:.1f}" for d in drops) + f" | {sum(drops) / 3:.2f} |")
 PY
 sentences=$out/reviews/test.jsonl
 for round in $(seq "$rounds"); do
