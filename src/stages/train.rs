@@ -17,8 +17,10 @@
 //!
 //! `consistency`: every epoch, the train split's texts (`train.jsonl`) get typos from
 //! [`crate::data::perturb`] with an RNG seeded by the training seed and the epoch, and are
-//! encoded with the model's tokenizer; each batch then also runs on its examples' copies. A
-//! pure function of (seed, epoch), like the batches, so a resumed run sees the same copies.
+//! encoded with the model's tokenizer; each batch then also runs on its examples' copies
+//! (with `candidates` above 1, per example the copy the model now gets most wrong). The copies
+//! are a pure function of (seed, epoch), like the batches, and the choice among them of the
+//! weights, which a checkpoint restores bit for bit, so a resumed run trains on the same ones.
 
 use std::collections::BTreeMap;
 use std::fs;
