@@ -122,23 +122,31 @@ fn runs_read_and_write_through_a_configured_remote() {
     assert_eq!(b.read("second.txt"), "OLLEH\n");
 }
 
-#[test]
-fn a_corrupt_remote_object_is_reported_and_not_used() {
+/// A pushes its two results, `tamper` damages the remote (given its root), B pulls: the pull
+/// fails (exit 1) naming `problem`, and the intact result is still stored. Returns B.
+fn pull_after_tampering(tamper: impl FnOnce(&std::path::Path), problem: &str) -> Project {
     let remote = tempfile::tempdir().expect("remote dir");
     let url = remote.path().display().to_string();
     let _a = machine_a(&[], &url);
-    let blob = remote.path().join(blob_name("OLLEH\n"));
-    fs::remove_file(&blob).expect("the pushed blob");
-    fs::write(&blob, "EVIL\n").expect("tamper");
+    tamper(remote.path());
     let b = machine_b();
     let pull = b.taper(&["cache", "pull", "--remote", &url]);
     assert_eq!(pull.status.code(), Some(1), "{}", b.show(&pull));
     let text = stderr(&pull);
     assert!(text.contains("pulled 1 results"), "{}", b.show(&pull));
-    assert!(
-        text.contains("does not match its hash: not used"),
-        "{}",
-        b.show(&pull)
+    assert!(text.contains(problem), "{}", b.show(&pull));
+    b
+}
+
+#[test]
+fn a_corrupt_remote_object_is_reported_and_not_used() {
+    let b = pull_after_tampering(
+        |remote| {
+            let blob = remote.join(blob_name("OLLEH\n"));
+            fs::remove_file(&blob).expect("the pushed blob");
+            fs::write(&blob, "EVIL\n").expect("tamper");
+        },
+        "does not match its hash: not used",
     );
     // Only the intact result was stored: `second` reruns and produces the right bytes.
     let run = b.taper(&["run", "p.yaml"]);
@@ -151,24 +159,16 @@ fn a_corrupt_remote_object_is_reported_and_not_used() {
 /// whole (the download stops at the limit); the other result is still pulled.
 #[test]
 fn an_oversized_remote_record_is_refused() {
-    let remote = tempfile::tempdir().expect("remote dir");
-    let url = remote.path().display().to_string();
-    let _a = machine_a(&[], &url);
-    let record = walkdir(&remote.path().join("actions-v1"))
-        .into_iter()
-        .find(|path| path.extension().is_some_and(|ext| ext == "json"))
-        .expect("a pushed action record");
-    fs::remove_file(&record).expect("the pushed record");
-    fs::write(&record, vec![b' '; 17 << 20]).expect("an oversized record");
-    let b = machine_b();
-    let pull = b.taper(&["cache", "pull", "--remote", &url]);
-    assert_eq!(pull.status.code(), Some(1), "{}", b.show(&pull));
-    let text = stderr(&pull);
-    assert!(text.contains("pulled 1 results"), "{}", b.show(&pull));
-    assert!(
-        text.contains("is larger than a record or manifest can be"),
-        "{}",
-        b.show(&pull)
+    pull_after_tampering(
+        |remote| {
+            let record = walkdir(&remote.join("actions-v1"))
+                .into_iter()
+                .find(|path| path.extension().is_some_and(|ext| ext == "json"))
+                .expect("a pushed action record");
+            fs::remove_file(&record).expect("the pushed record");
+            fs::write(&record, vec![b' '; 17 << 20]).expect("an oversized record");
+        },
+        "is larger than a record or manifest can be",
     );
 }
 
