@@ -48,6 +48,23 @@ for name in ["full", "typo-aug", "consistency-adversarial", "consistency-adversa
         m = json.loads((out / f"test-{name}{suffix}" / "metrics.json").read_text())
         drops.append(100 * m["robustness"]["typo"]["drop"])
     print(f"| {name} | " + " | ".join(f"{d:.1f}" for d in drops) + f" | {sum(drops) / 3:.2f} |")
+
+# What the seed-3 typo drop is made of: predictions typos turn wrong, and turn right.
+def predictions(path):
+    return [json.loads(line)["predicted"] for line in path.read_text().splitlines()]
+print()
+print("| technique | right → wrong | wrong → right | drop |")
+print("|---|---|---|---|")
+for name in ["full", "typo-aug", "typo-aug-pgd", "rdrop", "augmentation", "consistency",
+             "consistency-strong", "consistency-noisy", "consistency-cosine",
+             "consistency-cosine-strong", "consistency-adversarial", "consistency-adversarial-8"]:
+    test = out / f"test-{name}"
+    labels = [json.loads(line)["label"] for line in (test / "predictions.jsonl").read_text().splitlines()]
+    pairs = list(zip(labels, predictions(test / "predictions.jsonl"),
+                     predictions(test / "perturbed_typo.jsonl")))
+    lost = sum(clean == label != typo for label, clean, typo in pairs)
+    won = sum(clean != label == typo for label, clean, typo in pairs)
+    print(f"| {name} | {lost} | {won} | {(lost - won) / len(pairs) * 100:.1f} |")
 PY
 sentences=$out/reviews/test.jsonl
 for round in $(seq "$rounds"); do
