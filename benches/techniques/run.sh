@@ -23,7 +23,7 @@ out, log = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
 times = {m[1]: float(m[2]) for m in re.finditer(r"done\s+(\S+) in ([0-9.]+)s", log)}
 rows = ["full", "label-smoothing", "layer-decay", "rdrop", "consistency", "consistency-strong",
         "consistency-noisy", "consistency-adversarial",
-        "consistency-adversarial-8", "consistency-cosine",
+        "consistency-adversarial-8", "consistency-adversarial-8-soft", "consistency-cosine",
         "consistency-cosine-strong", "fgm", "pgd", "augmentation",
         "typo-aug", "typo-aug-pgd", "typo-aug-2", "lora", "adapter", "adalora", "student", "student-long",
         "student-transfer", "student-init"]
@@ -42,7 +42,7 @@ print()
 print("| technique | typo drop, seed 3 | seed 4 | seed 5 | mean |")
 print("|---|---|---|---|---|")
 for name in ["full", "typo-aug", "consistency-adversarial", "consistency-adversarial-8",
-             "full-s7", "consistency-adversarial-8-s7"]:
+             "consistency-adversarial-8-soft", "full-s7", "consistency-adversarial-8-s7"]:
     drops = []
     for suffix in ["", "-seed4", "-seed5"]:
         m = json.loads((out / f"test-{name}{suffix}" / "metrics.json").read_text())
