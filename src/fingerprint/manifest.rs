@@ -1351,14 +1351,22 @@ mod tests {
         fs::write(temp.path().join("a"), "a").expect("write");
         fs::write(temp.path().join("sub/b"), "bb").expect("write");
         std::os::unix::fs::symlink("a", temp.path().join("link")).expect("symlink");
-        let root = fs::metadata(temp.path()).expect("stat");
-        let walked = walk(temp.path(), &Stat::of(&root)).expect("walk");
-        let relatives: Vec<&str> = walked.files.iter().map(|f| walked.relative(f)).collect();
-        assert_eq!(relatives, ["a", "link", "sub/b"]);
+        assert_eq!(walked_with_std_stats(temp.path()), ["a", "link", "sub/b"]);
+    }
+
+    /// The relative paths of a walk of `dir`, after checking each file's stat against std's.
+    fn walked_with_std_stats(dir: &Path) -> Vec<String> {
+        let root = fs::metadata(dir).expect("stat");
+        let walked = walk(dir, &Stat::of(&root)).expect("walk");
         for file in &walked.files {
-            let path = temp.path().join(walked.relative(file));
+            let path = dir.join(walked.relative(file));
             assert_eq!(file.stat, Stat::of(&fs::metadata(&path).expect("stat")));
         }
+        walked
+            .files
+            .iter()
+            .map(|f| walked.relative(f).to_owned())
+            .collect()
     }
 
     /// A directory read in several `getdents` batches and stated by several threads still
@@ -1376,15 +1384,8 @@ mod tests {
         for name in &names {
             fs::write(temp.path().join(name), name).expect("write");
         }
-        let root = fs::metadata(temp.path()).expect("stat");
-        let walked = walk(temp.path(), &Stat::of(&root)).expect("walk");
-        let relatives: Vec<&str> = walked.files.iter().map(|f| walked.relative(f)).collect();
         names.sort();
-        assert_eq!(relatives, names);
-        for file in &walked.files {
-            let path = temp.path().join(walked.relative(file));
-            assert_eq!(file.stat, Stat::of(&fs::metadata(&path).expect("stat")));
-        }
+        assert_eq!(walked_with_std_stats(temp.path()), names);
     }
 
     /// A no-op over a directory is answered by its directory record: the saved file records
