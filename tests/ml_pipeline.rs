@@ -440,8 +440,8 @@ fn a_shallow_student_distils_from_its_teacher_and_deploys() {
 /// Issue 13: `consistency` through `taper run` on the tiny model. Training on each batch's
 /// clean and typo copies learns the toy task, the log says so, and the same pipeline in two
 /// projects gives bit-identical models (the copies are a function of the seed and the epoch),
-/// while another `typo` rate, adversarial typos (the worst of 3 copies) or the cosine term give
-/// other models.
+/// while another `typo` rate, adversarial typos (the worst of 3 copies), labels on the clean pass
+/// only or the cosine term give other models.
 /// Adversarial typos often hit the one word that decides this toy task, so that model is only
 /// held to beat the majority class (3 of 5).
 #[test]
@@ -471,6 +471,12 @@ fn consistency_training_learns_and_is_reproducible() {
         if settings.contains("candidates") {
             assert!(log.contains("the worst of 3 copies"), "{log}");
         }
+        if settings.contains("label_loss: clean") {
+            assert!(
+                log.contains("the labels train the clean pass only"),
+                "{log}"
+            );
+        }
         fs::read(project.path("out/p/finetune/model/model.safetensors")).expect("model")
     };
     let first = trained("typo: 0.03");
@@ -490,6 +496,11 @@ fn consistency_training_learns_and_is_reproducible() {
         "choosing among 3 copies changed nothing"
     );
     assert_eq!(adversarial, trained("typo: 0.03, candidates: 3"));
+    assert_ne!(
+        adversarial,
+        trained("typo: 0.03, candidates: 3, label_loss: clean"),
+        "training the labels on the clean pass only changed nothing"
+    );
     let cosine = trained("typo: 0.03, alpha: 0.1, term: cosine");
     assert_ne!(first, cosine, "the cosine term changed nothing");
 }

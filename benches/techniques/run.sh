@@ -23,7 +23,8 @@ out, log = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
 times = {m[1]: float(m[2]) for m in re.finditer(r"done\s+(\S+) in ([0-9.]+)s", log)}
 rows = ["full", "label-smoothing", "layer-decay", "rdrop", "consistency", "consistency-strong",
         "consistency-noisy", "consistency-adversarial",
-        "consistency-adversarial-8", "consistency-adversarial-8-soft", "consistency-cosine",
+        "consistency-adversarial-8", "consistency-adversarial-8-soft",
+        "consistency-adversarial-8-clean", "consistency-adversarial-8-e5", "full-e5", "consistency-cosine",
         "consistency-cosine-strong", "fgm", "pgd", "augmentation",
         "typo-aug", "typo-aug-pgd", "typo-aug-2", "lora", "adapter", "adalora", "student", "student-long",
         "student-transfer", "student-init"]
@@ -36,18 +37,19 @@ for name in rows:
     took = times.get(f"train-{name}")
     print(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {shifted('typo')} | "
           f"{shifted('delete')} | {f'{took:.0f} s' if took else 'cached'} |")
-# The typo drop under three typo draws (robustness seeds 3, 4, 5) for the rows that cut it,
-# and for the baseline and worst-of-8 trained with another seed (7).
+# The typo drop over five typo draws (robustness seeds 3 to 7, `typo5-` stages) for the rows
+# that cut it, for the baseline and worst of 8 trained with another seed (7) or for 5 epochs.
 print()
-print("| technique | typo drop, seed 3 | seed 4 | seed 5 | mean |")
-print("|---|---|---|---|---|")
+print("| technique | clean | typo drop, seed 3 | 4 | 5 | 6 | 7 | mean |")
+print("|---|---|---|---|---|---|---|---|")
 for name in ["full", "typo-aug", "consistency-adversarial", "consistency-adversarial-8",
-             "consistency-adversarial-8-soft", "full-s7", "consistency-adversarial-8-s7"]:
-    drops = []
-    for suffix in ["", "-seed4", "-seed5"]:
-        m = json.loads((out / f"test-{name}{suffix}" / "metrics.json").read_text())
-        drops.append(100 * m["robustness"]["typo"]["drop"])
-    print(f"| {name} | " + " | ".join(f"{d:.1f}" for d in drops) + f" | {sum(drops) / 3:.2f} |")
+             "consistency-adversarial-8-soft", "consistency-adversarial-8-clean", "full-s7",
+             "consistency-adversarial-8-s7", "full-e5", "consistency-adversarial-8-e5"]:
+    m = json.loads((out / f"typo5-{name}" / "metrics.json").read_text())
+    typo = m["robustness"]["typo"]
+    drops = [100 * (m["accuracy"] - a) for a in typo["draw_accuracies"]]
+    print(f"| {name} | {m['accuracy']:.3f} | " + " | ".join(f"{d:.1f}" for d in drops)
+          + f" | {100 * typo['drop']:.2f} |")
 
 # What the seed-3 typo drop is made of: predictions typos turn wrong, and turn right.
 def predictions(path):
@@ -57,7 +59,8 @@ print("| technique | right → wrong | wrong → right | drop |")
 print("|---|---|---|---|")
 for name in ["full", "typo-aug", "typo-aug-pgd", "rdrop", "augmentation", "consistency",
              "consistency-strong", "consistency-noisy", "consistency-cosine",
-             "consistency-cosine-strong", "consistency-adversarial", "consistency-adversarial-8"]:
+             "consistency-cosine-strong", "consistency-adversarial", "consistency-adversarial-8",
+             "consistency-adversarial-8-clean", "full-e5", "consistency-adversarial-8-e5"]:
     test = out / f"test-{name}"
     labels = [json.loads(line)["label"] for line in (test / "predictions.jsonl").read_text().splitlines()]
     pairs = list(zip(labels, predictions(test / "predictions.jsonl"),

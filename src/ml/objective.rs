@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::model::stages::{
     Adversarial, AdversarialMethod, Configure, Consistency, ConsistencyTerm, Distillation,
+    LabelLoss,
 };
 
 use super::classifier::{Batch, Classifier, WordLeaf};
@@ -276,8 +277,12 @@ pub(crate) fn loss_and_grads(
         }
         (None, None, _) => None,
     };
+    let clean_only = objective
+        .consistency
+        .is_some_and(|consistency| consistency.label_loss == LabelLoss::Clean);
     let clean = match &second {
         None => task.of(&first)?,
+        Some((_, term, _)) if clean_only => (task.of(&first)? + term)?,
         Some((second, term, _)) => {
             let both = ((task.of(&first)? + task.of(second)?)? * 0.5)?;
             (both + term)?
@@ -546,14 +551,21 @@ mod tests {
     }
 
     /// Consistency on a tiny model, dropout off: the reported loss is the mean cross-entropy
-    /// of the clean and the perturbed batch plus `alpha` times the symmetric KL of their
-    /// logits; the word table learns from both batches' tokens; a missing or mismatched
-    /// perturbed batch is refused.
+    /// of the clean and the perturbed batch (`label_loss: both`) or the clean one's alone
+    /// (`clean`) plus `alpha` times the symmetric KL of their logits; the word table learns
+    /// from both batches' tokens; a missing or mismatched perturbed batch is refused.
     #[test]
     fn trainer_loss_with_consistency_is_the_hand_computed_one() {
+        for label_loss in ["both", "clean"] {
+            consistency_loss_matches_hand_computation(label_loss);
+        }
+    }
+
+    fn consistency_loss_matches_hand_computation(label_loss: &str) {
         let dir = tempfile::tempdir().expect("dir");
-        let settings =
-            configure(r#"{"dropout": 0.0, "consistency": {"typo": 0.05, "alpha": 0.5}}"#);
+        let settings = configure(&format!(
+            r#"{{"dropout": 0.0, "consistency": {{"typo": 0.05, "alpha": 0.5, "label_loss": "{label_loss}"}}}}"#
+        ));
         let (classifier, batch) = tiny(dir.path(), 5, &settings);
         // Token 43 and 70 are only in the perturbed copy.
         let perturbed =
@@ -564,7 +576,10 @@ mod tests {
         for ((c, n), label) in clean.iter().zip(&noisy).zip(batch.labels()) {
             let c = softmax64(&c.iter().map(|x| f64::from(*x)).collect::<Vec<_>>());
             let n = softmax64(&n.iter().map(|x| f64::from(*x)).collect::<Vec<_>>());
-            let ce = -(c[*label as usize].ln() + n[*label as usize].ln()) / 2.0;
+            let ce = match label_loss {
+                "both" => -(c[*label as usize].ln() + n[*label as usize].ln()) / 2.0,
+                _ => -c[*label as usize].ln(),
+            };
             let kl = (kl64(&c, &n) + kl64(&n, &c)) / 2.0;
             expected += (ce + 0.5 * kl) / 2.0;
         }
@@ -587,11 +602,12 @@ mod tests {
             .position(|(name, _)| name == "embeddings.word_embeddings.weight")
             .expect("the word table trains under `full`");
         let rows = output.grads[table].as_ref().expect("a table gradient");
+        // Under `clean` the copy's own tokens still learn, through the term.
         for token in [17, 43, 66, 70] {
             let row = rows.get(token).expect("row");
             assert!(
                 norm(&row).expect("norm") > 0.0,
-                "token {token} got no gradient"
+                "{label_loss}: token {token} got no gradient"
             );
         }
 
@@ -608,7 +624,10 @@ mod tests {
                 .expect("step")
                 .loss,
         );
-        assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
+        assert!(
+            (loss - expected).abs() < 1e-5,
+            "{label_loss}: {loss} vs {expected}"
+        );
     }
 
     /// With temperature T and weight 1, training drives the student's tempered probabilities

@@ -3,6 +3,7 @@
 
 use super::stages::{
     is_env_name, Augment, Command, Robustness, Source, GATE_METRICS, MAX_AUGMENT_COPIES,
+    MAX_ROBUSTNESS_DRAWS,
 };
 use super::StageSettings;
 use crate::spec::suggestion_help;
@@ -265,6 +266,17 @@ fn robustness_issues(robustness: &Robustness) -> Vec<Issue> {
                 ));
             }
         }
+    }
+    if !(1..=MAX_ROBUSTNESS_DRAWS).contains(&robustness.draws) {
+        issues.push(issue(
+            &["robustness", "draws"],
+            &format!(
+                "must be from 1 to {MAX_ROBUSTNESS_DRAWS}, not {}",
+                robustness.draws
+            ),
+            "out of range",
+            "each draw is one inference pass over the split per kind; 5 steadies the drop",
+        ));
     }
     if robustness.typo.is_none() && robustness.delete.is_none() && !robustness.casing {
         issues.push(issue(

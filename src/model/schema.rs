@@ -194,6 +194,7 @@ fn settings(kind: StageKind) -> Value {
                     "alpha": number("Weight of the symmetric KL.", Some(1.0)),
                     "candidates": integer("Typo copies drawn per example and batch; the one the model gets most wrong is trained on (adversarial typos). 1 draws one copy.", 1, Some(1)),
                     "term": one_of_names("What pulls the two passes together: the symmetric KL of their predictions, or 1 − cos between the copy's sentence vector and the clean one's.", &["kl", "cosine"], "kl"),
+                    "label_loss": one_of_names("Which passes the labels train: the mean cross-entropy of the clean and the typo pass, or the clean pass only (the typo pass is then trained only by the term).", &["both", "clean"], "both"),
                 }), &["typo"]),
                 "adversarial": object("Adversarial training on the word embeddings; the adversarial loss is added to the clean one.", json!({
                     "method": one_of_names("FGM (one step) or PGD (`steps` projected steps of size `alpha`).", &["fgm", "pgd"], "fgm"),
@@ -224,7 +225,8 @@ fn settings(kind: StageKind) -> Value {
                     "typo": number("Probability that a letter gets a keyboard typo.", None),
                     "delete": number("Probability that a word is deleted.", None),
                     "casing": boolean("Lowercase, uppercase or capitalise each word at random.", false),
-                    "seed": integer("Seed of each perturbation's RNG.", 0, Some(3)),
+                    "seed": integer("Seed of each perturbation's RNG (of the first draw).", 0, Some(3)),
+                    "draws": integer("Copies per kind, from seeds `seed`, `seed + 1`, …; accuracy and drop are their mean.", 1, Some(1)),
                 }), &[]),
             }),
             &[],

@@ -275,6 +275,7 @@ fn robustness_and_ood_accuracy_and_drops_are_headline_metrics() {
             delete: Some(0.3),
             casing: true,
             seed: 3,
+            draws: 1,
         }),
     };
     let outcome = chain
@@ -309,7 +310,7 @@ fn robustness_and_ood_accuracy_and_drops_are_headline_metrics() {
     let again = chain
         .run(
             "evaluate",
-            StageSettings::Evaluate(evaluate),
+            StageSettings::Evaluate(evaluate.clone()),
             &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
             &EvaluateRunner,
             &|_| {},
@@ -321,6 +322,63 @@ fn robustness_and_ood_accuracy_and_drops_are_headline_metrics() {
     );
     assert_eq!(again.metrics["typo_accuracy"], m["typo_accuracy"]);
     assert!(!again.metrics.contains_key("ood_accuracy"));
+
+    // Three draws: seeds 3, 4 and 5, the first of them the copy above; the headline is the
+    // mean of the three accuracies, each listed in metrics.json.
+    let three = Evaluate {
+        robustness: Some(Robustness {
+            typo: Some(0.5),
+            delete: None,
+            casing: false,
+            seed: 3,
+            draws: 3,
+        }),
+        ..evaluate
+    };
+    let drawn = chain
+        .run(
+            "evaluate",
+            StageSettings::Evaluate(three),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &EvaluateRunner,
+            &|_| {},
+        )
+        .unwrap();
+    let out = chain.outputs["evaluate"].clone();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let accuracies: Vec<f64> = metrics["robustness"]["typo"]["draw_accuracies"]
+        .as_array()
+        .expect("one accuracy per draw")
+        .iter()
+        .map(|value| value.as_f64().unwrap())
+        .collect();
+    assert_eq!(accuracies.len(), 3);
+    assert_eq!(accuracies[0], m["typo_accuracy"]);
+    let mean = accuracies.iter().sum::<f64>() / 3.0;
+    assert!((drawn.metrics["typo_accuracy"] - mean).abs() < 1e-12);
+    assert!((drawn.metrics["typo_drop"] - (clean - mean)).abs() < 1e-12);
+    let lines: Vec<serde_json::Value> = fs::read_to_string(out.join("perturbed_typo.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 120);
+    let texts_of = |seed: u64| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|line| line["seed"] == seed)
+            .map(|line| &line["text"])
+            .collect()
+    };
+    let first: Vec<serde_json::Value> = typos
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["text"].clone())
+        .collect();
+    assert_eq!(texts_of(3), first.iter().collect::<Vec<_>>());
+    assert_eq!(texts_of(4).len(), 40);
+    assert_ne!(texts_of(4), texts_of(3), "a second draw repeated the first");
+    assert_ne!(texts_of(5), texts_of(4));
 }
 
 /// `explain` on the trained sentiment model: the three files, one line per example, and

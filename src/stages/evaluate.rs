@@ -11,9 +11,11 @@
 //!
 //! Robustness: the split's texts (`<split>.jsonl`) are perturbed by [`crate::data::perturb`]
 //! (the same functions `prepare-data`'s `augment:` uses), one kind per copy, each with its own
-//! RNG seeded with `robustness.seed`, and encoded with the trained model's tokenizer at the
-//! dataset's `max_length`, as `prepare-data` encoded the clean texts. Each copy's predictions go
-//! to `perturbed_<kind>.jsonl` (text, label, predicted class).
+//! RNG seeded with `robustness.seed` (plus the draw's index for `draws` above 1), and encoded
+//! with the trained model's tokenizer at the dataset's `max_length`, as `prepare-data` encoded
+//! the clean texts. Each kind's accuracy is the mean over its draws. Each copy's predictions go
+//! to `perturbed_<kind>.jsonl` (text, label, predicted class, and the draw's seed when there
+//! are several).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -57,6 +59,9 @@ pub struct Shifted {
     pub macro_f1: f64,
     /// Clean accuracy minus `accuracy`: what the shift costs (negative when it helps).
     pub drop: f64,
+    /// Each draw's accuracy when `robustness.draws` is above 1 (`accuracy` is their mean).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draw_accuracies: Vec<f64>,
 }
 
 impl MetricsFile {
@@ -172,60 +177,85 @@ pub fn evaluate(
         metrics.accuracy, metrics.macro_f1, metrics.log_loss
     ));
     let clean_accuracy = metrics.accuracy;
-    let shifted = |examples: &SplitData, probabilities: &[Vec<f32>], what: &str| {
-        let shifted = compute(
-            model_dir,
-            &examples.labels,
-            probabilities,
-            &dataset.info.labels,
-        )?;
-        let drop = clean_accuracy - shifted.accuracy;
+    // The shift's metrics, the mean over its draws (`robustness.draws`; `ood` is one).
+    let shifted = |examples: usize, draws: &[Metrics], what: &str| {
+        let count = draws.len().max(1) as f64;
+        let accuracy = draws.iter().map(|draw| draw.accuracy).sum::<f64>() / count;
+        let macro_f1 = draws.iter().map(|draw| draw.macro_f1).sum::<f64>() / count;
+        let drop = clean_accuracy - accuracy;
+        let draw_accuracies: Vec<f64> = match draws {
+            [_, _, ..] => draws.iter().map(|draw| draw.accuracy).collect(),
+            _ => Vec::new(),
+        };
+        let range = match (
+            draw_accuracies.iter().copied().reduce(f64::min),
+            draw_accuracies.iter().copied().reduce(f64::max),
+        ) {
+            (Some(low), Some(high)) => {
+                format!(", mean of {} draws, {low:.4} to {high:.4}", draws.len())
+            }
+            _ => String::new(),
+        };
         log(&format!(
-            "{what}: accuracy {:.4} (drop {drop:+.4})",
-            shifted.accuracy
+            "{what}: accuracy {accuracy:.4}{range} (drop {drop:+.4})"
         ));
-        Ok::<_, MlStageError>(Shifted {
-            examples: examples.len(),
-            accuracy: shifted.accuracy,
-            macro_f1: shifted.macro_f1,
+        Shifted {
+            examples,
+            accuracy,
+            macro_f1,
             drop,
-        })
+            draw_accuracies,
+        }
     };
     let mut robustness = BTreeMap::new();
     if let Some(robustness_settings) = &settings.robustness {
         let texts = read_texts(data_dir, split, data.len())?;
         let tokenizer_path = model_dir.join("tokenizer.json");
         let tokenizer = load_tokenizer(&tokenizer_path, dataset.info.max_length)?;
+        let several = robustness_settings.draws > 1;
         for perturbation in perturbations(robustness_settings) {
-            // Its own RNG per kind: adding `casing` leaves the typo copy's texts unchanged.
-            let mut rng = ChaCha8Rng::seed_from_u64(robustness_settings.seed);
-            let perturbed: Vec<String> = texts
-                .iter()
-                .map(|text| perturbation.apply(text, &mut rng))
-                .collect();
-            let encoded = encode_all(&tokenizer, &tokenizer_path, &perturbed)?;
-            let examples = SplitData::from_examples(
-                &encoded
-                    .into_iter()
-                    .zip(&data.labels)
-                    .map(|(encoded, &label)| (encoded.ids, label))
-                    .collect::<Vec<_>>(),
-            );
-            let probabilities = predict(&classifier, &examples, settings.batch_size)?;
-            let mut lines = String::new();
-            for ((text, label), row) in perturbed.iter().zip(&data.labels).zip(&probabilities) {
-                lines.push_str(
-                    &serde_json::json!({"text": text, "label": label, "predicted": argmax(row)})
-                        .to_string(),
-                );
-                lines.push('\n');
-            }
             let kind = perturbation.name();
+            let mut lines = String::new();
+            let mut draws = Vec::new();
+            for draw in 0..robustness_settings.draws {
+                let seed = robustness_settings.seed.wrapping_add(u64::from(draw));
+                // Its own RNG per kind: adding `casing` leaves the typo copy's texts unchanged.
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let perturbed: Vec<String> = texts
+                    .iter()
+                    .map(|text| perturbation.apply(text, &mut rng))
+                    .collect();
+                let encoded = encode_all(&tokenizer, &tokenizer_path, &perturbed)?;
+                let examples = SplitData::from_examples(
+                    &encoded
+                        .into_iter()
+                        .zip(&data.labels)
+                        .map(|(encoded, &label)| (encoded.ids, label))
+                        .collect::<Vec<_>>(),
+                );
+                let probabilities = predict(&classifier, &examples, settings.batch_size)?;
+                for ((text, label), row) in perturbed.iter().zip(&data.labels).zip(&probabilities) {
+                    let mut line =
+                        serde_json::json!({"text": text, "label": label, "predicted": argmax(row)});
+                    // One draw keeps the file as it was before `draws` existed.
+                    if several {
+                        line["seed"] = seed.into();
+                    }
+                    lines.push_str(&line.to_string());
+                    lines.push('\n');
+                }
+                draws.push(compute(
+                    model_dir,
+                    &examples.labels,
+                    &probabilities,
+                    &dataset.info.labels,
+                )?);
+            }
             write_bytes(
                 &out_dir.join(format!("perturbed_{kind}.jsonl")),
                 lines.as_bytes(),
             )?;
-            robustness.insert(kind.to_owned(), shifted(&examples, &probabilities, kind)?);
+            robustness.insert(kind.to_owned(), shifted(data.len(), &draws, kind));
         }
     }
     if let Some(ood_dir) = ood_dir {
@@ -238,9 +268,15 @@ pub fn evaluate(
         }
         let examples = split_of(&ood, split)?;
         let probabilities = predict(&classifier, examples, settings.batch_size)?;
+        let metrics = compute(
+            model_dir,
+            &examples.labels,
+            &probabilities,
+            &dataset.info.labels,
+        )?;
         robustness.insert(
             "ood".to_owned(),
-            shifted(examples, &probabilities, "out-of-domain")?,
+            shifted(examples.len(), &[metrics], "out-of-domain"),
         );
     }
     let file = MetricsFile {
@@ -290,12 +326,14 @@ mod tests {
             accuracy: 0.5,
             macro_f1: 0.5,
             drop: 0.17,
+            draw_accuracies: Vec::new(),
         };
         let kinds = perturbations(&Robustness {
             typo: Some(0.1),
             delete: Some(0.1),
             casing: true,
             seed: 3,
+            draws: 1,
         });
         let file = MetricsFile {
             split: SplitName::Test,

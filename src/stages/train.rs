@@ -41,7 +41,7 @@ use crate::data::tokenize::{encode_all, load_tokenizer};
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::ml::{softmax, Batch, Classifier, DeviceChoice, MlError, Trainer};
-use crate::model::stages::{Configure, SplitName};
+use crate::model::stages::{Configure, LabelLoss, SplitName};
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::checkpoint::{Checkpoints, Progress, Verdict};
 use crate::stages::configure::ResolvedConfig;
@@ -196,14 +196,18 @@ impl TrainRun<'_> {
             }),
             None => None,
         };
-        if let Some(copies) = &copies {
+        if let (Some(copies), Some(consistency)) = (&copies, config.consistency) {
             log(&format!(
-                "consistency: every batch also runs on its texts with typos in {:.0}% of letters, fresh each epoch{}",
+                "consistency: every batch also runs on its texts with typos in {:.0}% of letters, fresh each epoch{}{}",
                 100.0 * copies.rate,
                 if copies.candidates > 1 {
                     format!(", the worst of {} copies per text", copies.candidates)
                 } else {
                     String::new()
+                },
+                match consistency.label_loss {
+                    LabelLoss::Both => "",
+                    LabelLoss::Clean => "; the labels train the clean pass only",
                 }
             ));
         }

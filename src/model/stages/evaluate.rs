@@ -15,9 +15,10 @@ pub struct Evaluate {
     pub robustness: Option<Robustness>,
 }
 
-/// `robustness: { typo: 0.05, delete: 0.1, casing: true, seed: 3 }`: one perturbed copy of the
-/// evaluated split per kind given (`data::perturb` in this crate says what each does), each made with
-/// its own RNG seeded with `seed`, so adding a kind leaves the others' texts unchanged.
+/// `robustness: { typo: 0.05, delete: 0.1, casing: true, seed: 3, draws: 1 }`: `draws`
+/// perturbed copies of the evaluated split per kind given (`data::perturb` in this crate says
+/// what each does), each made with its own RNG seeded with `seed` plus the draw's index, so
+/// adding a kind leaves the others' texts unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Robustness {
@@ -32,6 +33,21 @@ pub struct Robustness {
     pub casing: bool,
     #[serde(default = "default_robustness_seed")]
     pub seed: u64,
+    /// Copies per kind, from seeds `seed`, `seed + 1`, …; accuracy and drop are their mean.
+    /// One copy's drop moves by a point or more with its seed (which words a typo hits decides
+    /// much of it), so a comparison of two models on one draw can be decided by the draw.
+    #[serde(default = "one_draw", skip_serializing_if = "is_one_draw")]
+    pub draws: u32,
+}
+
+/// Most copies per kind `robustness.draws` takes: each is a full inference pass on the split.
+pub const MAX_ROBUSTNESS_DRAWS: u32 = 32;
+
+fn one_draw() -> u32 {
+    1
+}
+fn is_one_draw(draws: &u32) -> bool {
+    *draws == 1
 }
 
 fn default_split() -> SplitName {

@@ -19,7 +19,7 @@ pub use configure::{
     is_adapter_target, AdaLora, Configure, EarlyStopping, Method, Pooling, Problem, Schedule,
 };
 pub use deploy::{Deploy, Precision, GATE_METRICS};
-pub use evaluate::{Evaluate, Robustness};
+pub use evaluate::{Evaluate, Robustness, MAX_ROBUSTNESS_DRAWS};
 pub use explain::{
     Explain, ExplainBaseline, ExplainMethod, DEFAULT_STEPS as DEFAULT_EXPLAIN_STEPS,
 };
@@ -30,6 +30,6 @@ pub use prepare_data::{
 pub use select_model::SelectModel;
 pub use source::Source;
 pub use techniques::{
-    Adversarial, AdversarialMethod, Consistency, ConsistencyTerm, Distillation, RDrop,
+    Adversarial, AdversarialMethod, Consistency, ConsistencyTerm, Distillation, LabelLoss, RDrop,
 };
 pub use train::Train;

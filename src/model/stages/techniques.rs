@@ -35,6 +35,29 @@ pub struct Consistency {
     /// What pulls the two passes together.
     #[serde(default, skip_serializing_if = "ConsistencyTerm::is_kl")]
     pub term: ConsistencyTerm,
+    /// Which passes the labels train.
+    #[serde(default, skip_serializing_if = "LabelLoss::is_both")]
+    pub label_loss: LabelLoss,
+}
+
+/// `consistency.label_loss`: which passes the cross-entropy with the labels is taken on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelLoss {
+    /// The mean cross-entropy of the clean and the typo pass (R-Drop's loss).
+    #[default]
+    Both,
+    /// The clean pass only: the typo copy is pulled toward the clean prediction by the term
+    /// and never toward the label (TRADES's split of accuracy and robustness). A worst-of-k
+    /// copy may have lost the very word that carries the label; fitting the label on it
+    /// teaches the model to read noise, which costs clean accuracy.
+    Clean,
+}
+
+impl LabelLoss {
+    fn is_both(&self) -> bool {
+        *self == LabelLoss::Both
+    }
 }
 
 /// `consistency.term`.

@@ -428,7 +428,7 @@ fn augmentation_and_robustness_settings_are_checked_at_their_place() {
         )
         .replace(
             "  eval: { kind: evaluate, inputs: { model: tuned, data: data } }\n",
-            "  eval: { kind: evaluate, inputs: { model: tuned, data: data }, with: { robustness: { typo: 0 } } }\n  none: { kind: evaluate, inputs: { model: tuned, data: data }, with: { robustness: { seed: 1 } } }\n",
+            "  eval: { kind: evaluate, inputs: { model: tuned, data: data }, with: { robustness: { typo: 0, draws: 0 } } }\n  none: { kind: evaluate, inputs: { model: tuned, data: data }, with: { robustness: { seed: 1 } } }\n",
         );
     let found = located(&format!("{HEAD}{pipeline}"));
     assert_eq!(
@@ -438,6 +438,7 @@ fn augmentation_and_robustness_settings_are_checked_at_their_place() {
             ("invalid `augment.ops.delete` in stage `data`: must be a rate from 0 to 1, not 1.5", "1.5"),
             ("invalid `augment.ops.typo` in stage `data`: must be a rate from 0 to 1, not NaN", ".nan"),
             ("invalid `robustness.typo` in stage `eval`: must be a rate above 0 and at most 1, not 0", "0"),
+            ("invalid `robustness.draws` in stage `eval`: must be from 1 to 32, not 0", "0"),
             ("invalid `robustness` in stage `none`: names no perturbation", "{ seed: 1 }"),
         ]
     );
