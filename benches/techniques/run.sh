@@ -24,7 +24,8 @@ times = {m[1]: float(m[2]) for m in re.finditer(r"done\s+(\S+) in ([0-9.]+)s", l
 rows = ["full", "label-smoothing", "layer-decay", "rdrop", "consistency", "consistency-strong",
         "consistency-noisy", "consistency-adversarial",
         "consistency-adversarial-8", "consistency-adversarial-8-soft",
-        "consistency-adversarial-8-clean", "consistency-adversarial-8-e5", "full-e5", "consistency-cosine",
+        "consistency-adversarial-8-clean", "full-e5", "consistency-adversarial-8-e5", "full-e5-s7",
+        "consistency-adversarial-8-e5-s7", "robust-tune", "robust-tune-s7", "consistency-cosine",
         "consistency-cosine-strong", "fgm", "pgd", "augmentation",
         "typo-aug", "typo-aug-pgd", "typo-aug-2", "lora", "adapter", "adalora", "student", "student-long",
         "student-transfer", "student-init"]
@@ -38,13 +39,15 @@ for name in rows:
     print(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {shifted('typo')} | "
           f"{shifted('delete')} | {f'{took:.0f} s' if took else 'cached'} |")
 # The typo drop over five typo draws (robustness seeds 3 to 7, `typo5-` stages) for the rows
-# that cut it, for the baseline and worst of 8 trained with another seed (7) or for 5 epochs.
+# that cut it, for the baseline and worst of 8 trained with another seed (7) or for 5 epochs,
+# and for one worst-of-8 epoch on top of each baseline (`robust-tune`).
 print()
 print("| technique | clean | typo drop, seed 3 | 4 | 5 | 6 | 7 | mean |")
 print("|---|---|---|---|---|---|---|---|")
 for name in ["full", "typo-aug", "consistency-adversarial", "consistency-adversarial-8",
              "consistency-adversarial-8-soft", "consistency-adversarial-8-clean", "full-s7",
-             "consistency-adversarial-8-s7", "full-e5", "consistency-adversarial-8-e5"]:
+             "consistency-adversarial-8-s7", "full-e5", "consistency-adversarial-8-e5", "full-e5-s7",
+             "consistency-adversarial-8-e5-s7", "robust-tune", "robust-tune-s7"]:
     m = json.loads((out / f"typo5-{name}" / "metrics.json").read_text())
     typo = m["robustness"]["typo"]
     drops = [100 * (m["accuracy"] - a) for a in typo["draw_accuracies"]]

@@ -239,7 +239,8 @@ pub struct StoreArgs {
     /// nearest directory above the pipeline file with `.taper/`, a store in `cache/`, or `.git`]
     #[arg(long, env = "TAPER_STORE", value_name = "DIR")]
     pub store: Option<PathBuf>,
-    /// Never write to the store: restore cached results, fail stages that are not cached.
+    /// Never write to the store: restore cached results, fail stages that are not cached (and
+    /// published specs not downloaded yet).
     #[arg(long)]
     pub read_only_store: bool,
 }

@@ -74,6 +74,13 @@ pub enum DataError {
         actual: String,
     },
 
+    #[error("`{what}` is not in the downloads of the store `{store}`, and the store is read-only")]
+    #[diagnostic(
+        code(taper::data::not_downloaded),
+        help("`--read-only-store` never writes to the store: run once without it to download `{what}`")
+    )]
+    NotDownloaded { what: String, store: PathBuf },
+
     #[error("`{repo}` is not in the local HuggingFace cache `{cache}`")]
     #[diagnostic(
         code(taper::data::hf_not_cached),

@@ -42,6 +42,10 @@ pub struct SourceResolver {
     pub pip_env: Vec<(String, String)>,
     /// The HuggingFace hub cache (`HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`).
     pub hf_cache: PathBuf,
+    /// Never write under `store_root` (`--read-only-store`): a pip or URL source must already
+    /// be in the downloads bucket. Without it, loading a pipeline that uses a published spec
+    /// downloaded into a store the user had asked taper not to touch.
+    pub read_only: bool,
 }
 
 impl SourceResolver {
@@ -60,6 +64,15 @@ impl SourceResolver {
             pip_program: std::env::var_os("TAPER_PIP").unwrap_or_else(|| OsString::from("pip")),
             pip_env: Vec::new(),
             hf_cache,
+            read_only: false,
+        }
+    }
+
+    /// The same resolver, reading downloads only (see [`Self::read_only`]).
+    pub fn reading_only(self) -> Self {
+        SourceResolver {
+            read_only: true,
+            ..self
         }
     }
 
@@ -85,8 +98,18 @@ impl SourceResolver {
 
     fn downloads(&self) -> Result<PathBuf, DataError> {
         let dir = self.store_root.join(DOWNLOADS_BUCKET);
-        fs::create_dir_all(&dir).map_err(|error| DataError::io(&dir, error))?;
+        if !self.read_only {
+            fs::create_dir_all(&dir).map_err(|error| DataError::io(&dir, error))?;
+        }
         Ok(dir)
+    }
+
+    /// The error for a source that would have to be downloaded into a read-only store.
+    fn refuse_download(&self, what: &str) -> DataError {
+        DataError::NotDownloaded {
+            what: what.to_owned(),
+            store: self.store_root.clone(),
+        }
     }
 
     fn resolve_pip(
@@ -102,6 +125,9 @@ impl SourceResolver {
         let leaf = member.rsplit('/').next().unwrap_or(member).to_owned();
         if entry.is_dir() {
             return verified(entry.join(&leaf), pin, member);
+        }
+        if self.read_only {
+            return Err(self.refuse_download(spec));
         }
         let staging = tempfile::Builder::new()
             .prefix(".tmp-")
@@ -200,6 +226,9 @@ impl SourceResolver {
         if entry.is_dir() {
             return verified(entry.join(&name), Some(pin), url);
         }
+        if self.read_only {
+            return Err(self.refuse_download(url));
+        }
         let staging = tempfile::Builder::new()
             .prefix(".tmp-")
             .tempdir_in(&downloads)
@@ -247,6 +276,9 @@ impl crate::spec::SpecFetcher for SourceResolver {
             .map(|resolved| resolved.path)
             .map_err(|error| match error {
                 DataError::HashMismatch { actual, .. } => FetchError::Mismatch { found: actual },
+                error @ DataError::NotDownloaded { .. } => {
+                    FetchError::NotDownloaded(error.to_string())
+                }
                 other => FetchError::Failed(other.to_string()),
             })
     }

@@ -66,6 +66,9 @@ pub trait SpecFetcher {
 pub enum FetchError {
     /// The bytes fetched do not hash to the pin; `found` is their blake3 (hex).
     Mismatch { found: String },
+    /// The store is read-only (`--read-only-store`) and does not hold the spec yet; the
+    /// reason in one line.
+    NotDownloaded(String),
     /// Anything else, in one line (no network, no such package, …).
     Failed(String),
 }

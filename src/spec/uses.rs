@@ -556,6 +556,16 @@ fn read_source(
                     errors.push(pinned_error(&found, spec_source.pin().unwrap_or_default()));
                     return None;
                 }
+                Err(FetchError::NotDownloaded(reason)) => {
+                    errors.push(bad_spec(
+                        &format!("cannot fetch spec `{spec_source}`: {reason}"),
+                        site.span,
+                        "this spec",
+                        "`--read-only-store` never writes to the store: run once without it to \
+                         download the spec, then it is read from there offline",
+                    ));
+                    return None;
+                }
                 Err(FetchError::Failed(reason)) => Err(reason),
             };
             (spec_source.to_string(), read)

@@ -238,3 +238,56 @@ fn a_pip_spec_keys_like_the_path_spec() {
     );
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// Every file under `dir`, relative, with its length: what a command wrote there shows as a
+/// difference.
+fn files_under(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let length = std::fs::metadata(&path).expect("metadata").len();
+                let relative = path.strip_prefix(dir).expect("under dir");
+                out.push((relative.display().to_string(), length));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `--read-only-store` writes nothing to the store, published specs included: a spec that is
+/// not downloaded yet is refused with the reason and the fix, without a request; once a plain
+/// run has fetched it, the read-only run reads it from the store.
+#[test]
+fn a_read_only_store_never_downloads_a_published_spec() {
+    let (port, requests) = serve(std::fs::read(SPEC).expect("spec"));
+    let url = format!("http://127.0.0.1:{port}/specs/greet.yaml");
+    let dir = project("url", &format!("{{ url: \"{url}\", blake3: {} }}", pin()));
+    let (code, _, stderr) = taper(&["run", "uses.yaml"], dir.path(), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let store = dir.path().join("cache");
+    let before = files_under(&store);
+
+    let (code, _, stderr) = taper(&["run", "--read-only-store", "url.yaml"], dir.path(), &[]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("is not in the downloads of the")
+            && stderr.contains("the store is read-only")
+            && stderr.contains("run once without it"),
+        "{stderr}"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 0, "it downloaded");
+    assert_eq!(files_under(&store), before, "the read-only store changed");
+
+    let (code, _, stderr) = taper(&["run", "url.yaml"], dir.path(), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    let (code, _, stderr) = taper(&["run", "--read-only-store", "url.yaml"], dir.path(), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+}

@@ -6,7 +6,7 @@ use crate::cli::ExitStatus;
 use crate::graph::{render, DagFormat, PipelineGraph};
 
 pub fn run(args: &DagArgs, printer: &Printer) -> ExitStatus {
-    let pipeline = match super::load_pipeline(&args.file, &args.overrides, None) {
+    let pipeline = match super::load_pipeline(&args.file, &args.overrides, None, false) {
         Ok(pipeline) => pipeline,
         Err(error) => return super::report_load_error(error, printer),
     };

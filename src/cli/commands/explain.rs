@@ -88,7 +88,7 @@ fn resolve_target(target: &Path) -> Result<PathBuf, Unresolved> {
     if target.exists() || !is_pipeline {
         return Ok(target.to_path_buf());
     }
-    let pipeline = super::load_pipeline(file, &[], None).map_err(Unresolved::Load)?;
+    let pipeline = super::load_pipeline(file, &[], None, false).map_err(Unresolved::Load)?;
     let Some(found) = pipeline.stages.iter().find(|s| s.id.as_str() == stage) else {
         return Err(Unresolved::Stage(NoSuchStage {
             pipeline: file.to_path_buf(),

@@ -60,11 +60,13 @@ pub(crate) fn finish<E: miette::Diagnostic + Send + Sync + 'static>(
 
 /// Loads a pipeline file, fetching published specs (`use: { url | pip, blake3 }`) into the
 /// downloads bucket of the store `store` names, else `TAPER_STORE`'s, else the project's (the
-/// commands without `--store` still find the specs a `run` fetched).
+/// commands without `--store` still find the specs a `run` fetched). With `read_only`
+/// (`--read-only-store`) a spec not yet downloaded is an error instead.
 pub(crate) fn load_pipeline(
     file: &Path,
     overrides: &[Override],
     store: Option<&Path>,
+    read_only: bool,
 ) -> Result<Pipeline, LoadError> {
     let store_root = store
         .map(Path::to_path_buf)
@@ -74,7 +76,13 @@ pub(crate) fn load_pipeline(
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    crate::model::load_file_with(file, overrides, &SourceResolver::new(root, &store_root))
+    let resolver = SourceResolver::new(root, &store_root);
+    let resolver = if read_only {
+        resolver.reading_only()
+    } else {
+        resolver
+    };
+    crate::model::load_file_with(file, overrides, &resolver)
 }
 
 /// Loads the pipeline and opens the store, reporting failures; `Err` carries the exit status.
@@ -87,6 +95,7 @@ pub(crate) fn load_with_store(
         &selection.file,
         &selection.overrides,
         store.store.as_deref(),
+        store.read_only_store,
     )
     .map_err(|error| report_load_error(error, printer))?;
     let store = open_store(store, Some(selection.file.as_path()), printer)?;

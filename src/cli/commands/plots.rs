@@ -106,7 +106,7 @@ fn runs_of(target: &Path) -> Result<Vec<(String, Vec<LogRecord>)>, PlotsError> {
             Some("yaml" | "yml")
         );
     if is_pipeline {
-        let pipeline = super::load_pipeline(target, &[], None)?;
+        let pipeline = super::load_pipeline(target, &[], None, false)?;
         let mut runs = Vec::new();
         for stage in &pipeline.stages {
             let log = stage_output_dir(&pipeline.path, &stage.id).join(LOG);

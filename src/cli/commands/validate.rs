@@ -9,7 +9,7 @@ use crate::model::LoadError;
 pub fn run(args: &ValidateArgs, printer: &Printer) -> ExitStatus {
     let mut status = ExitStatus::Success;
     for file in &args.files {
-        let loaded = super::load_pipeline(file, &args.overrides, None);
+        let loaded = super::load_pipeline(file, &args.overrides, None, false);
         if args.json {
             let (record, file_status) = match &loaded {
                 Ok(pipeline) => (
