@@ -535,12 +535,14 @@ impl StageKind {
             // 2: `model.json`'s `source_blake3` of a directory source became its manifest
             // digest (one content-digest scheme); the same key must not name two outputs.
             StageKind::SelectModel => 2,
+            // 2: an int8 deploy scores the evaluation's perturbed copies again, so its
+            // manifest and lock metrics gain `typo_drop` & co.
+            StageKind::Deploy => 2,
             StageKind::PrepareData
             | StageKind::Configure
             | StageKind::Train
             | StageKind::Evaluate
             | StageKind::Explain
-            | StageKind::Deploy
             | StageKind::Command => 1,
         }
     }

@@ -16,7 +16,9 @@
 //! - Labels are the metrics input's class names; without one, HF's `LABEL_i`.
 //! - The lock file gets no metrics from this stage at `precision: f32`: they are `evaluate`'s,
 //!   recorded there. At `precision: int8` the stage evaluates the quantized model again on the
-//!   `data` input's split that the metrics input evaluated; the gates, the manifest's metrics
+//!   `data` input's split that the metrics input evaluated, and on the perturbed copies of it
+//!   that evaluation scored (read back from its `perturbed_<kind>.jsonl`; `ood` is not
+//!   rescored, as deploy has no out-of-domain input); the gates, the manifest's metrics
 //!   and the model card are that evaluation's, and the lock file gets its headline metrics
 //!   prefixed `int8_` plus `accuracy_change` (int8 minus f32). The bundle's weights stay f32
 //!   (a standard checkpoint); its manifest says `precision: int8`, and `taper serve`/`predict`
@@ -29,7 +31,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::data::dataset::Dataset;
+use crate::data::dataset::{Dataset, SplitData};
+use crate::data::tokenize::{encode_all, load_tokenizer};
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
 use crate::fingerprint::manifest::hash_file_uncached;
@@ -37,7 +40,7 @@ use crate::ml::{hf_class_name, Classifier, DeviceChoice};
 use crate::model::stages::Precision;
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::bundle::{relative_files, BundleManifest, FileRecord, BUNDLE_FORMAT, MANIFEST};
-use crate::stages::evaluate::{compute, MetricsFile, TRAINED_MODEL_DIR};
+use crate::stages::evaluate::{compute, MetricsFile, Shifted, TRAINED_MODEL_DIR};
 use crate::stages::ml_common::{
     input_dir, link_or_copy, predict, read_json, split_of, write_bytes, write_json, wrong_runner,
     MlStageError,
@@ -62,17 +65,16 @@ impl StageRunner for DeployRunner {
             return Err(wrong_runner(ctx, "deploy").into());
         };
         let trained = input_dir(ctx, InputSlot::Model)?;
-        let metrics: Option<MetricsFile> = ctx
-            .inputs
-            .get(&InputSlot::Metrics)
+        let metrics_dir = ctx.inputs.get(&InputSlot::Metrics);
+        let metrics: Option<MetricsFile> = metrics_dir
             .map(|dir| read_json(&dir.join("metrics.json")))
             .transpose()?;
         let mut outcome = StageOutcome::default();
-        let metrics = match (settings.precision, metrics) {
-            (Precision::Int8, Some(f32_metrics)) => {
+        let metrics = match (settings.precision, metrics_dir, metrics) {
+            (Precision::Int8, Some(evaluated), Some(f32_metrics)) => {
                 let dataset =
                     Dataset::load(&input_dir(ctx, InputSlot::Data)?).map_err(MlStageError::from)?;
-                let int8 = evaluate_int8(&trained, &dataset, &f32_metrics, ctx.log)?;
+                let int8 = evaluate_int8(&trained, &dataset, evaluated, &f32_metrics, ctx.log)?;
                 let change = int8.metrics.accuracy - f32_metrics.metrics.accuracy;
                 (ctx.log)(&format!(
                     "int8 on `{}`: accuracy {:.4} (f32 {:.4}, change {change:+.4})",
@@ -88,8 +90,8 @@ impl StageRunner for DeployRunner {
                 outcome.metrics.insert("accuracy_change".to_owned(), change);
                 Some(int8)
             }
-            (Precision::Int8, None) => return Err(MlStageError::Int8WithoutMetrics.into()),
-            (Precision::F32, metrics) => metrics,
+            (Precision::Int8, _, _) => return Err(MlStageError::Int8WithoutMetrics.into()),
+            (Precision::F32, _, metrics) => metrics,
         };
         let headline = metrics
             .as_ref()
@@ -116,11 +118,13 @@ impl StageRunner for DeployRunner {
     }
 }
 
-/// The trained model's metrics at int8, on the split `f32_metrics` evaluated, as
-/// `metrics.json` would hold them.
+/// The trained model's metrics at int8, on the split `f32_metrics` evaluated and on the
+/// perturbed copies of it that the evaluation in `evaluated` scored, as `metrics.json` would
+/// hold them.
 fn evaluate_int8(
     trained: &Path,
     dataset: &Dataset,
+    evaluated: &Path,
     f32_metrics: &MetricsFile,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<MetricsFile, MlStageError> {
@@ -144,13 +148,93 @@ fn evaluate_int8(
         &probabilities,
         &dataset.info.labels,
     )?;
-    // The perturbed copies are not scored again: at int8, gates read the clean metrics only.
+    // The perturbed copies are scored again from the texts the evaluation wrote, so a gate on
+    // `typo_drop` holds for the model that ships: quantization can move a perturbed text's
+    // prediction where it leaves the clean one. `ood` needs the out-of-domain data, which
+    // deploy does not take: its gate is refused at int8 as a missing metric.
+    let tokenizer_path = model_dir.join("tokenizer.json");
+    let tokenizer = load_tokenizer(&tokenizer_path, dataset.info.max_length)?;
+    let mut robustness = BTreeMap::new();
+    for kind in f32_metrics.robustness.keys().filter(|kind| *kind != "ood") {
+        let path = evaluated.join(format!("perturbed_{kind}.jsonl"));
+        let mut draws = Vec::new();
+        let mut examples = 0;
+        for Draw { texts, labels, .. } in perturbed_draws(&path)? {
+            let encoded = encode_all(&tokenizer, &tokenizer_path, &texts)?;
+            let copy = SplitData::from_examples(
+                &encoded
+                    .into_iter()
+                    .zip(&labels)
+                    .map(|(encoded, &label)| (encoded.ids, label))
+                    .collect::<Vec<_>>(),
+            );
+            let probabilities = predict(&classifier, &copy, 32)?;
+            draws.push(compute(
+                &model_dir,
+                &labels,
+                &probabilities,
+                &dataset.info.labels,
+            )?);
+            examples = labels.len();
+        }
+        let shifted = Shifted::of_draws(metrics.accuracy, examples, &draws);
+        log(&format!("{kind} at int8: {}", shifted.summary()));
+        robustness.insert(kind.clone(), shifted);
+    }
     Ok(MetricsFile {
         split,
         labels: f32_metrics.labels.clone(),
         metrics,
-        robustness: BTreeMap::new(),
+        robustness,
     })
+}
+
+/// One line of `evaluate`'s `perturbed_<kind>.jsonl`.
+#[derive(serde::Deserialize)]
+struct PerturbedLine {
+    text: String,
+    label: u32,
+    /// The draw's seed, written when `robustness.draws` is above 1.
+    #[serde(default)]
+    seed: Option<u64>,
+}
+
+/// One perturbed copy of the evaluated split: its texts and their labels.
+struct Draw {
+    seed: Option<u64>,
+    texts: Vec<String>,
+    labels: Vec<u32>,
+}
+
+/// The draws in `path`, in the file's order (a draw is a run of lines with one seed).
+fn perturbed_draws(path: &Path) -> Result<Vec<Draw>, MlStageError> {
+    let malformed = |message: String| {
+        MlStageError::from(DataError::Malformed {
+            path: path.to_path_buf(),
+            message,
+        })
+    };
+    let text = std::fs::read_to_string(path).map_err(|error| DataError::io(path, error))?;
+    let mut draws: Vec<Draw> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line: PerturbedLine = serde_json::from_str(line)
+            .map_err(|error| malformed(format!("line {}: {error}", index + 1)))?;
+        match draws.last_mut() {
+            Some(draw) if draw.seed == line.seed => {
+                draw.texts.push(line.text);
+                draw.labels.push(line.label);
+            }
+            _ => draws.push(Draw {
+                seed: line.seed,
+                texts: vec![line.text],
+                labels: vec![line.label],
+            }),
+        }
+    }
+    if draws.is_empty() {
+        return Err(malformed("no perturbed example".to_owned()));
+    }
+    Ok(draws)
 }
 
 /// Checks every gate; the error names the first failing metric, its value and threshold.

@@ -8,11 +8,12 @@ use std::path::Path;
 
 use crate::exec::runner::StageOutcome;
 use crate::ml::{Batch, Classifier, DeviceChoice};
-use crate::model::stages::{Configure, Deploy, Precision, SplitName};
+use crate::model::stages::{Configure, Deploy, Evaluate, Precision, Robustness, SplitName};
 use crate::model::{InputSlot, StageSettings};
 use crate::stages::bundle::{verify, Bundle, BundleError};
 use crate::stages::chain_tests::{settings, Chain};
 use crate::stages::deploy::DeployRunner;
+use crate::stages::evaluate::EvaluateRunner;
 
 /// The chain through `evaluate`, trained with LoRA so that the bundle must merge adapters.
 fn evaluated_chain() -> Chain {
@@ -318,4 +319,60 @@ fn an_int8_deploy_is_evaluated_gated_and_served_at_int8() {
     assert!(error
         .to_string()
         .starts_with("deploy gate failed: accuracy is "));
+}
+
+/// At int8, the perturbed copies the evaluation scored are scored again (read back from its
+/// `perturbed_typo.jsonl`, every draw), so a `typo_drop` gate holds for the quantized model:
+/// its typo accuracy is the int8 model's on the same texts, near f32's and well under its
+/// clean accuracy, and a gate below its drop fails the stage.
+#[test]
+fn an_int8_deploy_rescores_the_perturbed_copies_for_its_gates() {
+    let mut chain = evaluated_chain();
+    let evaluate = Evaluate {
+        split: SplitName::Test,
+        batch_size: 16,
+        robustness: Some(Robustness {
+            typo: Some(0.5),
+            delete: None,
+            casing: false,
+            seed: 3,
+            draws: 2,
+        }),
+    };
+    let f32 = chain
+        .run(
+            "evaluate",
+            StageSettings::Evaluate(evaluate),
+            &[(InputSlot::Model, "train"), (InputSlot::Data, "data")],
+            &EvaluateRunner,
+            &|_| {},
+        )
+        .unwrap()
+        .metrics;
+    let outcome = deploy_at(&mut chain, &[("typo_drop", 1.0)], Precision::Int8).unwrap();
+    let m = &outcome.metrics;
+    let (accuracy, typo, drop) = (
+        m["int8_accuracy"],
+        m["int8_typo_accuracy"],
+        m["int8_typo_drop"],
+    );
+    assert!((accuracy - typo - drop).abs() < 1e-12, "{m:?}");
+    assert!(drop > 0.05, "the typo texts were not scored: {m:?}");
+    assert!(
+        (typo - f32["typo_accuracy"]).abs() < 0.1,
+        "{m:?} vs {f32:?}"
+    );
+    let (manifest, _) = verify(&chain.outputs["deploy"]).unwrap();
+    assert!(
+        (manifest.metrics["typo_drop"] - drop).abs() < 1e-9,
+        "{manifest:?}"
+    );
+
+    let error = deploy_at(&mut chain, &[("typo_drop", drop / 2.0)], Precision::Int8).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("deploy gate failed: typo_drop is "),
+        "{error}"
+    );
 }

@@ -64,6 +64,45 @@ pub struct Shifted {
     pub draw_accuracies: Vec<f64>,
 }
 
+impl Shifted {
+    /// The shift's metrics as the mean over its draws (`robustness.draws`; `ood` is one),
+    /// against `clean_accuracy`.
+    pub(crate) fn of_draws(clean_accuracy: f64, examples: usize, draws: &[Metrics]) -> Self {
+        let count = draws.len().max(1) as f64;
+        let accuracy = draws.iter().map(|draw| draw.accuracy).sum::<f64>() / count;
+        let macro_f1 = draws.iter().map(|draw| draw.macro_f1).sum::<f64>() / count;
+        let draw_accuracies = match draws {
+            [_, _, ..] => draws.iter().map(|draw| draw.accuracy).collect(),
+            _ => Vec::new(),
+        };
+        Shifted {
+            examples,
+            accuracy,
+            macro_f1,
+            drop: clean_accuracy - accuracy,
+            draw_accuracies,
+        }
+    }
+
+    /// One line for the stage log: accuracy, the draws' range and the drop.
+    pub(crate) fn summary(&self) -> String {
+        let range = match (
+            self.draw_accuracies.iter().copied().reduce(f64::min),
+            self.draw_accuracies.iter().copied().reduce(f64::max),
+        ) {
+            (Some(low), Some(high)) => format!(
+                ", mean of {} draws, {low:.4} to {high:.4}",
+                self.draw_accuracies.len()
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "accuracy {:.4}{range} (drop {:+.4})",
+            self.accuracy, self.drop
+        )
+    }
+}
+
 impl MetricsFile {
     /// The metrics recorded in the lock file (and that deploy gates read): the clean ones and,
     /// per shift, `<kind>_accuracy` and `<kind>_drop`.
@@ -177,35 +216,10 @@ pub fn evaluate(
         metrics.accuracy, metrics.macro_f1, metrics.log_loss
     ));
     let clean_accuracy = metrics.accuracy;
-    // The shift's metrics, the mean over its draws (`robustness.draws`; `ood` is one).
     let shifted = |examples: usize, draws: &[Metrics], what: &str| {
-        let count = draws.len().max(1) as f64;
-        let accuracy = draws.iter().map(|draw| draw.accuracy).sum::<f64>() / count;
-        let macro_f1 = draws.iter().map(|draw| draw.macro_f1).sum::<f64>() / count;
-        let drop = clean_accuracy - accuracy;
-        let draw_accuracies: Vec<f64> = match draws {
-            [_, _, ..] => draws.iter().map(|draw| draw.accuracy).collect(),
-            _ => Vec::new(),
-        };
-        let range = match (
-            draw_accuracies.iter().copied().reduce(f64::min),
-            draw_accuracies.iter().copied().reduce(f64::max),
-        ) {
-            (Some(low), Some(high)) => {
-                format!(", mean of {} draws, {low:.4} to {high:.4}", draws.len())
-            }
-            _ => String::new(),
-        };
-        log(&format!(
-            "{what}: accuracy {accuracy:.4}{range} (drop {drop:+.4})"
-        ));
-        Shifted {
-            examples,
-            accuracy,
-            macro_f1,
-            drop,
-            draw_accuracies,
-        }
+        let shifted = Shifted::of_draws(clean_accuracy, examples, draws);
+        log(&format!("{what}: {}", shifted.summary()));
+        shifted
     };
     let mut robustness = BTreeMap::new();
     if let Some(robustness_settings) = &settings.robustness {
