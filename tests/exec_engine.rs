@@ -191,6 +191,36 @@ fn reruns_exactly_what_changed() {
     assert_eq!(ran(root), ["first", "second"]);
 }
 
+/// A stage removed from the pipeline leaves the lock file at the next run, even when every
+/// stage that is left is cached (nothing else would write the file).
+#[test]
+fn a_removed_stage_leaves_the_lock_file_on_a_cached_run() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let root = temp.path();
+    let store = Store::open(&root.join("store")).expect("store");
+    fs::write(root.join("in.txt"), "hello\n").expect("write");
+    let first_run = "cut -c1-3 in.txt > first.txt";
+    assert!(!run(&chain(root, first_run), &store, &options()).failed());
+    let lock_path = root.join("pipeline.lock");
+    let names = |path: &Path| -> Vec<String> {
+        LockFile::load(path)
+            .expect("lock file")
+            .stages
+            .into_keys()
+            .collect()
+    };
+    assert_eq!(names(&lock_path), ["first", "other", "second"]);
+
+    let mut without_other = chain(root, first_run);
+    without_other
+        .stages
+        .retain(|stage| stage.id.as_str() != "other");
+    let without_other = pipeline(root, without_other.stages);
+    let summary = run(&without_other, &store, &options());
+    assert!(summary.executed().is_empty(), "{summary:?}");
+    assert_eq!(names(&lock_path), ["first", "second"]);
+}
+
 #[test]
 fn a_failing_stage_stops_only_its_dependents() {
     let temp = tempfile::tempdir().expect("temp dir");

@@ -40,6 +40,42 @@ fn sample_record(store: &Store, content: &str) -> ActionRecord {
     }
 }
 
+/// A cached stage's lock-file entry takes its metrics from the action record, so they must come
+/// back bit for bit: a metric one ulp off (0.9064637006182455 for 0.9064637006182457, as a
+/// float parser that is not round-trip exact gives) rewrote committed lock files whenever a
+/// stage was restored rather than run.
+#[test]
+fn metrics_come_back_from_the_action_cache_bit_for_bit() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&temp.path().join("store")).expect("open");
+    let mut record = sample_record(&store, "metrics");
+    let values = [
+        0.9064637006182457,
+        0.822 - 0.811,
+        0.1 + 0.2,
+        1.0 / 3.0,
+        2.0f64.sqrt(),
+        f64::MIN_POSITIVE,
+        1e-300 / 3.0,
+        123_456_789.123_456_79,
+    ];
+    record.metrics = values
+        .iter()
+        .enumerate()
+        .map(|(i, &value)| (format!("m{i}"), value))
+        .collect();
+    store.put_action(&record).expect("put action");
+    let back = store.get_action(&record.key).expect("record");
+    for (name, value) in &record.metrics {
+        assert_eq!(
+            back.metrics[name].to_bits(),
+            value.to_bits(),
+            "{name}: {value:?} came back as {:?}",
+            back.metrics[name]
+        );
+    }
+}
+
 #[test]
 fn blobs_are_read_only_and_fetched_as_writable_copies() {
     let temp = tempfile::tempdir().expect("temp dir");

@@ -204,13 +204,17 @@ impl<'a> Engine<'a> {
         expect_regular_file(&lock_path)?;
         let fence = Fence::for_pipeline(pipeline, store.root())?;
         let mut lock = LockFile::load(&lock_path).unwrap_or_else(|| LockFile::new(&pipeline.name));
-        // Entries of stages that left the pipeline would otherwise linger forever.
+        // Entries of stages that left the pipeline would otherwise linger forever. Dropping
+        // one makes the lock file due for a write even when every stage left is cached: a
+        // user who deleted a stage and reran would otherwise keep committing its entry.
+        let listed = lock.stages.len();
         lock.stages.retain(|name, _| {
             pipeline
                 .stages
                 .iter()
                 .any(|stage| stage.id.as_str() == name)
         });
+        let dropped = lock.stages.len() != listed;
         lock.pipeline.clone_from(&pipeline.name);
         lock.specs = pipeline
             .specs
@@ -227,7 +231,7 @@ impl<'a> Engine<'a> {
             lock_path,
             lock: Mutex::new(lock),
             fence,
-            lock_written: Mutex::new((None, false)),
+            lock_written: Mutex::new((None, dropped)),
         })
     }
 

@@ -468,14 +468,22 @@ fn explain_writes_explanations_report_and_faithfulness_metrics() {
 }
 
 /// An interrupted run (killed after step 8; the last checkpoint is at step 6) continues from its
-/// checkpoint and ends with the same weights as an uninterrupted run.
+/// checkpoint and ends with the same outputs as an uninterrupted run: the weights, the log and
+/// the summary (the stage's output digest covers all of them).
 #[test]
 fn interrupted_training_resumes_to_identical_weights() {
     let mut chain = Chain::new();
     chain.prepare();
     chain.configure(settings());
     chain.train(&|_| {}).unwrap();
-    let uninterrupted = fs::read(chain.outputs["train"].join("model/model.safetensors")).unwrap();
+    let outputs = ["model/model.safetensors", "train_log.jsonl", "summary.json"];
+    let read_outputs = |chain: &Chain| -> Vec<Vec<u8>> {
+        outputs
+            .iter()
+            .map(|file| fs::read(chain.outputs["train"].join(file)).unwrap())
+            .collect()
+    };
+    let uninterrupted = read_outputs(&chain);
 
     let scratch = chain.root().join("scratch/train");
     fs::remove_dir_all(&scratch).unwrap();
@@ -507,11 +515,13 @@ fn interrupted_training_resumes_to_identical_weights() {
         "{:?}",
         lines.lock().unwrap()
     );
-    let resumed = fs::read(chain.outputs["train"].join("model/model.safetensors")).unwrap();
-    assert!(
-        resumed == uninterrupted,
-        "resumed weights differ from the uninterrupted run"
-    );
+    let resumed = read_outputs(&chain);
+    for ((file, resumed), uninterrupted) in outputs.iter().zip(&resumed).zip(&uninterrupted) {
+        assert!(
+            resumed == uninterrupted,
+            "the resumed run's {file} differs from the uninterrupted run's"
+        );
+    }
 }
 
 /// With early stopping, the exported model is the epoch with the best validation loss, not the
