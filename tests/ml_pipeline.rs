@@ -6,7 +6,10 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use taper::stages::fixtures::{sentiment_row, write_tiny_sentiment_model};
+use taper::data::tokenize::wordpiece_tokenizer_json;
+use taper::stages::fixtures::{
+    sentiment_row, write_tiny_sentiment_model, FILLER, NEGATIVE, POSITIVE,
+};
 
 mod common;
 use common::Project;
@@ -437,6 +440,24 @@ fn a_shallow_student_distils_from_its_teacher_and_deploys() {
     assert!(predicted.status.success(), "{}", text(&predicted));
 }
 
+/// Runs [`PIPELINE`] up to `test` in `project` with `extra` added to the `configure` settings
+/// (after `seed: 11`): the test accuracy, the training log and the model's weights.
+fn train_toy(project: &Project, extra: &str) -> (f64, String, Vec<u8>) {
+    let pipeline = PIPELINE.replace(
+        "dropout: 0.0, seed: 11 }",
+        &format!("dropout: 0.0, seed: 11{extra} }}"),
+    );
+    project.write("p.yaml", &pipeline);
+    let run = project.taper(&["run", "p.yaml", "test"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let accuracy = json(&project.path("out/p/test/metrics.json"))["accuracy"]
+        .as_f64()
+        .expect("accuracy");
+    let log = fs::read_to_string(project.path("out/p/finetune.log")).expect("train log");
+    let model = fs::read(project.path("out/p/finetune/model/model.safetensors")).expect("model");
+    (accuracy, log, model)
+}
+
 /// Issue 13: `consistency` through `taper run` on the tiny model. Training on each batch's
 /// clean and typo copies learns the toy task, the log says so, and the same pipeline in two
 /// projects gives bit-identical models (the copies are a function of the seed and the epoch),
@@ -452,21 +473,14 @@ fn consistency_training_learns_and_is_reproducible() {
         } else {
             0.85
         };
-        let project = sentiment_project();
-        let pipeline = PIPELINE.replace(
-            "dropout: 0.0, seed: 11 }",
-            &format!("dropout: 0.0, seed: 11, consistency: {{ {settings} }} }}"),
+        let (accuracy, log, model) = train_toy(
+            &sentiment_project(),
+            &format!(", consistency: {{ {settings} }}"),
         );
-        project.write("p.yaml", &pipeline);
-        let run = project.taper(&["run", "p.yaml", "test"]);
-        assert!(run.status.success(), "{}", text(&run));
-        let metrics = json(&project.path("out/p/test/metrics.json"));
-        let accuracy = metrics["accuracy"].as_f64().expect("accuracy");
         assert!(
             accuracy >= least,
             "{settings}: accuracy {accuracy}, the model did not learn"
         );
-        let log = fs::read_to_string(project.path("out/p/finetune.log")).expect("train log");
         assert!(log.contains("typos in"), "{log}");
         if settings.contains("candidates") {
             assert!(log.contains("the worst of 3 copies"), "{log}");
@@ -477,7 +491,7 @@ fn consistency_training_learns_and_is_reproducible() {
                 "{log}"
             );
         }
-        fs::read(project.path("out/p/finetune/model/model.safetensors")).expect("model")
+        model
     };
     let first = trained("typo: 0.03");
     assert_eq!(
@@ -503,6 +517,47 @@ fn consistency_training_learns_and_is_reproducible() {
     );
     let cosine = trained("typo: 0.03, alpha: 0.1, term: cosine");
     assert_ne!(first, cosine, "the cosine term changed nothing");
+}
+
+/// Issue 13: `subword_dropout` through `taper run` on the tiny model, its vocabulary given the
+/// halves of five words (`go ##od`, …) so that they can split. The model still learns the toy
+/// task, the log counts the splittable pieces, the same pipeline in two projects gives
+/// bit-identical models (the pieces are a function of the seed and the epoch), and the model
+/// differs from the one trained without it.
+#[test]
+fn subword_dropout_learns_and_is_reproducible() {
+    let trained = |settings: &str| {
+        let project = sentiment_project();
+        let mut words: Vec<&str> = POSITIVE
+            .iter()
+            .chain(NEGATIVE)
+            .chain(FILLER)
+            .copied()
+            .collect();
+        words.extend([
+            "go", "##od", "gr", "##eat", "ba", "##d", "du", "##ll", "fi", "##lm",
+        ]);
+        project.write(
+            "tiny-model/tokenizer.json",
+            &wordpiece_tokenizer_json(&words),
+        );
+        let (accuracy, log, model) = train_toy(&project, settings);
+        assert!(accuracy >= 0.85, "{settings}: accuracy {accuracy}\n{log}");
+        if !settings.is_empty() {
+            assert!(
+                log.contains("with probability 0.1 (5 of the vocabulary's pieces can)"),
+                "{log}"
+            );
+        }
+        model
+    };
+    let dropped = trained(", subword_dropout: 0.1");
+    assert_eq!(
+        dropped,
+        trained(", subword_dropout: 0.1"),
+        "two runs gave different models"
+    );
+    assert_ne!(dropped, trained(""), "subword dropout changed nothing");
 }
 
 /// Issue 13: augmentation, robustness and Houlsby adapters through `taper run` on the tiny

@@ -24,10 +24,10 @@ times = {m[1]: float(m[2]) for m in re.finditer(r"done\s+(\S+) in ([0-9.]+)s", l
 rows = ["full", "label-smoothing", "layer-decay", "rdrop", "consistency", "consistency-strong",
         "consistency-noisy", "consistency-adversarial",
         "consistency-adversarial-8", "consistency-adversarial-8-soft",
-        "consistency-adversarial-8-clean", "full-e5", "consistency-adversarial-8-e5", "robust-tune",
+        "consistency-adversarial-8-clean", "consistency-adversarial-8-kd", "full-e5", "consistency-adversarial-8-e5", "robust-tune",
         "consistency-cosine",
         "consistency-cosine-strong", "fgm", "pgd", "augmentation",
-        "typo-aug", "typo-aug-pgd", "typo-aug-2", "lora", "adapter", "adalora", "student", "student-long",
+        "typo-aug", "typo-aug-pgd", "typo-aug-2", "subword", "subword-strong", "lora", "adapter", "adalora", "student", "student-long",
         "student-transfer", "student-init"]
 print("| technique | accuracy | macro F1 | typo accuracy (drop) | deletion accuracy (drop) | train time |")
 print("|---|---|---|---|---|---|")
@@ -47,7 +47,8 @@ print("|---|---|---|---|---|---|---|---|")
 for name in ["full", "typo-aug", "consistency-adversarial", "consistency-adversarial-8",
              "consistency-adversarial-8-soft", "consistency-adversarial-8-clean", "full-s7",
              "consistency-adversarial-8-s7", "full-s11", "consistency-adversarial-8-s11", "full-e5",
-             "consistency-adversarial-8-e5", "robust-tune", "robust-tune-s7"]:
+             "consistency-adversarial-8-e5", "robust-tune", "robust-tune-s7",
+             "consistency-adversarial-8-kd", "subword", "subword-strong"]:
     m = json.loads((out / f"typo5-{name}" / "metrics.json").read_text())
     typo = m["robustness"]["typo"]
     drops = [100 * (m["accuracy"] - a) for a in typo["draw_accuracies"]]
@@ -80,7 +81,8 @@ print("|---|---|---|---|")
 for name in ["full", "typo-aug", "typo-aug-pgd", "rdrop", "augmentation", "consistency",
              "consistency-strong", "consistency-noisy", "consistency-cosine",
              "consistency-cosine-strong", "consistency-adversarial", "consistency-adversarial-8",
-             "consistency-adversarial-8-clean", "full-e5", "consistency-adversarial-8-e5"]:
+             "consistency-adversarial-8-clean", "full-e5", "consistency-adversarial-8-e5",
+             "consistency-adversarial-8-kd", "subword", "subword-strong"]:
     test = out / f"test-{name}"
     labels = [json.loads(line)["label"] for line in (test / "predictions.jsonl").read_text().splitlines()]
     pairs = list(zip(labels, predictions(test / "predictions.jsonl"),

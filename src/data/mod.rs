@@ -12,6 +12,7 @@
 //!   and truncation baked into that file replaced by ours.
 //! - [`dataset`] is the on-disk dataset artifact (format documented there).
 //! - [`perturb`] owns the text perturbations of augmentation and robustness evaluation.
+//! - [`subword`] splits word pieces at random for `subword_dropout`.
 //! - [`metrics`] computes classification metrics from labels and predicted probabilities.
 
 pub mod batching;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod perturb;
 pub mod sources;
 pub mod split;
+pub mod subword;
 pub mod table;
 pub mod tokenize;
 

@@ -196,6 +196,7 @@ fn settings(kind: StageKind) -> Value {
                     "term": one_of_names("What pulls the two passes together: the symmetric KL of their predictions, or 1 − cos between the copy's sentence vector and the clean one's.", &["kl", "cosine"], "kl"),
                     "label_loss": one_of_names("Which passes the labels train: the mean cross-entropy of the clean and the typo pass, or the clean pass only (the typo pass is then trained only by the term).", &["both", "clean"], "both"),
                 }), &["typo"]),
+                "subword_dropout": number("Subword dropout (BPE-dropout for WordPiece), in (0, 0.5]: every epoch each word piece of the train split splits with this probability into smaller pieces of the vocabulary that spell it.", None),
                 "adversarial": object("Adversarial training on the word embeddings; the adversarial loss is added to the clean one.", json!({
                     "method": one_of_names("FGM (one step) or PGD (`steps` projected steps of size `alpha`).", &["fgm", "pgd"], "fgm"),
                     "epsilon": number("L2 bound of the perturbation of a batch's word embeddings.", Some(1.0)),

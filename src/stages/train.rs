@@ -15,6 +15,11 @@
 //! Resuming and early stopping: [`crate::stages::checkpoint`] (every `checkpoint_every` optimizer
 //! steps and at each epoch end).
 //!
+//! `subword_dropout`: every epoch, the train split's word pieces split at random into smaller
+//! pieces ([`crate::data::subword`]), with an RNG seeded by the training seed and the epoch;
+//! the batches (by the original lengths) and the labels stay. With `consistency`, only the
+//! clean pass is resegmented.
+//!
 //! `consistency`: every epoch, the train split's texts (`train.jsonl`) get typos from
 //! [`crate::data::perturb`] with an RNG seeded by the training seed and the epoch, and are
 //! encoded with the model's tokenizer; each batch then also runs on its examples' copies
@@ -37,6 +42,7 @@ use crate::data::batching::{fill_rate, lengths, train_batches};
 use crate::data::dataset::{read_texts, Dataset, SplitData};
 use crate::data::metrics;
 use crate::data::perturb::Perturbation;
+use crate::data::subword::PieceSplits;
 use crate::data::tokenize::{encode_all, load_tokenizer};
 use crate::data::DataError;
 use crate::exec::runner::{StageContext, StageError, StageOutcome, StageRunner};
@@ -212,6 +218,25 @@ impl TrainRun<'_> {
             ));
         }
 
+        let subword = match config.subword_dropout {
+            Some(rate) => {
+                let path = self.model_dir.join("tokenizer.json");
+                let tokenizer = load_tokenizer(&path, self.dataset.info.max_length)?;
+                let splits = PieceSplits::of_tokenizer(&tokenizer, &path)?;
+                log(&format!(
+                    "subword dropout: each word piece splits with probability {rate} ({} of the vocabulary's pieces can), fresh each epoch",
+                    splits.splittable()
+                ));
+                Some(SubwordDropout {
+                    splits,
+                    rate,
+                    max_length: self.dataset.info.max_length,
+                    seed: config.seed,
+                })
+            }
+            None => None,
+        };
+
         let started = Instant::now();
         let mut trained_samples = 0usize;
         let mut epoch_seconds = Vec::new();
@@ -226,12 +251,16 @@ impl TrainRun<'_> {
                 .as_ref()
                 .map(|copies| copies.of_epoch(epoch))
                 .transpose()?;
+            let resegmented = subword
+                .as_ref()
+                .map(|subword| subword.of_epoch(train, epoch));
+            let examples = resegmented.as_ref().unwrap_or(train);
             let mut window = (Instant::now(), 0usize);
             for indices in batches.iter().skip(progress.batch) {
                 if trainer.optimizer_steps() >= total_steps {
                     break 'epochs;
                 }
-                let sequences: Vec<&[u32]> = indices.iter().map(|&i| train.example(i)).collect();
+                let sequences: Vec<&[u32]> = indices.iter().map(|&i| examples.example(i)).collect();
                 let labels: Vec<u32> = indices.iter().map(|&i| train.labels[i]).collect();
                 let perturbed_batch = match &perturbed {
                     Some(copies) => Some(worst_copies(&trainer, copies, indices, &labels, pad)?),
@@ -373,6 +402,37 @@ impl TrainRun<'_> {
             metrics.insert("validation_loss".to_owned(), loss);
         }
         Ok(StageOutcome { metrics })
+    }
+}
+
+/// `subword_dropout`: the train split with its word pieces split at random, per epoch.
+struct SubwordDropout {
+    splits: PieceSplits,
+    rate: f64,
+    max_length: usize,
+    seed: u64,
+}
+
+impl SubwordDropout {
+    /// The RNG streams of subword dropout start here, above `TypoCopies`'s (candidate < 16 in
+    /// the high half), so that turning on both never makes the two draw the same numbers.
+    const STREAM: u64 = 1 << 62;
+
+    /// Epoch `epoch`'s resegmented train split: a pure function of the split, the seed and
+    /// the epoch, so a resumed run trains on the same pieces. The batches stay those of the
+    /// original lengths (a split adds a piece or two to a sequence).
+    fn of_epoch(&self, train: &SplitData, epoch: usize) -> SplitData {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(Self::STREAM | epoch as u64);
+        let examples: Vec<(Vec<u32>, u32)> = (0..train.len())
+            .map(|i| {
+                let ids = self
+                    .splits
+                    .apply(train.example(i), self.rate, self.max_length, &mut rng);
+                (ids, train.labels[i])
+            })
+            .collect();
+        SplitData::from_examples(&examples)
     }
 }
 

@@ -51,6 +51,11 @@ pub struct Configure {
     pub rdrop: Option<RDrop>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<Consistency>,
+    /// Subword dropout (BPE-dropout for WordPiece): every epoch each word piece of the train
+    /// split splits, with this probability, into smaller pieces of the vocabulary that spell
+    /// it (the `data` layer's `subword` module does the splitting, in `train`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subword_dropout: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adversarial: Option<Adversarial>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -205,6 +205,16 @@ pub(super) fn technique_problems(configure: &Configure, problems: &mut Vec<Probl
             "set `dropout: 0.1`, or remove `rdrop`",
         );
     }
+    if let Some(rate) = configure.subword_dropout {
+        check(
+            problems,
+            rate > 0.0 && rate <= 0.5,
+            "subword_dropout",
+            "must be in (0, 0.5]",
+            "out of range",
+            "the chance that a word piece splits; BPE-dropout uses 0.1",
+        );
+    }
     if let Some(consistency) = &configure.consistency {
         check(
             problems,
@@ -327,6 +337,7 @@ mod tests {
             "layer_decay",
             "rdrop",
             "consistency",
+            "subword_dropout",
             "adversarial",
             "distillation",
         ] {
@@ -337,7 +348,9 @@ mod tests {
     #[test]
     fn valid_techniques_pass() {
         assert_eq!(
-            fields(r#"{"consistency": {"typo": 0.05}, "adversarial": {"method": "fgm"}}"#),
+            fields(
+                r#"{"consistency": {"typo": 0.05}, "subword_dropout": 0.1, "adversarial": {"method": "fgm"}}"#
+            ),
             Vec::<String>::new()
         );
         let json = r#"{"label_smoothing": 0.1, "layer_decay": 0.9, "rdrop": {"alpha": 1.0},
@@ -356,6 +369,8 @@ mod tests {
             (r#"{"label_smoothing": 1.0}"#, "label_smoothing"),
             (r#"{"label_smoothing": -0.1}"#, "label_smoothing"),
             (r#"{"layer_decay": 0.0}"#, "layer_decay"),
+            (r#"{"subword_dropout": 0.0}"#, "subword_dropout"),
+            (r#"{"subword_dropout": 0.6}"#, "subword_dropout"),
             (r#"{"layer_decay": 1.5}"#, "layer_decay"),
             (r#"{"rdrop": {"alpha": 0.0}}"#, "rdrop.alpha"),
             (r#"{"rdrop": {"alpha": 1.0}, "dropout": 0.0}"#, "rdrop"),
